@@ -1,0 +1,168 @@
+"""``runpipeline``: the command line. The only place that prints and chooses exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+from core import __version__
+from core.errors import ConfigError, DataDirError, OutputValidationError, PipelineError
+from core.plugins import get_plugin_manager, rule_types
+from core.ruleset import load_rules
+from core.runner import RunReport, run_batch
+from core.settings import Settings, load_settings
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+EXIT_PARTIAL = 3
+EXIT_INTERRUPTED = 130
+
+EPILOG = """\
+exit codes:
+  0    every file and every rule was processed; outputs written
+  1    the run could not finish (an output failed its schema, or an internal error)
+  2    configuration problem: settings, rule files, plugins or the data folder
+  3    outputs written, but a rule failed or a file could not be read (see summary.json)
+  130  interrupted
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="runpipeline",
+        description="Read payment log files from the data folder, apply the enabled rules and write "
+        "output/summary.json.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--settings", default="settings.yaml", metavar="PATH",
+                        help="settings file (default: ./settings.yaml); relative paths in it are "
+                        "resolved against its folder")
+    parser.add_argument("--data-dir", metavar="DIR", help="read log files from DIR instead of settings' data_dir")
+    parser.add_argument("--output-dir", metavar="DIR", help="write outputs to DIR instead of settings' output_dir")
+    parser.add_argument("--check", action="store_true",
+                        help="validate settings, rule files and plugins, report every problem, and exit")
+    parser.add_argument("--version", action="version", version=f"runpipeline (Oh My Payments) {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log more: -v one line per file, -vv debug detail")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose, args.quiet)
+    try:
+        return _run(args)
+    except ConfigError as exc:
+        _say_problems("configuration error", exc.problems)
+        return EXIT_CONFIG
+    except DataDirError as exc:
+        print(f"runpipeline: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OutputValidationError as exc:
+        _say_problems(f"{exc.output} failed its schema and was not written", exc.problems)
+        return EXIT_ERROR
+    except PipelineError as exc:
+        print(f"runpipeline: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("runpipeline: interrupted; outputs from before this run are unchanged", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # the last line of defence: a message, and the traceback only on request
+        print(f"runpipeline: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
+        else:
+            print("run again with -v to see the traceback, and please report it", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.settings, _overrides(args))
+    pm = get_plugin_manager(settings.plugins)
+    rules = load_rules(settings, rule_types(pm))
+    if args.check:
+        if not args.quiet:
+            names = ", ".join(rule.name for rule in rules) or "none"
+            print(f"{settings.source}: configuration is valid; {len(rules)} rules enabled: {names}")
+        return EXIT_OK
+    report = _run_with_progress(settings, pm, rules, show=not args.quiet and sys.stderr.isatty())
+    for error in report.summary["rule_errors"]:
+        print(f"runpipeline: rule '{error['rule']}' failed on {error['file']}: {error['error']}", file=sys.stderr)
+    for error in report.summary["file_errors"]:
+        print(f"runpipeline: {error['file']}: {error['error']}", file=sys.stderr)
+    if not args.quiet:
+        print(human_summary(report, settings))
+    return EXIT_PARTIAL if report.failed else EXIT_OK
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    # Command-line paths are relative to where the user stands, not to the settings file.
+    return {
+        "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None,
+        "output_dir": str(Path(args.output_dir).resolve()) if args.output_dir else None,
+    }
+
+
+def _run_with_progress(settings: Settings, pm: Any, rules: list[Any], show: bool) -> RunReport:
+    if not show:
+        return run_batch(settings, pm, rules)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress("[progress.description]{task.description}", *columns, transient=True) as bar:
+        task = bar.add_task("reading", total=None)
+        return run_batch(
+            settings, pm, rules,
+            on_progress=lambda n: bar.advance(task, n),
+            on_start=lambda total: bar.update(task, total=total),
+        )
+
+
+def human_summary(report: RunReport, settings: Settings) -> str:
+    """A few lines a person reads after a run; the full detail is in summary.json."""
+    summary, totals, run = report.summary, report.summary["totals"], report.summary["run"]
+    lines = [
+        f"{totals['files']} files, {totals['lines']:,} lines: {totals['records']:,} records, "
+        f"{totals['malformed']:,} malformed, {totals['blank']:,} blank",
+    ]
+    for rule in summary["rules"].values():
+        if rule["key"] in summary:
+            lines.append(f"{rule['key']}: {_short(summary[rule['key']])}")
+    lines.append(
+        f"{run['elapsed_seconds']:.2f} s, {run['lines_per_second']:,} lines/s, "
+        f"{run['bytes_per_second'] / 1e6:.1f} MB/s, peak RSS {run['peak_rss_mb']:.0f} MB"
+    )
+    lines.append(f"wrote {settings.output_dir / 'summary.json'}")
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        items = list(value.items())
+        text = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in items[:8])
+        return text + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+    if isinstance(value, list):
+        return ", ".join(map(str, value[:10])) + (" ..." if len(value) > 10 else "")
+    return str(value)
+
+
+def _say_problems(title: str, problems: list[str]) -> None:
+    print(f"runpipeline: {title} ({len(problems)} problem{'s' if len(problems) != 1 else ''}):", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

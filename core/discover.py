@@ -1,0 +1,86 @@
+"""Find the input files in the data folder: globs, hidden and partial files, subfolders, symlinks."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.errors import DataDirError
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """An input file: ``path`` to open, ``name`` (relative to the data folder) to report."""
+
+    path: Path
+    name: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A path in the data folder that will not be read, and why."""
+
+    name: str
+    reason: str
+
+
+def wanted(name: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
+    """Whether a file name matches an include glob and no exclude glob."""
+    base = os.path.basename(name)
+    if any(fnmatch.fnmatch(base, pattern) for pattern in exclude):
+        return False
+    return any(fnmatch.fnmatch(base, pattern) for pattern in include)
+
+
+def discover(
+    data_dir: Path, include: tuple[str, ...], exclude: tuple[str, ...], recursive: bool = False
+) -> tuple[list[DataFile], list[Skipped]]:
+    """The files to read, sorted by name, and the paths passed over that a user may ask about.
+
+    Symlinks to files are followed; one file reached twice (a link and its target) is read once.
+    Subfolders are read only with ``recursive``; symlinked folders never, so no link loops.
+    """
+    if not data_dir.exists():
+        raise DataDirError(f"data folder '{data_dir}' does not exist")
+    if not data_dir.is_dir():
+        raise DataDirError(f"data folder '{data_dir}' is not a folder")
+    files: list[DataFile] = []
+    skipped: list[Skipped] = []
+    seen: dict[tuple[int, int], str] = {}
+    for path in _walk(data_dir, recursive, skipped):
+        name = path.relative_to(data_dir).as_posix()
+        if not wanted(name, include, exclude):
+            continue
+        try:
+            info = path.stat()
+        except OSError:
+            files.append(DataFile(path, name))  # opening it fails again, and is reported then
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            skipped.append(Skipped(name, f"same file as {seen[(info.st_dev, info.st_ino)]}"))
+            continue
+        seen[(info.st_dev, info.st_ino)] = name
+        files.append(DataFile(path, name))
+    return files, skipped
+
+
+def _walk(folder: Path, recursive: bool, skipped: list[Skipped]) -> list[Path]:
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        raise DataDirError(f"data folder '{folder}' cannot be listed: {exc.strerror or exc}") from None
+    found: list[Path] = []
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            if recursive and not entry.name.startswith("."):
+                found.extend(_walk(path, recursive, skipped))
+            elif not entry.name.startswith("."):
+                skipped.append(Skipped(str(path), "is a subfolder (set 'recursive: true' to read subfolders)"))
+        elif entry.is_dir():
+            skipped.append(Skipped(str(path), "is a symlink to a folder, which is never followed"))
+        elif entry.is_file() or entry.is_symlink():
+            found.append(path)  # a dangling link is reported when it cannot be opened
+    return found

@@ -1,0 +1,114 @@
+"""Assemble the output documents, check them against their schemas, and write them atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from core.errors import OutputValidationError
+from core.rules import Rule
+from core.state import RunState
+from core.validation import SchemaCheck, field_path
+
+
+@cache
+def output_schema(name: str) -> SchemaCheck:
+    """The shipped schema ``core/schemas/<name>.schema.json``, built once."""
+    text = resources.files("core").joinpath("schemas", f"{name}.schema.json").read_text(encoding="utf-8")
+    return SchemaCheck(json.loads(text))
+
+
+@cache
+def _result_check(cls: type[Rule]) -> SchemaCheck | None:
+    return SchemaCheck(cls.result_schema) if cls.result_schema else None
+
+
+def rule_results(state: RunState, rules: list[Rule]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each summary rule's value and detail by key, each checked against its rule type's schema."""
+    values: dict[str, Any] = {}
+    details: dict[str, Any] = {}
+    problems: list[str] = []
+    for rule in rules:
+        if rule.output != "summary" or rule.name not in state.rules:
+            continue
+        result = state.rules[rule.name].result()
+        check = _result_check(type(rule))
+        found = check.problems(result.value) if check else []
+        problems += [f"rule '{rule.name}': {field_path([rule.key])}{_join(p)}" for p in found]
+        values[rule.key] = result.value
+        if result.detail is not None:
+            details[rule.key] = result.detail
+    if problems:
+        raise OutputValidationError("summary.json", problems)
+    return values, details
+
+
+def _join(problem: str) -> str:
+    # Schema problems on the value itself have no path; nested ones start with theirs.
+    if problem.startswith("expected") or problem.startswith("missing") or problem.startswith("unknown"):
+        return f": {problem}"
+    return f"{'' if problem.startswith('[') else '.'}{problem}"
+
+
+def build_summary(state: RunState, rules: list[Rule], run: dict[str, Any]) -> dict[str, Any]:
+    """The whole ``summary.json`` document: rule results first, then the engine's own accounting."""
+    values, details = rule_results(state, rules)
+    files = [state.files[name] for name in sorted(state.files)]
+    samples = [
+        {"file": f.path, "line": s.line, "reason": s.reason, "text": s.text} for f in files for s in f.samples
+    ]
+    totals = {key: sum(getattr(f, key) for f in files) for key in ("lines", "records", "blank", "malformed", "bytes")}
+    reasons: dict[str, int] = {}
+    for f in files:
+        for reason, count in f.reasons.items():
+            reasons[reason] = reasons.get(reason, 0) + count
+    totals["files"] = len(files)
+    totals["malformed_reasons"] = dict(sorted(reasons.items()))
+    return {
+        **values,
+        "details": details,
+        "totals": totals,
+        "files": [f.as_dict() for f in files],
+        "malformed_samples": samples,
+        "rule_errors": [f.as_dict() for f in state.rule_failures()],
+        "file_errors": [f.as_dict() for f in sorted(state.failures) if f.kind == "file"],
+        "rules": {rule.name: {"type": rule.type_name, "key": rule.key} for rule in rules},
+        "run": run,
+    }
+
+
+def write_validated(path: Path, document: Any, schema: str) -> None:
+    """Check ``document`` against the shipped schema, then write it atomically; never a bad file."""
+    problems = output_schema(schema).problems(document)
+    if problems:
+        raise OutputValidationError(path.name, problems)
+    atomic_write_text(path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write through a temp file in the same folder, fsync, then ``os.replace``: readers see old or new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

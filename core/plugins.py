@@ -1,0 +1,80 @@
+"""Build the plugin manager and collect the rule types that plugins register."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+
+import pluggy
+
+from core import hookspecs
+from core.errors import ConfigError, FailedToLoadPlugin
+from core.rules import Rule
+
+#: The rule types the product ships, loaded by dotted name like any third-party plugin.
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "plugins.counts",
+    "plugins.top",
+    "plugins.hours",
+)
+
+
+def get_plugin_manager(plugins: Iterable[str] = (), *, load_entrypoints: bool = True) -> pluggy.PluginManager:
+    """A fresh manager with the hook specs, the built-ins, entry points and the ``plugins`` named.
+
+    Raises ``ConfigError`` naming every module that failed to import, and fails loudly (through
+    ``check_pending``) on a hook implementation that matches no spec.
+    """
+    pm = pluggy.PluginManager(hookspecs.NAMESPACE)
+    pm.add_hookspecs(hookspecs)
+    failures: list[str] = []
+    for dotted in (*DEFAULT_PLUGINS, *plugins):
+        try:
+            register_module(pm, dotted)
+        except FailedToLoadPlugin as exc:
+            failures.extend(exc.problems)
+    if load_entrypoints:
+        try:
+            pm.load_setuptools_entrypoints(hookspecs.NAMESPACE)
+        except Exception as exc:  # a broken third-party package must not hide which one it was
+            failures.append(f"plugin entry point in group '{hookspecs.NAMESPACE}' failed to load: {exc}")
+    if failures:
+        raise ConfigError(failures)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise ConfigError([f"plugin '{exc.plugin_name}': {exc}"]) from None
+    return pm
+
+
+def register_module(pm: pluggy.PluginManager, dotted: str) -> None:
+    """Import ``dotted`` and register it under its own name (once)."""
+    if pm.has_plugin(dotted):
+        return
+    try:
+        module = importlib.import_module(dotted)
+    except Exception as exc:  # any import-time failure is the plugin's, and must name it
+        raise FailedToLoadPlugin(dotted, exc) from exc
+    pm.register(module, name=dotted)
+
+
+def rule_types(pm: pluggy.PluginManager) -> dict[str, type[Rule]]:
+    """Every rule type the registered plugins provide, by ``type_name``."""
+    found: dict[str, type[Rule]] = {}
+    problems: list[str] = []
+
+    def register(cls: type[Rule]) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, Rule)) or not cls.type_name:
+            problems.append(f"rule type {cls!r}: expected a subclass of core.Rule with a type_name")
+        elif cls.type_name in found and found[cls.type_name] is not cls:
+            other = found[cls.type_name]
+            problems.append(
+                f"rule type '{cls.type_name}' is registered twice: by {other.__module__} and {cls.__module__}"
+            )
+        else:
+            found[cls.type_name] = cls
+
+    pm.hook.register_rule_types(register=register)
+    if problems:
+        raise ConfigError(problems)
+    return found

@@ -1,0 +1,63 @@
+"""The rule contract: a rule type is a class; a configured rule is a mergeable, picklable state."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+
+if TYPE_CHECKING:
+    from core.parse import Batch
+
+
+class Result(NamedTuple):
+    """What a rule reports: ``value`` goes under the rule's key, ``detail`` under ``details``."""
+
+    value: Any
+    detail: Any = None
+
+
+class Rule:
+    """Base class of every rule type.
+
+    A subclass sets ``type_name`` (what rule files write in ``type:``), ``params_schema`` (a JSON
+    Schema for the rule's parameters) and implements ``setup``, ``update``, ``merge`` and
+    ``result``. The
+    instance holds the rule's state: ``update`` folds in a batch, ``merge`` folds in another
+    partial state of the same rule (associative and commutative), ``result`` reads it out. The
+    state must pickle, so that partials can move between threads, processes and machines.
+    """
+
+    type_name: ClassVar[str] = ""
+    #: ``summary`` rules write into summary.json; ``anomalies`` rules into anomalies.json.
+    output: ClassVar[str] = "summary"
+    description: ClassVar[str] = ""
+    params_schema: ClassVar[dict[str, Any]] = {"type": "object", "additionalProperties": False}
+    #: JSON Schema for ``result().value``; checked before any output is written.
+    result_schema: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, name: str, *, key: str | None = None, **params: Any) -> None:
+        self.name = name
+        self.key = key or name.replace("-", "_")
+        self.params = params
+        self.setup(**params)
+
+    def setup(self, **params: Any) -> None:
+        """Take the validated parameters and create the empty state; override with named arguments."""
+
+    def empty(self) -> Rule:
+        """A fresh state with the same name and parameters, for a new partial."""
+        return type(self)(self.name, key=self.key, **self.params)
+
+    def update(self, batch: Batch) -> None:
+        """Fold one batch of records into this state."""
+        raise NotImplementedError
+
+    def merge(self, other: Rule) -> None:
+        """Fold another partial state of the same rule into this one."""
+        raise NotImplementedError
+
+    def result(self) -> Result:
+        """Read out the rule's result from its state."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"

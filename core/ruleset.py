@@ -1,0 +1,180 @@
+"""Load the named rules from ``rules/*.yaml``, validate each against its type, and pick the enabled ones."""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core.errors import ConfigError
+from core.rules import Rule
+from core.settings import Settings
+from core.validation import SchemaCheck, expected, found
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_COMMON = ("name", "type", "key")
+#: Top-level keys of summary.json that the engine itself writes; rules may not take them.
+RESERVED_KEYS = frozenset(
+    {"details", "totals", "files", "malformed_samples", "rule_errors", "file_errors", "run", "rules"}
+)
+
+
+@dataclass(frozen=True)
+class RuleDef:
+    """A rule as written in a rule file, before it is checked."""
+
+    source: str
+    name: str
+    type: str
+    key: str
+    params: dict[str, Any]
+
+
+def load_rules(settings: Settings, types: dict[str, type[Rule]]) -> list[Rule]:
+    """The enabled rules, in the order ``settings.rules`` lists them; every problem is reported at once."""
+    defs, problems = _read_rule_files(settings)
+    checks = {name: SchemaCheck(cls.params_schema) for name, cls in types.items()}
+    rules: dict[str, Rule] = {}
+    for rule_def in defs.values():
+        rule, found_problems = _build(rule_def, types, checks)
+        problems += found_problems
+        if rule is not None:
+            rules[rule.name] = rule
+    problems += _check_enabled(settings, defs)
+    if problems:
+        raise ConfigError(problems)
+    enabled = [rules[name] for name in settings.rules]
+    _check_keys(enabled)
+    return enabled
+
+
+def _rule_files(settings: Settings) -> list[Path]:
+    base = settings.source.parent
+    paths: list[Path] = []
+    for pattern in settings.rule_files:
+        full = pattern if Path(pattern).is_absolute() else str(base / pattern)
+        paths.extend(Path(p) for p in sorted(glob.glob(full)) if Path(p) not in paths)
+    return paths
+
+
+def _display(path: Path, settings: Settings) -> str:
+    try:
+        return str(path.relative_to(settings.source.parent))
+    except ValueError:
+        return str(path)
+
+
+def _read_rule_files(settings: Settings) -> tuple[dict[str, RuleDef], list[str]]:
+    defs: dict[str, RuleDef] = {}
+    problems: list[str] = []
+    for path in _rule_files(settings):
+        source = _display(path, settings)
+        entries, file_problems = _entries(path, source)
+        problems += file_problems
+        for index, entry in enumerate(entries):
+            rule_def, entry_problems = _rule_def(source, index, entry)
+            problems += entry_problems
+            if rule_def is None:
+                continue
+            if rule_def.name in defs:
+                problems.append(
+                    f"{source}: rule '{rule_def.name}': name already used in {defs[rule_def.name].source}; "
+                    "hint: rule names must be unique across all rule files"
+                )
+                continue
+            defs[rule_def.name] = rule_def
+    return defs, problems
+
+
+def _entries(path: Path, source: str) -> tuple[list[Any], list[str]]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        return [], [f"{source}: cannot read rule file: {exc}"]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        return [], [f"{source}: not valid YAML: {where}{getattr(exc, 'problem', None) or exc}"]
+    if data is None:
+        return [], []
+    if isinstance(data, dict) and set(data) == {"rules"}:
+        data = data["rules"]
+    if not isinstance(data, list):
+        return [], [f"{source}: expected a list of rules (or 'rules:' holding one), got {type(data).__name__}"]
+    return data, []
+
+
+def _rule_def(source: str, index: int, entry: Any) -> tuple[RuleDef | None, list[str]]:
+    where = f"{source}: rule #{index + 1}"
+    if not isinstance(entry, dict):
+        return None, [f"{where}: expected a mapping with 'name' and 'type', got {found(entry)}"]
+    name, kind = entry.get("name"), entry.get("type")
+    problems = []
+    if not isinstance(name, str) or not _NAME.match(name):
+        problems.append(f"{where}: name: expected a name of letters, digits, '-', '_' or '.', got {found(name)}")
+    else:
+        where = f"{source}: rule '{name}'"
+    if not isinstance(kind, str) or not kind:
+        problems.append(f"{where}: type: expected a rule type name, got {found(kind)}")
+    key = entry.get("key", name.replace("-", "_").replace(".", "_") if isinstance(name, str) else None)
+    if not isinstance(key, str) or not _KEY.match(key) or key in RESERVED_KEYS:
+        problems.append(
+            f"{where}: key: expected an identifier that is not one of {', '.join(sorted(RESERVED_KEYS))}, "
+            f"got {found(key)}"
+        )
+    if problems:
+        return None, problems
+    params = {k: v for k, v in entry.items() if k not in _COMMON}
+    return RuleDef(source, name, kind, key, params), []
+
+
+def _build(
+    rule_def: RuleDef, types: dict[str, type[Rule]], checks: dict[str, SchemaCheck]
+) -> tuple[Rule | None, list[str]]:
+    where = f"{rule_def.source}: rule '{rule_def.name}'"
+    cls = types.get(rule_def.type)
+    if cls is None:
+        close = difflib.get_close_matches(rule_def.type, list(types), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        known = ", ".join(sorted(types))
+        return None, [f"{where}: type: unknown rule type '{rule_def.type}'{hint}; known types: {known}"]
+    problems = [f"{where}: {p}" for p in checks[rule_def.type].problems(rule_def.params)]
+    if problems:
+        return None, problems
+    try:
+        rule = cls(rule_def.name, key=rule_def.key, **rule_def.params)
+    except (TypeError, ValueError) as exc:
+        return None, [f"{where}: {exc}"]
+    return rule, []
+
+
+def _check_enabled(settings: Settings, defs: dict[str, RuleDef]) -> list[str]:
+    problems = []
+    for name in settings.rules:
+        if name not in defs:
+            close = difflib.get_close_matches(name, list(defs), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            known = ", ".join(sorted(defs)) or "none"
+            problems.append(f"{settings.source.name}: rules: unknown rule '{name}'{hint}; defined rules: {known}")
+    return problems
+
+
+def _check_keys(enabled: list[Rule]) -> None:
+    owners: dict[tuple[str, str], str] = {}
+    problems = []
+    for rule in enabled:
+        slot = (rule.output, rule.key)
+        if slot in owners:
+            problems.append(
+                f"rule '{rule.name}': key: '{rule.key}' is already written by rule '{owners[slot]}'; "
+                "hint: set a different 'key:' on one of them"
+            )
+        owners[slot] = rule.name
+    if problems:
+        raise ConfigError(problems)

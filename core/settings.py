@@ -1,0 +1,171 @@
+"""Load ``settings.yaml``: defaults, overrides, validation and path resolution."""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core.errors import ConfigError
+from core.validation import SchemaCheck
+
+DEFAULTS: dict[str, Any] = {
+    "data_dir": "data",
+    "output_dir": "output",
+    "include": ["*.txt", "*.log"],
+    "exclude": [".*", "*~", "*.tmp", "*.temp", "*.part", "*.partial", "*.swp", "*.crdownload"],
+    "recursive": False,
+    "workers": 0,
+    "chunk_bytes": 4 * 1024 * 1024,
+    "queue_size": 4,
+    "limits": {"max_line_bytes": 65536, "malformed_samples": 100, "memory_mb": 500},
+    "rule_files": ["rules/*.yaml"],
+    "plugins": [],
+    "rules": [],
+}
+
+_GLOBS = {"type": "array", "items": {"type": "string", "minLength": 1}}
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "data_dir": {"type": "string", "minLength": 1},
+        "output_dir": {"type": "string", "minLength": 1},
+        "include": _GLOBS,
+        "exclude": _GLOBS,
+        "recursive": {"type": "boolean"},
+        "workers": {"type": "integer", "minimum": 0, "maximum": 256},
+        "chunk_bytes": {"type": "integer", "minimum": 1024, "maximum": 1024**3},
+        "queue_size": {"type": "integer", "minimum": 1, "maximum": 1024},
+        "limits": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "max_line_bytes": {"type": "integer", "minimum": 64, "maximum": 256 * 1024**2},
+                "malformed_samples": {"type": "integer", "minimum": 0, "maximum": 100000},
+                "memory_mb": {"type": "integer", "minimum": 64},
+            },
+        },
+        "rule_files": _GLOBS,
+        "plugins": {"type": "array", "items": {"type": "string", "pattern": r"^[A-Za-z_][\w.]*$"}},
+        "rules": {"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueItems": True},
+    },
+}
+_CHECK = SchemaCheck(SCHEMA)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings; paths are absolute, resolved against the settings file's folder."""
+
+    source: Path
+    data_dir: Path
+    output_dir: Path
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    recursive: bool
+    workers: int
+    chunk_bytes: int
+    queue_size: int
+    max_line_bytes: int
+    malformed_samples: int
+    memory_mb: int
+    rule_files: tuple[str, ...]
+    plugins: tuple[str, ...]
+    rules: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values, for hooks and for the run's record in summary.json."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+
+
+def load_settings(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> Settings:
+    """Read, validate and resolve a settings file; ``overrides`` (from the CLI) win over it."""
+    source = Path(path)
+    raw = _read_yaml(source)
+    merged = _merge(DEFAULTS, raw)
+    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    problems = [f"{source}: {p}" for p in _CHECK.problems(merged)]
+    problems += _cross_checks(source, merged)
+    if problems:
+        raise ConfigError(problems)
+    return _resolve(source, merged)
+
+
+def _read_yaml(source: Path) -> dict[str, Any]:
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{source}: settings file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{source}: cannot read settings file: {exc}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}: not valid YAML: {_yaml_problem(exc)}"]) from None
+    if raw is None:
+        raise ConfigError([f"{source}: settings file is empty; expected a mapping such as 'rules: [...]'"])
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}: expected a mapping of settings, got {type(raw).__name__}"])
+    return raw
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return where + str(getattr(exc, "problem", None) or exc)
+
+
+def _merge(defaults: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(defaults)
+    for key, value in raw.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _cross_checks(source: Path, merged: dict[str, Any]) -> list[str]:
+    limits = merged.get("limits")
+    chunk = merged.get("chunk_bytes")
+    if not isinstance(limits, dict) or not isinstance(chunk, int):
+        return []
+    longest = limits.get("max_line_bytes")
+    if isinstance(longest, int) and chunk <= longest:
+        return [
+            f"{source}: chunk_bytes: expected more than limits.max_line_bytes ({longest}), got {chunk}; "
+            "hint: a chunk must hold at least one line of the longest allowed length"
+        ]
+    return []
+
+
+def _resolve(source: Path, merged: dict[str, Any]) -> Settings:
+    base = source.resolve().parent
+    limits = merged["limits"]
+    return Settings(
+        source=source.resolve(),
+        data_dir=_absolute(base, merged["data_dir"]),
+        output_dir=_absolute(base, merged["output_dir"]),
+        include=tuple(merged["include"]),
+        exclude=tuple(merged["exclude"]),
+        recursive=merged["recursive"],
+        workers=merged["workers"] or (os.cpu_count() or 1),
+        chunk_bytes=merged["chunk_bytes"],
+        queue_size=merged["queue_size"],
+        max_line_bytes=limits["max_line_bytes"],
+        malformed_samples=limits["malformed_samples"],
+        memory_mb=limits["memory_mb"],
+        rule_files=tuple(merged["rule_files"]),
+        plugins=tuple(merged["plugins"]),
+        rules=tuple(merged["rules"]),
+    )
+
+
+def _absolute(base: Path, value: str | os.PathLike[str]) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path

@@ -1,0 +1,54 @@
+"""Everything a run accumulates, as one mergeable, picklable value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.rules import Rule
+from core.stats import FileStats, merge_file_stats
+
+
+@dataclass(frozen=True, order=True)
+class Failure:
+    """A rule or a file that failed; the run went on without it."""
+
+    kind: str  # "rule" or "file"
+    path: str
+    rule: str
+    error: str
+
+    def as_dict(self) -> dict[str, Any]:
+        entry = {"file": self.path, "error": self.error}
+        return {"rule": self.rule, **entry} if self.kind == "rule" else entry
+
+
+@dataclass
+class RunState:
+    """Rule states, per-file counts and failures; ``merge`` is associative and commutative."""
+
+    rules: dict[str, Rule]
+    files: dict[str, FileStats] = field(default_factory=dict)
+    failures: set[Failure] = field(default_factory=set)
+
+    @classmethod
+    def empty(cls, rules: list[Rule]) -> RunState:
+        """A state with a fresh partial of every rule."""
+        return cls({rule.name: rule.empty() for rule in rules})
+
+    def failed_rules(self) -> set[str]:
+        return {f.rule for f in self.failures if f.kind == "rule"}
+
+    def merge(self, other: RunState) -> None:
+        """Fold ``other`` into this state."""
+        for name, rule in other.rules.items():
+            self.rules[name].merge(rule)
+        merge_file_stats(self.files, other.files)
+        self.failures |= other.failures
+
+    def rule_failures(self) -> list[Failure]:
+        """The first failure of each failed rule (first by file name), for reporting."""
+        first: dict[str, Failure] = {}
+        for failure in sorted(f for f in self.failures if f.kind == "rule"):
+            first.setdefault(failure.rule, failure)
+        return sorted(first.values(), key=lambda f: f.rule)

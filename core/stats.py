@@ -1,0 +1,71 @@
+"""Per-file line accounting: mergeable counts of lines, records, blanks and malformed lines."""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, order=True)
+class MalformedLine:
+    """One malformed line kept as a sample: where it is, why it was rejected, how it began."""
+
+    line: int
+    reason: str
+    text: str
+
+
+@dataclass
+class FileStats:
+    """Counts for one file, or part of one; ``merge`` adds parts in any order."""
+
+    path: str
+    sample_limit: int = 100
+    bytes: int = 0
+    lines: int = 0
+    records: int = 0
+    blank: int = 0
+    malformed: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    samples: list[MalformedLine] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add_malformed(self, found: list[MalformedLine]) -> None:
+        """Count malformed lines and keep the earliest ``sample_limit`` of them as samples."""
+        self.malformed += len(found)
+        self.reasons.update(m.reason for m in found)
+        self.samples = heapq.nsmallest(self.sample_limit, [*self.samples, *found])
+
+    def merge(self, other: FileStats) -> None:
+        """Add another part of the same file; associative and commutative."""
+        self.bytes += other.bytes
+        self.lines += other.lines
+        self.records += other.records
+        self.blank += other.blank
+        self.malformed += other.malformed
+        self.reasons.update(other.reasons)
+        self.samples = heapq.nsmallest(self.sample_limit, [*self.samples, *other.samples])
+        self.seconds += other.seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        """The file's entry in ``summary.json``; timing is left out so that outputs are reproducible."""
+        return {
+            "path": self.path,
+            "bytes": self.bytes,
+            "lines": self.lines,
+            "records": self.records,
+            "blank": self.blank,
+            "malformed": self.malformed,
+            "malformed_reasons": dict(sorted(self.reasons.items())),
+        }
+
+
+def merge_file_stats(into: dict[str, FileStats], other: dict[str, FileStats]) -> None:
+    """Merge per-path stats of ``other`` into ``into``."""
+    for path, stats in other.items():
+        if path in into:
+            into[path].merge(stats)
+        else:
+            into[path] = stats

@@ -1,0 +1,116 @@
+"""JSON Schema checks built once and reported as plain sentences with their field path."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from typing import Any
+
+import jsonschema
+from jsonschema.exceptions import ValidationError
+
+_TYPE_NAMES = {
+    "integer": "integer",
+    "number": "number",
+    "string": "string",
+    "boolean": "true or false",
+    "array": "list",
+    "object": "mapping",
+    "null": "nothing",
+}
+
+
+class SchemaCheck:
+    """A JSON Schema validator built once (after ``check_schema``) and reused for every check."""
+
+    def __init__(self, schema: dict[str, Any]) -> None:
+        cls = jsonschema.validators.validator_for(schema)
+        cls.check_schema(schema)
+        self.schema = schema
+        self._validator = cls(schema)
+
+    def problems(self, instance: Any) -> list[str]:
+        """Every violation of the schema, each as ``path: what was expected, what was found``."""
+        errors = sorted(self._validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
+        return [describe(error) for error in _leaves(errors)]
+
+
+def _leaves(errors: Iterable[ValidationError]) -> Iterable[ValidationError]:
+    # anyOf/oneOf errors say little; their best sub-error says what is wrong.
+    for error in errors:
+        if error.context:
+            yield jsonschema.exceptions.best_match(error.context)
+        else:
+            yield error
+
+
+def field_path(parts: Iterable[Any]) -> str:
+    """Render a JSON path such as ``limits.max_line_bytes`` or ``rules[2]``."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def describe(error: ValidationError) -> str:
+    """One sentence for one schema violation, prefixed with its field path when there is one."""
+    where = field_path(error.absolute_path)
+    what = _what(error)
+    return f"{where}: {what}" if where else what
+
+
+def _what(error: ValidationError) -> str:
+    kind = error.validator
+    if kind == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        return f"missing required field '{missing}'"
+    if kind == "additionalProperties":
+        return _unknown_keys(error)
+    if kind in {"minItems", "maxItems", "uniqueItems"}:
+        return f"{error.message}"
+    return f"expected {expected(error.schema)}, got {found(error.instance)}"
+
+
+def _unknown_keys(error: ValidationError) -> str:
+    known = sorted(error.schema.get("properties", {}))
+    extra = sorted(set(error.instance) - set(known))
+    parts = []
+    for key in extra:
+        close = difflib.get_close_matches(str(key), known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        parts.append(f"unknown field '{key}'{hint}")
+    return "; ".join(parts) + f"; known fields: {', '.join(known)}"
+
+
+def expected(schema: dict[str, Any]) -> str:
+    """Describe what a schema accepts, e.g. ``integer >= 1`` or ``one of 'a', 'b'``."""
+    if "enum" in schema:
+        return "one of " + ", ".join(repr(v) for v in schema["enum"])
+    if "const" in schema:
+        return repr(schema["const"])
+    kinds = schema.get("type", "value")
+    text = " or ".join(_TYPE_NAMES.get(k, k) for k in ([kinds] if isinstance(kinds, str) else kinds))
+    bounds = [
+        (">=", schema.get("minimum")),
+        (">", schema.get("exclusiveMinimum")),
+        ("<=", schema.get("maximum")),
+        ("<", schema.get("exclusiveMaximum")),
+    ]
+    text += "".join(f" {op} {value}" for op, value in bounds if value is not None)
+    if "minLength" in schema:
+        text += f" of at least {schema['minLength']} character(s)"
+    if "pattern" in schema:
+        text += f" matching {schema['pattern']}"
+    if "format" in schema:
+        text += f" in {schema['format']} format"
+    return text
+
+
+def found(instance: Any) -> str:
+    """Show the offending value the way the user wrote it."""
+    if isinstance(instance, (dict, list)):
+        text = repr(instance)
+        return text if len(text) <= 60 else text[:57] + "..."
+    if instance is None:
+        return "nothing"
+    return repr(instance)

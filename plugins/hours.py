@@ -1,0 +1,53 @@
+"""``peak_hours``: the UTC hours of the day with the most records, and the 24-hour histogram."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from core import Result, Rule, hookimpl
+from plugins.counting import CountTable
+
+
+def hour_label(hour: int) -> str:
+    """``12`` -> ``12:00-13:00``; the last hour wraps to ``23:00-00:00``."""
+    return f"{hour:02d}:00-{(hour + 1) % 24:02d}:00"
+
+
+class PeakHours(Rule):
+    """The ``limit`` busiest hours of day (UTC), ties by hour ascending; hours with no record are never peaks."""
+
+    type_name = "peak_hours"
+    description = "The busiest hours of the day (UTC), with the 24-hour volume histogram."
+    params_schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"limit": {"type": "integer", "minimum": 1, "maximum": 24}},
+    }
+    result_schema = {
+        "type": "array",
+        "items": {"type": "string", "pattern": r"^([01][0-9]|2[0-3]):00-([01][0-9]|2[0-3]):00$"},
+    }
+
+    def setup(self, limit: int = 3) -> None:
+        self.limit = limit
+        self.counts = CountTable(pl.Int8())
+
+    def update(self, batch: Any) -> None:
+        self.counts.add_values(batch.frame["ts"].dt.hour())
+
+    def merge(self, other: PeakHours) -> None:
+        self.counts.merge(other.counts)
+
+    def result(self) -> Result:
+        ranked = self.counts.frame()
+        peaks = [hour_label(h) for h in ranked["key"].head(self.limit).to_list()]
+        by_hour = dict(ranked.iter_rows())
+        histogram = {hour_label(h): by_hour.get(h, 0) for h in range(24)}
+        return Result(peaks, {"hourly_volume": histogram})
+
+
+@hookimpl
+def register_rule_types(register: Any) -> None:
+    register(PeakHours)
