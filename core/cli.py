@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     settings = load_settings(args.settings, _overrides(args))
-    pm = get_plugin_manager(settings.plugins)
+    pm = get_plugin_manager(settings.plugins, search_path=settings.source.parent)
     rules = load_rules(settings, rule_types(pm))
     if args.check:
         if not args.quiet:

@@ -120,7 +120,10 @@ def _classify(lines: pl.DataFrame, max_line_bytes: int) -> pl.DataFrame:
     ts = pl.col("f0").str.to_datetime(_TIMESTAMP_FORMAT, strict=False, time_unit="us")
     ts = pl.when(pl.col("kind") == "record").then(ts)
     frame = frame.with_columns(ts=ts)
-    real_instant = pl.col("ts").is_not_null() & ~pl.col("f0").str.starts_with("0000")
+    # Years 0001-9999 hold both as written and once normalised to UTC (0001-01-01T00:00:00+01:00
+    # would be year 0), so every record's ts is also a Python datetime.
+    in_range = pl.col("ts").dt.year().is_between(1, 9999)
+    real_instant = pl.col("ts").is_not_null() & ~pl.col("f0").str.starts_with("0000") & in_range
     return frame.with_columns(
         kind=pl.when((pl.col("kind") == "record") & ~real_instant)
         .then(pl.lit("malformed"))

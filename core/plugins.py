@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 import pluggy
 
@@ -19,12 +21,18 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 )
 
 
-def get_plugin_manager(plugins: Iterable[str] = (), *, load_entrypoints: bool = True) -> pluggy.PluginManager:
+def get_plugin_manager(
+    plugins: Iterable[str] = (), *, load_entrypoints: bool = True, search_path: Path | None = None
+) -> pluggy.PluginManager:
     """A fresh manager with the hook specs, the built-ins, entry points and the ``plugins`` named.
 
-    Raises ``ConfigError`` naming every module that failed to import, and fails loudly (through
+    ``search_path`` (the settings file's folder) is where plugin modules listed in settings are
+    looked for first, so a ``my_rules.py`` beside ``settings.yaml`` just works. Raises
+    ``ConfigError`` naming every module that failed to import, and fails loudly (through
     ``check_pending``) on a hook implementation that matches no spec.
     """
+    if search_path is not None and str(search_path) not in sys.path:
+        sys.path.insert(0, str(search_path))
     pm = pluggy.PluginManager(hookspecs.NAMESPACE)
     pm.add_hookspecs(hookspecs)
     failures: list[str] = []
@@ -43,7 +51,8 @@ def get_plugin_manager(plugins: Iterable[str] = (), *, load_entrypoints: bool = 
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise ConfigError([f"plugin '{exc.plugin_name}': {exc}"]) from None
+        name = pm.get_name(exc.plugin) or repr(exc.plugin)
+        raise ConfigError([f"plugin '{name}': {exc}; hint: check the hook's name in core/hookspecs.py"]) from None
     return pm
 
 

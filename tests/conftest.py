@@ -1,0 +1,98 @@
+"""Shared fixtures: a fresh plugin manager, a throwaway workspace, and the CLI run for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.plugins import get_plugin_manager
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def pm():
+    """A fresh plugin manager per test, without third-party entry points."""
+    return get_plugin_manager(load_entrypoints=False)
+
+
+@dataclass
+class Workspace:
+    """A copy of the shipped settings and rules in a temp folder, with an empty ``data/``."""
+
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def output(self) -> Path:
+        return self.root / "output"
+
+    @property
+    def settings(self) -> Path:
+        return self.root / "settings.yaml"
+
+    def write(self, name: str, content: str | bytes) -> Path:
+        """Write a file under the data folder (bytes as is, text dedented)."""
+        path = self.data / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(textwrap.dedent(content), encoding="utf-8")
+        return path
+
+    def configure(self, text: str) -> None:
+        """Append settings (YAML) to the workspace's settings.yaml; later keys win."""
+        with self.settings.open("a", encoding="utf-8") as out:
+            out.write("\n" + textwrap.dedent(text))
+
+    def rules_file(self, name: str, text: str) -> Path:
+        path = self.root / "rules" / name
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+        return path
+
+    def summary(self) -> dict[str, Any]:
+        return json.loads((self.output / "summary.json").read_text(encoding="utf-8"))
+
+    def run(self, *args: str, check: bool = False, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run ``runpipeline`` in a real subprocess inside the workspace."""
+        return run_cli(*args, cwd=self.root, check=check, env=env, timeout=timeout)
+
+
+def run_cli(*args: str, cwd: Path, check: bool = False, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    result = subprocess.run(
+        [sys.executable, "-m", "core.cli", *args],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    """Shipped settings.yaml and rules/ in a temp folder, with an empty data/ folder."""
+    shutil.copy(REPO / "settings.yaml", tmp_path / "settings.yaml")
+    shutil.copytree(REPO / "rules", tmp_path / "rules")
+    (tmp_path / "data").mkdir()
+    return Workspace(tmp_path)
+
+
+def without_run(summary: dict[str, Any]) -> dict[str, Any]:
+    """A summary minus its run metrics (time, memory), which differ between runs."""
+    return {k: v for k, v in summary.items() if k != "run"}

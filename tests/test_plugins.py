@@ -1,0 +1,294 @@
+"""The plugin contract: hook specs, the plugin manager factory, isolation, and the README's plugin."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import os
+import re
+import textwrap
+from pathlib import Path
+
+import pluggy
+import pytest
+
+from core import hookimpl, hookspecs
+from core.errors import ConfigError
+from core.plugins import DEFAULT_PLUGINS, get_plugin_manager, rule_types
+from core.ruleset import load_rules
+from core.runner import run_batch
+from core.settings import load_settings
+from tests.conftest import REPO
+
+HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, "ohmypayments_spec")]
+
+
+def test_every_hook_spec_is_documented():
+    for name in HOOKS:
+        spec = getattr(hookspecs, name)
+        doc = inspect.getdoc(spec) or ""
+        for param in inspect.signature(spec).parameters:
+            assert f":param {param}:" in doc, f"{name} does not document {param}"
+        assert ":returns:" in doc, name
+        assert "Called" in doc, f"{name} does not say when it is called"
+
+
+def test_every_hook_has_a_test():
+    source = Path(__file__).read_text(encoding="utf-8")
+    for name in HOOKS:
+        assert f"def test_hook_{name}" in source, f"no test for hook {name}"
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_every_hook_can_be_called_with_no_plugins(name):
+    pm = pluggy.PluginManager(hookspecs.NAMESPACE)
+    pm.add_hookspecs(hookspecs)
+    params = inspect.signature(getattr(hookspecs, name)).parameters
+    assert getattr(pm.hook, name)(**{p: None for p in params}) == []
+
+
+def test_core_never_imports_plugins():
+    for path in (REPO / "core").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not any(n == "plugins" or n.startswith("plugins.") for n in names), path
+
+
+def test_builtins_register_through_the_same_path(pm):
+    for dotted in DEFAULT_PLUGINS:
+        assert pm.has_plugin(dotted)
+    assert {"count_by", "top_k", "peak_hours"} <= set(rule_types(pm))
+
+
+def test_misspelt_hook_fails_loudly(tmp_path, monkeypatch):
+    (tmp_path / "typo_plugin.py").write_text(
+        "from core import hookimpl\n@hookimpl\ndef register_rule_type(register):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError) as caught:
+        get_plugin_manager(["typo_plugin"], load_entrypoints=False)
+    assert "typo_plugin" in str(caught.value) and "register_rule_type" in str(caught.value)
+
+
+def test_plugin_that_fails_to_import_is_named(tmp_path, monkeypatch):
+    (tmp_path / "exploding.py").write_text("raise RuntimeError('boom at import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError) as caught:
+        get_plugin_manager(["exploding", "no_such_module_anywhere"], load_entrypoints=False)
+    text = str(caught.value)
+    assert "plugin 'exploding' failed to load: RuntimeError: boom at import" in text
+    assert "plugin 'no_such_module_anywhere' failed to load: ModuleNotFoundError" in text
+
+
+def test_entry_points_are_loaded_only_when_asked(monkeypatch):
+    calls = []
+    monkeypatch.setattr(pluggy.PluginManager, "load_setuptools_entrypoints", lambda self, group: calls.append(group))
+    get_plugin_manager(load_entrypoints=False)
+    assert calls == []
+    get_plugin_manager()
+    assert calls == [hookspecs.NAMESPACE]
+
+
+def test_a_rule_type_registered_twice_by_two_plugins_is_an_error(pm):
+    from plugins.top import TopK
+
+    class Impostor(TopK):
+        pass
+
+    class Plugin:
+        @hookimpl
+        def register_rule_types(self, register):
+            register(Impostor)
+
+    pm.register(Plugin(), name="impostor")
+    try:
+        with pytest.raises(ConfigError, match="rule type 'top_k' is registered twice"):
+            rule_types(pm)
+    finally:
+        pm.unregister(name="impostor")
+
+
+class Recorder:
+    """A test plugin that writes down every lifecycle hook call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    @hookimpl
+    def before_run(self, paths, settings):
+        self.calls.append(("before_run", tuple(paths), settings["workers"]))
+
+    @hookimpl
+    def before_file(self, path):
+        self.calls.append(("before_file", path))
+
+    @hookimpl
+    def after_file(self, path, stats):
+        self.calls.append(("after_file", path, stats.lines, stats.records, stats.malformed))
+
+    @hookimpl
+    def on_error(self, error, path, rule):
+        self.calls.append(("on_error", path, rule, type(error).__name__))
+
+    @hookimpl
+    def after_run(self, summary, anomalies):
+        self.calls.append(("after_run", summary["totals"]["records"], anomalies))
+
+
+@pytest.fixture
+def recorded_run(workspace, pm):
+    """Run the shipped rules in-process over two files with a Recorder registered."""
+    workspace.write("a.log", "2025-07-22T12:00:00Z INFO S u1 ok\nnot a record\n")
+    workspace.write("b.log", "2025-07-22T13:00:00Z FAILURE S u2 bad\n")
+    recorder = Recorder()
+    pm.register(recorder, name="recorder")
+    try:
+        settings = load_settings(workspace.settings)
+        run_batch(settings, pm, load_rules(settings, rule_types(pm)))
+    finally:
+        pm.unregister(name="recorder")
+    return recorder.calls
+
+
+def test_hook_register_rule_types(pm):
+    class Plugin:
+        @hookimpl
+        def register_rule_types(self, register):
+            register(FailOnUpdate)
+
+    pm.register(Plugin(), name="fail-on-update")
+    try:
+        assert rule_types(pm)["fail_on_update"] is FailOnUpdate
+    finally:
+        pm.unregister(name="fail-on-update")
+
+
+def test_hook_before_run(recorded_run):
+    assert recorded_run[0] == ("before_run", ("a.log", "b.log"), os.cpu_count())
+
+
+def test_hook_before_file(recorded_run):
+    assert [c for c in recorded_run if c[0] == "before_file"] == [("before_file", "a.log"), ("before_file", "b.log")]
+
+
+def test_hook_after_file(recorded_run):
+    after = [c for c in recorded_run if c[0] == "after_file"]
+    assert after == [("after_file", "a.log", 2, 1, 1), ("after_file", "b.log", 1, 1, 0)]
+
+
+def test_hook_after_run(recorded_run):
+    assert recorded_run[-1] == ("after_run", 2, [])
+
+
+def test_hook_on_error(workspace, pm):
+    workspace.write("a.log", "2025-07-22T12:00:00Z INFO S u1 ok\n")
+    os.symlink(workspace.root / "nowhere.log", workspace.data / "gone.log")
+    recorder = Recorder()
+    pm.register(recorder, name="recorder")
+    try:
+        settings = load_settings(workspace.settings)
+        run_batch(settings, pm, load_rules(settings, rule_types(pm)))
+    finally:
+        pm.unregister(name="recorder")
+    assert ("on_error", "gone.log", None, "FileNotFoundError") in recorder.calls
+
+
+# -- a rule that raises is isolated ----------------------------------------------------------------
+
+from core import Result, Rule  # noqa: E402
+
+
+class FailOnUpdate(Rule):
+    type_name = "fail_on_update"
+    params_schema = {"type": "object", "additionalProperties": False, "properties": {"when": {"type": "string"}}}
+
+    def setup(self, when="CRASH"):
+        self.when = when
+        self.seen = 0
+
+    def update(self, batch):
+        if (batch.frame["status"] == self.when).any():
+            raise ValueError(f"status {self.when} is not allowed here")
+        self.seen += len(batch)
+
+    def merge(self, other):
+        self.seen += other.seen
+
+    def result(self):
+        return Result(self.seen)
+
+
+FAILING_PLUGIN = '''
+from tests.test_plugins import FailOnUpdate
+from core import hookimpl
+
+@hookimpl
+def register_rule_types(register):
+    register(FailOnUpdate)
+'''
+
+
+def test_a_failing_rule_is_isolated_and_reported(workspace):
+    (workspace.root / "failing.py").write_text(FAILING_PLUGIN)
+    workspace.rules_file("failing.yaml", "- {name: fragile, type: fail_on_update, when: CRASH}\n")
+    workspace.configure(
+        "plugins: [failing]\nrules: [payment-statuses, fragile, top-users]\n"
+    )
+    workspace.write("a.log", "2025-07-22T12:00:00Z INFO S u1 ok\n2025-07-22T12:00:01Z CRASH S u2 x\n")
+    workspace.write("b.log", "2025-07-22T13:00:00Z INFO S u1 fine\n")
+    result = workspace.run()
+    assert result.returncode == 3, result.stderr
+    assert "rule 'fragile' failed on a.log: ValueError: status CRASH is not allowed here" in result.stderr
+    assert "Traceback" not in result.stderr
+    summary = workspace.summary()
+    assert summary["rule_errors"] == [
+        {"rule": "fragile", "file": "a.log", "error": "ValueError: status CRASH is not allowed here"}
+    ]
+    assert "fragile" not in summary
+    assert summary["payment_statuses"] == {"INFO": 2, "CRASH": 1}
+    assert summary["top_users"] == ["u1", "u2"]
+
+
+# -- the README's example plugin works as printed --------------------------------------------------
+
+
+def _readme_block(after_heading: str, language: str, nth: int = 0) -> str:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split(after_heading, 1)[1]
+    return re.findall(rf"```{language}\n(.*?)```", section, re.S)[nth]
+
+
+def test_readme_example_plugin_works_as_printed(workspace):
+    (workspace.root / "failure_rate.py").write_text(_readme_block("## Write a plugin", "python"))
+    workspace.rules_file("failure.yaml", _readme_block("## Write a plugin", "yaml", 0))
+    workspace.configure(_readme_block("## Write a plugin", "yaml", 1))
+    workspace.write(
+        "pay.log",
+        """\
+        2025-07-22T12:00:00Z SUCCESS PaymentService u1 paid
+        2025-07-22T12:00:01Z FAILURE PaymentService u2 declined
+        2025-07-22T12:00:02Z ERROR PaymentService u3 timeout
+        2025-07-22T12:00:03Z SUCCESS PaymentService u4 paid
+        2025-07-22T12:00:04Z INFO AuthenticationService u1 login
+        2025-07-22T12:00:05Z WARN AuthenticationService u1 slow login
+        2025-07-22T12:00:06Z ERROR RefundService u9 failed
+        """,
+    )
+    result = workspace.run()
+    assert result.returncode == 0, result.stderr
+    summary = workspace.summary()
+    assert summary["failure_rate"] == {"AuthenticationService": 0.0, "PaymentService": 0.5, "RefundService": 1.0}
+    assert summary["rules"]["failure-rate"] == {"type": "failure_rate", "key": "failure_rate"}
+
+
+def test_readme_example_plugin_rejects_bad_parameters(workspace):
+    (workspace.root / "failure_rate.py").write_text(_readme_block("## Write a plugin", "python"))
+    workspace.rules_file("failure.yaml", "- {name: failure-rate, type: failure_rate, statuses: []}\n")
+    workspace.configure(_readme_block("## Write a plugin", "yaml", 1))
+    result = workspace.run("--check")
+    assert result.returncode == 2
+    assert "rules/failure.yaml: rule 'failure-rate': statuses:" in result.stderr
