@@ -108,7 +108,7 @@ class Pipeline:
         outcome = ChunkOutcome(stats)
         partial = partials.get()
         try:
-            if len(batch):
+            if stats.lines:
                 for rule in partial.rules.values():
                     self._update(rule, batch, partial, outcome)
         finally:

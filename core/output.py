@@ -28,13 +28,15 @@ def _result_check(cls: type[Rule]) -> SchemaCheck | None:
     return SchemaCheck(cls.result_schema) if cls.result_schema else None
 
 
-def rule_results(state: RunState, rules: list[Rule]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Each summary rule's value and detail by key, each checked against its rule type's schema."""
+def rule_results(
+    state: RunState, rules: list[Rule], output: str = "summary"
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each rule's value and detail by key, each checked against its rule type's schema."""
     values: dict[str, Any] = {}
     details: dict[str, Any] = {}
     problems: list[str] = []
     for rule in rules:
-        if rule.output != "summary" or rule.name not in state.rules:
+        if rule.output != output or rule.name not in state.rules:
             continue
         result = state.rules[rule.name].result()
         check = _result_check(type(rule))
@@ -44,8 +46,40 @@ def rule_results(state: RunState, rules: list[Rule]) -> tuple[dict[str, Any], di
         if result.detail is not None:
             details[rule.key] = result.detail
     if problems:
-        raise OutputValidationError("summary.json", problems)
+        raise OutputValidationError(f"{output}.json", problems)
     return values, details
+
+
+def build_anomalies(state: RunState, rules: list[Rule], generated_at: str) -> dict[str, Any]:
+    """The ``anomalies.json`` document: every detector's anomalies, stamped and in a stable order.
+
+    A detector returns a list of anomaly mappings; the engine adds ``rule``, ``type`` and an ``id``
+    derived from the rule, key and window, so the same anomaly is never listed twice.
+    """
+    detectors = [rule for rule in rules if rule.output == "anomalies"]
+    values, _ = rule_results(state, detectors, "anomalies")
+    found: dict[str, dict[str, Any]] = {}
+    counts: dict[str, int] = {}
+    for rule in detectors:
+        listed = values.get(rule.key, [])
+        counts[rule.name] = len(listed)
+        for anomaly in listed:
+            stamped = {"id": anomaly_id(rule.name, anomaly), "rule": rule.name, "type": rule.type_name, **anomaly}
+            found[stamped["id"]] = stamped
+    ordered = sorted(found.values(), key=lambda a: (a["rule"], a["key"], a["window_start"] or "", a["id"]))
+    names = {rule.name for rule in detectors}
+    return {
+        "generated_at": generated_at,
+        "counts": counts,
+        "rule_errors": [f.as_dict() for f in state.rule_failures() if f.rule in names],
+        "anomalies": ordered,
+    }
+
+
+def anomaly_id(rule: str, anomaly: dict[str, Any]) -> str:
+    """``rule:key@window_start`` (or ``rule:key`` for anomalies with no window)."""
+    window = anomaly.get("window_start")
+    return f"{rule}:{anomaly.get('key', '')}" + (f"@{window}" if window else "")
 
 
 def _join(problem: str) -> str:
@@ -82,11 +116,16 @@ def build_summary(state: RunState, rules: list[Rule], run: dict[str, Any]) -> di
     }
 
 
-def write_validated(path: Path, document: Any, schema: str) -> None:
-    """Check ``document`` against the shipped schema, then write it atomically; never a bad file."""
+def check_output(document: Any, schema: str) -> None:
+    """Raise ``OutputValidationError`` with every JSON path that breaks the shipped schema."""
     problems = output_schema(schema).problems(document)
     if problems:
-        raise OutputValidationError(path.name, problems)
+        raise OutputValidationError(f"{schema}.json", problems)
+
+
+def write_validated(path: Path, document: Any, schema: str) -> None:
+    """Check ``document`` against the shipped schema, then write it atomically; never a bad file."""
+    check_output(document, schema)
     atomic_write_text(path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
 
 

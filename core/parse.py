@@ -7,7 +7,8 @@ classified further, and only lines holding U+FFFD ever look at raw bytes again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import polars as pl
 
@@ -56,10 +57,15 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Batch:
-    """Records of one chunk, as a Polars frame with the columns of ``RECORD_SCHEMA``."""
+    """Records of one chunk, as a Polars frame with the columns of ``RECORD_SCHEMA``.
+
+    ``malformed`` counts the chunk's malformed lines by reason, for rules that report on them
+    (the records themselves never include those lines).
+    """
 
     path: str
     frame: pl.DataFrame
+    malformed: Mapping[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.frame.height
@@ -71,7 +77,7 @@ def parse_chunk(chunk: Chunk, max_line_bytes: int, sample_limit: int) -> tuple[B
     stats.lines = len(chunk.overlong)
     stats.add_malformed([MalformedLine(n, "too_long", "") for n in chunk.overlong])
     if not chunk.data:
-        return Batch(chunk.path, _empty_frame()), stats
+        return Batch(chunk.path, _empty_frame(), dict(stats.reasons)), stats
     lines = _split_lines(chunk.data)
     stats.lines += lines.height
     frame = _classify(lines, max_line_bytes)
@@ -81,7 +87,7 @@ def parse_chunk(chunk: Chunk, max_line_bytes: int, sample_limit: int) -> tuple[B
     stats.records = records.height
     stats.blank = int((frame["kind"] == "blank").sum())
     stats.add_malformed(_malformed(frame, chunk.first_line))
-    return Batch(chunk.path, records), stats
+    return Batch(chunk.path, records, dict(stats.reasons)), stats
 
 
 def _split_lines(data: bytes) -> pl.DataFrame:

@@ -13,7 +13,7 @@ import pluggy
 
 from core.discover import discover
 from core.engine import Pipeline
-from core.output import build_summary, write_validated
+from core.output import build_anomalies, build_summary, check_output, write_validated
 from core.rules import Rule
 from core.settings import Settings
 from core.state import RunState
@@ -27,6 +27,7 @@ class RunReport:
 
     summary: dict[str, Any]
     state: RunState
+    anomalies: dict[str, Any]
 
     @property
     def failed(self) -> bool:
@@ -59,9 +60,13 @@ def run_batch(
     state = pipeline.run(files)
     elapsed = time.perf_counter() - started
     summary = build_summary(state, rules, _metrics(settings, started_at, elapsed, pipeline))
+    anomalies = build_anomalies(state, rules, summary["run"]["started_at"])
+    # Both are checked before either is written, so a failing schema leaves the old pair in place.
+    check_output(anomalies, "anomalies")
     write_validated(settings.output_dir / "summary.json", summary, "summary")
-    pm.hook.after_run(summary=summary, anomalies=[])
-    return RunReport(summary, state)
+    write_validated(settings.output_dir / "anomalies.json", anomalies, "anomalies")
+    pm.hook.after_run(summary=summary, anomalies=anomalies["anomalies"])
+    return RunReport(summary, state, anomalies)
 
 
 def _size(path: Any) -> int:
