@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Any, Sequence
@@ -45,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "resolved against its folder")
     parser.add_argument("--data-dir", metavar="DIR", help="read log files from DIR instead of settings' data_dir")
     parser.add_argument("--output-dir", metavar="DIR", help="write outputs to DIR instead of settings' output_dir")
+    parser.add_argument("--watch", action="store_true",
+                        help="process what is in the data folder, then keep watching it and fold in new and "
+                        "grown files as they are ready; stop with Ctrl-C or SIGTERM")
+    parser.add_argument("--poll", action="store_true",
+                        help="with --watch: poll the folder instead of using native file events")
+    parser.add_argument("--reset", action="store_true",
+                        help="forget what earlier runs counted (output/.state) and start from nothing")
     parser.add_argument("--check", action="store_true",
                         help="validate settings, rule files and plugins, report every problem, and exit")
     parser.add_argument("--version", action="version", version=f"runpipeline (Oh My Payments) {__version__}")
@@ -92,7 +101,10 @@ def _run(args: argparse.Namespace) -> int:
             names = ", ".join(rule.name for rule in rules) or "none"
             print(f"{settings.source}: configuration is valid; {len(rules)} rules enabled: {names}")
         return EXIT_OK
-    report = _run_with_progress(settings, pm, rules, show=not args.quiet and sys.stderr.isatty())
+    if args.watch:
+        return _watch(settings, pm, rules, args)
+    report = _run_with_progress(settings, pm, rules, show=not args.quiet and sys.stderr.isatty(),
+                               reset=args.reset)
     for error in report.summary["rule_errors"]:
         print(f"runpipeline: rule '{error['rule']}' failed on {error['file']}: {error['error']}", file=sys.stderr)
     for error in report.summary["file_errors"]:
@@ -100,6 +112,20 @@ def _run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(human_summary(report, settings))
     return EXIT_PARTIAL if report.failed else EXIT_OK
+
+
+def _watch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespace) -> int:
+    from core.watch import WatchLoop
+
+    if not args.quiet and not args.verbose:
+        logging.getLogger().setLevel(logging.INFO)  # a service logs each file and a status line
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    loop = WatchLoop(settings, pm, rules, stop, poll=args.poll, reset=args.reset)
+    loop.run()
+    logging.getLogger(__name__).info("stopped after %d commits; outputs are complete", loop.commits)
+    return EXIT_OK
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -110,16 +136,16 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _run_with_progress(settings: Settings, pm: Any, rules: list[Any], show: bool) -> RunReport:
+def _run_with_progress(settings: Settings, pm: Any, rules: list[Any], show: bool, reset: bool) -> RunReport:
     if not show:
-        return run_batch(settings, pm, rules)
+        return run_batch(settings, pm, rules, reset=reset)
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
     columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
     with Progress("[progress.description]{task.description}", *columns, transient=True) as bar:
         task = bar.add_task("reading", total=None)
         return run_batch(
-            settings, pm, rules,
+            settings, pm, rules, reset=reset,
             on_progress=lambda n: bar.advance(task, n),
             on_start=lambda total: bar.update(task, total=total),
         )

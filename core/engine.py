@@ -1,21 +1,28 @@
-"""The pipeline: read files as chunks, parse and apply rules on a worker pool, merge the partial states."""
+"""The pipeline: read files as chunks, parse and apply rules on a worker pool, merge in file order.
+
+One thread (the caller's) reads chunks and hands them to the workers through a bounded number of
+slots; it waits when they are full (back-pressure). Each worker parses its chunk and folds it into
+a fresh partial state. The caller merges finished partials strictly in the order the chunks were
+read, and advances the ledger with them, so the merged state and the ledger always describe the
+same bytes: a checkpoint taken at any moment is exact.
+"""
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from collections import OrderedDict
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable, Iterable
 
 import pluggy
 
-from core.discover import DataFile
+from core.checkpoint import Checkpoint
 from core.errors import RuleExecutionFailed
-from core.parse import Chunk, parse_chunk
+from core.ledger import Work
+from core.parse import Batch, Chunk, parse_chunk
 from core.reader import ChunkReader
 from core.rules import Rule
 from core.settings import Settings
@@ -27,127 +34,146 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ChunkOutcome:
-    """What a worker hands back for one chunk: its line counts and the rules that failed on it."""
+    """What a worker hands back for one chunk: its partial state, line counts and rule failures."""
 
+    partial: RunState
     stats: FileStats
-    failures: list[tuple[str, Exception]] = field(default_factory=list)
+    failures: list[RuleExecutionFailed] = field(default_factory=list)
 
 
 @dataclass
-class _FileProgress:
-    file: DataFile
-    futures: list[Future[ChunkOutcome]] = field(default_factory=list)
-    read: bool = False
-    stats: FileStats | None = None
+class _FileRun:
+    work: Work
+    stats: FileStats
+    started: float
 
 
 class Pipeline:
-    """Run the enabled rules over files; each worker owns one partial state, merged at the end."""
+    """A worker pool that folds files into a ``Checkpoint``; use it as a context manager."""
 
-    def __init__(self, settings: Settings, rules: list[Rule], pm: pluggy.PluginManager) -> None:
+    def __init__(self, settings: Settings, rules: list[Rule], pm: pluggy.PluginManager,
+                 stop: threading.Event | None = None) -> None:
         self.settings = settings
         self.rules = rules
         self.hook = pm.hook
+        self.stop = stop or threading.Event()
         self.lines_read = 0
         self.bytes_read = 0
+        self.files_done = 0
         self.on_progress: Callable[[int], None] | None = None
+        self._failed: frozenset[str] = frozenset()
+        self._slots = threading.BoundedSemaphore(settings.workers + settings.queue_size)
+        self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="omp-worker")
 
-    def run(self, files: list[DataFile]) -> RunState:
-        """Process every file once and return the merged state."""
-        state = RunState.empty(self.rules)
-        partials: queue.SimpleQueue[RunState] = queue.SimpleQueue()
-        for _ in range(self.settings.workers):
-            partials.put(RunState.empty(self.rules))
-        # Back-pressure: the reader waits once this many chunks are queued or in work.
-        slots = threading.BoundedSemaphore(self.settings.workers + self.settings.queue_size)
-        progress: OrderedDict[str, _FileProgress] = OrderedDict()
-        with ThreadPoolExecutor(self.settings.workers, thread_name_prefix="omp-worker") as pool:
-            for data_file in files:
-                progress[data_file.name] = _FileProgress(data_file)
-                self._read_file(data_file, pool, slots, partials, progress[data_file.name], state)
-                self._finish_files(progress, state, wait=False)
-            self._finish_files(progress, state, wait=True)
-        while not partials.empty():
-            state.merge(partials.get())
-        for name in state.failed_rules():
-            state.rules.pop(name, None)
-        return state
+    def __enter__(self) -> Pipeline:
+        return self
 
-    def _read_file(
-        self,
-        data_file: DataFile,
-        pool: ThreadPoolExecutor,
-        slots: threading.BoundedSemaphore,
-        partials: queue.SimpleQueue[RunState],
-        progress: _FileProgress,
-        state: RunState,
-    ) -> None:
-        self.hook.before_file(path=data_file.name)
-        reader = ChunkReader(str(data_file.path), self.settings.chunk_bytes, self.settings.max_line_bytes)
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True)
+
+    @property
+    def in_flight(self) -> int:
+        """Chunks queued for or held by the workers right now."""
+        return self.settings.workers + self.settings.queue_size - self._slots._value  # noqa: SLF001
+
+    def process(self, works: Iterable[Work], checkpoint: Checkpoint, *, final: bool) -> None:
+        """Read each work's bytes and fold them into ``checkpoint``; stops early when ``stop`` is set.
+
+        ``final`` counts a last line without a newline (a batch run); without it, such a line
+        waits for its newline (a file that may still be written).
+        """
+        self._failed = frozenset(checkpoint.state.failed_rules())
+        queue: deque[tuple[_FileRun, Chunk | None, Future[ChunkOutcome] | None]] = deque()
+        for work in works:
+            if self.stop.is_set():
+                break
+            run = _FileRun(work, FileStats(work.name, self.settings.malformed_samples), time.perf_counter())
+            self.hook.before_file(path=work.name)
+            self._read(run, final, checkpoint, queue)
+            queue.append((run, None, None))
+            self._merge_ready(queue, checkpoint, wait=False)
+        self._merge_ready(queue, checkpoint, wait=True)
+
+    def _read(self, run: _FileRun, final: bool, checkpoint: Checkpoint, queue: deque) -> None:
+        work = run.work
+        reader = ChunkReader(
+            str(work.path), self.settings.chunk_bytes, self.settings.max_line_bytes,
+            start=work.start, first_line=work.first_line, final=final, skip_partial=work.skip_to_newline,
+        )
         try:
             for chunk in reader:
-                chunk = Chunk(data_file.name, chunk.data, chunk.first_line, chunk.start, chunk.end, chunk.overlong)
-                slots.acquire()
-                future = pool.submit(self._process, chunk, partials)
-                future.add_done_callback(lambda _: slots.release())
-                progress.futures.append(future)
+                chunk = Chunk(work.name, chunk.data, chunk.first_line, chunk.start, chunk.end, chunk.overlong)
+                self._slots.acquire()
+                future = self._pool.submit(self._process, chunk)
+                future.add_done_callback(lambda _: self._slots.release())
+                queue.append((run, chunk, future))
                 if self.on_progress is not None:
                     self.on_progress(chunk.end - chunk.start)
+                self._merge_ready(queue, checkpoint, wait=False)
+                if self.stop.is_set():
+                    break
         except OSError as exc:
-            message = f"cannot read {data_file.path}: {exc.strerror or exc}"
-            if reader.offset:
-                message += f" (stopped at byte {reader.offset}, line {reader.line}; lines before it are counted)"
-            state.failures.add(Failure("file", data_file.name, "", message))
-            log.error("%s", message)
-            self.hook.on_error(error=exc, path=data_file.name, rule=None)
-        progress.read = True
+            self._file_failed(run, reader, checkpoint, exc)
 
-    def _process(self, chunk: Chunk, partials: queue.SimpleQueue[RunState]) -> ChunkOutcome:
+    def _file_failed(self, run: _FileRun, reader: ChunkReader, checkpoint: Checkpoint, exc: OSError) -> None:
+        message = f"cannot read {run.work.path}: {exc.strerror or exc}"
+        if reader.offset > run.work.start:
+            message += f" (stopped at byte {reader.offset}; the lines before it are counted)"
+        checkpoint.state.failures.add(Failure("file", run.work.name, "", message))
+        log.error("%s", message)
+        self.hook.on_error(error=exc, path=run.work.name, rule=None)
+
+    def _process(self, chunk: Chunk) -> ChunkOutcome:
         started = time.perf_counter()
         batch, stats = parse_chunk(chunk, self.settings.max_line_bytes, self.settings.malformed_samples)
-        outcome = ChunkOutcome(stats)
-        partial = partials.get()
-        try:
-            if stats.lines:
-                for rule in partial.rules.values():
-                    self._update(rule, batch, partial, outcome)
-        finally:
-            partials.put(partial)
+        outcome = ChunkOutcome(RunState.empty(self.rules), stats)
+        if stats.lines:
+            for rule in outcome.partial.rules.values():
+                if rule.name not in self._failed:
+                    self._update(rule, batch, outcome)
         stats.seconds = time.perf_counter() - started
         return outcome
 
-    def _update(self, rule: Rule, batch: Any, partial: RunState, outcome: ChunkOutcome) -> None:
-        if any(f.rule == rule.name for f in partial.failures):
-            return
+    @staticmethod
+    def _update(rule: Rule, batch: Batch, outcome: ChunkOutcome) -> None:
         try:
             rule.update(batch)
         except Exception as exc:  # a plugin's bug must not stop the other rules
-            error = RuleExecutionFailed(rule.name, batch.path, exc)
-            partial.failures.add(Failure("rule", batch.path, rule.name, f"{type(exc).__name__}: {exc}"))
-            outcome.failures.append((rule.name, error))
+            outcome.partial.failures.add(Failure("rule", batch.path, rule.name, f"{type(exc).__name__}: {exc}"))
+            outcome.failures.append(RuleExecutionFailed(rule.name, batch.path, exc))
 
-    def _finish_files(self, progress: OrderedDict[str, _FileProgress], state: RunState, wait: bool) -> None:
-        """Report files whose chunks are all done, in order; with ``wait``, wait for all of them."""
-        while progress:
-            name, file_progress = next(iter(progress.items()))
-            if not file_progress.read or not (wait or all(f.done() for f in file_progress.futures)):
+    def _merge_ready(self, queue: deque, checkpoint: Checkpoint, wait: bool) -> None:
+        """Merge finished chunks in read order; with ``wait``, wait for all of them."""
+        while queue:
+            run, chunk, future = queue[0]
+            if future is not None and not (wait or future.done()):
                 return
-            stats = FileStats(name, sample_limit=self.settings.malformed_samples)
-            for future in file_progress.futures:
-                outcome = future.result()
-                stats.merge(outcome.stats)
-                for rule_name, error in outcome.failures:
-                    log.error("%s", error)
-                    self.hook.on_error(error=error, path=name, rule=rule_name)
-            progress.popitem(last=False)
-            self._file_done(stats, state)
+            queue.popleft()
+            if future is None:
+                self._file_done(run)
+            else:
+                self._merge(run, chunk, future.result(), checkpoint)
 
-    def _file_done(self, stats: FileStats, state: RunState) -> None:
-        merge_file_stats(state.files, {stats.path: stats})
+    def _merge(self, run: _FileRun, chunk: Chunk, outcome: ChunkOutcome, checkpoint: Checkpoint) -> None:
+        checkpoint.state.merge(outcome.partial)
+        merge_file_stats(checkpoint.state.files, {run.work.name: outcome.stats})
+        run.stats.merge(outcome.stats)
+        for error in outcome.failures:
+            if error.rule not in self._failed:
+                log.error("%s", error)
+                self.hook.on_error(error=error, path=run.work.name, rule=error.rule)
+                self._failed |= {error.rule}
+        open_tail = bool(chunk.data) and not chunk.data.endswith(b"\n")
+        checkpoint.ledger.advance(run.work, chunk.end, chunk.first_line + outcome.stats.lines, open_tail)
+
+    def _file_done(self, run: _FileRun) -> None:
+        stats = run.stats
         self.lines_read += stats.lines
         self.bytes_read += stats.bytes
+        self.files_done += 1
         log.info(
             "%s: %d lines, %d records, %d malformed, %d blank, %.0f ms",
-            stats.path, stats.lines, stats.records, stats.malformed, stats.blank, stats.seconds * 1000,
+            stats.path, stats.lines, stats.records, stats.malformed, stats.blank,
+            (time.perf_counter() - run.started) * 1000,
         )
         self.hook.after_file(path=stats.path, stats=stats)

@@ -35,8 +35,9 @@ def rule_results(
     values: dict[str, Any] = {}
     details: dict[str, Any] = {}
     problems: list[str] = []
+    failed = state.failed_rules()
     for rule in rules:
-        if rule.output != output or rule.name not in state.rules:
+        if rule.output != output or rule.name in failed:
             continue
         result = state.rules[rule.name].result()
         check = _result_check(type(rule))
@@ -130,12 +131,16 @@ def write_validated(path: Path, document: Any, schema: str) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, text.encode("utf-8"))
+
+
+def atomic_write(path: Path, data: bytes) -> None:
     """Write through a temp file in the same folder, fsync, then ``os.replace``: readers see old or new."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
             out.flush()
             os.fsync(out.fileno())
         os.replace(temp, path)

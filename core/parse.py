@@ -43,8 +43,8 @@ _FIELDS = ("f0", "f1", "f2", "f3")
 class Chunk:
     """Whole lines of one file: bytes ``start`` to ``end``, the first of them numbered ``first_line``.
 
-    ``overlong`` lists lines the reader discarded because they exceeded ``max_line_bytes``; they
-    come before ``first_line`` and are not in ``data``.
+    A chunk for a line the reader discarded because it exceeded ``max_line_bytes`` has no
+    ``data`` and lists that line (numbered ``first_line``) in ``overlong``.
     """
 
     path: str

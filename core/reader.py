@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Generator, Iterator
 from typing import BinaryIO
 
 from core.parse import Chunk
+
+log = logging.getLogger(__name__)
 
 
 class ChunkReader:
@@ -26,6 +29,7 @@ class ChunkReader:
         start: int = 0,
         first_line: int = 1,
         final: bool = True,
+        skip_partial: bool = False,
     ) -> None:
         self.path = path
         self.chunk_bytes = chunk_bytes
@@ -33,11 +37,34 @@ class ChunkReader:
         self.offset = start
         self.line = first_line
         self.final = final
+        self.skip_partial = skip_partial
 
     def __iter__(self) -> Iterator[Chunk]:
         with open(self.path, "rb") as handle:
             handle.seek(self.offset)
+            if self.skip_partial and not (yield from self._skip_continuation(handle)):
+                return
             yield from self._chunks(handle)
+
+    def _skip_continuation(self, handle: BinaryIO) -> Generator[Chunk, None, bool]:
+        """Pass over bytes appended to a line already counted without its newline.
+
+        Yields one chunk of no lines that covers them, so the ledger moves past them; returns
+        False while that line's newline has not arrived yet.
+        """
+        skipped = 0
+        while block := handle.read(self.chunk_bytes):
+            newline = block.find(b"\n")
+            if newline >= 0:
+                end = self.offset + skipped + newline + 1
+                log.warning("%s: line %d grew after it was counted; the added text is not counted",
+                            self.path, self.line - 1)
+                yield Chunk(self.path, b"", self.line, self.offset, end)
+                self.offset = end
+                handle.seek(end)
+                return True
+            skipped += len(block)
+        return False
 
     def _chunks(self, handle: BinaryIO) -> Iterator[Chunk]:
         pending = b""
@@ -73,7 +100,7 @@ class ChunkReader:
 
     def _overlong(self, end: int) -> Chunk:
         """Report the line being skipped, which ends just before ``end``."""
-        chunk = Chunk(self.path, b"", self.line + 1, self.offset, end, overlong=(self.line,))
+        chunk = Chunk(self.path, b"", self.line, self.offset, end, overlong=(self.line,))
         self.offset = end
         self.line += 1
         return chunk

@@ -1,4 +1,4 @@
-"""One batch run from validated configuration to written outputs."""
+"""One batch run: from the committed checkpoint, through the new bytes in the data folder, to written outputs."""
 
 from __future__ import annotations
 
@@ -11,22 +11,24 @@ from typing import Any, Callable
 
 import pluggy
 
-from core.discover import discover
+from core import checkpoint as checkpoints
+from core.checkpoint import Checkpoint
+from core.discover import DataFile, discover
 from core.engine import Pipeline
+from core.ledger import Work
 from core.output import build_anomalies, build_summary, check_output, write_validated
 from core.rules import Rule
 from core.settings import Settings
-from core.state import RunState
+from core.state import Failure
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class RunReport:
-    """What a run produced: the summary as written, and whether anything failed along the way."""
+    """What a run produced: the documents as written, and whether anything failed along the way."""
 
     summary: dict[str, Any]
-    state: RunState
     anomalies: dict[str, Any]
 
     @property
@@ -39,44 +41,79 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def plan(files: list[DataFile], checkpoint: Checkpoint, pm: pluggy.PluginManager) -> list[Work]:
+    """The uncounted part of each file; a file that cannot be opened is recorded as a file error."""
+    works = []
+    for data_file in files:
+        try:
+            work = checkpoint.ledger.plan(data_file.name, data_file.path)
+        except OSError as exc:
+            message = f"cannot read {data_file.path}: {exc.strerror or exc}"
+            checkpoint.state.failures.add(Failure("file", data_file.name, "", message))
+            log.error("%s", message)
+            pm.hook.on_error(error=exc, path=data_file.name, rule=None)
+            continue
+        if work is not None:
+            works.append(work)
+    return works
+
+
 def run_batch(
     settings: Settings,
     pm: pluggy.PluginManager,
     rules: list[Rule],
+    *,
+    reset: bool = False,
     on_progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> RunReport:
-    """Process every file in the data folder once and write ``summary.json``."""
+    """Count what is new in the data folder since the last commit, commit, and write the outputs."""
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
+    checkpoint = checkpoints.load(settings, rules, reset=reset)
     files, skipped = discover(settings.data_dir, settings.include, settings.exclude, settings.recursive)
     for entry in skipped:
         log.info("not reading %s: %s", entry.name, entry.reason)
+    _forget_old_file_errors(checkpoint)
+    works = plan(files, checkpoint, pm)
     if on_start is not None:
-        on_start(sum(_size(f.path) for f in files))
-    pm.hook.before_run(paths=[f.name for f in files], settings=settings.as_dict())
-    pipeline = Pipeline(settings, rules, pm)
-    pipeline.on_progress = on_progress
-    state = pipeline.run(files)
-    elapsed = time.perf_counter() - started
-    summary = build_summary(state, rules, _metrics(settings, started_at, elapsed, pipeline))
-    anomalies = build_anomalies(state, rules, summary["run"]["started_at"])
-    # Both are checked before either is written, so a failing schema leaves the old pair in place.
-    check_output(anomalies, "anomalies")
+        on_start(sum(_size(w) for w in works))
+    pm.hook.before_run(paths=[w.name for w in works], settings=settings.as_dict())
+    with Pipeline(settings, rules, pm) as pipeline:
+        pipeline.on_progress = on_progress
+        pipeline.process(works, checkpoint, final=True)
+    checkpoints.save(settings, checkpoint)
+    run = metrics(settings, started_at, time.perf_counter() - started, pipeline.lines_read, pipeline.bytes_read)
+    return write_outputs(settings, pm, rules, checkpoint, run)
+
+
+def write_outputs(
+    settings: Settings, pm: pluggy.PluginManager, rules: list[Rule], checkpoint: Checkpoint, run: dict[str, Any]
+) -> RunReport:
+    """Build both documents from the checkpoint, check both, then write both atomically."""
+    summary = build_summary(checkpoint.state, rules, run)
+    anomalies = build_anomalies(checkpoint.state, rules, run["started_at"])
+    check_output(anomalies, "anomalies")  # both are checked before either is written
     write_validated(settings.output_dir / "summary.json", summary, "summary")
     write_validated(settings.output_dir / "anomalies.json", anomalies, "anomalies")
     pm.hook.after_run(summary=summary, anomalies=anomalies["anomalies"])
-    return RunReport(summary, state, anomalies)
+    return RunReport(summary, anomalies)
 
 
-def _size(path: Any) -> int:
+def _forget_old_file_errors(checkpoint: Checkpoint) -> None:
+    """A file error describes the latest attempt; each run tries again and records anew."""
+    checkpoint.state.failures = {f for f in checkpoint.state.failures if f.kind != "file"}
+
+
+def _size(work: Work) -> int:
     try:
-        return path.stat().st_size
+        return work.path.stat().st_size - work.start
     except OSError:
         return 0
 
 
-def _metrics(settings: Settings, started_at: datetime, elapsed: float, pipeline: Pipeline) -> dict[str, Any]:
+def metrics(settings: Settings, started_at: datetime, elapsed: float, lines: int, nbytes: int) -> dict[str, Any]:
+    """The ``run`` block of summary.json: what this run read, how fast, and at what memory."""
     from core import __version__
 
     seconds = max(elapsed, 1e-9)
@@ -85,8 +122,10 @@ def _metrics(settings: Settings, started_at: datetime, elapsed: float, pipeline:
         "started_at": started_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
         "elapsed_seconds": round(elapsed, 3),
         "peak_rss_mb": peak_rss_mb(),
-        "lines_per_second": round(pipeline.lines_read / seconds),
-        "bytes_per_second": round(pipeline.bytes_read / seconds),
+        "lines_per_second": round(lines / seconds),
+        "bytes_per_second": round(nbytes / seconds),
         "workers": settings.workers,
         "chunk_bytes": settings.chunk_bytes,
+        "lines_read": lines,
+        "bytes_read": nbytes,
     }

@@ -22,6 +22,7 @@ DEFAULTS: dict[str, Any] = {
     "workers": 0,
     "chunk_bytes": 4 * 1024 * 1024,
     "queue_size": 4,
+    "watch": {"settle_ms": 500, "poll_interval_ms": 500, "rescan_seconds": 30, "status_seconds": 30},
     "limits": {"max_line_bytes": 65536, "malformed_samples": 100, "memory_mb": 500},
     "rule_files": ["rules/*.yaml"],
     "plugins": [],
@@ -41,6 +42,16 @@ SCHEMA: dict[str, Any] = {
         "workers": {"type": "integer", "minimum": 0, "maximum": 256},
         "chunk_bytes": {"type": "integer", "minimum": 1024, "maximum": 1024**3},
         "queue_size": {"type": "integer", "minimum": 1, "maximum": 1024},
+        "watch": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "settle_ms": {"type": "integer", "minimum": 0, "maximum": 3_600_000},
+                "poll_interval_ms": {"type": "integer", "minimum": 10, "maximum": 3_600_000},
+                "rescan_seconds": {"type": "number", "minimum": 0.1},
+                "status_seconds": {"type": "number", "minimum": 0.1},
+            },
+        },
         "limits": {
             "type": "object",
             "additionalProperties": False,
@@ -71,6 +82,10 @@ class Settings:
     workers: int
     chunk_bytes: int
     queue_size: int
+    settle_ms: int
+    poll_interval_ms: int
+    rescan_seconds: float
+    status_seconds: float
     max_line_bytes: int
     malformed_samples: int
     memory_mb: int
@@ -157,6 +172,10 @@ def _resolve(source: Path, merged: dict[str, Any]) -> Settings:
         workers=merged["workers"] or (os.cpu_count() or 1),
         chunk_bytes=merged["chunk_bytes"],
         queue_size=merged["queue_size"],
+        settle_ms=merged["watch"]["settle_ms"],
+        poll_interval_ms=merged["watch"]["poll_interval_ms"],
+        rescan_seconds=merged["watch"]["rescan_seconds"],
+        status_seconds=merged["watch"]["status_seconds"],
         max_line_bytes=limits["max_line_bytes"],
         malformed_samples=limits["malformed_samples"],
         memory_mb=limits["memory_mb"],

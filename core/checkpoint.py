@@ -1,0 +1,102 @@
+"""The state folder: rule states and the ledger committed together, in one atomic replace."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.ledger import Ledger
+from core.output import atomic_write
+from core.rules import Rule
+from core.settings import Settings
+from core.state import RunState
+
+log = logging.getLogger(__name__)
+
+#: Bumped when the pickled layout changes; an older checkpoint is rebuilt rather than misread.
+FORMAT = 1
+FILE_NAME = "checkpoint.pickle"
+
+
+def rule_fingerprint(rule: Rule) -> str:
+    """What a rule's state depends on: its type, key and parameters."""
+    spec = {"type": rule.type_name, "key": rule.key, "params": rule.params}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def parse_fingerprint(settings: Settings) -> str:
+    """What every count depends on: how lines are cut and classified."""
+    return f"max_line_bytes={settings.max_line_bytes}"
+
+
+@dataclass
+class Checkpoint:
+    """Everything counted so far: merged rule states, per-file counts and the ledger."""
+
+    state: RunState
+    ledger: Ledger = field(default_factory=Ledger)
+    rules: dict[str, str] = field(default_factory=dict)  # rule name -> rule_fingerprint
+    parsing: str = ""
+
+    @classmethod
+    def fresh(cls, settings: Settings, rules: list[Rule]) -> Checkpoint:
+        return cls(RunState.empty(rules), Ledger(), {r.name: rule_fingerprint(r) for r in rules},
+                   parse_fingerprint(settings))
+
+
+def state_dir(settings: Settings) -> Path:
+    return settings.output_dir / ".state"
+
+
+def load(settings: Settings, rules: list[Rule], reset: bool = False) -> Checkpoint:
+    """The committed checkpoint, adapted to the current rules; a fresh one if none fits.
+
+    Rules removed from the configuration are dropped and the others kept. A rule that is new or
+    whose parameters changed, or a change in how lines are parsed, cannot be reconciled with state
+    built before: then everything is rebuilt from the files still present, and a warning says why.
+    """
+    path = state_dir(settings) / FILE_NAME
+    if reset or not path.exists():
+        return Checkpoint.fresh(settings, rules)
+    try:
+        with open(path, "rb") as handle:
+            stored = pickle.load(handle)
+    except Exception as exc:  # a torn or foreign file must not stop the service; say so and rebuild
+        log.warning("cannot read checkpoint %s (%s); rebuilding from the data folder", path, exc)
+        return Checkpoint.fresh(settings, rules)
+    reason = _mismatch(stored, settings, rules)
+    if reason:
+        log.warning("configuration changed (%s); rebuilding all counts from the files still present", reason)
+        return Checkpoint.fresh(settings, rules)
+    checkpoint: Checkpoint = stored["checkpoint"]
+    for name in set(checkpoint.state.rules) - {r.name for r in rules}:
+        log.info("rule '%s' is no longer enabled; dropping its state", name)
+        checkpoint.state.rules.pop(name)
+        checkpoint.rules.pop(name, None)
+    return checkpoint
+
+
+def _mismatch(stored: Any, settings: Settings, rules: list[Rule]) -> str:
+    if not isinstance(stored, dict) or stored.get("format") != FORMAT:
+        return "checkpoint written by another version"
+    checkpoint: Checkpoint = stored["checkpoint"]
+    if checkpoint.parsing != parse_fingerprint(settings):
+        return f"parsing settings were {checkpoint.parsing}, now {parse_fingerprint(settings)}"
+    for rule in rules:
+        was = checkpoint.rules.get(rule.name)
+        if was is None:
+            return f"rule '{rule.name}' is newly enabled"
+        if was != rule_fingerprint(rule):
+            return f"rule '{rule.name}' has new parameters"
+    return ""
+
+
+def save(settings: Settings, checkpoint: Checkpoint) -> None:
+    """Write the checkpoint in one atomic replace, so state and ledger always agree."""
+    data = pickle.dumps({"format": FORMAT, "checkpoint": checkpoint}, protocol=pickle.HIGHEST_PROTOCOL)
+    atomic_write(state_dir(settings) / FILE_NAME, data)

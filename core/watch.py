@@ -1,0 +1,216 @@
+"""``runpipeline --watch``: follow the data folder and fold in each file as it becomes ready.
+
+The observer thread (watchdog) only notes which paths changed, coalescing repeated events for a
+path into one entry, so memory grows with the number of distinct files, never with the number
+of events. The loop takes the files that are ready (closed after writing, renamed into place, or
+unchanged for ``settle_ms``), reads their new complete lines into the worker pool (which waits
+when its bounded queue is full), commits state and ledger in one atomic checkpoint, and rewrites
+the outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pluggy
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from core import checkpoint as checkpoints
+from core.checkpoint import Checkpoint
+from core.discover import DataFile, discover, wanted
+from core.engine import Pipeline
+from core.rules import Rule
+from core.runner import metrics, peak_rss_mb, plan, write_outputs
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    """A file that changed and is waiting to be read."""
+
+    changed_at: float
+    ready: bool = False  # closed after writing, or renamed into place: no need to wait
+    size: int = -1
+    mtime_ns: int = -1
+    stable_since: float = 0.0
+
+
+class ChangeSet(FileSystemEventHandler):
+    """Which files changed since they were last read; one entry per path, however many events."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._pending: dict[str, _Pending] = {}
+        self._lock = threading.Lock()
+        self.changed = threading.Event()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        self.note(event.src_path)
+
+    def on_modified(self, event: FileSystemEvent) -> None:
+        self.note(event.src_path)
+
+    def on_closed(self, event: FileSystemEvent) -> None:
+        self.note(event.src_path, ready=True)
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        self.note(event.dest_path, ready=True)
+
+    def note(self, path: str | bytes, ready: bool = False) -> None:
+        """Record that ``path`` changed; ``ready`` when it is known to be complete."""
+        name = self._name(os.fsdecode(path))
+        if name is None:
+            return
+        with self._lock:
+            entry = self._pending.setdefault(name, _Pending(time.monotonic()))
+            entry.changed_at = time.monotonic()
+            entry.ready = entry.ready or ready
+        self.changed.set()
+
+    def _name(self, path: str) -> str | None:
+        try:
+            name = Path(path).relative_to(self.settings.data_dir).as_posix()
+        except ValueError:
+            return None
+        if "/" in name and not self.settings.recursive:
+            return None
+        if not wanted(name, self.settings.include, self.settings.exclude):
+            return None
+        return name
+
+    def take_ready(self) -> list[str]:
+        """Remove and return the names that can be read now, in name order."""
+        now = time.monotonic()
+        settle = self.settings.settle_ms / 1000
+        ready = []
+        with self._lock:
+            self.changed.clear()
+            for name, entry in list(self._pending.items()):
+                if entry.ready or self._settled(name, entry, now, settle):
+                    ready.append(name)
+                    del self._pending[name]
+        return sorted(ready)
+
+    def _settled(self, name: str, entry: _Pending, now: float, settle: float) -> bool:
+        try:
+            info = os.stat(self.settings.data_dir / name)
+        except OSError:
+            return now - entry.changed_at >= settle  # gone or unreadable: let the planner say so
+        if (info.st_size, info.st_mtime_ns) != (entry.size, entry.mtime_ns):
+            entry.size, entry.mtime_ns, entry.stable_since = info.st_size, info.st_mtime_ns, now
+            return False
+        return now - max(entry.stable_since, entry.changed_at) >= settle
+
+
+def start_observer(settings: Settings, changes: ChangeSet, poll: bool) -> Observer | PollingObserver:
+    """Native events where they work; the polling observer with ``--poll`` or as a fallback."""
+    if not poll:
+        observer = Observer()
+        try:
+            observer.schedule(changes, str(settings.data_dir), recursive=settings.recursive)
+            observer.start()
+            return observer
+        except OSError as exc:
+            log.warning("native file events unavailable (%s); polling every %d ms instead",
+                        exc, settings.poll_interval_ms)
+    observer = PollingObserver(timeout=settings.poll_interval_ms / 1000)
+    observer.schedule(changes, str(settings.data_dir), recursive=settings.recursive)
+    observer.start()
+    return observer
+
+
+class WatchLoop:
+    """The service: initial catch-up, then one commit per set of ready files until ``stop``."""
+
+    def __init__(self, settings: Settings, pm: pluggy.PluginManager, rules: list[Rule],
+                 stop: threading.Event, *, poll: bool = False, reset: bool = False) -> None:
+        self.settings = settings
+        self.pm = pm
+        self.rules = rules
+        self.stop = stop
+        self.poll = poll
+        self.checkpoint: Checkpoint = checkpoints.load(settings, rules, reset=reset)
+        self.changes = ChangeSet(settings)
+        self.started_at = datetime.now(timezone.utc)
+        self.started = time.perf_counter()
+        self.commits = 0
+
+    def run(self) -> None:
+        """Watch until ``stop`` is set; then finish the chunks in flight, commit and return."""
+        observer = start_observer(self.settings, self.changes, self.poll)
+        log.info("watching %s (%s)", self.settings.data_dir, type(observer).__name__)
+        try:
+            with Pipeline(self.settings, self.rules, self.pm, stop=self.stop) as pipeline:
+                self._loop(pipeline)
+        finally:
+            observer.stop()
+            observer.join(timeout=5)
+
+    def _loop(self, pipeline: Pipeline) -> None:
+        self._commit(pipeline, self._all_files())  # catch up, and write outputs even when idle
+        next_status = next_rescan = time.monotonic()
+        while not self.stop.is_set():
+            self.changes.changed.wait(timeout=min(0.1, self.settings.settle_ms / 1000))
+            names = self.changes.take_ready()
+            if names:
+                self._commit(pipeline, [DataFile(self.settings.data_dir / n, n) for n in names])
+            now = time.monotonic()
+            if now >= next_rescan:
+                self._rescan()
+                next_rescan = now + self.settings.rescan_seconds
+            if now >= next_status:
+                self._status(pipeline)
+                next_status = now + self.settings.status_seconds
+
+    def _all_files(self) -> list[DataFile]:
+        files, _ = discover(self.settings.data_dir, self.settings.include, self.settings.exclude,
+                            self.settings.recursive)
+        return files
+
+    def _rescan(self) -> None:
+        """Notice what events may have missed (an overflowed event queue, files from before the start)."""
+        for data_file in self._all_files():
+            entry = self.checkpoint.ledger.entries.get(data_file.name)
+            try:
+                size = data_file.path.stat().st_size
+            except OSError:
+                continue
+            if entry is None or size != entry.offset:
+                self.changes.note(str(data_file.path))
+
+    def _commit(self, pipeline: Pipeline, files: list[DataFile]) -> None:
+        present = [f for f in files if os.path.lexists(f.path) or _log_gone(f)]
+        works = plan(present, self.checkpoint, self.pm)
+        pipeline.process(works, self.checkpoint, final=False)
+        checkpoints.save(self.settings, self.checkpoint)
+        elapsed = time.perf_counter() - self.started
+        run = metrics(self.settings, self.started_at, elapsed, pipeline.lines_read, pipeline.bytes_read)
+        write_outputs(self.settings, self.pm, self.rules, self.checkpoint, run)
+        self.commits += 1
+
+    def _status(self, pipeline: Pipeline) -> None:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        log.info(
+            "status: %d files waiting, %d chunks in flight, %d files processed, %.0f lines/s, peak RSS %.0f MB",
+            len(self.changes), pipeline.in_flight, pipeline.files_done, pipeline.lines_read / elapsed,
+            peak_rss_mb(),
+        )
+
+
+def _log_gone(data_file: DataFile) -> bool:
+    log.info("%s was deleted before it was read; skipping it", data_file.name)
+    return False
