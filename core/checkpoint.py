@@ -30,8 +30,9 @@ def rule_fingerprint(rule: Rule) -> str:
 
 
 def parse_fingerprint(settings: Settings) -> str:
-    """What every count depends on: how lines are cut and classified."""
-    return f"max_line_bytes={settings.max_line_bytes}"
+    """What every count depends on: how lines are cut and classified, and how many samples are kept."""
+    # The per-file samples are cut to the limit as they are counted; a new limit needs a recount.
+    return f"max_line_bytes={settings.max_line_bytes}, malformed_samples={settings.malformed_samples}"
 
 
 @dataclass

@@ -83,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("runpipeline: interrupted; outputs from before this run are unchanged", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:  # the file system refused (output folder is a file, disk full, read-only): say where
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"runpipeline: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERROR
     except Exception as exc:  # the last line of defence: a message, and the traceback only on request
         print(f"runpipeline: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         if args.verbose:

@@ -150,7 +150,7 @@ class Pipeline:
                 return
             queue.popleft()
             if future is None:
-                self._file_done(run)
+                self._file_done(run, checkpoint)
             else:
                 self._merge(run, chunk, future.result(), checkpoint)
 
@@ -166,8 +166,9 @@ class Pipeline:
         open_tail = bool(chunk.data) and not chunk.data.endswith(b"\n")
         checkpoint.ledger.advance(run.work, chunk.end, chunk.first_line + outcome.stats.lines, open_tail)
 
-    def _file_done(self, run: _FileRun) -> None:
+    def _file_done(self, run: _FileRun, checkpoint: Checkpoint) -> None:
         stats = run.stats
+        checkpoint.state.files.setdefault(stats.path, FileStats(stats.path, self.settings.malformed_samples))
         self.lines_read += stats.lines
         self.bytes_read += stats.bytes
         self.files_done += 1

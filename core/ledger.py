@@ -60,14 +60,17 @@ class Ledger:
         self.entries: dict[str, LedgerEntry] = dict(entries or {})
 
     def plan(self, name: str, path: Path) -> Work | None:
-        """What is left to read of a file, or None when it is fully counted. Raises ``OSError``."""
+        """What is left to read of a file, or None when it is fully counted. Raises ``OSError``.
+
+        A file never seen is always planned, even empty, so that it is listed among the files.
+        """
         info = os.stat(path)
         entry = self.entries.get(name)
         if entry is not None and self._replaced(entry, path, info):
             log.warning("%s was replaced or truncated; reading it again as a new file", name)
             entry = None
         start, line, open_tail = (entry.offset, entry.line, entry.open_tail) if entry else (0, 1, False)
-        if info.st_size <= start:
+        if entry is not None and info.st_size <= start:
             return None
         length = min(FINGERPRINT_BYTES, info.st_size)
         return Work(

@@ -148,6 +148,7 @@ class WatchLoop:
         self.started_at = datetime.now(timezone.utc)
         self.started = time.perf_counter()
         self.commits = 0
+        self._next_status = 0.0
 
     def run(self) -> None:
         """Watch until ``stop`` is set; then finish the chunks in flight, commit and return."""
@@ -155,6 +156,8 @@ class WatchLoop:
         log.info("watching %s (%s)", self.settings.data_dir, type(observer).__name__)
         try:
             with Pipeline(self.settings, self.rules, self.pm, stop=self.stop) as pipeline:
+                # Called per chunk read, so a long commit (a big file) still reports its progress.
+                pipeline.on_progress = lambda _bytes: self._status_due(pipeline)
                 self._loop(pipeline)
         finally:
             observer.stop()
@@ -162,7 +165,7 @@ class WatchLoop:
 
     def _loop(self, pipeline: Pipeline) -> None:
         self._commit(pipeline, self._all_files())  # catch up, and write outputs even when idle
-        next_status = next_rescan = time.monotonic()
+        next_rescan = time.monotonic()
         while not self.stop.is_set():
             self.changes.changed.wait(timeout=min(0.1, self.settings.settle_ms / 1000))
             names = self.changes.take_ready()
@@ -172,9 +175,7 @@ class WatchLoop:
             if now >= next_rescan:
                 self._rescan()
                 next_rescan = now + self.settings.rescan_seconds
-            if now >= next_status:
-                self._status(pipeline)
-                next_status = now + self.settings.status_seconds
+            self._status_due(pipeline)
 
     def _all_files(self) -> list[DataFile]:
         files, _ = discover(self.settings.data_dir, self.settings.include, self.settings.exclude,
@@ -201,6 +202,12 @@ class WatchLoop:
         run = metrics(self.settings, self.started_at, elapsed, pipeline.lines_read, pipeline.bytes_read)
         write_outputs(self.settings, self.pm, self.rules, self.checkpoint, run)
         self.commits += 1
+
+    def _status_due(self, pipeline: Pipeline) -> None:
+        now = time.monotonic()
+        if now >= self._next_status:
+            self._next_status = now + self.settings.status_seconds
+            self._status(pipeline)
 
     def _status(self, pipeline: Pipeline) -> None:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
