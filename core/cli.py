@@ -109,10 +109,7 @@ def _run(args: argparse.Namespace) -> int:
         return _watch(settings, pm, rules, args)
     report = _run_with_progress(settings, pm, rules, show=not args.quiet and sys.stderr.isatty(),
                                reset=args.reset)
-    for error in report.summary["rule_errors"]:
-        print(f"runpipeline: rule '{error['rule']}' failed on {error['file']}: {error['error']}", file=sys.stderr)
-    for error in report.summary["file_errors"]:
-        print(f"runpipeline: {error['file']}: {error['error']}", file=sys.stderr)
+    # Rule and file failures were logged as they happened; summary.json lists them again.
     if not args.quiet:
         print(human_summary(report, settings))
     return EXIT_PARTIAL if report.failed else EXIT_OK

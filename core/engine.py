@@ -46,6 +46,7 @@ class _FileRun:
     work: Work
     stats: FileStats
     started: float
+    failed: bool = False
 
 
 class Pipeline:
@@ -113,6 +114,7 @@ class Pipeline:
                 if self.stop.is_set():
                     break
         except OSError as exc:
+            run.failed = True
             self._file_failed(run, reader, checkpoint, exc)
 
     def _file_failed(self, run: _FileRun, reader: ChunkReader, checkpoint: Checkpoint, exc: OSError) -> None:
@@ -168,7 +170,8 @@ class Pipeline:
 
     def _file_done(self, run: _FileRun, checkpoint: Checkpoint) -> None:
         stats = run.stats
-        checkpoint.state.files.setdefault(stats.path, FileStats(stats.path, self.settings.malformed_samples))
+        if not run.failed:  # an empty file is listed too; one that could not be read is not
+            checkpoint.state.files.setdefault(stats.path, FileStats(stats.path, self.settings.malformed_samples))
         self.lines_read += stats.lines
         self.bytes_read += stats.bytes
         self.files_done += 1

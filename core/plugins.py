@@ -18,6 +18,12 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.counts",
     "plugins.top",
     "plugins.hours",
+    "plugins.unknown_status",
+    "plugins.timestamps",
+    "plugins.error_spike",
+    "plugins.frequency",
+    "plugins.duplicates",
+    "plugins.flatline",
 )
 
 

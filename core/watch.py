@@ -58,6 +58,11 @@ class ChangeSet(FileSystemEventHandler):
         with self._lock:
             return len(self._pending)
 
+    def dispatch(self, event: FileSystemEvent) -> None:
+        # A folder is never read as a file (discover skips it too); files inside have their own events.
+        if not event.is_directory:
+            super().dispatch(event)
+
     def on_created(self, event: FileSystemEvent) -> None:
         self.note(event.src_path)
 

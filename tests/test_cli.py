@@ -1,0 +1,538 @@
+"""``runpipeline`` as a user meets it: options, exit codes and the exact wording of its messages.
+
+Every test runs the real command in a subprocess over real files in a temp workspace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from core.plugins import get_plugin_manager, rule_types
+
+from core import __version__
+
+REPO = Path(__file__).resolve().parent.parent
+
+RECORDS = (
+    "2025-07-22T10:00:00Z SUCCESS checkout alice paid 12.50 EUR\n"
+    "2025-07-22T10:05:00Z FAILED checkout bob card declined\n"
+    "2025-07-22T11:00:00Z SUCCESS refunds alice\n"
+)
+
+
+def assert_clean_failure(result, workspace, code: int = 2) -> None:
+    """A refused run: the exit code, a message on stderr only, no traceback, nothing written."""
+    assert result.returncode == code, result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert not workspace.output.exists()
+
+
+def plugin_dir(root: Path, name: str, source: str) -> dict[str, str]:
+    """Write ``<root>/plugins_extra/<name>.py`` and return the env that puts it on PYTHONPATH."""
+    folder = root / "plugins_extra"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.py").write_text(textwrap.dedent(source), encoding="utf-8")
+    return {"PYTHONPATH": f"{REPO}{os.pathsep}{folder}"}
+
+
+# -- --version, --help, --check ---------------------------------------------------------------
+
+
+def test_version_prints_name_and_version(workspace):
+    result = workspace.run("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"runpipeline (Oh My Payments) {__version__}"
+    assert not workspace.output.exists()
+
+
+def test_help_mentions_every_option_and_exit_code(workspace):
+    result = workspace.run("--help")
+    assert result.returncode == 0
+    text = result.stdout
+    for option in ("--settings", "--data-dir", "--output-dir", "--check", "--version", "-v, --verbose",
+                   "-q, --quiet"):
+        assert option in text, option
+    assert "exit codes:" in text
+    for code, words in [("0", "outputs written"), ("1", "could not finish"), ("2", "configuration problem"),
+                        ("3", "could not be read"), ("130", "interrupted")]:
+        assert re.search(rf"^\s+{code}\s+.*{words}", text, re.MULTILINE), code
+    assert not workspace.output.exists()
+
+
+def test_check_accepts_the_shipped_configuration(workspace):
+    enabled = yaml.safe_load(workspace.settings.read_text())["rules"]
+    result = workspace.run("--check")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        f"{workspace.settings.resolve()}: configuration is valid; {len(enabled)} rules enabled: "
+        + ", ".join(enabled)
+    )
+    assert "Traceback" not in result.stderr
+    assert not workspace.output.exists()
+
+
+def test_check_accepts_the_repository_configuration(workspace):
+    # The settings.yaml and rules/ as committed, checked in place: --check never reads data or writes.
+    result = workspace.run("--settings", str(REPO / "settings.yaml"), "--check")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{REPO / 'settings.yaml'}: configuration is valid;")
+
+
+def test_check_quiet_prints_nothing(workspace):
+    result = workspace.run("--check", "-q")
+    assert result.returncode == 0
+    assert result.stdout == ""
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        ("workers: many\n", "settings.yaml: workers: expected integer >= 0"),
+        ("rules: [payment-statuses, no-such-rule]\n", "unknown rule 'no-such-rule'"),
+        ("plugins: [no_such_plugin_module]\n", "plugin 'no_such_plugin_module' failed to load"),
+    ],
+)
+def test_check_refuses_a_broken_configuration(workspace, settings, expected):
+    workspace.write("a.log", RECORDS)
+    workspace.configure(settings)
+    result = workspace.run("--check")
+    assert_clean_failure(result, workspace)
+    assert expected in result.stderr
+
+
+# -- settings problems -----------------------------------------------------------------------
+
+
+def test_missing_settings_file(workspace):
+    result = workspace.run("--settings", "nowhere/settings.yaml")
+    assert_clean_failure(result, workspace)
+    assert "nowhere/settings.yaml: settings file not found" in result.stderr
+
+
+def test_empty_settings_file(workspace):
+    workspace.settings.write_text("", encoding="utf-8")
+    result = workspace.run()
+    assert_clean_failure(result, workspace)
+    assert "settings.yaml: settings file is empty" in result.stderr
+
+
+def test_settings_file_that_is_not_yaml(workspace):
+    workspace.settings.write_text("data_dir: [unclosed\n", encoding="utf-8")
+    result = workspace.run()
+    assert_clean_failure(result, workspace)
+    assert "settings.yaml: not valid YAML: line 2, column 1:" in result.stderr
+
+
+def test_settings_file_holding_a_list(workspace):
+    workspace.settings.write_text("- data\n- output\n", encoding="utf-8")
+    result = workspace.run()
+    assert_clean_failure(result, workspace)
+    assert "settings.yaml: expected a mapping of settings, got list" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        ("workers: many\n", ["settings.yaml: workers: expected integer >= 0", "got 'many'"]),
+        ('limits: {max_line_bytes: "big"}\n',
+         ["settings.yaml: limits.max_line_bytes: expected integer >= 64", "got 'big'"]),
+        ("recursive: sometimes\n", ["settings.yaml: recursive: expected true or false, got 'sometimes'"]),
+        ("include: '*.log'\n", ["settings.yaml: include: expected list, got '*.log'"]),
+        ("chunk_bytes: 2048\nlimits: {max_line_bytes: 4096}\n",
+         ["settings.yaml: chunk_bytes: expected more than limits.max_line_bytes (4096), got 2048"]),
+        ("limits: {max_lines: 5}\n", ["settings.yaml: limits: unknown field 'max_lines'"]),
+    ],
+)
+def test_wrongly_typed_setting(workspace, settings, expected):
+    workspace.configure(settings)
+    result = workspace.run()
+    assert_clean_failure(result, workspace)
+    for words in expected:
+        assert words in result.stderr
+
+
+def test_unknown_setting_suggests_the_right_one(workspace):
+    workspace.configure("worker: 2\n")
+    result = workspace.run()
+    assert_clean_failure(result, workspace)
+    assert "settings.yaml: unknown field 'worker' (did you mean 'workers'?)" in result.stderr
+
+
+def test_every_settings_problem_is_reported_at_once(workspace):
+    workspace.configure("""\
+        worker: 2
+        workers: many
+        limits: {max_line_bytes: "big"}
+    """)
+    result = workspace.run()
+    assert_clean_failure(result, workspace)
+    assert "configuration error (3 problems)" in result.stderr
+    assert "unknown field 'worker' (did you mean 'workers'?)" in result.stderr
+    assert "workers: expected integer >= 0 <= 256, got 'many'" in result.stderr
+    assert "limits.max_line_bytes: expected integer >= 64 <= 268435456, got 'big'" in result.stderr
+
+
+# -- rule problems ---------------------------------------------------------------------------
+
+
+def only_rule_file(workspace, name: str, text: str, enabled: list[str]) -> None:
+    """Use one rule file and enable the named rules."""
+    workspace.rules_file(name, text)
+    workspace.configure(f"rule_files: [rules/{name}]\nrules: [{', '.join(enabled)}]\n")
+
+
+def test_rule_with_bad_parameter_value(workspace):
+    only_rule_file(workspace, "top.yaml", "- {name: top-users, type: top_k, field: user, limit: 10x}\n",
+                   ["top-users"])
+    result = workspace.run()
+    assert_clean_failure(result, workspace)
+    assert "rules/top.yaml: rule 'top-users': limit: expected integer >= 1" in result.stderr
+    assert "got '10x'" in result.stderr
+
+
+def test_rule_with_a_field_records_do_not_have(workspace):
+    only_rule_file(workspace, "top.yaml", "- {name: top-amounts, type: top_k, field: amount}\n", ["top-amounts"])
+    result = workspace.run()
+    assert_clean_failure(result, workspace)
+    assert ("rules/top.yaml: rule 'top-amounts': field: expected one of 'status', 'service', 'user', "
+            "got 'amount'") in result.stderr
+
+
+def test_unknown_rule_type_lists_the_known_ones(workspace):
+    only_rule_file(workspace, "top.yaml", "- {name: top-users, type: topk, field: user}\n", ["top-users"])
+    result = workspace.run()
+    assert_clean_failure(result, workspace)
+    known = ", ".join(sorted(rule_types(get_plugin_manager(load_entrypoints=False))))
+    assert "count_by, " in known and "top_k" in known
+    assert ("rules/top.yaml: rule 'top-users': type: unknown rule type 'topk' (did you mean 'top_k'?); "
+            f"known types: {known}") in result.stderr
+
+
+def test_unknown_rule_parameter_is_rejected(workspace):
+    only_rule_file(workspace, "top.yaml", "- {name: top-users, type: top_k, field: user, limits: 5}\n",
+                   ["top-users"])
+    result = workspace.run()
+    assert_clean_failure(result, workspace)
+    assert "rules/top.yaml: rule 'top-users': unknown field 'limits' (did you mean 'limit'?)" in result.stderr
+
+
+def test_rule_without_a_type(workspace):
+    only_rule_file(workspace, "top.yaml", "- {name: top-users, field: user}\n", ["top-users"])
+    result = workspace.run()
+    assert_clean_failure(result, workspace)
+    assert "rules/top.yaml: rule 'top-users': type: expected a rule type name, got nothing" in result.stderr
+
+
+def test_rule_file_that_is_not_a_list(workspace):
+    workspace.rules_file("extra.yaml", "name: top-users\ntype: top_k\n")
+    result = workspace.run()
+    assert_clean_failure(result, workspace)
+    assert "rules/extra.yaml: expected a list of rules (or 'rules:' holding one), got dict" in result.stderr
+
+
+def test_duplicate_rule_names_across_files_name_both_files(workspace):
+    # Rule files are read in name order, so the one after summary.yaml holds the duplicate.
+    workspace.rules_file("users.yaml", "- {name: top-users, type: top_k, field: user, limit: 3}\n")
+    result = workspace.run()
+    assert_clean_failure(result, workspace)
+    assert "rules/users.yaml: rule 'top-users': name already used in rules/summary.yaml" in result.stderr
+    assert "hint: rule names must be unique across all rule files" in result.stderr
+
+
+def test_enabled_rule_that_no_file_defines(workspace):
+    workspace.configure("rules: [payment-statuses, top-user]\n")
+    result = workspace.run()
+    assert_clean_failure(result, workspace)
+    assert "settings.yaml: rules: unknown rule 'top-user' (did you mean 'top-users'?)" in result.stderr
+    defined = sorted(r["name"] for f in (workspace.root / "rules").glob("*.yaml") for r in yaml.safe_load(f.read_text()))
+    assert "payment-statuses" in defined
+    assert f"defined rules: {', '.join(defined)}" in result.stderr
+
+
+def test_enabled_twice_is_rejected(workspace):
+    workspace.configure("rules: [top-users, top-users]\n")
+    result = workspace.run()
+    assert_clean_failure(result, workspace)
+    assert "settings.yaml: rules: " in result.stderr
+    assert "non-unique" in result.stderr
+
+
+def test_two_enabled_rules_writing_the_same_key(workspace):
+    workspace.rules_file("extra.yaml", "- {name: users-again, type: top_k, field: user, key: top_users}\n")
+    workspace.configure("rules: [top-users, users-again]\n")
+    result = workspace.run()
+    assert_clean_failure(result, workspace)
+    assert "rule 'users-again': key: 'top_users' is already written by rule 'top-users'" in result.stderr
+
+
+def test_rule_key_may_not_take_an_engine_key(workspace):
+    workspace.rules_file("extra.yaml", "- {name: sneaky, type: count_by, field: user, key: totals}\n")
+    result = workspace.run()
+    assert_clean_failure(result, workspace)
+    assert "rules/extra.yaml: rule 'sneaky': key: expected an identifier that is not one of" in result.stderr
+    assert "got 'totals'" in result.stderr
+
+
+def test_rule_problems_are_reported_together(workspace):
+    workspace.rules_file("extra.yaml", """\
+        - {name: a-rule, type: top_k, field: user, limit: 0}
+        - {name: b-rule, type: nope}
+    """)
+    workspace.configure("rules: [a-rule, b-rule, c-rule]\n")
+    result = workspace.run()
+    assert_clean_failure(result, workspace)
+    assert "configuration error (3 problems)" in result.stderr
+    assert "rule 'a-rule': limit: expected integer >= 1" in result.stderr
+    assert "rule 'b-rule': type: unknown rule type 'nope'" in result.stderr
+    assert "rules: unknown rule 'c-rule'" in result.stderr
+
+
+# -- plugins ---------------------------------------------------------------------------------
+
+
+def test_plugin_that_raises_at_import(workspace):
+    env = plugin_dir(workspace.root, "broken_plugin", "raise RuntimeError('no database configured')\n")
+    workspace.configure("plugins: [broken_plugin]\n")
+    result = workspace.run(env=env)
+    assert_clean_failure(result, workspace)
+    assert "plugin 'broken_plugin' failed to load: RuntimeError: no database configured" in result.stderr
+
+
+def test_plugin_that_does_not_exist(workspace):
+    workspace.configure("plugins: [no_such_plugin]\n")
+    result = workspace.run()
+    assert_clean_failure(result, workspace)
+    assert ("plugin 'no_such_plugin' failed to load: ModuleNotFoundError: No module named 'no_such_plugin'"
+            in result.stderr)
+
+
+def test_every_broken_plugin_is_named(workspace):
+    env = plugin_dir(workspace.root, "broken_plugin", "import json\njson.loads('{')\n")
+    workspace.configure("plugins: [broken_plugin, no_such_plugin]\n")
+    result = workspace.run("--check", env=env)
+    assert_clean_failure(result, workspace)
+    assert "configuration error (2 problems)" in result.stderr
+    assert "plugin 'broken_plugin' failed to load: JSONDecodeError" in result.stderr
+    assert "plugin 'no_such_plugin' failed to load: ModuleNotFoundError" in result.stderr
+
+
+def test_plugin_rule_type_can_be_used(workspace):
+    env = plugin_dir(workspace.root, "extra_rules", """\
+        from core import Result, Rule, hookimpl
+
+        class CountRecords(Rule):
+            type_name = "count_records"
+
+            def setup(self):
+                self.n = 0
+
+            def update(self, batch):
+                self.n += len(batch)
+
+            def merge(self, other):
+                self.n += other.n
+
+            def result(self):
+                return Result(self.n)
+
+        @hookimpl
+        def register_rule_types(register):
+            register(CountRecords)
+    """)
+    workspace.rules_file("extra.yaml", "- {name: record-count, type: count_records}\n")
+    workspace.configure("plugins: [extra_rules]\nrules: [payment-statuses, record-count]\n")
+    workspace.write("a.log", RECORDS)
+    result = workspace.run(env=env)
+    assert result.returncode == 0, result.stderr
+    summary = workspace.summary()
+    assert summary["record_count"] == 3
+    assert summary["payment_statuses"] == {"SUCCESS": 2, "FAILED": 1}
+    assert summary["rules"]["record-count"] == {"type": "count_records", "key": "record_count"}
+
+
+EXPLODING = """\
+    from core import Result, Rule, hookimpl
+
+    class Explode(Rule):
+        type_name = "explode"
+
+        def update(self, batch):
+            raise RuntimeError("kaboom in update")
+
+        def merge(self, other):
+            pass
+
+        def result(self):
+            return Result(0)
+
+    class WrongShape(Rule):
+        type_name = "wrong_shape"
+        result_schema = {"type": "array"}
+
+        def update(self, batch):
+            pass
+
+        def merge(self, other):
+            pass
+
+        def result(self):
+            return Result({"not": "a list"})
+
+    @hookimpl
+    def register_rule_types(register):
+        register(Explode)
+        register(WrongShape)
+"""
+
+
+def test_rule_failing_at_run_time_gives_exit_3_and_the_other_rules_still_count(workspace):
+    env = plugin_dir(workspace.root, "exploding", EXPLODING)
+    workspace.rules_file("extra.yaml", "- {name: boom, type: explode}\n")
+    workspace.configure("plugins: [exploding]\nrules: [payment-statuses, boom]\n")
+    workspace.write("a.log", RECORDS)
+    result = workspace.run(env=env)
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "rule 'boom' failed on a.log: RuntimeError: kaboom in update" in result.stderr
+    summary = workspace.summary()
+    assert summary["rule_errors"] == [{"rule": "boom", "file": "a.log", "error": "RuntimeError: kaboom in update"}]
+    assert "boom" not in summary
+    assert summary["payment_statuses"] == {"SUCCESS": 2, "FAILED": 1}
+    assert summary["totals"]["records"] == 3
+
+
+def test_result_failing_its_schema_gives_exit_1_and_keeps_the_previous_summary(workspace):
+    env = plugin_dir(workspace.root, "exploding", EXPLODING)
+    workspace.write("a.log", RECORDS)
+    assert workspace.run().returncode == 0
+    before = (workspace.output / "summary.json").read_bytes()
+    workspace.rules_file("extra.yaml", "- {name: odd, type: wrong_shape}\n")
+    workspace.configure("plugins: [exploding]\nrules: [payment-statuses, odd]\n")
+    result = workspace.run(env=env)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "summary.json failed its schema and was not written" in result.stderr
+    assert "rule 'odd': odd: expected list, got {'not': 'a list'}" in result.stderr
+    assert (workspace.output / "summary.json").read_bytes() == before
+    assert [p.name for p in workspace.output.rglob("*.tmp")] == []
+    # Without the broken rule the next run succeeds with the same counts: nothing lost or doubled.
+    workspace.configure("rules: [payment-statuses]\n")
+    result = workspace.run(env=env)
+    assert result.returncode == 0, result.stderr
+    assert workspace.summary()["payment_statuses"] == {"SUCCESS": 2, "FAILED": 1}
+    assert workspace.summary()["totals"]["records"] == 3
+
+
+# -- --data-dir and --output-dir --------------------------------------------------------------
+
+
+@pytest.fixture
+def nested(workspace):
+    """Settings in ``conf/`` (its data_dir and output_dir relative to it), run from the workspace root."""
+    conf = workspace.root / "conf"
+    conf.mkdir()
+    shutil.move(workspace.settings, conf / "settings.yaml")
+    shutil.move(workspace.root / "rules", conf / "rules")
+    (conf / "data").mkdir()
+    (conf / "data" / "conf.log").write_text(RECORDS, encoding="utf-8")
+    (workspace.root / "logs").mkdir()
+    (workspace.root / "logs" / "cwd.log").write_text(RECORDS.splitlines(keepends=True)[0], encoding="utf-8")
+    return workspace
+
+
+def test_paths_in_settings_are_relative_to_the_settings_file(nested):
+    result = nested.run("--settings", "conf/settings.yaml")
+    assert result.returncode == 0, result.stderr
+    written = nested.root / "conf" / "output" / "summary.json"
+    assert f"wrote {written.resolve()}" in result.stdout
+    summary = json.loads(written.read_text(encoding="utf-8"))
+    assert [f["path"] for f in summary["files"]] == ["conf.log"]
+    assert summary["totals"]["records"] == 3
+
+
+def test_data_and_output_dir_options_are_relative_to_the_current_folder_and_win(nested):
+    result = nested.run("--settings", "conf/settings.yaml", "--data-dir", "logs", "--output-dir", "results")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((nested.root / "results" / "summary.json").read_text(encoding="utf-8"))
+    assert [f["path"] for f in summary["files"]] == ["cwd.log"]
+    assert summary["totals"]["records"] == 1
+    assert not (nested.root / "conf" / "output").exists()
+    assert f"wrote {(nested.root / 'results' / 'summary.json').resolve()}" in result.stdout
+
+
+def test_data_dir_option_naming_a_missing_folder(nested):
+    result = nested.run("--settings", "conf/settings.yaml", "--data-dir", "nope")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"data folder '{(nested.root / 'nope').resolve()}' does not exist" in result.stderr
+    assert not (nested.root / "conf" / "output").exists()
+
+
+def test_output_dir_that_is_a_file(workspace):
+    workspace.write("a.log", RECORDS)
+    (workspace.root / "taken").write_text("not a folder\n", encoding="utf-8")
+    result = workspace.run("--output-dir", "taken")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "internal error" not in result.stderr
+    assert f"runpipeline: {workspace.root.resolve() / 'taken'}" in result.stderr
+    assert "Not a directory" in result.stderr
+    assert (workspace.root / "taken").read_text(encoding="utf-8") == "not a folder\n"
+
+
+# -- what a run prints -------------------------------------------------------------------------
+
+
+def test_normal_run_prints_the_human_summary(workspace):
+    workspace.write("a.log", RECORDS + "not a record\n\n")
+    result = workspace.run()
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "1 files, 5 lines: 3 records, 1 malformed, 1 blank"
+    assert "payment_statuses: SUCCESS 2, FAILED 1" in lines
+    assert "top_users: alice, bob" in lines
+    assert "top_services: checkout, refunds" in lines
+    assert "peak_hours: 10:00-11:00, 11:00-12:00" in lines
+    assert lines[-1] == f"wrote {(workspace.output / 'summary.json').resolve()}"
+    assert result.stderr == ""
+    assert "\x1b" not in result.stdout + result.stderr  # not a terminal: no progress bar, no colours
+
+
+def test_quiet_run_prints_nothing_and_still_writes(workspace):
+    workspace.write("a.log", RECORDS)
+    result = workspace.run("-q")
+    assert result.returncode == 0
+    assert result.stdout == ""
+    assert result.stderr == ""
+    assert workspace.summary()["totals"]["records"] == 3
+
+
+def test_verbose_run_logs_one_line_per_file(workspace):
+    workspace.write("a.log", RECORDS)
+    workspace.write("b.log", "junk\n")
+    result = workspace.run("-v")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"a\.log: 3 lines, 3 records, 0 malformed, 0 blank", result.stderr)
+    assert re.search(r"b\.log: 1 lines, 0 records, 1 malformed, 0 blank", result.stderr)
+    assert "Traceback" not in result.stderr
+    assert "\x1b" not in result.stderr
+
+
+def test_quiet_run_still_reports_an_unreadable_file(workspace):
+    workspace.write("a.log", RECORDS)
+    os.symlink("missing.log", workspace.data / "gone.log")
+    result = workspace.run("-q")
+    assert result.returncode == 3
+    assert result.stdout == ""
+    assert "gone.log" in result.stderr
+    assert "Traceback" not in result.stderr
