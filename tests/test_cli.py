@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.plugins import get_plugin_manager, rule_types
-
 from core import __version__
+from core.plugins import get_plugin_manager, rule_types
 
 REPO = Path(__file__).resolve().parent.parent
 
