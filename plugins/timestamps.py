@@ -1,0 +1,244 @@
+"""``timestamp``: records whose timestamp parses but cannot be right, and how many did not parse at all.
+
+- ``future``: later than processing time plus ``max_future``. Processing time is the wall clock
+  when the batch is folded in (or the fixed ``now`` parameter, for reproducible runs);
+- ``before_min_time``: earlier than ``min_time`` (which catches the epoch, 1970-01-01);
+- ``late`` (only with ``max_lateness``): more than ``max_lateness`` behind the newest timestamp of
+  an *earlier line of the same file* (arrival order is line order, not processing order);
+- ``unparseable``: lines whose timestamp field is not a real instant (malformed ``bad_timestamp``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import groupby
+from typing import Any
+
+import polars as pl
+
+from core import Result, hookimpl
+from core.parse import Batch
+from plugins.detection import (
+    DURATION, INSTANT, Detector, duration_us, epoch_us, instant_us, iso, now_us, params_schema, sample_locations,
+)
+from plugins.windows import Table
+
+_STATS = Table(
+    {"kind": pl.String(), "count": pl.Int64(), "first": pl.Int64(), "last": pl.Int64(), "worst": pl.Int64()},
+    keys=("kind",), sums=("count",), mins=("first",), maxs=("last", "worst"), windowed=False,
+)
+_SAMPLES = Table({"kind": pl.String(), "file": pl.Categorical(), "line": pl.Int64()}, keys=("kind",),
+                 samples=True, windowed=False)
+#: Per chunk, the records that may still turn out late once earlier chunks are known: the smallest.
+CANDIDATES = 1000
+_SEVERITY = {"future": "high", "before_min_time": "high", "late": "medium", "unparseable": "low"}
+
+
+@dataclass
+class Run:
+    """A stretch of one file's lines, for lateness: its newest timestamp and its open candidates.
+
+    ``candidates`` are records not late against earlier lines *of the run*, which may still be
+    late against lines before it; only the ``CANDIDATES`` smallest timestamps are kept, and
+    ``bound`` is the smallest one dropped (None if none was), beyond which a count is a lower bound.
+    """
+
+    file: str
+    first_line: int
+    last_line: int
+    newest: int | None
+    candidates: pl.DataFrame = field(repr=False)
+    bound: int | None = None
+
+
+class TimestampCheck(Detector):
+    """Count timestamps in the future, before ``min_time``, late within their file, or unparseable."""
+
+    type_name = "timestamp"
+    description = "Timestamps that parse but cannot be right (future, too early, late), and unparseable ones."
+    default_severity = "high"
+    params_schema = params_schema({
+        "max_future": DURATION,
+        "min_time": INSTANT,
+        "max_lateness": {"anyOf": [DURATION, {"type": "null"}]},
+        "now": {"anyOf": [INSTANT, {"type": "null"}]},
+    })
+
+    def setup(
+        self,
+        max_future: int | str = "5m",
+        min_time: str = "2000-01-01T00:00:00Z",
+        max_lateness: int | str | None = None,
+        now: str | None = None,
+        severity: str | None = None,
+    ) -> None:
+        self.max_future = duration_us(max_future)
+        self.min_time = instant_us(min_time)
+        self.max_lateness = None if max_lateness is None else duration_us(max_lateness)
+        self.now = None if now is None else instant_us(now)
+        self.stats = _STATS.empty()
+        self.samples = _SAMPLES.empty()
+        self.unparseable = 0
+        self.inexact = False
+        self.runs: list[Run] = []
+
+    def update(self, batch: Batch) -> None:
+        self.unparseable += int(batch.malformed.get("bad_timestamp", 0))
+        frame = batch.frame.select("file", "line", us=epoch_us())
+        if frame.is_empty():
+            return
+        limit = (self.now if self.now is not None else now_us()) + self.max_future
+        kind = pl.when(pl.col("us") > limit).then(pl.lit("future")).when(pl.col("us") < self.min_time)
+        frame = frame.with_columns(kind=kind.then(pl.lit("before_min_time")))
+        odd = frame.filter(pl.col("kind").is_not_null())
+        if self.max_lateness is not None:
+            odd = pl.concat([odd.with_columns(lateness=pl.lit(None, pl.Int64)), self._lateness(frame)],
+                            how="vertical_relaxed")
+        self._add(odd)
+
+    def _lateness(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Records late against earlier lines of this batch; the others become the batch's run.
+
+        Only plausible timestamps take part: a record from 2099 is reported as future, and must
+        not make every record after it look late.
+        """
+        file, first, last = frame["file"][0], int(frame["line"].min()), int(frame["line"].max())
+        frame = frame.filter(pl.col("kind").is_null()).sort("line").with_columns(before=pl.col("us").cum_max().shift(1))
+        late = pl.col("us") < pl.col("before") - self.max_lateness
+        open_ = frame.filter(~late.fill_null(False)).select("us", "line")
+        self.runs.append(_shortlist(Run(file, first, last, frame["us"].max(), open_)))
+        self._join_runs()
+        return frame.filter(late).select(
+            "file", "line", "us", kind=pl.lit("late"), lateness=pl.col("before") - pl.col("us")
+        )
+
+    def _add(self, odd: pl.DataFrame) -> None:
+        self.stats, self.samples = _fold(self.stats, self.samples, odd)
+
+    def merge(self, other: TimestampCheck) -> None:
+        self.unparseable += other.unparseable
+        self.inexact |= other.inexact
+        self.stats = _STATS.reduce([self.stats, other.stats])
+        self.samples = _SAMPLES.reduce([self.samples, other.samples])
+        self.runs.extend(other.runs)
+        self._join_runs()
+
+    def result(self) -> Result:
+        pending, inexact = self._pending_late()
+        stats, samples = _fold(self.stats, self.samples, pending)
+        locations = sample_locations(samples, ["kind"])
+        found = [
+            self._anomaly(row, locations.get((row["kind"],), []), inexact)
+            for row in stats.sort("kind").iter_rows(named=True)
+        ]
+        if self.unparseable:
+            found.append(self.anomaly(
+                key="unparseable", severity=self._severity("unparseable"), count=self.unparseable,
+                observed=self.unparseable, threshold=0,
+                detail={"reason": "lines whose timestamp is not a real instant (malformed: bad_timestamp); "
+                                  "see malformed_samples in summary.json"},
+            ))
+        return Result(found)
+
+    # -- lateness across chunks ---------------------------------------------------------------
+
+    def _join_runs(self) -> None:
+        """Fold runs that follow each other without a gap; a run from line 1 has nothing before it."""
+        joined: list[Run] = []
+        for run in sorted(self.runs, key=lambda r: (r.file, r.first_line)):
+            if run.first_line == 1 and run.candidates.height:
+                run = Run(run.file, 1, run.last_line, run.newest, run.candidates.clear())
+            previous = joined[-1] if joined else None
+            if previous is not None and previous.file == run.file and previous.last_line + 1 == run.first_line:
+                joined[-1] = self._combine(previous, run)
+            else:
+                joined.append(run)
+        self.runs = joined
+
+    def _combine(self, before: Run, after: Run) -> Run:
+        late, rest, inexact = self._split_late(after, before.newest)
+        self._add(late)
+        self.inexact |= inexact
+        bounds = [b for b in (before.bound, after.bound) if b is not None]
+        merged = Run(before.file, before.first_line, after.last_line, _latest(before.newest, after.newest),
+                     pl.concat([before.candidates, rest]), min(bounds) if bounds else None)
+        return _shortlist(merged)
+
+    def _split_late(self, run: Run, newest: int | None) -> tuple[pl.DataFrame, pl.DataFrame, bool]:
+        """Split ``run``'s candidates into late (against ``newest``, the newest earlier line) and the rest."""
+        if newest is None:
+            return pl.DataFrame(), run.candidates, False
+        cutoff = newest - self.max_lateness
+        is_late = pl.col("us") < cutoff
+        late = run.candidates.filter(is_late).select(
+            pl.lit(run.file).alias("file"), "line", "us", kind=pl.lit("late"), lateness=newest - pl.col("us")
+        )
+        # Dropped candidates lie at or beyond the bound; below the cutoff some of them were late too.
+        inexact = run.bound is not None and run.bound < cutoff
+        return late, run.candidates.filter(~is_late), inexact
+
+    def _pending_late(self) -> tuple[pl.DataFrame, bool]:
+        """Late records of runs whose predecessor is not known to be adjacent, judged in line order.
+
+        When results are read every chunk read so far is present, so the runs of a file, in line
+        order, cover what was read of it; the first is where the file starts.
+        """
+        found: list[pl.DataFrame] = []
+        inexact = self.inexact
+        for _, runs in groupby(self.runs, key=lambda r: r.file):
+            newest: int | None = None
+            for run in runs:
+                if newest is not None and run.candidates.height:
+                    late, _, dropped = self._split_late(run, newest)
+                    found.append(late)
+                    inexact |= dropped
+                newest = _latest(newest, run.newest)
+        return (pl.concat(found) if found else pl.DataFrame()), inexact
+
+    def _severity(self, kind: str) -> str:
+        return self.params.get("severity") or _SEVERITY[kind]
+
+    def _anomaly(self, row: dict[str, Any], samples: list[str], inexact: bool) -> dict[str, Any]:
+        kind = row["kind"]
+        common = {"key": kind, "severity": self._severity(kind), "count": row["count"], "samples": samples,
+                  "first_seen": row["first"], "last_seen": row["last"]}
+        if kind == "future":
+            limit = "processing time + " + (f"{self.max_future // 1_000_000}s")
+            return self.anomaly(**common, observed=iso(row["last"]), threshold=limit,
+                                detail={"max_future_seconds": self.max_future // 1_000_000,
+                                        "now": iso(self.now) if self.now is not None else "wall clock"})
+        if kind == "before_min_time":
+            return self.anomaly(**common, observed=iso(row["first"]), threshold=iso(self.min_time))
+        return self.anomaly(
+            **common, observed=row["worst"] / 1_000_000, threshold=self.max_lateness / 1_000_000,
+            detail={"unit": "seconds behind the newest earlier line of the same file",
+                    "count_is_lower_bound": inexact},
+        )
+
+
+def _fold(stats: pl.DataFrame, samples: pl.DataFrame, odd: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``stats`` and ``samples`` with the odd records of ``odd`` (file, line, us, kind, lateness) added."""
+    if odd.is_empty():
+        return stats, samples
+    worst = pl.col("lateness").max() if "lateness" in odd.columns else pl.lit(None, pl.Int64)
+    found = odd.group_by("kind").agg(count=pl.len(), first=pl.col("us").min(), last=pl.col("us").max(), worst=worst)
+    return _STATS.reduce([stats, _STATS.conform(found)]), _SAMPLES.reduce([samples, _SAMPLES.conform(odd)])
+
+
+def _latest(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _shortlist(run: Run) -> Run:
+    """Keep the ``CANDIDATES`` smallest timestamps of a run; the next one becomes (or lowers) its bound."""
+    if run.candidates.height <= CANDIDATES:
+        return run
+    ordered = run.candidates.sort("us", "line")
+    cut = int(ordered["us"][CANDIDATES])
+    bound = cut if run.bound is None else min(run.bound, cut)
+    return Run(run.file, run.first_line, run.last_line, run.newest, ordered.head(CANDIDATES), bound)
+
+
+@hookimpl
+def register_rule_types(register: Any) -> None:
+    register(TimestampCheck)

@@ -1,0 +1,85 @@
+"""``unknown_status``: records whose status is not in the allowed list, one anomaly per unknown status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from core import Result, hookimpl
+from core.parse import Batch
+from plugins.detection import STATUS_LIST, STATUSES, Detector, epoch_us, params_schema, sample_locations
+from plugins.windows import Table
+
+_STATS = Table({"status": pl.String(), "count": pl.Int64(), "first": pl.Int64(), "last": pl.Int64()},
+               keys=("status",), sums=("count",), mins=("first",), maxs=("last",), windowed=False)
+_SAMPLES = Table({"status": pl.String(), "file": pl.Categorical(), "line": pl.Int64()}, keys=("status",),
+                 samples=True, windowed=False)
+#: The key of the anomaly that counts statuses beyond ``max_statuses`` (a status never holds a space).
+OTHERS = "(other statuses)"
+
+
+class UnknownStatus(Detector):
+    """Report every status outside ``allowed``: its count, first and last time, and sample lines.
+
+    The state is one row per unknown status, capped at ``max_statuses``: the statuses kept are
+    the alphabetically smallest (so the cap does not depend on the order records arrive in), and
+    the records of the others are counted together under ``(other statuses)``.
+    """
+
+    type_name = "unknown_status"
+    description = "A status outside the allowed list."
+    default_severity = "medium"
+    params_schema = params_schema({
+        "allowed": STATUS_LIST,
+        "max_statuses": {"type": "integer", "minimum": 1, "maximum": 100000},
+    })
+
+    def setup(self, allowed: tuple[str, ...] | list[str] = STATUSES, max_statuses: int = 100,
+              severity: str = "medium") -> None:
+        self.allowed = list(allowed)
+        self.max_statuses = max_statuses
+        self.stats = _STATS.empty()
+        self.samples = _SAMPLES.empty()
+        self.others = 0
+
+    def update(self, batch: Batch) -> None:
+        unknown = batch.frame.filter(~pl.col("status").is_in(self.allowed))
+        if unknown.is_empty():
+            return
+        stats = unknown.group_by("status").agg(count=pl.len(), first=epoch_us().min(), last=epoch_us().max())
+        self._fold(_STATS.conform(stats), _SAMPLES.conform(unknown.select("status", "file", "line")))
+
+    def merge(self, other: UnknownStatus) -> None:
+        self.others += other.others
+        self._fold(other.stats, other.samples)
+
+    def _fold(self, stats: pl.DataFrame, samples: pl.DataFrame) -> None:
+        stats = _STATS.reduce([self.stats, stats]).sort("status")
+        self.others += int(stats["count"].slice(self.max_statuses).sum())
+        self.stats = stats.head(self.max_statuses)
+        samples = _SAMPLES.reduce([self.samples, samples])
+        self.samples = samples.filter(pl.col("status").is_in(self.stats["status"].implode()))
+
+    def result(self) -> Result:
+        locations = sample_locations(self.samples, ["status"])
+        expected = "one of " + ", ".join(self.allowed)
+        found = [
+            self.anomaly(
+                key=status, count=count, observed=count, expected=expected,
+                samples=locations.get((status,), []), first_seen=first, last_seen=last,
+                detail={"allowed": self.allowed},
+            )
+            for status, count, first, last in self.stats.iter_rows()
+        ]
+        if self.others:
+            found.append(self.anomaly(
+                key=OTHERS, count=self.others, observed=self.others, expected=expected,
+                detail={"reason": f"more than {self.max_statuses} distinct unknown statuses", "allowed": self.allowed},
+            ))
+        return Result(found)
+
+
+@hookimpl
+def register_rule_types(register: Any) -> None:
+    register(UnknownStatus)

@@ -1,0 +1,337 @@
+"""Event-time windows for detectors: per-window tables merged by summing, closed and evicted by a watermark.
+
+A windowed detector keeps a few Polars tables whose rows are keyed by an epoch-aligned window
+index (``floor(event_time / width)``) and combined by summing (or min / max, or keeping the
+smallest sample locations). Partial states are lists of such tables; ``merge`` only appends
+them, and every ``COMPACT_AFTER`` parts they are folded into one, so merging stays cheap.
+
+Eviction is by event time, never by arrival, and happens only when results are read (at the
+end of a batch run, after each watch-mode commit). The *watermark* is the ``watermark_rank``-th
+newest event time seen (a top-k list, so a few stray far-future records cannot move it). Windows
+that end more than ``retention`` before the watermark are then *closed*: their anomalies are
+computed once, kept, and their rows dropped (but for the ``lookback`` windows that later verdicts
+still need as a baseline). A record that arrives later for a closed window is not counted in it:
+it is counted as *late*, and a ``late_events`` anomaly says how many there were.
+
+``update`` and ``merge`` never evict, so merging is exactly associative and commutative however
+the input is split, ordered or merged; a closed window had every record read before it closed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import polars as pl
+
+from core import Result
+from plugins.detection import SAMPLE_LIMIT, Detector, duration_us, epoch_us, instant_us, iso, now_us
+
+#: Fold a band's parts into one table set after this many parts.
+COMPACT_AFTER = 4
+#: Windows are kept in bands of this much event time (in microseconds): 6 hours.
+BAND = 6 * 3600 * 1_000_000
+#: The plausible range windowed detectors accept by default (records outside it are the timestamp rule's business).
+MIN_TIME = "2000-01-01T00:00:00Z"
+MAX_FUTURE = "5m"
+
+if TYPE_CHECKING:
+    from core.parse import Batch
+
+Tables = dict[str, pl.DataFrame]
+
+
+@dataclass(frozen=True)
+class Table:
+    """How rows of one table fold together: rows with equal ``keys`` are summed / min-ed / max-ed.
+
+    A ``samples`` table holds sample locations (``file``, ``line``) and keeps, per key, the
+    ``SAMPLE_LIMIT`` smallest of them. A ``windowed`` table has a ``window`` column and loses
+    the rows of evicted windows; other tables are kept whole.
+    """
+
+    schema: dict[str, pl.DataType]
+    keys: tuple[str, ...]
+    sums: tuple[str, ...] = ()
+    mins: tuple[str, ...] = ()
+    maxs: tuple[str, ...] = ()
+    samples: bool = False
+    windowed: bool = True
+    _aggs: list[pl.Expr] = field(init=False, repr=False, compare=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        aggs = [pl.col(c).sum() for c in self.sums] + [pl.col(c).min() for c in self.mins]
+        self._aggs.extend(aggs + [pl.col(c).max() for c in self.maxs])
+
+    def empty(self) -> pl.DataFrame:
+        return pl.DataFrame(schema=self.schema)
+
+    def conform(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """``frame``'s columns in this table's order and types."""
+        return frame.select(pl.col(name).cast(dtype) for name, dtype in self.schema.items())
+
+    def reduce(self, frames: list[pl.DataFrame]) -> pl.DataFrame:
+        """Fold tables of this kind into one."""
+        frames = [f for f in frames if f.height]
+        if not frames:
+            return self.empty()
+        frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
+        if self.samples:
+            return _smallest_locations(frame, list(self.keys))
+        if len(frames) == 1:
+            return frame
+        return self.conform(frame.group_by(self.keys).agg(self._aggs))
+
+
+def _smallest_locations(frame: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    crowded = pl.len().over(keys) > SAMPLE_LIMIT
+    few, many = frame.filter(~crowded), frame.filter(crowded)
+    if many.is_empty():
+        return frame
+    rank = pl.int_range(pl.len()).over(keys)
+    many = many.sort([*keys, "file", "line"]).filter(rank < SAMPLE_LIMIT)
+    return pl.concat([few, many], how="vertical")
+
+
+def _window_filter(tables: dict[str, Table], data: Tables, keep: pl.Expr) -> Tables:
+    return {name: data[name].filter(keep) if spec.windowed else data[name] for name, spec in tables.items()
+            if name in data}
+
+
+def _prefer(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    # Two states closed the same window (possible only when both evicted on their own): keep the
+    # one with more evidence, and break ties by content, so that merging stays order-independent.
+    return max(a, b, key=lambda x: (x["count"], json.dumps(x, sort_keys=True)))
+
+
+class WindowedDetector(Detector):
+    """Base of detectors that judge epoch-aligned event-time windows; see the module docstring.
+
+    The windowed tables are kept in *bands* of consecutive windows (``BAND``), each with its own
+    parts, so folding touches only the bands new records fall in, and no step ever groups the
+    whole state at once; tables without windows (``whole``) are folded on their own.
+    """
+
+    #: The tables of the state, by name.
+    tables: ClassVar[dict[str, Table]] = {}
+    #: Which table and column count records (to count late records).
+    events: ClassVar[tuple[str, str]] = ("", "")
+    #: The horizon follows the ``watermark_rank``-th newest event time.
+    watermark_rank: ClassVar[int] = 100
+
+    def init_windows(self, width: int | str, retention: int | str, lookback: int, min_time: str,
+                     max_future: int | str) -> None:
+        """Set the window width, the retention behind the watermark and the baseline lookback (windows)."""
+        self.width = duration_us(width)
+        self.lookback = lookback
+        # Closing a window needs its baseline too: keep at least the lookback and one window more.
+        self.retention = max(duration_us(retention), (lookback + 1) * self.width)
+        self.min_time = instant_us(min_time)
+        self.max_future = duration_us(max_future)
+        self.band = max(1, BAND // self.width)
+        self.horizon: int | None = None
+        self.late = 0
+        self.newest: list[int] = []
+        self.closed: dict[str, dict[str, Any]] = {}
+        self._bands: dict[int, list[tuple[int | None, Tables]]] = {}
+        self._whole: list[Tables] = []
+
+    # -- what a subclass provides -----------------------------------------------------------
+
+    def batch_tables(self, frame: pl.DataFrame) -> Tables:
+        """The tables of one batch; ``frame`` has plausible records plus ``us`` and ``window`` columns."""
+        raise NotImplementedError
+
+    def verdicts(self, data: Tables, lo: int | None, hi: int | None) -> list[dict[str, Any]]:
+        """The anomalies of windows ``lo <= window < hi`` (``None``: unbounded).
+
+        ``data`` holds every row of those windows, and of the ``lookback`` windows before them.
+        """
+        raise NotImplementedError
+
+    # -- the Rule contract ------------------------------------------------------------------
+
+    def update(self, batch: Batch) -> None:
+        us = epoch_us()
+        frame = batch.frame.with_columns(us=us).filter(
+            (pl.col("us") >= self.min_time) & (pl.col("us") <= now_us() + self.max_future)
+        )
+        if frame.is_empty():
+            return
+        frame = frame.with_columns(window=pl.col("us") // self.width)
+        latest = frame["us"].top_k(self.watermark_rank).to_list()
+        self.newest = heapq.nlargest(self.watermark_rank, self.newest + latest)
+        data = self.batch_tables(frame)
+        data = {name: spec.reduce([spec.conform(data[name])]) for name, spec in self.tables.items()}
+        self._whole.append({name: data[name] for name, spec in self.tables.items() if not spec.windowed})
+        for band, part in self._split(data).items():
+            self._bands.setdefault(band, []).append((None, part))
+        self._fold_crowded()
+
+    def merge(self, other: WindowedDetector) -> None:
+        for band, parts in other._bands.items():
+            self._bands.setdefault(band, []).extend(parts)
+        self._whole.extend(other._whole)
+        self.newest = heapq.nlargest(self.watermark_rank, self.newest + other.newest)
+        self.late += other.late
+        if other.horizon is not None and (self.horizon is None or other.horizon > self.horizon):
+            self.horizon = other.horizon
+        for key, anomaly in other.closed.items():
+            self.closed[key] = _prefer(anomaly, self.closed[key]) if key in self.closed else anomaly
+        self._fold_crowded()
+
+    def result(self) -> Result:
+        self.seal()
+        found = dict(self.closed)
+        for anomaly in self._verdicts(self.horizon, None):
+            found[f"{anomaly['key']}@{anomaly['window_start']}"] = anomaly
+        listed = [found[k] for k in sorted(found)]
+        if self.late:
+            listed.append(self._late_anomaly())
+        return Result(listed, {"late_events": self.late, "closed_before": iso(self._horizon_us())})
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A checkpoint holds one folded table set per band, not the parts it came from.
+        for band in list(self._bands):
+            self._fold_band(band)
+        self._fold_whole()
+        return self.__dict__
+
+    # -- folding ----------------------------------------------------------------------------
+
+    def _split(self, data: Tables) -> dict[int, Tables]:
+        """The windowed tables of ``data``, by band."""
+        by_band: dict[int, Tables] = {}
+        for name, spec in self.tables.items():
+            if not spec.windowed or data[name].is_empty():
+                continue
+            parts = data[name].with_columns(_band=pl.col("window") // self.band).partition_by(
+                "_band", as_dict=True, include_key=False
+            )
+            for (band, *_), frame in parts.items():
+                by_band.setdefault(band, {})[name] = frame
+        for tables in by_band.values():
+            for name, spec in self.tables.items():
+                if spec.windowed and name not in tables:
+                    tables[name] = spec.empty()
+        return by_band
+
+    def _fold_crowded(self) -> None:
+        for band, parts in list(self._bands.items()):
+            if len(parts) > COMPACT_AFTER:
+                self._fold_band(band)
+        if len(self._whole) > COMPACT_AFTER:
+            self._fold_whole()
+
+    def _fold_band(self, band: int) -> Tables:
+        """Fold one band's parts into one table set; rows for windows closed before they came are late."""
+        kept = [self._drop_late(tag, data, self.horizon) for tag, data in self._bands[band]]
+        data = {name: spec.reduce([d[name] for d in kept]) for name, spec in self.tables.items() if spec.windowed}
+        self._bands[band] = [(self.horizon, data)]
+        return data
+
+    def _fold_whole(self) -> Tables:
+        data = {name: spec.reduce([d[name] for d in self._whole]) for name, spec in self.tables.items()
+                if not spec.windowed}
+        self._whole = [data]
+        return data
+
+    def _data(self, lo: int | None, hi: int | None) -> Tables:
+        """Every row of windows ``lo - lookback <= window < hi``, folded."""
+        first = None if lo is None else (lo - self.lookback) // self.band
+        last = None if hi is None else (hi - 1) // self.band
+        bands = [b for b in sorted(self._bands) if (first is None or b >= first) and (last is None or b <= last)]
+        folded = [self._fold_band(b) for b in bands]
+        keep = in_range(None if lo is None else lo - self.lookback, hi)
+        data = {
+            name: pl.concat([f[name].filter(keep) for f in folded] or [spec.empty()], how="vertical")
+            for name, spec in self.tables.items() if spec.windowed
+        }
+        return {**data, **self._fold_whole()}
+
+    def _verdicts(self, lo: int | None, hi: int | None) -> list[dict[str, Any]]:
+        """The anomalies of windows ``[lo, hi)``, judged one band at a time."""
+        found: list[dict[str, Any]] = []
+        for band in sorted(self._bands):
+            start, stop = band * self.band, (band + 1) * self.band
+            if (hi is not None and start >= hi) or (lo is not None and stop <= lo):
+                continue
+            low = start if lo is None else max(lo, start)
+            high = stop if hi is None else min(hi, stop)
+            found += self.verdicts(self._data(low, high), low, high)
+        return found
+
+    # -- eviction ---------------------------------------------------------------------------
+
+    def seal(self) -> None:
+        """Close the windows that end ``retention`` before the watermark: keep their anomalies, drop their rows.
+
+        Called when results are read, never from ``update`` or ``merge``: then every record read
+        so far is in this state, so a closed window had all its records, and merging stays
+        exactly associative and commutative however the input was split. An engine that merges
+        in read order may also call it between merges to bound memory within a run.
+        """
+        target = self._target_horizon()
+        if target is None or (self.horizon is not None and target <= self.horizon):
+            return
+        for band in list(self._bands):
+            self._fold_band(band)  # rows for windows closed earlier are counted as late here
+        for anomaly in self._verdicts(self.horizon, target):
+            key = f"{anomaly['key']}@{anomaly['window_start']}"
+            self.closed[key] = _prefer(anomaly, self.closed[key]) if key in self.closed else anomaly
+        self.horizon = target
+        keep = pl.col("window") >= target - self.lookback
+        for band, [(_, data)] in list(self._bands.items()):
+            if (band + 1) * self.band <= target - self.lookback:
+                del self._bands[band]
+            else:
+                self._bands[band] = [(target, _window_filter(self.tables, data, keep))]
+
+    def _drop_late(self, tag: int | None, data: Tables, horizon: int | None) -> Tables:
+        """Rows for windows the state had already closed when they came in are late: count and drop them."""
+        if horizon is None or tag == horizon:
+            return data
+        window = pl.col("window")
+        name, column = self.events
+        fresh = window >= tag if tag is not None else pl.lit(True)
+        self.late += int(data[name].filter(fresh & (window < horizon))[column].sum())
+        return _window_filter(self.tables, data, window >= horizon)
+
+    def _target_horizon(self) -> int | None:
+        if len(self.newest) < self.watermark_rank:
+            return None
+        return (self.newest[-1] - self.retention) // self.width
+
+    def _horizon_us(self) -> int | None:
+        return None if self.horizon is None else self.horizon * self.width
+
+    def _late_anomaly(self) -> dict[str, Any]:
+        return self.anomaly(
+            key="late_events",
+            severity="low",
+            count=self.late,
+            observed=self.late,
+            threshold=0,
+            detail={
+                "reason": "records for windows already closed (older than the watermark minus retention)",
+                "closed_before": iso(self._horizon_us()),
+                "retention_seconds": self.retention // 1_000_000,
+            },
+        )
+
+    def window_bounds(self, window: int) -> tuple[int, int]:
+        """Start and end (exclusive) of a window, in microseconds."""
+        return window * self.width, (window + 1) * self.width
+
+
+def in_range(lo: int | None, hi: int | None) -> pl.Expr:
+    """Rows whose ``window`` is in ``[lo, hi)``; ``None`` leaves that side open."""
+    expr = pl.lit(True)
+    if lo is not None:
+        expr = expr & (pl.col("window") >= lo)
+    if hi is not None:
+        expr = expr & (pl.col("window") < hi)
+    return expr
+
