@@ -98,6 +98,7 @@ def _mismatch(stored: Any, settings: Settings, rules: list[Rule]) -> str:
 
 
 def save(settings: Settings, checkpoint: Checkpoint) -> None:
-    """Write the checkpoint in one atomic replace, so state and ledger always agree."""
+    """Seal the rule states, then write the checkpoint in one atomic replace (state and ledger agree)."""
+    checkpoint.state.seal()
     data = pickle.dumps({"format": FORMAT, "checkpoint": checkpoint}, protocol=pickle.HIGHEST_PROTOCOL)
     atomic_write(state_dir(settings) / FILE_NAME, data)

@@ -31,6 +31,9 @@ from core.stats import FileStats, merge_file_stats
 
 log = logging.getLogger(__name__)
 
+#: Merged chunks between two seals of the state (see ``Rule.seal``): 8 x 4 MiB = 32 MiB of input.
+SEAL_EVERY = 8
+
 
 @dataclass
 class ChunkOutcome:
@@ -63,6 +66,7 @@ class Pipeline:
         self.files_done = 0
         self.on_progress: Callable[[int], None] | None = None
         self._failed: frozenset[str] = frozenset()
+        self._merged = 0
         self._slots = threading.BoundedSemaphore(settings.workers + settings.queue_size)
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="omp-worker")
 
@@ -74,7 +78,7 @@ class Pipeline:
 
     @property
     def in_flight(self) -> int:
-        """Chunks queued for or held by the workers right now."""
+        """Chunks read and not merged yet: queued, with a worker, or done and waiting for their turn."""
         return self.settings.workers + self.settings.queue_size - self._slots._value  # noqa: SLF001
 
     def process(self, works: Iterable[Work], checkpoint: Checkpoint, *, final: bool) -> None:
@@ -104,10 +108,8 @@ class Pipeline:
         try:
             for chunk in reader:
                 chunk = Chunk(work.name, chunk.data, chunk.first_line, chunk.start, chunk.end, chunk.overlong)
-                self._slots.acquire()
-                future = self._pool.submit(self._process, chunk)
-                future.add_done_callback(lambda _: self._slots.release())
-                queue.append((run, chunk, future))
+                self._acquire_slot(queue, checkpoint)
+                queue.append((run, chunk, self._pool.submit(self._process, chunk)))
                 if self.on_progress is not None:
                     self.on_progress(chunk.end - chunk.start)
                 self._merge_ready(queue, checkpoint, wait=False)
@@ -144,20 +146,37 @@ class Pipeline:
             outcome.partial.failures.add(Failure("rule", batch.path, rule.name, f"{type(exc).__name__}: {exc}"))
             outcome.failures.append(RuleExecutionFailed(rule.name, batch.path, exc))
 
+    def _acquire_slot(self, queue: deque, checkpoint: Checkpoint) -> None:
+        # A slot is freed when its chunk is merged, not when a worker is done with it: chunks done
+        # behind a slow one wait for their turn in memory, so they must count against the bound.
+        while not self._slots.acquire(blocking=False):
+            self._merge_oldest(queue, checkpoint)
+
     def _merge_ready(self, queue: deque, checkpoint: Checkpoint, wait: bool) -> None:
         """Merge finished chunks in read order; with ``wait``, wait for all of them."""
         while queue:
-            run, chunk, future = queue[0]
+            future = queue[0][2]
             if future is not None and not (wait or future.done()):
                 return
-            queue.popleft()
-            if future is None:
-                self._file_done(run, checkpoint)
-            else:
-                self._merge(run, chunk, future.result(), checkpoint)
+            self._merge_oldest(queue, checkpoint)
+
+    def _merge_oldest(self, queue: deque, checkpoint: Checkpoint) -> None:
+        """Merge the oldest entry, waiting for its chunk if need be, and free its slot."""
+        run, chunk, future = queue.popleft()
+        if future is None:
+            self._file_done(run, checkpoint)
+            return
+        try:
+            outcome = future.result()
+        finally:
+            self._slots.release()
+        self._merge(run, chunk, outcome, checkpoint)
 
     def _merge(self, run: _FileRun, chunk: Chunk, outcome: ChunkOutcome, checkpoint: Checkpoint) -> None:
         checkpoint.state.merge(outcome.partial)
+        self._merged += 1
+        if self._merged % SEAL_EVERY == 0:
+            checkpoint.state.seal()  # bounds rule state within a long run, not only between runs
         merge_file_stats(checkpoint.state.files, {run.work.name: outcome.stats})
         run.stats.merge(outcome.stats)
         for error in outcome.failures:

@@ -59,5 +59,12 @@ class Rule:
         """Read out the rule's result from its state."""
         raise NotImplementedError
 
+    def seal(self) -> None:
+        """Drop what can no longer change the result (e.g. windows long closed); optional.
+
+        The engine calls it on the merged state only, between merges in read order and before
+        each checkpoint, so that state stays bounded in a long run; ``merge`` never needs to.
+        """
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"

@@ -46,6 +46,17 @@ class RunState:
         merge_file_stats(self.files, other.files)
         self.failures |= other.failures
 
+    def seal(self) -> None:
+        """Seal every rule that has not failed; a rule whose seal raises is failed like any other."""
+        failed = self.failed_rules()
+        for name, rule in self.rules.items():
+            if name in failed:
+                continue
+            try:
+                rule.seal()
+            except Exception as exc:  # a plugin's bug must not stop the other rules
+                self.failures.add(Failure("rule", "(seal)", name, f"{type(exc).__name__}: {exc}"))
+
     def rule_failures(self) -> list[Failure]:
         """The first failure of each failed rule (first by file name), for reporting."""
         first: dict[str, Failure] = {}
