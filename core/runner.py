@@ -93,9 +93,11 @@ def write_outputs(
     """Build both documents from the checkpoint, check both, then write both atomically."""
     summary = build_summary(checkpoint.state, rules, run)
     anomalies = build_anomalies(checkpoint.state, rules, run["started_at"])
-    check_output(anomalies, "anomalies")  # both are checked before either is written
-    write_validated(settings.output_dir / "summary.json", summary, "summary")
+    check_output(summary, "summary")  # both are checked before either is written
+    # summary.json last: whoever sees it count a file (a watcher's readers poll it) finds that
+    # file in anomalies.json too.
     write_validated(settings.output_dir / "anomalies.json", anomalies, "anomalies")
+    write_validated(settings.output_dir / "summary.json", summary, "summary")
     pm.hook.after_run(summary=summary, anomalies=anomalies["anomalies"])
     return RunReport(summary, anomalies)
 

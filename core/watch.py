@@ -169,7 +169,7 @@ class WatchLoop:
             observer.join(timeout=5)
 
     def _loop(self, pipeline: Pipeline) -> None:
-        self._commit(pipeline, self._all_files())  # catch up, and write outputs even when idle
+        self._commit(pipeline, self._all_files(), catch_up=True)  # and write outputs even when idle
         next_rescan = time.monotonic()
         while not self.stop.is_set():
             self.changes.changed.wait(timeout=min(0.1, self.settings.settle_ms / 1000))
@@ -198,7 +198,8 @@ class WatchLoop:
             if entry is None or size != entry.offset:
                 self.changes.note(str(data_file.path))
 
-    def _commit(self, pipeline: Pipeline, files: list[DataFile]) -> None:
+    def _commit(self, pipeline: Pipeline, files: list[DataFile], *, catch_up: bool = False) -> None:
+        self._forget_file_errors(None if catch_up else {f.name for f in files})
         present = [f for f in files if os.path.lexists(f.path) or _log_gone(f)]
         works = plan(present, self.checkpoint, self.pm)
         pipeline.process(works, self.checkpoint, final=False)
@@ -207,6 +208,14 @@ class WatchLoop:
         run = metrics(self.settings, self.started_at, elapsed, pipeline.lines_read, pipeline.bytes_read)
         write_outputs(self.settings, self.pm, self.rules, self.checkpoint, run)
         self.commits += 1
+
+    def _forget_file_errors(self, names: set[str] | None) -> None:
+        """A file error describes the latest attempt, as in a batch run: forget it when the file is tried again.
+
+        The catch-up tries every file (``names`` is None), so it also forgets files gone since.
+        """
+        state = self.checkpoint.state
+        state.failures = {f for f in state.failures if f.kind != "file" or (names is not None and f.path not in names)}
 
     def _status_due(self, pipeline: Pipeline) -> None:
         now = time.monotonic()
