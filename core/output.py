@@ -131,14 +131,20 @@ def write_validated(path: Path, document: Any, schema: str) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, text.encode("utf-8"))
+    atomic_write(path, text.encode("utf-8"), shared=True)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write through a temp file in the same folder, fsync, then ``os.replace``: readers see old or new."""
+def atomic_write(path: Path, data: bytes, *, shared: bool = False) -> None:
+    """Write through a temp file in the same folder, fsync, then ``os.replace``: readers see old or new.
+
+    ``shared`` files get the usual permissions (0666 less the umask) rather than the temp file's
+    0600, so that other users can read the outputs.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if shared:
+            os.fchmod(handle, 0o666 & ~_UMASK)
         with os.fdopen(handle, "wb") as out:
             out.write(data)
             out.flush()
@@ -148,6 +154,15 @@ def atomic_write(path: Path, data: bytes) -> None:
         Path(temp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it; done once, at import
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def _fsync_dir(folder: Path) -> None:

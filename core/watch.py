@@ -172,7 +172,7 @@ class WatchLoop:
         self._commit(pipeline, self._all_files(), catch_up=True)  # and write outputs even when idle
         next_rescan = time.monotonic()
         while not self.stop.is_set():
-            self.changes.changed.wait(timeout=min(0.1, self.settings.settle_ms / 1000))
+            self.changes.changed.wait(timeout=min(0.1, max(0.01, self.settings.settle_ms / 1000)))
             names = self.changes.take_ready()
             if names:
                 self._commit(pipeline, [DataFile(self.settings.data_dir / n, n) for n in names])

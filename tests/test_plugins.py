@@ -292,3 +292,20 @@ def test_readme_example_plugin_rejects_bad_parameters(workspace):
     result = workspace.run("--check")
     assert result.returncode == 2
     assert "rules/failure.yaml: rule 'failure-rate': statuses:" in result.stderr
+
+
+def test_readme_detector_plugin_works_as_printed(workspace):
+    heading = "### A detector plugin"
+    (workspace.root / "banned_users.py").write_text(_readme_block(heading, "python"))
+    workspace.rules_file("banned.yaml", _readme_block(heading, "yaml"))
+    workspace.configure("plugins: [banned_users]\nrules: [payment-statuses, banned-users]\n")
+    workspace.write("b.log", "2025-07-22T12:00:05Z INFO S trudy x\n2025-07-22T12:00:01Z INFO S alice y\n")
+    workspace.write("a.log", "2025-07-22T12:00:09Z INFO S mallory z\n2025-07-22T12:00:03Z FAILURE S trudy w\n")
+    result = workspace.run()
+    assert result.returncode == 0, result.stderr
+    anomalies = json.loads((workspace.output / "anomalies.json").read_text())
+    assert anomalies["counts"] == {"banned-users": 2}
+    assert [(a["id"], a["count"], a["samples"], a["first_seen"]) for a in anomalies["anomalies"]] == [
+        ("banned-users:mallory", 1, ["a.log:1"], "2025-07-22T12:00:09Z"),
+        ("banned-users:trudy", 2, ["a.log:2", "b.log:1"], "2025-07-22T12:00:03Z"),
+    ]
