@@ -162,11 +162,14 @@ def human_summary(report: RunReport, settings: Settings) -> str:
     for rule in summary["rules"].values():
         if rule["key"] in summary:
             lines.append(f"{rule['key']}: {_short(summary[rule['key']])}")
+    found = {name: n for name, n in report.anomalies["counts"].items() if n}
+    if report.anomalies["counts"]:
+        lines.append(f"anomalies: {sum(found.values()):,}" + (f" ({_short(found)})" if found else ""))
     lines.append(
         f"{run['elapsed_seconds']:.2f} s, {run['lines_per_second']:,} lines/s, "
         f"{run['bytes_per_second'] / 1e6:.1f} MB/s, peak RSS {run['peak_rss_mb']:.0f} MB"
     )
-    lines.append(f"wrote {settings.output_dir / 'summary.json'}")
+    lines.append(f"wrote {settings.output_dir / 'summary.json'} and anomalies.json")
     return "\n".join(lines)
 
 

@@ -502,7 +502,7 @@ def test_normal_run_prints_the_human_summary(workspace):
     assert "top_users: alice, bob" in lines
     assert "top_services: checkout, refunds" in lines
     assert "peak_hours: 10:00-11:00, 11:00-12:00" in lines
-    assert lines[-1] == f"wrote {(workspace.output / 'summary.json').resolve()}"
+    assert lines[-1] == f"wrote {(workspace.output / 'summary.json').resolve()} and anomalies.json"
     assert result.stderr == ""
     assert "\x1b" not in result.stdout + result.stderr  # not a terminal: no progress bar, no colours
 
