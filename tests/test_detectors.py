@@ -231,3 +231,36 @@ def test_default_rules_find_every_planted_anomaly_in_a_generated_log(workspace):
     report = quality.evaluate(manifest, found, quality.sample_lines(log, found))
     assert report["missed"] == []
     assert all(found == total for found, total in report["recall"].values())
+
+
+def test_watch_mode_finds_every_planted_anomaly_with_windows_spanning_files(workspace, tmp_path):
+    """Three parts of a generated log dropped one by one into a watched folder: same as one batch run."""
+    from tests.test_watch import Watcher, assert_same_as_batch
+
+    log = tmp_path / "generated.txt"
+    subprocess.run([sys.executable, str(REPO / "bench" / "generate.py"), "--lines", "150000", "--seed", "11",
+                    "--out", str(log), "--manifest", str(tmp_path / "manifest.json"), "--long-every", "0"],
+                   check=True)
+    manifest = json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"))
+    data = log.read_bytes()
+    assert data.endswith(b"\n")
+    lines = [line + b"\n" for line in data[:-1].split(b"\n")]  # not splitlines: \r alone is no line end
+    cuts = [0, len(lines) // 3, 2 * len(lines) // 3, len(lines)]  # every window near a cut spans two files
+    with Watcher(workspace) as watcher:
+        watcher.wait_started()
+        for part, (start, end) in enumerate(zip(cuts, cuts[1:])):
+            temp = workspace.data / f".part{part}.tmp"
+            temp.write_bytes(b"".join(lines[start:end]))
+            temp.rename(workspace.data / f"part{part}.txt")
+            watcher.wait_for_lines(end)
+        assert watcher.stop() == 0
+    def in_whole_log(sample: str) -> str:  # "part1.txt:5" -> the line's number in the log cut in three
+        name, _, line = sample.rpartition(":")
+        return f"{log.name}:{cuts[int(name[4])] + int(line)}"
+
+    found = [{**a, "samples": [in_whole_log(s) for s in a["samples"]]} for a in anomalies(workspace)]
+    quality = _quality_module()
+    report = quality.evaluate(manifest, found, quality.sample_lines(log, found))
+    assert report["missed"] == []
+    assert all(hit == total for hit, total in report["recall"].values())
+    assert_same_as_batch(workspace, tmp_path / "batch")
