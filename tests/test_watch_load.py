@@ -237,7 +237,7 @@ def test_back_pressure_keeps_chunks_in_flight_and_memory_bounded_and_loses_no_fi
         "workers: 2\nqueue_size: 2\nchunk_bytes: 524288\n"
         "watch: {settle_ms: 100, status_seconds: 0.2}\n"
     )
-    block = log_lines(1, 33_000)  # ~2 MB, four chunks: 50 files make a backlog of 100 MB
+    block = log_lines(1, 66_000)  # ~4 MB, eight chunks: 50 files make a backlog of 200 MB
     with Watcher(workspace) as watcher:
         watcher.wait_started()
         idle_mb = psutil.Process(watcher.proc.pid).memory_info().rss / 2**20
@@ -251,10 +251,10 @@ def test_back_pressure_keeps_chunks_in_flight_and_memory_bounded_and_loses_no_fi
     assert any(in_flight > 0 for _, in_flight, _, _ in statuses), "no status line while work was in flight"
     assert max(in_flight for _, in_flight, _, _ in statuses) <= 2 + 2  # workers + queue_size
     assert max(waiting for waiting, _, _, _ in statuses) <= 50  # one entry per file, however many events
-    # Parsing a chunk takes some memory of its own (~40-50 MB here, whatever the backlog); holding
-    # the backlog would take at least its 100 MB more.
+    # Parsing chunks takes memory of its own (~40-110 MB here, with the allocators' slack, whatever
+    # the backlog); holding the backlog would take at least its 200 MB more.
     growth_mb = summary["run"]["peak_rss_mb"] - idle_mb
-    assert growth_mb < 100, f"peak RSS grew by {growth_mb:.0f} MB (from {idle_mb:.0f} MB) while 100 MB waited"
+    assert growth_mb < 150, f"peak RSS grew by {growth_mb:.0f} MB (from {idle_mb:.0f} MB) while 200 MB waited"
 
 
 HELD_UP_PLUGIN = '''\
