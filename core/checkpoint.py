@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from core.ledger import Ledger
 from core.output import atomic_write
 from core.rules import Rule
@@ -30,9 +32,16 @@ def rule_fingerprint(rule: Rule) -> str:
 
 
 def parse_fingerprint(settings: Settings) -> str:
-    """What every count depends on: how lines are cut and classified, and how many samples are kept."""
+    """What every count depends on: how lines are cut and classified, and how many samples are kept.
+
+    The Polars version is part of it because hashes kept in rule state (duplicate detection) are
+    Polars' own and only stable within one version.
+    """
     # The per-file samples are cut to the limit as they are counted; a new limit needs a recount.
-    return f"max_line_bytes={settings.max_line_bytes}, malformed_samples={settings.malformed_samples}"
+    return (
+        f"max_line_bytes={settings.max_line_bytes}, malformed_samples={settings.malformed_samples}, "
+        f"polars={pl.__version__}"
+    )
 
 
 @dataclass
