@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 
 import pluggy
 
+from core import budget
 from core.checkpoint import Checkpoint
 from core.errors import RuleExecutionFailed
 from core.ledger import Work
@@ -69,6 +70,11 @@ class Pipeline:
         self._merged = 0
         self._slots = threading.BoundedSemaphore(settings.workers + settings.queue_size)
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="omp-worker")
+        budget.return_freed_buffers()  # else glibc's heap grows with the lines read, not the cap
+        self.state_bytes = budget.rule_state_bytes(
+            settings.memory_mb, settings.workers, settings.chunk_bytes, settings.queue_size, len(rules))
+        for rule in rules:  # partials inherit the bound through Rule.empty
+            rule.limit_state(self.state_bytes)
 
     def __enter__(self) -> Pipeline:
         return self
@@ -88,6 +94,8 @@ class Pipeline:
         waits for its newline (a file that may still be written).
         """
         self._failed = frozenset(checkpoint.state.failed_rules())
+        for rule in checkpoint.state.rules.values():  # a checkpoint may come from a run with another cap
+            rule.limit_state(self.state_bytes)
         queue: deque[tuple[_FileRun, Chunk | None, Future[ChunkOutcome] | None]] = deque()
         for work in works:
             if self.stop.is_set():

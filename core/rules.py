@@ -33,6 +33,8 @@ class Rule:
     params_schema: ClassVar[dict[str, Any]] = {"type": "object", "additionalProperties": False}
     #: JSON Schema for ``result().value``; checked before any output is written.
     result_schema: ClassVar[dict[str, Any]] = {}
+    #: Bytes of memory the state may hold, from ``limits.memory_mb``; None until the engine sets it.
+    state_bytes: int | None = None
 
     def __init__(self, name: str, *, key: str | None = None, **params: Any) -> None:
         self.name = name
@@ -44,8 +46,19 @@ class Rule:
         """Take the validated parameters and create the empty state; override with named arguments."""
 
     def empty(self) -> Rule:
-        """A fresh state with the same name and parameters, for a new partial."""
-        return type(self)(self.name, key=self.key, **self.params)
+        """A fresh state with the same name, parameters and memory bound, for a new partial."""
+        fresh = type(self)(self.name, key=self.key, **self.params)
+        if self.state_bytes is not None:
+            fresh.limit_state(self.state_bytes)
+        return fresh
+
+    def limit_state(self, max_bytes: int) -> None:
+        """Keep the state within about ``max_bytes``; the engine calls it before a run, from the cap.
+
+        A rule whose state grows with the data (one count per user, say) should switch to a bounded,
+        approximate form beyond it, and say so in its result; the default only records the bound.
+        """
+        self.state_bytes = max_bytes
 
     def update(self, batch: Batch) -> None:
         """Fold one batch of records into this state."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,8 +12,11 @@ from typing import Any
 
 import yaml
 
+from core import budget
 from core.errors import ConfigError
 from core.validation import SchemaCheck
+
+log = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {
     "data_dir": "data",
@@ -108,7 +113,23 @@ def load_settings(path: str | os.PathLike[str], overrides: dict[str, Any] | None
     problems += _cross_checks(source, merged)
     if problems:
         raise ConfigError(problems)
-    return _resolve(source, merged)
+    return _fit_memory(_resolve(source, merged))
+
+
+def _fit_memory(settings: Settings) -> Settings:
+    """Shrink queue_size and chunk_bytes, with a warning, until the input in flight fits limits.memory_mb."""
+    try:
+        fit = budget.fit_input(settings.memory_mb, settings.workers, settings.chunk_bytes,
+                               settings.queue_size, settings.max_line_bytes)
+    except budget.MemoryTooSmall as exc:
+        raise ConfigError([
+            f"{settings.source}: limits.memory_mb: {exc}; hint: raise limits.memory_mb, or lower workers "
+            "or limits.max_line_bytes"
+        ]) from None
+    if fit.changes:
+        log.warning("limits.memory_mb %d: %s, so that the chunks in flight fit the memory cap",
+                    settings.memory_mb, ", ".join(fit.changes))
+    return dataclasses.replace(settings, chunk_bytes=fit.chunk_bytes, queue_size=fit.queue_size)
 
 
 def _read_yaml(source: Path) -> dict[str, Any]:

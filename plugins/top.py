@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import polars as pl
-
 from core import Result, Rule, hookimpl
-from plugins.counting import FIELDS, CountTable
+from plugins.counting import FIELDS, HeavyHitters
 
 
 class TopK(Rule):
-    """The ``limit`` values of ``field`` with the most records, ties broken by name ascending."""
+    """The ``limit`` values of ``field`` with the most records, ties broken by name ascending.
+
+    Exact while the distinct values fit the rule's share of ``limits.memory_mb``; beyond it, a
+    frequent items sketch ranks them, and the detail says the list is approximate and by how much
+    a count may be off (see ``HeavyHitters``).
+    """
 
     type_name = "top_k"
     description = "The values of a field with the most records (top services, top users)."
@@ -29,7 +32,15 @@ class TopK(Rule):
     def setup(self, field: str, limit: int = 10) -> None:
         self.field = field
         self.limit = limit
-        self.counts = CountTable(pl.String())
+        self.counts = HeavyHitters()
+
+    def limit_state(self, max_bytes: int) -> None:
+        super().limit_state(max_bytes)
+        self.counts.limit(max_bytes)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.counts = HeavyHitters.upgrade(self.counts)  # a checkpoint written before the memory cap
 
     def update(self, batch: Any) -> None:
         self.counts.add_values(batch.frame[self.field])
@@ -38,6 +49,9 @@ class TopK(Rule):
         self.counts.merge(other.counts)
 
     def result(self) -> Result:
+        if self.counts.approximate:
+            top = self.counts.frequent()[: self.limit]
+            return Result([key for key, _ in top], {**self.counts.describe(), "counts": dict(top)})
         top = self.counts.frame().head(self.limit)
         return Result(top["key"].to_list(), dict(top.iter_rows()))
 

@@ -1,0 +1,81 @@
+"""limits.memory_mb holds for a real run: a high-cardinality file stays under the cap, approximately."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, Workspace
+
+MEMORY_MB = 500  # the shipped default, written out so that the test says what it checks
+HIGH_CARDINALITY_LINES = 2_000_000  # ~1M distinct users: 20 times what top-users may hold exactly
+
+
+def generate(workspace: Workspace, lines: int, *extra: str) -> Path:
+    path = workspace.data / "app.log"
+    subprocess.run(
+        [sys.executable, str(REPO / "bench" / "generate.py"), "--lines", str(lines), "--out", str(path),
+         "--manifest", str(workspace.root / "manifest.json"), *extra],
+        check=True, capture_output=True, timeout=120,
+    )
+    return path
+
+
+def run_measured(workspace: Workspace) -> tuple[int, float]:
+    """Run the CLI in a child process; its exit code and its peak RSS in MB, as the kernel counted it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with open(workspace.root / "stdout.txt", "wb") as out, open(workspace.root / "stderr.txt", "wb") as err:
+        child = subprocess.Popen([sys.executable, "-m", "core.cli", "--reset"],
+                                 cwd=workspace.root, env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)  # so that Popen does not wait for it again
+    return child.returncode, usage.ru_maxrss / 1024  # Linux reports KiB
+
+
+@pytest.fixture
+def capped(workspace: Workspace) -> Workspace:
+    workspace.configure(f"limits: {{memory_mb: {MEMORY_MB}}}\n")
+    return workspace
+
+
+def test_a_high_cardinality_file_stays_under_the_memory_cap_with_approximate_top_users(capped):
+    generate(capped, HIGH_CARDINALITY_LINES, "--distinct-users", "20000000")
+    code, peak_mb = run_measured(capped)
+    stderr = (capped.root / "stderr.txt").read_text(encoding="utf-8")
+
+    assert code == 0, stderr
+    assert peak_mb < MEMORY_MB, f"peak RSS {peak_mb:.0f} MB over the {MEMORY_MB} MB cap"
+    summary = capped.summary()
+    assert summary["totals"]["lines"] == HIGH_CARDINALITY_LINES
+    detail = summary["details"]["top_users"]
+    assert detail["approximate"] is True
+    assert detail["sketch"] == "frequent_items"
+    assert isinstance(detail["lg_max_map_size"], int)
+    assert 0 <= detail["max_error"] < 0.001 * detail["total_weight"]
+    assert len(summary["top_users"]) == 10 and list(detail["counts"]) == summary["top_users"]
+    assert "approximate" not in summary["details"]["top_services"]  # 30 services: still exact
+
+
+def load_reference():
+    spec = importlib.util.spec_from_file_location("omp_reference", REPO / "bench" / "reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_small_cardinality_file_gives_exactly_the_exact_result(capped):
+    path = generate(capped, 200_000)  # 20,000 users: far below the bound
+    code, peak_mb = run_measured(capped)
+    assert code == 0, (capped.root / "stderr.txt").read_text(encoding="utf-8")
+    assert peak_mb < MEMORY_MB
+
+    users = load_reference().summarize([str(path)])["users"]
+    expected = sorted(users.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+    summary = capped.summary()
+    assert summary["top_users"] == [user for user, _ in expected]
+    assert summary["details"]["top_users"] == dict(expected)  # plain counts, no approximate flag

@@ -1,0 +1,248 @@
+"""top_k and count_by under a memory bound: exact while the counts fit, a frequent items sketch beyond."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import pickle
+import random
+from collections import Counter
+from types import SimpleNamespace
+
+import polars as pl
+import pytest
+
+from core import budget
+from core.errors import ConfigError
+from core.settings import load_settings
+from plugins.counting import BYTES_PER_KEY, CountTable, HeavyHitters, sketch_size
+from plugins.counts import CountBy
+from plugins.top import TopK
+
+MAX_KEYS = 100
+BOUND = MAX_KEYS * BYTES_PER_KEY  # room for exactly MAX_KEYS distinct users
+HOT = {f"hot{i}": 1000 - 100 * i for i in range(5)}  # the true heavy hitters
+
+
+def batch(users: list[str]) -> SimpleNamespace:
+    return SimpleNamespace(frame=pl.DataFrame({"user": users}, schema={"user": pl.String}))
+
+
+def top(bound: int | None = BOUND, limit: int = 5) -> TopK:
+    rule = TopK("top-users", field="user", limit=limit)
+    if bound is not None:
+        rule.limit_state(bound)
+    return rule
+
+
+def traffic(seed: int, tail: int = 3000) -> list[str]:
+    """The heavy hitters plus ``tail`` one-off users, shuffled."""
+    users = [user for user, count in HOT.items() for _ in range(count)]
+    users += [f"tail{seed}-{i}" for i in range(tail)]
+    random.Random(seed).shuffle(users)
+    return users
+
+
+def fed(users: list[str], bound: int | None = BOUND, limit: int = 5) -> TopK:
+    rule = top(bound, limit)
+    for start in range(0, len(users), 500):
+        rule.update(batch(users[start:start + 500]))
+    return rule
+
+
+def assert_within_bound(rule: TopK, truth: Counter) -> None:
+    result = rule.result()
+    detail = result.detail
+    assert detail["approximate"] is True and detail["sketch"] == "frequent_items"
+    assert detail["total_weight"] == sum(truth.values())
+    assert result.value == list(HOT)  # the true heavy hitters, in their true order
+    for user, estimate in detail["counts"].items():  # never under, never over by more than the bound
+        assert truth[user] <= estimate <= truth[user] + detail["max_error"]
+
+
+# --- exact below the bound ---------------------------------------------------------------------
+
+
+def test_below_the_bound_the_result_is_exact_and_the_same_as_unbounded():
+    users = [f"u{i % (MAX_KEYS - 1)}" for i in range(5000)] + ["hot"] * 70  # MAX_KEYS distinct
+    bounded, unbounded = fed(users), fed(users, bound=None)
+    assert not bounded.counts.approximate
+    assert bounded.result() == unbounded.result()
+    expected = sorted(Counter(users).items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+    assert bounded.result() == ([user for user, _ in expected], dict(expected))
+
+
+def test_exact_counts_of_one_key_more_than_the_bound_switch_to_the_sketch():
+    at_bound = fed([f"u{i}" for i in range(MAX_KEYS)])
+    assert not at_bound.counts.approximate
+    at_bound.update(batch(["one-more"]))
+    assert at_bound.counts.approximate
+
+
+# --- approximate above it ----------------------------------------------------------------------
+
+
+def test_above_the_bound_the_list_is_approximate_with_its_error_bound_and_finds_the_heavy_hitters():
+    users = traffic(1)
+    rule = fed(users)
+    assert rule.counts.approximate
+    assert rule.result().detail["lg_max_map_size"] == sketch_size(BOUND)
+    assert_within_bound(rule, Counter(users))
+
+
+def test_once_approximate_a_state_stays_approximate():
+    rule = fed(traffic(1))
+    rule.update(batch(["hot0"]))
+    assert rule.counts.approximate
+
+
+def test_the_sketch_memory_follows_the_bound():
+    assert sketch_size(2**20 * 64) == 20
+    assert sketch_size(1) == 8  # never smaller than DataSketches' useful minimum
+    assert sketch_size(10**12) == 24
+
+
+# --- merges ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kinds", list(itertools.product(["exact", "sketch"], repeat=2)))
+def test_merge_of_exact_and_sketched_states_in_either_order(kinds):
+    parts = [traffic(seed, tail=3000 if kind == "sketch" else 50) for seed, kind in enumerate(kinds)]
+    states = [fed(users) for users in parts]
+    assert [s.counts.approximate for s in states] == [kind == "sketch" for kind in kinds]
+    into, other = states
+    into.merge(other)
+    assert_within_bound(into, Counter(parts[0] + parts[1]))
+
+
+def test_two_exact_states_whose_union_outgrows_the_bound_merge_into_a_sketch():
+    left = fed([f"a{i}" for i in range(80)] + ["hot"] * 9)
+    right = fed([f"b{i}" for i in range(80)] + ["hot"] * 9)
+    assert not left.counts.approximate and not right.counts.approximate
+    left.merge(right)
+    assert left.counts.approximate
+    assert left.result().value[0] == "hot"
+
+
+def test_overlapping_exact_states_whose_union_fits_stay_exact():
+    left = fed([f"u{i}" for i in range(80)])
+    right = fed([f"u{i}" for i in range(20, 100)])
+    left.merge(right)
+    assert not left.counts.approximate
+    assert left.result() == fed([f"u{i}" for i in range(80)] + [f"u{i}" for i in range(20, 100)]).result()
+
+
+def test_every_merge_order_of_mixed_partials_gives_the_same_mode_and_finds_the_heavy_hitters():
+    parts = [traffic(0, tail=30), traffic(1, tail=3000), traffic(2, tail=40), traffic(3, tail=2000)]
+    truth = Counter(itertools.chain.from_iterable(parts))
+    for order in itertools.permutations(range(len(parts))):
+        states = [pickle.loads(pickle.dumps(fed(parts[i]))) for i in order]
+        merged = states[0]
+        for state in states[1:]:
+            merged.merge(state)
+        assert_within_bound(merged, truth)
+
+
+def test_partials_below_the_bound_merged_in_any_tree_give_identical_exact_results():
+    rng = random.Random(7)
+    users = [f"u{rng.randrange(60)}" for _ in range(3000)]
+    expected = fed(users).result()
+    for _ in range(20):
+        parts = [fed(users[i:i + 250]) for i in range(0, len(users), 250)]
+        while len(parts) > 1:
+            into, other = rng.sample(range(len(parts)), 2)
+            parts[into].merge(parts[other])
+            parts.pop(other)
+        assert parts[0].result() == expected
+
+
+# --- pickling ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tail", [50, 3000])
+def test_pickle_round_trip_keeps_the_state(tail):
+    rule = fed(traffic(1, tail=tail))
+    copy = pickle.loads(pickle.dumps(rule))
+    assert copy.counts.approximate == rule.counts.approximate == (tail > MAX_KEYS)
+    assert copy.result() == rule.result()
+    copy.update(batch(["hot4"] * 5))
+    rule.update(batch(["hot4"] * 5))
+    assert copy.result() == rule.result()
+
+
+def test_a_state_pickled_before_the_memory_cap_still_loads():
+    old = TopK("top-users", field="user")
+    old.counts = CountTable(pl.String())  # what checkpoints held before HeavyHitters
+    old.counts.add_values(pl.Series(["a", "b", "a"]))
+    loaded = pickle.loads(pickle.dumps(old))
+    loaded.limit_state(BOUND)
+    assert isinstance(loaded.counts, HeavyHitters)
+    assert loaded.result() == (["a", "b"], {"a": 2, "b": 1})
+
+
+def test_partials_inherit_the_bound():
+    assert top().empty().counts.max_bytes == BOUND
+
+
+# --- count_by ----------------------------------------------------------------------------------
+
+
+def test_count_by_on_a_high_cardinality_field_reports_only_values_above_the_error_bound():
+    users = traffic(1)
+    rule = CountBy("users", field="user")
+    rule.limit_state(BOUND)
+    for start in range(0, len(users), 500):
+        rule.update(batch(users[start:start + 500]))
+    result = rule.result()
+    assert result.detail["approximate"] is True
+    assert set(result.value) == set(HOT)
+    for user, estimate in result.value.items():
+        assert HOT[user] <= estimate <= HOT[user] + result.detail["max_error"]
+
+
+def test_count_by_below_the_bound_is_exact_with_no_detail():
+    rule = CountBy("users", field="user")
+    rule.limit_state(BOUND)
+    rule.update(batch(["a", "b", "a"]))
+    assert rule.result() == ({"a": 2, "b": 1}, None)
+
+
+# --- the budget --------------------------------------------------------------------------------
+
+
+def test_input_that_fits_the_cap_is_left_alone():
+    assert budget.fit_input(500, 2, 4 << 20, 4, 65536) == budget.InputPlan(4 << 20, 4)
+
+
+def test_input_beyond_the_cap_shrinks_queue_then_chunks():
+    plan = budget.fit_input(500, 16, 4 << 20, 4, 65536)
+    assert plan.queue_size == 4 and plan.chunk_bytes < 4 << 20
+    assert budget.input_bytes(16, plan.chunk_bytes, plan.queue_size) <= budget.input_cap(500)
+    assert plan.changes == (f"chunk_bytes {4 << 20} -> {plan.chunk_bytes}",)
+    plan = budget.fit_input(300, 2, 4 << 20, 64, 65536)
+    assert plan.queue_size == 2
+
+
+def test_rule_state_shares_what_the_input_leaves():
+    each = budget.rule_state_bytes(500, 2, 4 << 20, 4, 10)
+    left = (500 - budget.BASE_MB) * budget.MIB - budget.input_bytes(2, 4 << 20, 4)
+    assert each == int(left * budget.STATE_SHARE) // 10
+
+
+def test_settings_shrink_chunks_to_fit_the_cap_and_say_so(tmp_path, caplog):
+    path = tmp_path / "settings.yaml"
+    path.write_text("workers: 32\nlimits: {memory_mb: 500}\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        settings = load_settings(path)
+    assert settings.chunk_bytes < 4 << 20
+    assert budget.input_bytes(32, settings.chunk_bytes, settings.queue_size) <= budget.input_cap(500)
+    assert "limits.memory_mb 500: chunk_bytes 4194304 ->" in caplog.text
+
+
+def test_a_cap_too_small_for_the_workers_is_a_config_error(tmp_path):
+    path = tmp_path / "settings.yaml"
+    path.write_text("workers: 64\nlimits: {memory_mb: 200}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert "limits.memory_mb: expected at least" in str(caught.value)
+    assert "got 200; hint: raise limits.memory_mb" in str(caught.value)
