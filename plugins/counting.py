@@ -8,6 +8,8 @@ from typing import Any
 import datasketches
 import polars as pl
 
+from core import Rule
+
 log = logging.getLogger(__name__)
 
 #: Fields of a record that counting rules may group by.
@@ -201,3 +203,25 @@ def _feed(sketch: datasketches.frequent_strings_sketch, counts: pl.DataFrame) ->
     update = sketch.update
     for key, count in counts.iter_rows():
         update(key, count)
+
+
+class FieldCounts(Rule):
+    """Base of the rule types that count records per value of one ``field`` in a ``HeavyHitters``."""
+
+    def setup(self, field: str) -> None:
+        self.field = field
+        self.counts = HeavyHitters()
+
+    def limit_state(self, max_bytes: int) -> None:
+        super().limit_state(max_bytes)
+        self.counts.limit(max_bytes)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.counts = HeavyHitters.upgrade(self.counts)  # a checkpoint written before the memory cap
+
+    def update(self, batch: Any) -> None:
+        self.counts.add_values(batch.frame[self.field])
+
+    def merge(self, other: FieldCounts) -> None:
+        self.counts.merge(other.counts)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from core import Result, Rule, hookimpl
-from plugins.counting import FIELDS, HeavyHitters
+from core import Result, hookimpl
+from plugins.counting import FIELDS, FieldCounts
 
 
-class CountBy(Rule):
+class CountBy(FieldCounts):
     """Count records per value of ``field``; every value seen is reported while the counts fit.
 
     A field with more distinct values than the rule's share of ``limits.memory_mb`` holds (users,
@@ -26,24 +26,6 @@ class CountBy(Rule):
         "properties": {"field": {"enum": list(FIELDS)}},
     }
     result_schema = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1}}
-
-    def setup(self, field: str) -> None:
-        self.field = field
-        self.counts = HeavyHitters()
-
-    def limit_state(self, max_bytes: int) -> None:
-        super().limit_state(max_bytes)
-        self.counts.limit(max_bytes)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.counts = HeavyHitters.upgrade(self.counts)  # a checkpoint written before the memory cap
-
-    def update(self, batch: Any) -> None:
-        self.counts.add_values(batch.frame[self.field])
-
-    def merge(self, other: CountBy) -> None:
-        self.counts.merge(other.counts)
 
     def result(self) -> Result:
         if self.counts.approximate:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from core import Result, Rule, hookimpl
-from plugins.counting import FIELDS, HeavyHitters
+from core import Result, hookimpl
+from plugins.counting import FIELDS, FieldCounts
 
 
-class TopK(Rule):
+class TopK(FieldCounts):
     """The ``limit`` values of ``field`` with the most records, ties broken by name ascending.
 
     Exact while the distinct values fit the rule's share of ``limits.memory_mb``; beyond it, a
@@ -30,23 +30,8 @@ class TopK(Rule):
     result_schema = {"type": "array", "items": {"type": "string"}}
 
     def setup(self, field: str, limit: int = 10) -> None:
-        self.field = field
+        super().setup(field)
         self.limit = limit
-        self.counts = HeavyHitters()
-
-    def limit_state(self, max_bytes: int) -> None:
-        super().limit_state(max_bytes)
-        self.counts.limit(max_bytes)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.counts = HeavyHitters.upgrade(self.counts)  # a checkpoint written before the memory cap
-
-    def update(self, batch: Any) -> None:
-        self.counts.add_values(batch.frame[self.field])
-
-    def merge(self, other: TopK) -> None:
-        self.counts.merge(other.counts)
 
     def result(self) -> Result:
         if self.counts.approximate:
