@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -17,6 +19,14 @@ import pytest
 from core.plugins import get_plugin_manager
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def load_bench(name: str) -> ModuleType:
+    """Import ``bench/<name>.py`` by path: bench/ holds scripts, not a package."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import shutil
@@ -19,7 +18,7 @@ from plugins.flatline import Flatline
 from plugins.frequency import Frequency
 from plugins.timestamps import TimestampCheck
 from plugins.unknown_status import UnknownStatus
-from tests.conftest import REPO, Workspace
+from tests.conftest import REPO, Workspace, load_bench
 from tests.detector_data import batches, evaluate, mixed, random_sizes, rec, scrambled, strip_samples
 
 #: Each detector with parameters that keep every window of ``mixed()`` (spanning 2 h) in state.
@@ -213,10 +212,7 @@ def test_anomalies_of_the_first_run_keep_their_ids_when_more_data_arrives(runs):
 
 
 def _quality_module():
-    spec = importlib.util.spec_from_file_location("anomaly_quality", REPO / "bench" / "anomaly_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("anomaly_quality")
 
 
 def test_default_rules_find_every_planted_anomaly_in_a_generated_log(workspace):

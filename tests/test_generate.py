@@ -1,6 +1,5 @@
 """Check bench/generate.py: exact size, determinism, and a manifest that matches the file (per bench/reference.py)."""
 
-import importlib.util
 import json
 from collections import Counter
 from datetime import datetime
@@ -8,18 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_bench
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load(name):
-    """Import bench/<name>.py by path (bench/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen, ref = load("generate"), load("reference")
+gen, ref = load_bench("generate"), load_bench("reference")
 
 
 def run(tmp_path, *args, name="log.txt"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Workspace
+from tests.conftest import REPO, Workspace, load_bench
 
 MEMORY_MB = 500  # the shipped default, written out so that the test says what it checks
 HIGH_CARDINALITY_LINES = 2_000_000  # ~1M distinct users: 20 times what top-users may hold exactly
@@ -61,20 +60,13 @@ def test_a_high_cardinality_file_stays_under_the_memory_cap_with_approximate_top
     assert "approximate" not in summary["details"]["top_services"]  # 30 services: still exact
 
 
-def load_reference():
-    spec = importlib.util.spec_from_file_location("omp_reference", REPO / "bench" / "reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_small_cardinality_file_gives_exactly_the_exact_result(capped):
     path = generate(capped, 200_000)  # 20,000 users: far below the bound
     code, peak_mb = run_measured(capped)
     assert code == 0, (capped.root / "stderr.txt").read_text(encoding="utf-8")
     assert peak_mb < MEMORY_MB
 
-    users = load_reference().summarize([str(path)])["users"]
+    users = load_bench("reference").summarize([str(path)])["users"]
     expected = sorted(users.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
     summary = capped.summary()
     assert summary["top_users"] == [user for user, _ in expected]

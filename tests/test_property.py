@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
 import random
 import tempfile
@@ -23,6 +22,7 @@ from core.ruleset import load_rules
 from core.settings import load_settings
 from core.state import RunState
 from core.stats import FileStats, merge_file_stats
+from tests.conftest import load_bench
 
 REPO = Path(__file__).resolve().parent.parent
 MAX = 256
@@ -37,22 +37,6 @@ def shipped_rules() -> list[Any]:
 
 
 RULES = shipped_rules()
-
-
-def load_reference() -> Any:
-    """bench/reference.py, if it is there and usable (another helper may still be writing it)."""
-    path = REPO / "bench" / "reference.py"
-    if not path.exists():
-        return None
-    spec = importlib.util.spec_from_file_location("omp_reference", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception:
-        return None
-    if not all(callable(getattr(module, name, None)) for name in ("classify", "summarize")):
-        return None
-    return module
 
 
 # --- lines -------------------------------------------------------------------------------------
@@ -246,8 +230,7 @@ def test_every_line_is_exactly_one_kind(drawn, chunk_bytes):
     assert len({s.line for s in stats.samples}) == stats.malformed
 
 
-REFERENCE = load_reference()
-needs_reference = pytest.mark.skipif(REFERENCE is None, reason="bench/reference.py is missing or not usable yet")
+REFERENCE = load_bench("reference")
 
 
 def engine_lines(path: Path, chunk_bytes: int) -> dict[int, Any]:
@@ -262,7 +245,6 @@ def engine_lines(path: Path, chunk_bytes: int) -> dict[int, Any]:
     return kinds
 
 
-@needs_reference
 @EXAMPLES
 @given(drawn=lines, final_newline=st.booleans(), chunk_bytes=chunk_sizes)
 def test_engine_agrees_with_reference_line_by_line(drawn, final_newline, chunk_bytes):
@@ -276,7 +258,6 @@ def test_engine_agrees_with_reference_line_by_line(drawn, final_newline, chunk_b
         assert kinds.get(number, ("blank", None)) == expected, f"line {number}: {line!r}"
 
 
-@needs_reference
 @EXAMPLES
 @given(drawn=lines, final_newline=st.booleans(), chunk_bytes=chunk_sizes,
        partials=st.integers(1, 4), rng=st.randoms(use_true_random=False))

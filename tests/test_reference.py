@@ -1,6 +1,5 @@
 """Pin bench/reference.py's reading of docs/line-contract.md, case by case."""
 
-import importlib.util
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -9,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import load_bench
+
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("bench_reference", ROOT / "bench" / "reference.py")
-ref = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ref)
+ref = load_bench("reference")
 
 UTC = timezone.utc
 GOOD = b"2025-07-22T12:34:56Z INFO AuthenticationService user123 User login successful"
