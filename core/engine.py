@@ -23,7 +23,7 @@ from core import budget
 from core.checkpoint import Checkpoint
 from core.errors import RuleExecutionFailed
 from core.ledger import Work
-from core.parse import Batch, Chunk, parse_chunk
+from core.parse import RECORD_COLUMNS, Batch, Chunk, parse_chunk
 from core.reader import ChunkReader
 from core.rules import Rule
 from core.settings import Settings
@@ -75,6 +75,7 @@ class Pipeline:
             settings.memory_mb, settings.workers, settings.chunk_bytes, settings.queue_size, len(rules))
         for rule in rules:  # partials inherit the bound through Rule.empty
             rule.limit_state(self.state_bytes)
+        self.columns = frozenset(column for rule in rules for column in rule.columns or RECORD_COLUMNS)
 
     def __enter__(self) -> Pipeline:
         return self
@@ -137,7 +138,8 @@ class Pipeline:
 
     def _process(self, chunk: Chunk) -> ChunkOutcome:
         started = time.perf_counter()
-        batch, stats = parse_chunk(chunk, self.settings.max_line_bytes, self.settings.malformed_samples)
+        batch, stats = parse_chunk(chunk, self.settings.max_line_bytes, self.settings.malformed_samples,
+                                   self.columns)
         outcome = ChunkOutcome(RunState.empty(self.rules), stats)
         if stats.lines:
             for rule in outcome.partial.rules.values():

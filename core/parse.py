@@ -1,15 +1,18 @@
 """Turn a chunk of raw bytes into a columnar batch of records plus the accounting of its lines.
 
-The whole contract is in ``docs/line-contract.md``. Valid lines are the vast majority, so one
-regular expression recognises them in a single vectorised pass; only the lines it rejects are
-classified further, and only lines holding U+FFFD ever look at raw bytes again.
+The whole contract is in ``docs/line-contract.md``. Valid lines are the vast majority, so a fast
+path finds them: Polars' CSV reader splits every line's first four fields, and a line of plain
+printable ASCII with four non-empty fields and a well-formed timestamp is a record. Every other
+line (a few per cent in dirty files) is classified the full way, one regular expression at a time;
+``tests/test_property.py`` checks that both ways agree on any input.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 
 from core.stats import FileStats, MalformedLine
@@ -35,8 +38,19 @@ _VALID_LINE = rf"^{_TIMESTAMP} {_TOKEN} {_TOKEN} {_TOKEN}(?: |$)"
 _BLANK_LINE = r"^[\s\x1c-\x1f]*$"
 _BAD_CHARS = r"[\s\x00-\x1f\x7f]"
 _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%#z"
+_PLAIN_TIMESTAMP = rf"^{_TIMESTAMP}$"
+_TS = pl.col("f0").str.to_datetime(_TIMESTAMP_FORMAT, strict=False, time_unit="us")
+# Years 0001-9999 hold both as written and once normalised to UTC (0001-01-01T00:00:00+01:00
+# would be year 0), so every record's ts is also a Python datetime.
+_REAL_INSTANT = (
+    pl.col("ts").is_not_null() & ~pl.col("f0").str.starts_with("0000") & pl.col("ts").dt.year().is_between(1, 9999)
+)
 _SAMPLE_CHARS = 200
 _FIELDS = ("f0", "f1", "f2", "f3")
+_NEWLINE, _CARRIAGE_RETURN = 0x0A, 0x0D
+_BYTE_ORDER_MARK = b"\xef\xbb\xbf"
+#: Every record column, for rules that do not say which they read.
+RECORD_COLUMNS = tuple(RECORD_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -71,41 +85,159 @@ class Batch:
         return self.frame.height
 
 
-def parse_chunk(chunk: Chunk, max_line_bytes: int, sample_limit: int) -> tuple[Batch, FileStats]:
-    """Parse one chunk into its records and the counts of its lines."""
+def parse_chunk(
+    chunk: Chunk, max_line_bytes: int, sample_limit: int, columns: Collection[str] = RECORD_COLUMNS
+) -> tuple[Batch, FileStats]:
+    """Parse one chunk into its records and the counts of its lines.
+
+    ``columns`` names the record columns the rules read; the costly ``message`` column is
+    built only when it is wanted, and is otherwise all ``""``.
+    """
     stats = FileStats(chunk.path, sample_limit=sample_limit, bytes=chunk.end - chunk.start)
     stats.lines = len(chunk.overlong)
     stats.add_malformed([MalformedLine(n, "too_long", "") for n in chunk.overlong])
     if not chunk.data:
         return Batch(chunk.path, _empty_frame(), dict(stats.reasons)), stats
-    lines = _split_lines(chunk.data)
-    stats.lines += lines.height
-    frame = _classify(lines, max_line_bytes)
-    if frame["suspect"].any():
-        frame = _recheck_lengths(frame, chunk.data, max_line_bytes)
-    records = _records(frame.filter(pl.col("kind") == "record"), chunk)
+    lines = _Lines(chunk.data)
+    stats.lines += lines.count
+    fields = _read_fields(chunk.data)
+    if fields.height == lines.count:
+        plain = _plain(fields, lines, max_line_bytes)
+        if "message" in columns:
+            fields = fields.with_columns(f4=_messages(fields, lines))
+        records, rejected = _records(fields.filter(plain), chunk)
+        others = np.union1d(np.flatnonzero(~plain.to_numpy()), rejected.to_numpy())
+    else:  # the CSV reader split lines otherwise than the contract does: every line the full way
+        records, others = _records(fields.clear(), chunk)[0], np.arange(lines.count)
+    other = _classify(_fields(lines.frame(others)), max_line_bytes)
+    if other["suspect"].any():
+        other = _recheck_lengths(other, lines, max_line_bytes)
+    if (other["kind"] == "record").any():  # unless the CSV reader disagreed, _plain found them all
+        more = other.filter(pl.col("kind") == "record")
+        more = more if "message" in columns else more.drop("f4")
+        records = pl.concat([records, _record_columns(more, chunk)])
+        records = records.sort("line")
     stats.records = records.height
-    stats.blank = int((frame["kind"] == "blank").sum())
-    stats.add_malformed(_malformed(frame, chunk.first_line))
+    stats.blank = int((other["kind"] == "blank").sum())
+    stats.add_malformed(_malformed(other, chunk.first_line))
     return Batch(chunk.path, records, dict(stats.reasons)), stats
 
 
-def _split_lines(data: bytes) -> pl.DataFrame:
-    # Invalid bytes become U+FFFD here, so that Polars always holds valid UTF-8; line breaks are
-    # ASCII, which a UTF-8 decoder never swallows, so the lines stay the same lines. Polars' own
-    # splitter drops one trailing \r per line and is twice as fast as str.split + explode.
-    text = data.decode("utf-8", "replace").encode("utf-8")
-    return pl.read_lines(text, row_index_name="idx")
+class _Lines:
+    """Where the lines of a chunk are; line ``i`` is ``data[starts[i]:ends[i]]``, its newline excluded."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == _NEWLINE)
+        if not data.endswith(b"\n"):
+            ends = np.append(ends, len(data))
+        self.ends = ends
+        self.starts = np.concatenate(([0], ends[:-1] + 1)) if len(ends) else ends
+        self.count = len(ends)
+
+    def text(self, i: int) -> str:
+        """Line ``i`` decoded as the contract says: invalid UTF-8 as U+FFFD, one trailing \\r dropped."""
+        raw = self.data[self.starts[i] : self.ends[i]]
+        return raw.decode("utf-8", "replace").removesuffix("\r")
+
+    def frame(self, rows: np.ndarray) -> pl.DataFrame:
+        """The given lines as ``idx`` (their index in the chunk) and ``line`` (their text)."""
+        return pl.DataFrame(
+            {"idx": rows.astype(np.uint32), "line": [self.text(i) for i in rows.tolist()]},
+            schema={"idx": pl.UInt32(), "line": pl.String()},
+        )
+
+    def unusual(self) -> np.ndarray:
+        """Lines holding a byte other than printable ASCII, a space and a last \\r: a few per cent.
+
+        The other lines need no Unicode, whitespace or control-character checks; and these are
+        all the lines where the CSV reader might split otherwise than the contract (it drops a
+        \\r before a space, and a byte-order mark at the start of its input).
+        """
+        arr = np.frombuffer(self.data, dtype=np.uint8)
+        odd = (arr - np.uint8(0x20)) > np.uint8(0x7E - 0x20)  # below 0x20 or above 0x7e
+        ends = self.ends[self.ends < len(arr)]
+        odd[ends] = False
+        crlf = ends[ends > 0] - 1
+        odd[crlf[arr[crlf] == _CARRIAGE_RETURN]] = False
+        at = np.flatnonzero(odd)
+        return np.unique(np.searchsorted(self.ends, at)) if len(at) else at
 
 
-def _classify(lines: pl.DataFrame, max_line_bytes: int) -> pl.DataFrame:
+def _read_fields(data: bytes) -> pl.DataFrame:
+    """The first four space-separated fields of every line, by Polars' CSV reader (the fast way)."""
+    return pl.read_csv(
+        data, has_header=False, separator=" ", quote_char=None, encoding="utf8-lossy",
+        schema=dict.fromkeys(_FIELDS, pl.String()), empty_string_is_null=False, raise_if_empty=False,
+        truncate_ragged_lines=True, extra_columns="ignore", missing_columns="insert",
+    ).with_row_index("idx")
+
+
+def _plain(fields: pl.DataFrame, lines: _Lines, max_line_bytes: int) -> pl.Series:
+    """Lines that are records for certain, but perhaps for their timestamp's calendar check.
+
+    They are short enough, printable ASCII (see ``_Lines.unusual``), have four non-empty fields
+    and a timestamp of the accepted form.
+    """
+    short = pl.Series(lines.ends - lines.starts <= max_line_bytes)  # raw length: see _classify
+    plain = fields.select(
+        pl.all_horizontal(
+            pl.col("f0").str.contains(_PLAIN_TIMESTAMP), *(pl.col(f).str.len_bytes() > 0 for f in _FIELDS[1:])
+        ).fill_null(False).alias("plain")
+    )["plain"] & short
+    unusual = lines.unusual()
+    return plain.scatter(unusual, False) if len(unusual) else plain
+
+
+def _valid_utf8(data: bytes) -> bytes:
+    """``data`` with every invalid UTF-8 sequence replaced by U+FFFD, as ``bytes.decode("utf-8", "replace")``.
+
+    Only lines holding a non-ASCII byte are decoded: decoding a whole chunk that holds one
+    U+FFFD would build a string of two bytes per character, at a quarter of the speed. Line
+    breaks are ASCII, which a UTF-8 decoder never swallows, so the lines stay the same lines.
+    """
+    if data.isascii():
+        return data
+    high = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) >= 0x80)
+    pieces: list[bytes] = []
+    done = 0  # data[:done] is in pieces
+    i = 0
+    while i < len(high):
+        at = int(high[i])
+        start = data.rfind(b"\n", 0, at) + 1
+        end = data.find(b"\n", at)
+        end = len(data) if end < 0 else end
+        pieces.append(data[done:start])
+        pieces.append(data[start:end].decode("utf-8", "replace").encode("utf-8"))
+        done = end
+        i = int(np.searchsorted(high, end))
+    pieces.append(data[done:])
+    return b"".join(pieces)
+
+
+def _messages(fields: pl.DataFrame, lines: _Lines) -> pl.Series:
+    """Each line's MESSAGE: its text past the fourth space (null when it has none)."""
+    text = pl.read_lines(_valid_utf8(lines.data))["line"]  # Polars holds valid UTF-8 only
+    skip = pl.sum_horizontal(pl.col(f).str.len_chars() for f in _FIELDS) + len(_FIELDS)
+    return pl.DataFrame({"text": text}).hstack(fields.select(skip.alias("skip"))).select(
+        pl.col("text").str.slice(pl.col("skip"))
+    ).to_series()
+
+
+def _fields(lines: pl.DataFrame) -> pl.DataFrame:
+    parts = lines["line"].str.splitn(" ", 5).struct.rename_fields([*_FIELDS, "f4"])
+    return pl.concat([lines, parts.struct.unnest()], how="horizontal")
+
+
+def _classify(frame: pl.DataFrame, max_line_bytes: int) -> pl.DataFrame:
+    """Say what each line is (``kind``), with the columns ``_malformed`` needs to say why."""
     line = pl.col("line")
     nbytes = line.str.len_bytes()
     has_fffd = line.str.contains("\ufffd", literal=True)
     # Without U+FFFD the decoded length is the raw length; with it, raw bytes are rechecked.
     too_long = (nbytes > max_line_bytes) & ~has_fffd
     valid = line.str.contains(_VALID_LINE) & ~too_long
-    frame = lines.with_columns(
+    frame = frame.with_columns(
         too_long=too_long,
         suspect=has_fffd & (nbytes > max_line_bytes),
         kind=pl.when(valid)
@@ -116,27 +248,22 @@ def _classify(lines: pl.DataFrame, max_line_bytes: int) -> pl.DataFrame:
         .then(pl.lit("blank"))
         .otherwise(pl.lit("malformed")),
     )
-    parts = frame["line"].str.splitn(" ", 5).struct.rename_fields([*_FIELDS, "f4"])
-    frame = pl.concat([frame, parts.struct.unnest()], how="horizontal")
-    ts = pl.col("f0").str.to_datetime(_TIMESTAMP_FORMAT, strict=False, time_unit="us")
-    ts = pl.when(pl.col("kind") == "record").then(ts)
-    frame = frame.with_columns(ts=ts)
-    # Years 0001-9999 hold both as written and once normalised to UTC (0001-01-01T00:00:00+01:00
-    # would be year 0), so every record's ts is also a Python datetime.
-    in_range = pl.col("ts").dt.year().is_between(1, 9999)
-    real_instant = pl.col("ts").is_not_null() & ~pl.col("f0").str.starts_with("0000") & in_range
+    frame = frame.with_columns(ts=pl.when(pl.col("kind") == "record").then(_TS))
     return frame.with_columns(
-        kind=pl.when((pl.col("kind") == "record") & ~real_instant)
+        kind=pl.when((pl.col("kind") == "record") & ~_REAL_INSTANT)
         .then(pl.lit("malformed"))
         .otherwise(pl.col("kind"))
     )
 
 
-def _recheck_lengths(frame: pl.DataFrame, data: bytes, max_line_bytes: int) -> pl.DataFrame:
+def _recheck_lengths(frame: pl.DataFrame, lines: _Lines, max_line_bytes: int) -> pl.DataFrame:
     """Measure raw byte lengths for the rare long lines that held invalid UTF-8."""
-    raw = data.split(b"\n")
+    data = lines.data
     long_rows = frame.filter("suspect")["idx"].to_list()
-    too_long = {i for i in long_rows if len(raw[i].removesuffix(b"\r")) > max_line_bytes}
+    too_long = {
+        i for i in long_rows
+        if len(data[lines.starts[i] : lines.ends[i]].removesuffix(b"\r")) > max_line_bytes
+    }
     flagged = pl.col("idx").is_in(list(too_long))
     return frame.with_columns(
         too_long=pl.col("too_long") | flagged,
@@ -144,13 +271,23 @@ def _recheck_lengths(frame: pl.DataFrame, data: bytes, max_line_bytes: int) -> p
     )
 
 
-def _records(valid: pl.DataFrame, chunk: Chunk) -> pl.DataFrame:
-    return valid.select(
+def _records(plain: pl.DataFrame, chunk: Chunk) -> tuple[pl.DataFrame, pl.Series]:
+    """The records among plain lines, and the indexes of those whose timestamp is not a real instant."""
+    timed = plain.with_columns(ts=_TS)
+    real = timed.select(_REAL_INSTANT.fill_null(False).alias("real"))["real"]
+    if real.all():
+        return _record_columns(timed, chunk), plain["idx"].clear()
+    return _record_columns(timed.filter(real), chunk), plain.filter(~real)["idx"]
+
+
+def _record_columns(frame: pl.DataFrame, chunk: Chunk) -> pl.DataFrame:
+    message = pl.col("f4").fill_null("") if "f4" in frame.columns else pl.lit("")
+    return frame.select(
         pl.col("ts"),
         pl.col("f1").alias("status"),
         pl.col("f2").alias("service"),
         pl.col("f3").alias("user"),
-        pl.col("f4").fill_null("").alias("message"),
+        message.alias("message"),
         pl.lit(chunk.path, dtype=pl.String).alias("file"),
         (pl.col("idx").cast(pl.Int64) + chunk.first_line).alias("line"),
     )

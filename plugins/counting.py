@@ -9,6 +9,7 @@ import datasketches
 import polars as pl
 
 from core import Rule
+from core.rules import WITHOUT_MESSAGE
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,8 @@ def _feed(sketch: datasketches.frequent_strings_sketch, counts: pl.DataFrame) ->
 
 class FieldCounts(Rule):
     """Base of the rule types that count records per value of one ``field`` in a ``HeavyHitters``."""
+
+    columns = WITHOUT_MESSAGE
 
     def setup(self, field: str) -> None:
         self.field = field

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import polars as pl
 
 from core import Rule
+from core.rules import WITHOUT_MESSAGE
 from plugins.counting import FIELDS  # noqa: F401  (re-exported: the fields detectors group by)
 
 SEVERITIES = ("low", "medium", "high", "critical")
@@ -113,6 +114,8 @@ class Detector(Rule):
     ``result().value`` lists anomaly mappings (see ``anomaly``); the engine stamps each with
     ``id`` = ``rule:key@window_start``, ``rule`` and ``type``, so keys and windows must be stable.
     """
+
+    columns = WITHOUT_MESSAGE
 
     output = "anomalies"
     result_schema = ANOMALY_LIST_SCHEMA

@@ -54,6 +54,8 @@ class Copies(Table):
 class DuplicateEvent(WindowedDetector):
     """Flag every (timestamp, status, service, user, message) seen more than once, with where each copy is."""
 
+    columns = None  # the message is part of the event
+
     type_name = "duplicate_event"
     description = "The same event (all five fields equal) logged more than once."
     default_severity = "medium"

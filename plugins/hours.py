@@ -7,6 +7,7 @@ from typing import Any
 import polars as pl
 
 from core import Result, Rule, hookimpl
+from core.rules import WITHOUT_MESSAGE
 from plugins.counting import CountTable
 
 
@@ -17,6 +18,8 @@ def hour_label(hour: int) -> str:
 
 class PeakHours(Rule):
     """The ``limit`` busiest hours of day (UTC), ties by hour ascending; hours with no record are never peaks."""
+
+    columns = WITHOUT_MESSAGE
 
     type_name = "peak_hours"
     description = "The busiest hours of the day (UTC), with the 24-hour volume histogram."
