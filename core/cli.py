@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -11,7 +12,14 @@ import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
-from core import __version__
+# Polars allocates through its own jemalloc, which by default keeps freed pages for 10 s: under
+# the churn of chunk after chunk that is up to a hundred MB more RSS. Two arenas, a purging thread
+# and a 0.3 s decay hold peak RSS to what is live, at no measured cost in speed (docs/scaling.md).
+# jemalloc reads this when Polars is loaded, so it is set before anything imports Polars; a value
+# the user set is kept.
+os.environ.setdefault("_RJEM_MALLOC_CONF", "narenas:2,background_thread:true,dirty_decay_ms:300,muzzy_decay_ms:0")
+
+from core import __version__  # noqa: E402  (after the allocator setting above)
 from core.errors import ConfigError, DataDirError, OutputValidationError, PipelineError
 from core.plugins import get_plugin_manager, rule_types
 from core.ruleset import load_rules

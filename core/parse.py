@@ -48,7 +48,7 @@ _REAL_INSTANT = (
 _SAMPLE_CHARS = 200
 _FIELDS = ("f0", "f1", "f2", "f3")
 _NEWLINE, _CARRIAGE_RETURN = 0x0A, 0x0D
-_BYTE_ORDER_MARK = b"\xef\xbb\xbf"
+_NOT_IN_PLAIN_LINES = "\x01"
 #: Every record column, for rules that do not say which they read.
 RECORD_COLUMNS = tuple(RECORD_SCHEMA)
 
@@ -189,39 +189,23 @@ def _plain(fields: pl.DataFrame, lines: _Lines, max_line_bytes: int) -> pl.Serie
     return plain.scatter(unusual, False) if len(unusual) else plain
 
 
-def _valid_utf8(data: bytes) -> bytes:
-    """``data`` with every invalid UTF-8 sequence replaced by U+FFFD, as ``bytes.decode("utf-8", "replace")``.
-
-    Only lines holding a non-ASCII byte are decoded: decoding a whole chunk that holds one
-    U+FFFD would build a string of two bytes per character, at a quarter of the speed. Line
-    breaks are ASCII, which a UTF-8 decoder never swallows, so the lines stay the same lines.
-    """
-    if data.isascii():
-        return data
-    high = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) >= 0x80)
-    pieces: list[bytes] = []
-    done = 0  # data[:done] is in pieces
-    i = 0
-    while i < len(high):
-        at = int(high[i])
-        start = data.rfind(b"\n", 0, at) + 1
-        end = data.find(b"\n", at)
-        end = len(data) if end < 0 else end
-        pieces.append(data[done:start])
-        pieces.append(data[start:end].decode("utf-8", "replace").encode("utf-8"))
-        done = end
-        i = int(np.searchsorted(high, end))
-    pieces.append(data[done:])
-    return b"".join(pieces)
-
-
 def _messages(fields: pl.DataFrame, lines: _Lines) -> pl.Series:
-    """Each line's MESSAGE: its text past the fourth space (null when it has none)."""
-    text = pl.read_lines(_valid_utf8(lines.data))["line"]  # Polars holds valid UTF-8 only
-    skip = pl.sum_horizontal(pl.col(f).str.len_chars() for f in _FIELDS) + len(_FIELDS)
-    return pl.DataFrame({"text": text}).hstack(fields.select(skip.alias("skip"))).select(
-        pl.col("text").str.slice(pl.col("skip"))
-    ).to_series()
+    """Each plain line's MESSAGE: its text past the fourth space (other lines get theirs in ``_classify``).
+
+    The CSV reader reads whole lines too, given a separator no plain line holds (a control
+    character); a plain line is printable ASCII, so its characters are its bytes.
+    """
+    text = pl.read_csv(
+        lines.data, has_header=False, separator=_NOT_IN_PLAIN_LINES, quote_char=None, encoding="utf8-lossy",
+        schema={"text": pl.String()}, empty_string_is_null=False, raise_if_empty=False,
+        truncate_ragged_lines=True, extra_columns="ignore", missing_columns="insert",
+    )
+    if text.height != fields.height:  # as in parse_chunk; then no line is plain
+        return pl.repeat(None, fields.height, dtype=pl.String, eager=True)
+    skip = pl.sum_horizontal(pl.col(f).str.len_bytes() for f in _FIELDS) + len(_FIELDS)
+    return text.hstack(fields.select(skip.alias("skip"))).select(pl.col("text").str.slice(pl.col("skip")))[
+        "text"
+    ]
 
 
 def _fields(lines: pl.DataFrame) -> pl.DataFrame:

@@ -68,6 +68,8 @@ class DuplicateEvent(WindowedDetector):
         ),
     }
     events = ("copies", "n")
+    #: One row per record: small bands keep each fold small (a 6-hour band of a busy log is millions of rows).
+    band_us = 10 * 60 * 1_000_000
 
     def setup(
         self,

@@ -120,6 +120,8 @@ class WindowedDetector(Detector):
     events: ClassVar[tuple[str, str]] = ("", "")
     #: The horizon follows the ``watermark_rank``-th newest event time.
     watermark_rank: ClassVar[int] = 100
+    #: Event time per band (microseconds): folding a band costs in proportion to its rows.
+    band_us: ClassVar[int] = BAND
 
     def init_windows(self, width: int | str, retention: int | str, lookback: int, min_time: str,
                      max_future: int | str) -> None:
@@ -130,7 +132,7 @@ class WindowedDetector(Detector):
         self.retention = max(duration_us(retention), (lookback + 1) * self.width)
         self.min_time = instant_us(min_time)
         self.max_future = duration_us(max_future)
-        self.band = max(1, BAND // self.width)
+        self.band = max(1, self.band_us // self.width)
         self.horizon: int | None = None
         self.late = 0
         self.newest: list[int] = []
