@@ -22,6 +22,7 @@ os.environ.setdefault("_RJEM_MALLOC_CONF", "narenas:2,background_thread:true,dir
 from core import __version__  # noqa: E402  (after the allocator setting above)
 from core.errors import ConfigError, DataDirError, OutputValidationError, PipelineError
 from core.plugins import get_plugin_manager, rule_types
+from core.profile import RunProfile
 from core.ruleset import load_rules
 from core.runner import RunReport, run_batch
 from core.settings import Settings, load_settings
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --watch: poll the folder instead of using native file events")
     parser.add_argument("--reset", action="store_true",
                         help="forget what earlier runs counted (output/.state) and start from nothing")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the run on every thread; write profile.txt and profile.pstats to the "
+                        "output folder (batch runs only)")
     parser.add_argument("--check", action="store_true",
                         help="validate settings, rule files and plugins, report every problem, and exit")
     parser.add_argument("--version", action="version", version=f"runpipeline (Oh My Payments) {__version__}")
@@ -114,9 +118,16 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{settings.source}: configuration is valid; {len(rules)} rules enabled: {names}")
         return EXIT_OK
     if args.watch:
+        if args.profile:
+            raise ConfigError(["--profile: expected a batch run, got --watch; profile one batch run instead"])
         return _watch(settings, pm, rules, args)
+    profile = RunProfile() if args.profile else None
     report = _run_with_progress(settings, pm, rules, show=not args.quiet and sys.stderr.isatty(),
-                               reset=args.reset)
+                               reset=args.reset, profile=profile)
+    if profile is not None:
+        written = profile.write(settings.output_dir)
+        if not args.quiet:
+            print(f"profile: {written} (and {written.with_suffix('.pstats').name})")
     # Rule and file failures were logged as they happened; summary.json lists them again.
     if not args.quiet:
         print(human_summary(report, settings))
@@ -145,16 +156,17 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _run_with_progress(settings: Settings, pm: Any, rules: list[Any], show: bool, reset: bool) -> RunReport:
+def _run_with_progress(settings: Settings, pm: Any, rules: list[Any], show: bool, reset: bool,
+                       profile: RunProfile | None = None) -> RunReport:
     if not show:
-        return run_batch(settings, pm, rules, reset=reset)
+        return run_batch(settings, pm, rules, reset=reset, profile=profile)
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
     columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
     with Progress("[progress.description]{task.description}", *columns, transient=True) as bar:
         task = bar.add_task("reading", total=None)
         return run_batch(
-            settings, pm, rules, reset=reset,
+            settings, pm, rules, reset=reset, profile=profile,
             on_progress=lambda n: bar.advance(task, n),
             on_start=lambda total: bar.update(task, total=total),
         )

@@ -24,6 +24,7 @@ from core.checkpoint import Checkpoint
 from core.errors import RuleExecutionFailed
 from core.ledger import Work
 from core.parse import RECORD_COLUMNS, Batch, Chunk, parse_chunk
+from core.profile import RunProfile
 from core.reader import ChunkReader
 from core.rules import Rule
 from core.settings import Settings
@@ -57,8 +58,9 @@ class Pipeline:
     """A worker pool that folds files into a ``Checkpoint``; use it as a context manager."""
 
     def __init__(self, settings: Settings, rules: list[Rule], pm: pluggy.PluginManager,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, profile: RunProfile | None = None) -> None:
         self.settings = settings
+        self.profile = profile
         self.rules = rules
         self.hook = pm.hook
         self.stop = stop or threading.Event()
@@ -137,6 +139,12 @@ class Pipeline:
         self.hook.on_error(error=exc, path=run.work.name, rule=None)
 
     def _process(self, chunk: Chunk) -> ChunkOutcome:
+        if self.profile is not None:
+            with self.profile.thread():
+                return self._process_chunk(chunk)
+        return self._process_chunk(chunk)
+
+    def _process_chunk(self, chunk: Chunk) -> ChunkOutcome:
         started = time.perf_counter()
         batch, stats = parse_chunk(chunk, self.settings.max_line_bytes, self.settings.malformed_samples,
                                    self.columns)

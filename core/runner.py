@@ -17,6 +17,7 @@ from core.discover import DataFile, discover
 from core.engine import Pipeline
 from core.ledger import Work
 from core.output import build_anomalies, build_summary, check_output, write_validated
+from core.profile import RunProfile
 from core.rules import Rule
 from core.settings import Settings
 from core.state import Failure
@@ -66,8 +67,27 @@ def run_batch(
     reset: bool = False,
     on_progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    profile: RunProfile | None = None,
 ) -> RunReport:
-    """Count what is new in the data folder since the last commit, commit, and write the outputs."""
+    """Count what is new in the data folder since the last commit, commit, and write the outputs.
+
+    With ``profile``, every thread's work is profiled into it (``runpipeline --profile``).
+    """
+    if profile is None:
+        return _run_batch(settings, pm, rules, reset, on_progress, on_start, None)
+    with profile.thread():
+        return _run_batch(settings, pm, rules, reset, on_progress, on_start, profile)
+
+
+def _run_batch(
+    settings: Settings,
+    pm: pluggy.PluginManager,
+    rules: list[Rule],
+    reset: bool,
+    on_progress: Callable[[int], None] | None,
+    on_start: Callable[[int], None] | None,
+    profile: RunProfile | None,
+) -> RunReport:
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
     checkpoint = checkpoints.load(settings, rules, reset=reset)
@@ -79,7 +99,7 @@ def run_batch(
     if on_start is not None:
         on_start(sum(_size(w) for w in works))
     pm.hook.before_run(paths=[w.name for w in works], settings=settings.as_dict())
-    with Pipeline(settings, rules, pm) as pipeline:
+    with Pipeline(settings, rules, pm, profile=profile) as pipeline:
         pipeline.on_progress = on_progress
         pipeline.process(works, checkpoint, final=True)
     checkpoints.save(settings, checkpoint)

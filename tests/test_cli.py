@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pstats
 import re
 import shutil
 import textwrap
@@ -58,7 +59,7 @@ def test_help_mentions_every_option_and_exit_code(workspace):
     assert result.returncode == 0
     text = result.stdout
     for option in ("--settings", "--data-dir", "--output-dir", "--check", "--version", "-v, --verbose",
-                   "-q, --quiet"):
+                   "-q, --quiet", "--profile", "--watch", "--poll", "--reset"):
         assert option in text, option
     assert "exit codes:" in text
     for code, words in [("0", "outputs written"), ("1", "could not finish"), ("2", "configuration problem"),
@@ -505,6 +506,28 @@ def test_normal_run_prints_the_human_summary(workspace):
     assert lines[-1] == f"wrote {(workspace.output / 'summary.json').resolve()} and anomalies.json"
     assert result.stderr == ""
     assert "\x1b" not in result.stdout + result.stderr  # not a terminal: no progress bar, no colours
+
+
+def test_profile_covers_the_workers_and_the_main_thread(workspace):
+    # Enough lines for several chunks, so that the worker threads do the parsing.
+    workspace.write("a.log", RECORDS * 2000)
+    workspace.configure("chunk_bytes: 70000\nlimits: {max_line_bytes: 1024}\n")
+    result = workspace.run("--profile")
+    assert result.returncode == 0, result.stderr
+    report = (workspace.output / "profile.txt").read_text()
+    assert f"profile: {(workspace.output / 'profile.txt').resolve()} (and profile.pstats)" in result.stdout
+    assert "threads (the reader and merger, and the workers)" in report
+    stats = pstats.Stats(str(workspace.output / "profile.pstats"))
+    functions = {name for _, _, name in stats.stats}
+    assert {"_run_batch", "_merge", "parse_chunk", "update"} <= functions  # main thread and workers
+    assert workspace.summary()["totals"]["records"] == 6000
+
+
+def test_profile_refuses_watch_mode(workspace):
+    result = workspace.run("--profile", "--watch")
+    assert result.returncode == 2
+    assert "--profile: expected a batch run, got --watch" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_quiet_run_prints_nothing_and_still_writes(workspace):
