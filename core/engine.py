@@ -202,7 +202,7 @@ class Pipeline:
                 log.error("%s", error)
                 self.hook.on_error(error=error, path=run.work.name, rule=error.rule)
                 self._failed |= {error.rule}
-        open_tail = bool(chunk.data) and not chunk.data.endswith(b"\n")
+        open_tail = chunk.open_tail
         checkpoint.ledger.advance(run.work, chunk.end, chunk.first_line + outcome.stats.lines, open_tail)
 
     def _file_done(self, run: _FileRun, checkpoint: Checkpoint) -> None:

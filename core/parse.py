@@ -59,6 +59,9 @@ class Chunk:
 
     A chunk for a line the reader discarded because it exceeded ``max_line_bytes`` has no
     ``data`` and lists that line (numbered ``first_line``) in ``overlong``.
+
+    ``data`` may go on past ``end - start`` bytes with the start of the next line (no newline):
+    the reader hands over the block it read as it is, as cutting it would copy it.
     """
 
     path: str
@@ -67,6 +70,16 @@ class Chunk:
     start: int
     end: int
     overlong: tuple[int, ...] = ()
+
+    @property
+    def size(self) -> int:
+        """Bytes of the chunk's lines: the first ``size`` bytes of ``data`` (none for a skipped line)."""
+        return min(len(self.data), self.end - self.start)
+
+    @property
+    def open_tail(self) -> bool:
+        """The last line has no newline (yet)."""
+        return self.size > 0 and self.data[self.size - 1] != _NEWLINE
 
 
 @dataclass(frozen=True)
@@ -96,11 +109,11 @@ def parse_chunk(
     stats = FileStats(chunk.path, sample_limit=sample_limit, bytes=chunk.end - chunk.start)
     stats.lines = len(chunk.overlong)
     stats.add_malformed([MalformedLine(n, "too_long", "") for n in chunk.overlong])
-    if not chunk.data:
+    if not chunk.size:
         return Batch(chunk.path, _empty_frame(), dict(stats.reasons)), stats
-    lines = _Lines(chunk.data)
+    lines = _Lines(chunk.data, chunk.size)
     stats.lines += lines.count
-    fields = _read_fields(chunk.data)
+    fields = _read_fields(lines)
     if fields.height == lines.count:
         plain = _plain(fields, lines, max_line_bytes)
         if "message" in columns:
@@ -126,11 +139,12 @@ def parse_chunk(
 class _Lines:
     """Where the lines of a chunk are; line ``i`` is ``data[starts[i]:ends[i]]``, its newline excluded."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, size: int) -> None:
         self.data = data
-        ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == _NEWLINE)
-        if not data.endswith(b"\n"):
-            ends = np.append(ends, len(data))
+        self.size = size  # data may go on with a partial line, which is not one of these
+        ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8, count=size) == _NEWLINE)
+        if data[size - 1] != _NEWLINE:
+            ends = np.append(ends, size)
         self.ends = ends
         self.starts = np.concatenate(([0], ends[:-1] + 1)) if len(ends) else ends
         self.count = len(ends)
@@ -154,7 +168,7 @@ class _Lines:
         all the lines where the CSV reader might split otherwise than the contract (it drops a
         \\r before a space, and a byte-order mark at the start of its input).
         """
-        arr = np.frombuffer(self.data, dtype=np.uint8)
+        arr = np.frombuffer(self.data, dtype=np.uint8, count=self.size)
         odd = (arr - np.uint8(0x20)) > np.uint8(0x7E - 0x20)  # below 0x20 or above 0x7e
         ends = self.ends[self.ends < len(arr)]
         odd[ends] = False
@@ -164,13 +178,21 @@ class _Lines:
         return np.unique(np.searchsorted(self.ends, at)) if len(at) else at
 
 
-def _read_fields(data: bytes) -> pl.DataFrame:
+def _read_fields(lines: _Lines) -> pl.DataFrame:
     """The first four space-separated fields of every line, by Polars' CSV reader (the fast way)."""
-    return pl.read_csv(
-        data, has_header=False, separator=" ", quote_char=None, encoding="utf8-lossy",
-        schema=dict.fromkeys(_FIELDS, pl.String()), empty_string_is_null=False, raise_if_empty=False,
+    return _read_csv(lines, " ", dict.fromkeys(_FIELDS, pl.String())).with_row_index("idx")
+
+
+def _read_csv(lines: _Lines, separator: str, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """A row per line, or a different number of rows where the CSV reader splits lines otherwise."""
+    frame = pl.read_csv(
+        lines.data, has_header=False, separator=separator, quote_char=None, encoding="utf8-lossy",
+        schema=schema, empty_string_is_null=False, raise_if_empty=False,
         truncate_ragged_lines=True, extra_columns="ignore", missing_columns="insert",
-    ).with_row_index("idx")
+    )
+    if len(lines.data) > lines.size:  # the partial line after the chunk's lines is one more row
+        frame = frame.head(frame.height - 1)
+    return frame
 
 
 def _plain(fields: pl.DataFrame, lines: _Lines, max_line_bytes: int) -> pl.Series:
@@ -195,11 +217,7 @@ def _messages(fields: pl.DataFrame, lines: _Lines) -> pl.Series:
     The CSV reader reads whole lines too, given a separator no plain line holds (a control
     character); a plain line is printable ASCII, so its characters are its bytes.
     """
-    text = pl.read_csv(
-        lines.data, has_header=False, separator=_NOT_IN_PLAIN_LINES, quote_char=None, encoding="utf8-lossy",
-        schema={"text": pl.String()}, empty_string_is_null=False, raise_if_empty=False,
-        truncate_ragged_lines=True, extra_columns="ignore", missing_columns="insert",
-    )
+    text = _read_csv(lines, _NOT_IN_PLAIN_LINES, {"text": pl.String()})
     if text.height != fields.height:  # as in parse_chunk; then no line is plain
         return pl.repeat(None, fields.height, dtype=pl.String, eager=True)
     skip = pl.sum_horizontal(pl.col(f).str.len_bytes() for f in _FIELDS) + len(_FIELDS)

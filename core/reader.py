@@ -44,7 +44,7 @@ class ChunkReader:
         self.skip_partial = skip_partial
 
     def __iter__(self) -> Iterator[Chunk]:
-        with open(self.path, "rb") as handle:
+        with open(self.path, "rb", buffering=0) as handle:  # reads go straight into each chunk's bytes
             handle.seek(self.offset)
             if self.skip_partial and not (yield from self._skip_continuation(handle)):
                 return
@@ -71,37 +71,59 @@ class ChunkReader:
         return False
 
     def _chunks(self, handle: BinaryIO) -> Iterator[Chunk]:
-        pending = b""
-        skipping = False  # inside a line longer than max_line_bytes
-        skipped = 0  # bytes of that line read so far; self.offset stays at its start
+        # Each chunk is one read, handed over whole: the partial line at its end is read again
+        # as the start of the next chunk, so no chunk is ever copied.
         while block := handle.read(self.chunk_bytes):
-            if skipping:
-                newline = block.find(b"\n")
-                if newline < 0:
-                    skipped += len(block)
-                    continue
-                yield self._overlong(self.offset + skipped + newline + 1)
-                block, skipping, skipped = block[newline + 1 :], False, 0
             cut = block.rfind(b"\n") + 1
-            if cut:  # one copy of the block's bytes, not two (pending + block, then a slice of it)
-                yield self._whole_lines(pending + block[:cut] if pending else block[:cut])
-                pending = block[cut:]
-            else:
-                pending += block
-            # One byte of slack: a trailing \r is not part of the line's content.
-            if len(pending) > self.max_line_bytes + 1:
-                skipped += len(pending)
-                pending, skipping = b"", True
-        if self.final and skipping:
-            yield self._overlong(self.offset + skipped)
-        elif self.final and pending:
-            yield self._whole_lines(pending)
+            if cut:
+                yield self._whole_lines(block, cut)
+                if cut < len(block):
+                    handle.seek(self.offset)
+            elif not (yield from self._one_line(handle, block)):
+                return
 
-    def _whole_lines(self, data: bytes) -> Chunk:
-        chunk = Chunk(self.path, data, self.line, self.offset, self.offset + len(data))
-        self.offset += len(data)
-        newlines = np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == _NEWLINE)  # twice bytes.count's speed
-        self.line += int(newlines) + (not data.endswith(b"\n"))
+    def _one_line(self, handle: BinaryIO, pending: bytes) -> Generator[Chunk, None, bool]:
+        """Read on to the end of the line that fills all of ``pending``; False at the end of the file.
+
+        A line still unfinished past ``max_line_bytes`` is skipped as it is read.
+        """
+        while len(pending) <= self.max_line_bytes + 1:  # one byte of slack: a last \r is not content
+            more = handle.read(self.chunk_bytes)
+            if not more:
+                if self.final:
+                    yield self._whole_lines(pending, len(pending))
+                return False
+            newline = more.find(b"\n")
+            if newline >= 0:
+                line = pending + more[: newline + 1]
+                yield self._whole_lines(line, len(line))
+                handle.seek(self.offset)
+                return True
+            pending += more
+        return (yield from self._skip_line(handle, len(pending)))
+
+    def _skip_line(self, handle: BinaryIO, skipped: int) -> Generator[Chunk, None, bool]:
+        """Read on to the end of a line longer than a chunk (so than ``max_line_bytes``) and report it.
+
+        Returns False at the end of the file; the line is then reported only if the file is final.
+        """
+        while block := handle.read(self.chunk_bytes):
+            newline = block.find(b"\n")
+            if newline >= 0:
+                yield self._overlong(self.offset + skipped + newline + 1)
+                handle.seek(self.offset)
+                return True
+            skipped += len(block)
+        if self.final:
+            yield self._overlong(self.offset + skipped)
+        return False
+
+    def _whole_lines(self, data: bytes, size: int) -> Chunk:
+        """The lines in the first ``size`` bytes of ``data``."""
+        chunk = Chunk(self.path, data, self.line, self.offset, self.offset + size)
+        self.offset += size
+        newlines = np.count_nonzero(np.frombuffer(data, dtype=np.uint8, count=size) == _NEWLINE)
+        self.line += int(newlines) + chunk.open_tail
         return chunk
 
     def _overlong(self, end: int) -> Chunk:
