@@ -9,6 +9,7 @@ line (a few per cent in dirty files) is classified the full way, one regular exp
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
@@ -142,7 +143,8 @@ class _Lines:
     def __init__(self, data: bytes, size: int) -> None:
         self.data = data
         self.size = size  # data may go on with a partial line, which is not one of these
-        ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8, count=size) == _NEWLINE)
+        self.bytes = np.frombuffer(data, dtype=np.uint8, count=size)
+        ends = np.flatnonzero(np.equal(self.bytes, _NEWLINE, out=_scratch(size, np.bool_)))
         if data[size - 1] != _NEWLINE:
             ends = np.append(ends, size)
         self.ends = ends
@@ -168,14 +170,33 @@ class _Lines:
         all the lines where the CSV reader might split otherwise than the contract (it drops a
         \\r before a space, and a byte-order mark at the start of its input).
         """
-        arr = np.frombuffer(self.data, dtype=np.uint8, count=self.size)
-        odd = (arr - np.uint8(0x20)) > np.uint8(0x7E - 0x20)  # below 0x20 or above 0x7e
+        arr = self.bytes
+        shifted = np.subtract(arr, np.uint8(0x20), out=_scratch(self.size, np.uint8))
+        odd = np.greater(shifted, np.uint8(0x7E - 0x20), out=_scratch(self.size, np.bool_))  # < 0x20 or > 0x7e
         ends = self.ends[self.ends < len(arr)]
         odd[ends] = False
         crlf = ends[ends > 0] - 1
         odd[crlf[arr[crlf] == _CARRIAGE_RETURN]] = False
         at = np.flatnonzero(odd)
         return np.unique(np.searchsorted(self.ends, at)) if len(at) else at
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(size: int, dtype: type[np.generic]) -> np.ndarray:
+    """A reused array of ``size`` items for the calling thread.
+
+    Fresh arrays of a chunk's size would each be a new mapping from the system (see
+    ``core.budget.return_freed_buffers``), and faulting its pages in costs more than the
+    arithmetic done on them.
+    """
+    key = np.dtype(dtype).name
+    array = getattr(_SCRATCH, key, None)
+    if array is None or len(array) < size:
+        array = np.empty(max(size, 1 << 20), dtype=dtype)
+        setattr(_SCRATCH, key, array)
+    return array[:size]
 
 
 def _read_fields(lines: _Lines) -> pl.DataFrame:

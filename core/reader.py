@@ -6,11 +6,7 @@ import logging
 from collections.abc import Generator, Iterator
 from typing import BinaryIO
 
-import numpy as np
-
 from core.parse import Chunk
-
-_NEWLINE = 0x0A
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +118,7 @@ class ChunkReader:
         """The lines in the first ``size`` bytes of ``data``."""
         chunk = Chunk(self.path, data, self.line, self.offset, self.offset + size)
         self.offset += size
-        newlines = np.count_nonzero(np.frombuffer(data, dtype=np.uint8, count=size) == _NEWLINE)
-        self.line += int(newlines) + chunk.open_tail
+        self.line += data.count(b"\n", 0, size) + chunk.open_tail
         return chunk
 
     def _overlong(self, end: int) -> Chunk:
