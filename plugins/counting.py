@@ -42,7 +42,8 @@ class CountTable:
     def merge(self, other: CountTable) -> None:
         """Add every count of ``other``."""
         self._parts.extend(other._parts)
-        self._compact()
+        if len(self._parts) > _COMPACT_AFTER:
+            self._compact()
 
     def frame(self) -> pl.DataFrame:
         """All counts, most frequent first, ties by key ascending."""
