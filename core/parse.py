@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import numpy as np
 import polars as pl
@@ -43,8 +44,10 @@ _PLAIN_TIMESTAMP = rf"^{_TIMESTAMP}$"
 _TS = pl.col("f0").str.to_datetime(_TIMESTAMP_FORMAT, strict=False, time_unit="us")
 # Years 0001-9999 hold both as written and once normalised to UTC (0001-01-01T00:00:00+01:00
 # would be year 0), so every record's ts is also a Python datetime.
-_REAL_INSTANT = (
-    pl.col("ts").is_not_null() & ~pl.col("f0").str.starts_with("0000") & pl.col("ts").dt.year().is_between(1, 9999)
+_FIRST_INSTANT = pl.lit(datetime(1, 1, 1, tzinfo=timezone.utc)).dt.cast_time_unit("us")
+_LAST_INSTANT = pl.lit(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc)).dt.cast_time_unit("us")
+_REAL_INSTANT = (pl.col("ts").is_between(_FIRST_INSTANT, _LAST_INSTANT) & ~pl.col("f0").str.starts_with("0000")).fill_null(
+    False
 )
 _SAMPLE_CHARS = 200
 _FIELDS = ("f0", "f1", "f2", "f3")
