@@ -202,6 +202,12 @@ def _scratch(size: int, dtype: type[np.generic]) -> np.ndarray:
     return array[:size]
 
 
+def count_newlines(data: bytes, size: int) -> int:
+    """Newlines in the first ``size`` bytes of ``data``; unlike ``bytes.count``, mostly without the GIL."""
+    newline = np.equal(np.frombuffer(data, dtype=np.uint8, count=size), _NEWLINE, out=_scratch(size, np.bool_))
+    return int(np.count_nonzero(newline))
+
+
 def _read_fields(lines: _Lines) -> pl.DataFrame:
     """The first four space-separated fields of every line, by Polars' CSV reader (the fast way)."""
     return _read_csv(lines, " ", dict.fromkeys(_FIELDS, pl.String())).with_row_index("idx")

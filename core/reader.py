@@ -6,7 +6,7 @@ import logging
 from collections.abc import Generator, Iterator
 from typing import BinaryIO
 
-from core.parse import Chunk
+from core.parse import Chunk, count_newlines
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class ChunkReader:
         """The lines in the first ``size`` bytes of ``data``."""
         chunk = Chunk(self.path, data, self.line, self.offset, self.offset + size)
         self.offset += size
-        self.line += data.count(b"\n", 0, size) + chunk.open_tail
+        self.line += count_newlines(data, size) + chunk.open_tail
         return chunk
 
     def _overlong(self, end: int) -> Chunk:

@@ -209,6 +209,11 @@ class WindowedDetector(Detector):
         for name, spec in self.tables.items():
             if not spec.windowed or data[name].is_empty():
                 continue
+            windows = data[name]["window"]
+            first, last = windows.min() // self.band, windows.max() // self.band
+            if first == last:  # the usual case: a chunk's records span less than a band
+                by_band.setdefault(first, {})[name] = data[name]
+                continue
             parts = data[name].with_columns(_band=pl.col("window") // self.band).partition_by(
                 "_band", as_dict=True, include_key=False
             )
