@@ -41,7 +41,7 @@ class Frequency(WindowedDetector):
                         keys=("key", "window"), sums=("count",), mins=("first",), maxs=("last",)),
         "totals": Table({"window": pl.Int64(), "total": pl.Int64()}, keys=("window",), sums=("total",)),
         "samples": Table({**_KEY, "file": pl.Categorical(), "line": pl.Int64()}, keys=("key", "window"),
-                         samples=True),
+                         samples=True, keep_all=True),
     }
     events = ("totals", "total")
 

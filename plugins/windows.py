@@ -48,8 +48,12 @@ class Table:
     """How rows of one table fold together: rows with equal ``keys`` are summed / min-ed / max-ed.
 
     A ``samples`` table holds sample locations (``file``, ``line``) and keeps, per key, the
-    ``SAMPLE_LIMIT`` smallest of them. A ``windowed`` table has a ``window`` column and loses
-    the rows of evicted windows; other tables are kept whole.
+    ``SAMPLE_LIMIT`` smallest of them; with ``keep_all``, a windowed one keeps every location
+    until its window is evicted, and the smallest are picked when anomalies are judged. That
+    is cheaper when nearly every key has fewer than ``SAMPLE_LIMIT`` rows anyway (a user in a
+    10-minute window), as pruning would cost a sort on every fold and drop next to nothing. A
+    ``windowed`` table has a ``window`` column and loses the rows of evicted windows; other
+    tables are kept whole.
     """
 
     schema: dict[str, pl.DataType]
@@ -58,6 +62,7 @@ class Table:
     mins: tuple[str, ...] = ()
     maxs: tuple[str, ...] = ()
     samples: bool = False
+    keep_all: bool = False
     windowed: bool = True
     _aggs: list[pl.Expr] = field(init=False, repr=False, compare=False, default_factory=list)
 
@@ -79,7 +84,7 @@ class Table:
             return self.empty()
         frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
         if self.samples:
-            return _smallest_locations(frame, list(self.keys))
+            return frame if self.keep_all and self.windowed else _smallest_locations(frame, list(self.keys))
         if len(frames) == 1:
             return frame
         return self.conform(frame.group_by(self.keys).agg(self._aggs))
