@@ -239,7 +239,10 @@ class WindowedDetector(Detector):
 
     def _fold_band(self, band: int) -> Tables:
         """Fold one band's parts into one table set; rows for windows closed before they came are late."""
-        kept = [self._drop_late(tag, data, self.horizon) for tag, data in self._bands[band]]
+        parts = self._bands[band]
+        if len(parts) == 1 and parts[0][0] == self.horizon:  # folded already, and nothing came since
+            return parts[0][1]
+        kept = [self._drop_late(tag, data, self.horizon) for tag, data in parts]
         data = {name: spec.reduce([d[name] for d in kept]) for name, spec in self.tables.items() if spec.windowed}
         self._bands[band] = [(self.horizon, data)]
         return data
@@ -285,21 +288,25 @@ class WindowedDetector(Detector):
         exactly associative and commutative however the input was split. An engine that merges
         in read order may also call it between merges to bound memory within a run.
         """
-        target = self._target_horizon()
-        if target is None or (self.horizon is not None and target <= self.horizon):
-            return
+        # Rows for windows closed before they came are counted as late and dropped here, also
+        # when the watermark stays put: a backlog older than the watermark must not pile up.
         for band in list(self._bands):
-            self._fold_band(band)  # rows for windows closed earlier are counted as late here
-        for anomaly in self._verdicts(self.horizon, target):
-            key = f"{anomaly['key']}@{anomaly['window_start']}"
-            self.closed[key] = _prefer(anomaly, self.closed[key]) if key in self.closed else anomaly
-        self.horizon = target
-        keep = pl.col("window") >= target - self.lookback
+            self._fold_band(band)
+        target = self._target_horizon()
+        advance = target is not None and (self.horizon is None or target > self.horizon)
+        if advance:
+            for anomaly in self._verdicts(self.horizon, target):
+                key = f"{anomaly['key']}@{anomaly['window_start']}"
+                self.closed[key] = _prefer(anomaly, self.closed[key]) if key in self.closed else anomaly
+            self.horizon = target
+        if self.horizon is None:
+            return
+        keep = pl.col("window") >= self.horizon - self.lookback
         for band, [(_, data)] in list(self._bands.items()):
-            if (band + 1) * self.band <= target - self.lookback:
+            if (band + 1) * self.band <= self.horizon - self.lookback:
                 del self._bands[band]
-            else:
-                self._bands[band] = [(target, _window_filter(self.tables, data, keep))]
+            elif advance:
+                self._bands[band] = [(self.horizon, _window_filter(self.tables, data, keep))]
 
     def _drop_late(self, tag: int | None, data: Tables, horizon: int | None) -> Tables:
         """Rows for windows the state had already closed when they came in are late: count and drop them."""

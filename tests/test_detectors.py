@@ -19,7 +19,7 @@ from plugins.frequency import Frequency
 from plugins.timestamps import TimestampCheck
 from plugins.unknown_status import UnknownStatus
 from tests.conftest import REPO, Workspace, load_bench
-from tests.detector_data import batches, evaluate, mixed, random_sizes, rec, scrambled, strip_samples
+from tests.detector_data import background, batches, evaluate, mixed, random_sizes, rec, scrambled, strip_samples
 
 #: Each detector with parameters that keep every window of ``mixed()`` (spanning 2 h) in state.
 DETECTORS = {
@@ -90,6 +90,29 @@ def test_records_for_closed_windows_are_counted_as_late():
     late = [a for a in after if a["key"] == "late_events"]
     assert [a for a in after if a["key"] != "late_events"] == before
     assert late and late[0]["count"] == 1 and late[0]["severity"] == "low"
+
+
+@pytest.mark.parametrize("kind", ["error_spike", "frequency", "duplicate_event", "flatline"])
+def test_a_backlog_older_than_the_watermark_does_not_pile_up(kind):
+    # A watcher that has seen recent records is then given old ones (a backfill, or a late host):
+    # the watermark stays put, and every old record is late. Sealing as the engine does between
+    # merges must drop them as they come, not keep them until the watermark moves.
+    template = DETECTORS[kind]()
+    rule = type(template)("x", **{**template.params, "retention": "10m"})
+    state = rule.empty()
+    for batch in batches(background(range(600, 660))):  # minutes 600-659 set the watermark
+        state.merge(_updated(rule, batch))
+    state.seal()
+    old = background(range(0, 240))  # four hours, all closed long ago
+    for number, batch in enumerate(batches(old, sizes=[480] * (len(old) // 480)), 1):
+        state.merge(_updated(rule, batch))
+        if number % 2 == 0:
+            state.seal()
+        held = sum(table.height for parts in state._bands.values() for _, tables in parts
+                   for name, table in tables.items() if state.tables[name].windowed and table["window"].max() < 500)
+        assert held <= 2 * 480, f"{held} rows of closed windows kept after {number} batches"
+    state.seal()
+    assert state.late == len(old) if kind in ("frequency", "duplicate_event") else state.late > 0
 
 
 def _updated(rule, batch):
