@@ -57,6 +57,10 @@ class CountTable:
         if len(self._parts) > 1:
             self._parts = [pl.concat(self._parts).group_by("key").agg(pl.col("count").sum())]
 
+    def __getstate__(self) -> dict[str, Any]:
+        self._compact()  # a checkpoint holds one folded table, not the parts waiting for it
+        return self.__dict__
+
     def table(self) -> pl.DataFrame:
         """All counts, in no particular order."""
         self._compact()
