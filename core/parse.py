@@ -46,9 +46,8 @@ _TS = pl.col("f0").str.to_datetime(_TIMESTAMP_FORMAT, strict=False, time_unit="u
 # would be year 0), so every record's ts is also a Python datetime.
 _FIRST_INSTANT = pl.lit(datetime(1, 1, 1, tzinfo=timezone.utc)).dt.cast_time_unit("us")
 _LAST_INSTANT = pl.lit(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc)).dt.cast_time_unit("us")
-_REAL_INSTANT = (pl.col("ts").is_between(_FIRST_INSTANT, _LAST_INSTANT) & ~pl.col("f0").str.starts_with("0000")).fill_null(
-    False
-)
+_IN_RANGE = pl.col("ts").is_between(_FIRST_INSTANT, _LAST_INSTANT)
+_REAL_INSTANT = (_IN_RANGE & ~pl.col("f0").str.starts_with("0000")).fill_null(False)
 _SAMPLE_CHARS = 200
 _FIELDS = ("f0", "f1", "f2", "f3")
 _NEWLINE, _CARRIAGE_RETURN = 0x0A, 0x0D
@@ -306,7 +305,7 @@ def _recheck_lengths(frame: pl.DataFrame, lines: _Lines, max_line_bytes: int) ->
 def _records(plain: pl.DataFrame, chunk: Chunk) -> tuple[pl.DataFrame, pl.Series]:
     """The records among plain lines, and the indexes of those whose timestamp is not a real instant."""
     timed = plain.with_columns(ts=_TS)
-    real = timed.select(_REAL_INSTANT.fill_null(False).alias("real"))["real"]
+    real = timed.select(_REAL_INSTANT.alias("real"))["real"]
     if real.all():
         return _record_columns(timed, chunk), plain["idx"].clear()
     return _record_columns(timed.filter(real), chunk), plain.filter(~real)["idx"]
