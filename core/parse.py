@@ -9,6 +9,7 @@ line (a few per cent in dirty files) is classified the full way, one regular exp
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ import numpy as np
 import polars as pl
 
 from core.stats import FileStats, MalformedLine
+
+log = logging.getLogger(__name__)
 
 #: Columns and types of every record batch handed to rules.
 RECORD_SCHEMA: dict[str, pl.DataType] = {
@@ -117,10 +120,10 @@ def parse_chunk(
     lines = _Lines(chunk.data, chunk.size)
     stats.lines += lines.count
     fields = _read_fields(lines)
+    if "message" in columns and fields.height == lines.count:
+        fields = _with_messages(fields, lines)
     if fields.height == lines.count:
         plain = _plain(fields, lines, max_line_bytes)
-        if "message" in columns:
-            fields = fields.with_columns(f4=_messages(fields, lines))
         records, rejected = _records(fields.filter(plain), chunk)
         others = np.union1d(np.flatnonzero(~plain.to_numpy()), rejected.to_numpy())
     else:  # the CSV reader split lines otherwise than the contract does: every line the full way
@@ -213,12 +216,19 @@ def _read_fields(lines: _Lines) -> pl.DataFrame:
 
 
 def _read_csv(lines: _Lines, separator: str, schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    """A row per line, or a different number of rows where the CSV reader splits lines otherwise."""
-    frame = pl.read_csv(
-        lines.data, has_header=False, separator=separator, quote_char=None, encoding="utf8-lossy",
-        schema=schema, empty_string_is_null=False, raise_if_empty=False,
-        truncate_ragged_lines=True, extra_columns="ignore", missing_columns="insert",
-    )
+    """A row per line, or a different number of rows where the CSV reader splits lines otherwise.
+
+    No rows if the reader fails: then every line goes the full way, which never needs it.
+    """
+    try:
+        frame = pl.read_csv(
+            lines.data, has_header=False, separator=separator, quote_char=None, encoding="utf8-lossy",
+            schema=schema, empty_string_is_null=False, raise_if_empty=False,
+            truncate_ragged_lines=True, extra_columns="ignore", missing_columns="insert",
+        )
+    except pl.exceptions.PolarsError:
+        log.debug("the CSV reader failed on a chunk; classifying its lines the full way", exc_info=True)
+        return pl.DataFrame(schema=schema)
     if len(lines.data) > lines.size:  # the partial line after the chunk's lines is one more row
         frame = frame.head(frame.height - 1)
     return frame
@@ -240,19 +250,19 @@ def _plain(fields: pl.DataFrame, lines: _Lines, max_line_bytes: int) -> pl.Serie
     return plain.scatter(unusual, False) if len(unusual) else plain
 
 
-def _messages(fields: pl.DataFrame, lines: _Lines) -> pl.Series:
-    """Each plain line's MESSAGE: its text past the fourth space (other lines get theirs in ``_classify``).
+def _with_messages(fields: pl.DataFrame, lines: _Lines) -> pl.DataFrame:
+    """``fields`` with each plain line's MESSAGE as ``f4``: its text past the fourth space.
 
     The CSV reader reads whole lines too, given a separator no plain line holds (a control
-    character); a plain line is printable ASCII, so its characters are its bytes.
+    character); a plain line is printable ASCII, so its characters are its bytes. Other lines get
+    their message in ``_classify``. No rows (so the full way for every line) if this read of the
+    lines disagrees with the first on how many there are.
     """
     text = _read_csv(lines, _NOT_IN_PLAIN_LINES, {"text": pl.String()})
-    if text.height != fields.height:  # as in parse_chunk; then no line is plain
-        return pl.repeat(None, fields.height, dtype=pl.String, eager=True)
+    if text.height != fields.height:
+        return fields.clear()
     skip = pl.sum_horizontal(pl.col(f).str.len_bytes() for f in _FIELDS) + len(_FIELDS)
-    return text.hstack(fields.select(skip.alias("skip"))).select(pl.col("text").str.slice(pl.col("skip")))[
-        "text"
-    ]
+    return fields.with_columns(f4=text["text"]).with_columns(f4=pl.col("f4").str.slice(skip))
 
 
 def _fields(lines: pl.DataFrame) -> pl.DataFrame:

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 import polars as pl
 import pytest
 
+from core import parse as parse_module
 from core.parse import RECORD_SCHEMA, Chunk, parse_chunk
 from core.stats import FileStats, MalformedLine
 
@@ -409,3 +410,39 @@ def test_overlong_lines_reported_by_the_reader_are_counted():
     assert stats.samples == [MalformedLine(5, "too_long", ""), MalformedLine(7, "too_long", "")]
     assert batch.frame["line"].to_list() == [8]
     assert stats.bytes == 100
+
+
+MIXED = (
+    f"{TS} paid svc u1 first message\r\n\n{TS} paid  svc u2 double space\n"
+    f"{TS} paid svc jos\xe9 latin-1\n".encode("latin-1")
+    + f"{TS} refund svc u3 caf\u00e9 \u2603\n# notes\n{TS} paid svc u4".encode()
+)
+
+
+def test_when_the_csv_reader_fails_every_line_goes_the_full_way(monkeypatch):
+    expected_batch, expected = parse(MIXED)
+    assert expected.records == 3 and expected.malformed == 3  # the case is worth checking
+
+    def broken(*args, **kwargs):
+        raise pl.exceptions.ComputeError("simulated failure of the CSV reader")
+
+    monkeypatch.setattr(pl, "read_csv", broken)
+    batch, stats = parse(MIXED)
+    assert batch.frame.rows() == expected_batch.frame.rows()
+    assert (stats.lines, stats.records, stats.blank, stats.samples) == (
+        expected.lines, expected.records, expected.blank, expected.samples)
+
+
+def test_when_the_two_reads_disagree_on_the_lines_every_line_goes_the_full_way(monkeypatch):
+    expected_batch, expected = parse(MIXED)
+    real = parse_module._read_csv
+
+    def one_row_short(lines, separator, schema):
+        frame = real(lines, separator, schema)
+        return frame.head(frame.height - 1) if separator != " " else frame
+
+    monkeypatch.setattr(parse_module, "_read_csv", one_row_short)
+    batch, stats = parse(MIXED)
+    assert batch.frame.rows() == expected_batch.frame.rows()
+    assert batch.frame["message"].to_list() == ["first message", "café ☃", ""]
+    assert stats.samples == expected.samples
