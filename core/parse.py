@@ -127,7 +127,7 @@ def parse_chunk(
         records, rejected = _records(fields.filter(plain), chunk)
         others = np.union1d(np.flatnonzero(~plain.to_numpy()), rejected.to_numpy())
     else:  # the CSV reader split lines otherwise than the contract does: every line the full way
-        records, others = _records(fields.clear(), chunk)[0], np.arange(lines.count)
+        records, others = _record_columns(fields.clear().with_columns(ts=_TS), chunk), np.arange(lines.count)
     other = _classify(_fields(lines.frame(others)), max_line_bytes)
     if other["suspect"].any():
         other = _recheck_lengths(other, lines, max_line_bytes)

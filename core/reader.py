@@ -52,19 +52,14 @@ class ChunkReader:
         Yields one chunk of no lines that covers them, so the ledger moves past them; returns
         False while that line's newline has not arrived yet.
         """
-        skipped = 0
-        while block := handle.read(self.chunk_bytes):
-            newline = block.find(b"\n")
-            if newline >= 0:
-                end = self.offset + skipped + newline + 1
-                log.warning("%s: line %d grew after it was counted; the added text is not counted",
-                            self.path, self.line - 1)
-                yield Chunk(self.path, b"", self.line, self.offset, end)
-                self.offset = end
-                handle.seek(end)
-                return True
-            skipped += len(block)
-        return False
+        end, found = self._read_to_newline(handle, 0)
+        if not found:
+            return False
+        log.warning("%s: line %d grew after it was counted; the added text is not counted", self.path, self.line - 1)
+        yield Chunk(self.path, b"", self.line, self.offset, end)
+        self.offset = end
+        handle.seek(end)
+        return True
 
     def _chunks(self, handle: BinaryIO) -> Iterator[Chunk]:
         # Each chunk is one read, handed over whole: the partial line at its end is read again
@@ -103,16 +98,24 @@ class ChunkReader:
 
         Returns False at the end of the file; the line is then reported only if the file is final.
         """
+        end, found = self._read_to_newline(handle, skipped)
+        if found or self.final:
+            yield self._overlong(end)
+        if found:
+            handle.seek(self.offset)
+        return found
+
+    def _read_to_newline(self, handle: BinaryIO, skipped: int) -> tuple[int, bool]:
+        """Read on to the next newline, ``skipped`` bytes past ``offset`` already read.
+
+        Returns the offset just past it and True, or the end of the file and False.
+        """
         while block := handle.read(self.chunk_bytes):
             newline = block.find(b"\n")
             if newline >= 0:
-                yield self._overlong(self.offset + skipped + newline + 1)
-                handle.seek(self.offset)
-                return True
+                return self.offset + skipped + newline + 1, True
             skipped += len(block)
-        if self.final:
-            yield self._overlong(self.offset + skipped)
-        return False
+        return self.offset + skipped, False
 
     def _whole_lines(self, data: bytes, size: int) -> Chunk:
         """The lines in the first ``size`` bytes of ``data``."""
