@@ -34,9 +34,13 @@ class FileStats:
 
     def add_malformed(self, found: list[MalformedLine]) -> None:
         """Count malformed lines and keep the earliest ``sample_limit`` of them as samples."""
-        self.malformed += len(found)
-        self.reasons.update(m.reason for m in found)
-        self.samples = heapq.nsmallest(self.sample_limit, [*self.samples, *found])
+        self.count_malformed(Counter(m.reason for m in found), found)
+
+    def count_malformed(self, reasons: Counter[str], earliest: list[MalformedLine]) -> None:
+        """Count malformed lines by reason; ``earliest`` holds at least the first ``sample_limit``."""
+        self.malformed += reasons.total()
+        self.reasons.update(reasons)
+        self.samples = heapq.nsmallest(self.sample_limit, [*self.samples, *earliest])
 
     def merge(self, other: FileStats) -> None:
         """Add another part of the same file; associative and commutative."""

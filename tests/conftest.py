@@ -9,13 +9,15 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
 
+from core import _scan
 from core.plugins import get_plugin_manager
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,6 +29,22 @@ def load_bench(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def every_line_the_full_way() -> SimpleNamespace:
+    """A stand-in for ``core._scan`` that decides no line, so that ``core.parse``'s own
+    classification sees every line."""
+
+    def scan(data: bytes, size: int, max_line_bytes: int, first_line: int, with_message: bool) -> tuple:
+        _, _, no_records, decided, _ = _scan.scan(b"", 0, max_line_bytes, first_line, with_message)
+        ends = [i for i in range(size) if data[i] == ord("\n")]
+        if size and data[size - 1] != ord("\n"):
+            ends.append(size)
+        starts = [0, *(end + 1 for end in ends[:-1])]
+        as_bytes = lambda values: array("q", values).tobytes()  # noqa: E731
+        return len(ends), 0, no_records, decided, (as_bytes(range(len(ends))), as_bytes(starts), as_bytes(ends))
+
+    return SimpleNamespace(scan=scan, timestamp=_scan.timestamp)
 
 
 @pytest.fixture

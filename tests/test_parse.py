@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import re
+from datetime import datetime, timedelta, timezone
 
 import polars as pl
 import pytest
@@ -10,9 +11,12 @@ import pytest
 from core import parse as parse_module
 from core.parse import RECORD_SCHEMA, Chunk, parse_chunk
 from core.stats import FileStats, MalformedLine
+from tests.conftest import every_line_the_full_way, load_bench
 
 MAX = 256
 TS = "2024-03-05T14:07:09Z"
+
+REFERENCE = load_bench("reference")
 
 
 def parse(data: bytes, max_line_bytes: int = MAX, sample_limit: int = 100, first_line: int = 1):
@@ -419,30 +423,114 @@ MIXED = (
 )
 
 
-def test_when_the_csv_reader_fails_every_line_goes_the_full_way(monkeypatch):
+def test_the_full_classification_alone_gives_the_same_records_and_lines(monkeypatch):
     expected_batch, expected = parse(MIXED)
     assert expected.records == 3 and expected.malformed == 3  # the case is worth checking
-
-    def broken(*args, **kwargs):
-        raise pl.exceptions.ComputeError("simulated failure of the CSV reader")
-
-    monkeypatch.setattr(pl, "read_csv", broken)
+    assert expected_batch.frame["message"].to_list() == ["first message", "café ☃", ""]
+    monkeypatch.setattr(parse_module, "_scan", every_line_the_full_way())
     batch, stats = parse(MIXED)
     assert batch.frame.rows() == expected_batch.frame.rows()
     assert (stats.lines, stats.records, stats.blank, stats.samples) == (
         expected.lines, expected.records, expected.blank, expected.samples)
 
 
-def test_when_the_two_reads_disagree_on_the_lines_every_line_goes_the_full_way(monkeypatch):
-    expected_batch, expected = parse(MIXED)
-    real = parse_module._read_csv
+# Timestamps at the edges of what the compiled scan decides alone (no Unicode on these lines).
+EDGE_TIMESTAMPS = [
+    "2025-07-22T12:34:56Z", "2025-07-22T12:34:56.1Z", "2025-07-22T12:34:56.123456789+05:30",
+    "1969-12-31T23:59:59.9999999Z", "1969-12-31T23:59:59.0000001-00:01", "1600-01-01T00:00:00.9999999Z",
+    "0001-01-01T00:00:00Z", "0001-01-01T00:00:00+00:01", "0001-01-01T00:59:00-00:01", "0000-12-31T23:00:00-02:00",
+    "9999-12-31T23:59:59.999999999Z", "9999-12-31T23:59:59+00:00", "9999-12-31T23:00:00-01:00",
+    "2024-02-29T00:00:00Z", "2023-02-29T00:00:00Z", "1900-02-29T00:00:00Z", "2000-02-29T00:00:00Z",
+    "2025-04-31T00:00:00Z", "2025-00-10T00:00:00Z", "2025-13-10T00:00:00Z", "2025-01-00T00:00:00Z",
+    "2025-07-22T24:00:00Z", "2025-07-22T12:60:00Z", "2025-07-22T12:00:60Z", "2025-07-22T12:34:56",
+    "2025-07-22T12:34:56+24:00", "2025-07-22T12:34:56+05:60", "2025-07-22T12:34:56+0530", "2025-07-22t12:34:56Z",
+    "2025-07-22T12:34:56z", "2025-07-22T12:34:56.Z", "2025-07-22T12:34:56.1234567890Z", "2025-07-22 12:34:56Z",
+    "25-07-22T12:34:56Z", "+2025-07-22T12:34:56Z", "2025-07-22T12:34:56ZZ", "2025-07-22T1:34:56Z",
+]
 
-    def one_row_short(lines, separator, schema):
-        frame = real(lines, separator, schema)
-        return frame.head(frame.height - 1) if separator != " " else frame
 
-    monkeypatch.setattr(parse_module, "_read_csv", one_row_short)
-    batch, stats = parse(MIXED)
-    assert batch.frame.rows() == expected_batch.frame.rows()
-    assert batch.frame["message"].to_list() == ["first message", "café ☃", ""]
-    assert stats.samples == expected.samples
+def polars_instant(timestamp: str) -> datetime | None:
+    """The instant a timestamp names by the contract, read by Polars rather than by core._scan."""
+    if not re.fullmatch(parse_module._TIMESTAMP, timestamp) or timestamp.startswith("0000"):
+        return None
+    parsed = pl.Series([timestamp]).str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%#z", strict=False, time_unit="us")
+    micros = parsed.cast(pl.Int64)[0]  # years 0 and 10000 have no Python datetime
+    first, last = datetime(1, 1, 1, tzinfo=timezone.utc), datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc)
+    if micros is None or not epoch_us(first) <= micros <= epoch_us(last):
+        return None
+    return parsed[0]
+
+
+def epoch_us(instant: datetime) -> int:
+    return (instant - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
+
+
+@pytest.mark.parametrize("timestamp", EDGE_TIMESTAMPS)
+def test_the_compiled_scan_reads_timestamps_as_polars_does(monkeypatch, timestamp):
+    content = f"{timestamp} paid svc u1 a message\n{timestamp} paid svc u2 caf\xe9".encode()
+    batch, stats = parse(content)
+    expected = polars_instant(timestamp)
+    if expected is None:
+        assert batch.frame.is_empty() and stats.reasons == {"bad_timestamp": 2}
+    else:
+        assert batch.frame["ts"].to_list() == [expected, expected]
+    monkeypatch.setattr(parse_module, "_scan", every_line_the_full_way())
+    full_batch, full = parse(content)
+    assert batch.frame.rows() == full_batch.frame.rows()
+    assert stats.samples == full.samples
+
+
+# Lines on the edges of what the compiled scan decides alone, as raw bytes (no newline).
+EDGE_LINES = [
+    TS.encode() + b" paid svc u1 message",
+    TS.encode() + b" paid svc u1",
+    TS.encode() + b" paid svc u1 ",
+    TS.encode() + b" paid svc u1 caf\xc3\xa9 \xe2\x98\x83",  # UTF-8 in the message
+    TS.encode() + b" paid svc u1 caf\xe9",  # an invalid byte in the message
+    TS.encode() + b" paid svc u1 tab\there\rand\x00nul",  # control characters in the message
+    TS.encode() + b" paid s\xc3\xa9rvice \xd0\xbf\xd0\xbe\xd0\xbb\xd1\x8c\xd0\xb7 message",
+    TS.encode() + b" paid svc u\xc2\x80x",  # U+0080 is not whitespace
+    TS.encode() + b" paid svc u\xc2\x85x",  # U+0085 is
+    TS.encode() + b" paid svc u\xc2\xa0x",  # U+00A0
+    TS.encode() + b" paid svc u\xe1\x9a\x80x",  # U+1680
+    TS.encode() + b" paid svc u\xe2\x80\x8ax",  # U+200A
+    TS.encode() + b" paid svc u\xe2\x80\x8bx",  # U+200B is not whitespace
+    TS.encode() + b" paid svc u\xe2\x80\xa8x",  # U+2028
+    TS.encode() + b" paid svc u\xe2\x80\xafx",  # U+202F
+    TS.encode() + b" paid svc u\xe3\x80\x80x",  # U+3000
+    TS.encode() + b" paid svc u\xef\xbf\xbdx",  # a literal U+FFFD
+    TS.encode() + b" paid svc u\xef\xbb\xbfx",  # U+FEFF is not whitespace
+    TS.encode() + b" paid svc u\xc0\x80x",  # an overlong NUL
+    TS.encode() + b" paid svc u\xe0\x9f\xbfx",  # overlong
+    TS.encode() + b" paid svc u\xed\xa0\x80x",  # a surrogate
+    TS.encode() + b" paid svc u\xf4\x90\x80\x80x",  # past U+10FFFF
+    TS.encode() + b" paid svc u\xf0\x9f\x98\x80",  # an emoji
+    TS.encode() + b" paid svc u\xf0\x9f\x98",  # cut short
+    TS.encode() + b" paid svc \xe2\x98\x83\x80",  # a stray continuation byte
+    TS.encode() + b" paid\x7f svc u1",
+    TS.encode() + b" paid\x1c svc u1",
+    TS.encode() + b" paid  svc u1",
+    b" " + TS.encode() + b" paid svc u1",
+    b"\xef\xbb\xbf" + TS.encode() + b" paid svc u1",
+    TS.encode() + b" paid svc",
+    TS.encode() + b" caf\xc3\xa9",
+    b"", b"   ", b"\t\x0b\x0c\x1c\x1f", b"\xc2\xa0", b"    \xc2\xa0", b"  \xe3\x80\x80 ", b"\xc2\x85\t",
+    b"\r", b"\r\r", b"  x\xc2\xa0", b"# notes \xe2\x80\x94 prose", b"\x00\x01\x02", b"\xff\xfe\xfd",
+]
+
+
+@pytest.mark.parametrize("with_message", [True, False])
+@pytest.mark.parametrize("raw", EDGE_LINES)
+def test_the_compiled_scan_classifies_edge_lines_as_the_reference_does(raw, with_message):
+    columns = RECORD_SCHEMA if with_message else ("ts", "status", "service", "user")
+    for data in filter(None, (raw + b"\n", raw + b"\r\n", raw)):  # with a newline, with \r\n, as the last line
+        batch, stats = parse_chunk(Chunk("app.log", data, 1, 0, len(data)), MAX, 100, columns)
+        kind, detail = REFERENCE.classify(data.removesuffix(b"\n"), MAX)
+        if kind == "record":
+            ts, status, service, user, message = detail
+            assert batch.frame.rows() == [(ts, status, service, user, message if with_message else "", "app.log", 1)]
+        elif kind == "blank":
+            assert (stats.blank, batch.frame.height, stats.malformed) == (1, 0, 0)
+        else:
+            assert stats.reasons == {detail: 1} and batch.frame.is_empty()
+        assert stats.lines == 1

@@ -16,14 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core import parse
-from core.parse import Chunk, _read_fields, parse_chunk
+from core.parse import Chunk, parse_chunk
 from core.plugins import get_plugin_manager, rule_types
 from core.reader import ChunkReader
 from core.ruleset import load_rules
 from core.settings import load_settings
 from core.state import RunState
 from core.stats import FileStats, merge_file_stats
-from tests.conftest import load_bench
+from tests.conftest import every_line_the_full_way, load_bench
 
 REPO = Path(__file__).resolve().parent.parent
 MAX = 256
@@ -247,8 +247,8 @@ def test_fast_path_and_full_classification_agree(drawn, final_newline):
     content = file_content(drawn, final_newline)
     chunk = Chunk(PATH, content, 7, 0, len(content))
     fast_batch, fast = parse_chunk(chunk, MAX, 10**6)
-    with pytest.MonkeyPatch.context() as patch:  # as if the CSV reader had split the lines otherwise
-        patch.setattr(parse, "_read_fields", lambda data: _read_fields(data).head(0))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(parse, "_scan", every_line_the_full_way())
         full_batch, full = parse_chunk(chunk, MAX, 10**6)
     assert fast_batch.frame.rows() == full_batch.frame.rows()
     assert (fast.lines, fast.records, fast.blank, fast.samples) == (full.lines, full.records, full.blank, full.samples)

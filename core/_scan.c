@@ -1,0 +1,799 @@
+/*
+ * One compiled pass over a chunk: find its lines, pick out the plain records, and hand them to
+ * Polars as Arrow columns.
+ *
+ * A line is "plain" when it is at most max_line_bytes long, holds only printable ASCII (a last
+ * \r before its newline aside), has four non-empty space-separated fields, and its first field
+ * is a timestamp of the accepted form naming a real instant (docs/line-contract.md). Those lines
+ * are records for certain, and their fields are their bytes. Every other line (blank, malformed,
+ * or a record that needs Unicode) is left to the full classification in core/parse.py, which
+ * receives its index and byte range; tests/test_property.py checks that both ways agree.
+ *
+ * The records leave as one Arrow struct array (the Arrow C data interface, through PyCapsules),
+ * which Polars imports without a Python object per value. The scan runs without the GIL.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The Arrow C data interface, as its specification gives it. */
+#define ARROW_FLAG_NULLABLE 2
+
+struct ArrowSchema {
+    const char *format;
+    const char *name;
+    const char *metadata;
+    int64_t flags;
+    int64_t n_children;
+    struct ArrowSchema **children;
+    struct ArrowSchema *dictionary;
+    void (*release)(struct ArrowSchema *);
+    void *private_data;
+};
+
+struct ArrowArray {
+    int64_t length;
+    int64_t null_count;
+    int64_t offset;
+    int64_t n_buffers;
+    int64_t n_children;
+    const void **buffers;
+    struct ArrowArray **children;
+    struct ArrowArray *dictionary;
+    void (*release)(struct ArrowArray *);
+    void *private_data;
+};
+
+/* ---- Timestamps ---------------------------------------------------------------------------- */
+
+static const int64_t FIRST_US = -62135596800000000LL; /* 0001-01-01T00:00:00Z */
+static const int64_t LAST_US = 253402300799999999LL;  /* 9999-12-31T23:59:59.999999Z */
+
+static int
+digits(const unsigned char *p, int n, int *out)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        unsigned d = (unsigned)p[i] - '0';
+        if (d > 9)
+            return 0;
+        v = v * 10 + (int)d;
+    }
+    *out = v;
+    return 1;
+}
+
+static int
+days_in_month(int year, int month)
+{
+    static const int days[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (month == 2 && year % 4 == 0 && (year % 100 != 0 || year % 400 == 0))
+        return 29;
+    return days[month - 1];
+}
+
+/* Days from 1970-01-01 to the given proleptic Gregorian date (H. Hinnant's days_from_civil). */
+static int64_t
+days_from_civil(int64_t y, int m, int d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+/*
+ * Microseconds since the epoch (UTC) of YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM) in
+ * p[0:n], as Polars' to_datetime gives them (the fraction truncated to the microsecond); 0 if
+ * the field is not of that form, not a real date and time, written with year 0000, or outside
+ * years 0001-9999 once in UTC.
+ */
+/* The last date a scan read (YYYY-MM-DD) and its day number: lines come in runs of one day. */
+typedef struct {
+    unsigned char date[10];
+    int64_t days;
+} LastDate;
+
+static int
+parse_timestamp(const unsigned char *p, size_t n, int64_t *out, LastDate *last)
+{
+    int year, month, day, hour, minute, second;
+    if (n < 20 || p[10] != 'T' || !digits(p + 11, 2, &hour) || p[13] != ':' || !digits(p + 14, 2, &minute)
+        || p[16] != ':' || !digits(p + 17, 2, &second) || hour > 23 || minute > 59 || second > 59)
+        return 0;
+    int64_t days;
+    if (last && memcmp(p, last->date, 10) == 0) {
+        days = last->days;
+    }
+    else {
+        if (!digits(p, 4, &year) || p[4] != '-' || !digits(p + 5, 2, &month) || p[7] != '-'
+            || !digits(p + 8, 2, &day) || year == 0 || month < 1 || month > 12 || day < 1
+            || day > days_in_month(year, month))
+            return 0;
+        days = days_from_civil(year, month, day);
+        if (last) {
+            memcpy(last->date, p, 10);
+            last->days = days;
+        }
+    }
+    size_t i = 19;
+    int64_t micros = 0;
+    if (p[i] == '.') {
+        int count = 0;
+        for (i++; i < n && (unsigned)p[i] - '0' <= 9; i++, count++) {
+            if (count < 6)
+                micros = micros * 10 + (p[i] - '0');
+        }
+        if (count < 1 || count > 9)
+            return 0;
+        for (int k = count; k < 6; k++)
+            micros *= 10;
+    }
+    int offset_minutes = 0;
+    if (i + 1 == n && p[i] == 'Z') {
+        offset_minutes = 0;
+    }
+    else if (i + 6 == n && (p[i] == '+' || p[i] == '-') && p[i + 3] == ':') {
+        int oh, om;
+        if (!digits(p + i + 1, 2, &oh) || !digits(p + i + 4, 2, &om) || oh > 23 || om > 59)
+            return 0;
+        offset_minutes = (oh * 60 + om) * (p[i] == '-' ? -1 : 1);
+    }
+    else {
+        return 0;
+    }
+    int64_t seconds = days * 86400 + hour * 3600 + minute * 60 + second
+                      - (int64_t)offset_minutes * 60;
+    int64_t us = seconds * 1000000 + micros;
+    if (us < FIRST_US || us > LAST_US)
+        return 0;
+    *out = us;
+    return 1;
+}
+
+/* ---- Growable arrays ----------------------------------------------------------------------- */
+
+typedef struct {
+    char *data;
+    size_t used, capacity;
+} Buffer;
+
+static inline int
+reserve(Buffer *b, size_t more)
+{
+    if (b->used + more <= b->capacity)
+        return 1;
+    size_t capacity = b->capacity ? b->capacity : 4096;
+    while (capacity < b->used + more)
+        capacity *= 2;
+    char *data = realloc(b->data, capacity);
+    if (!data)
+        return 0;
+    b->data = data;
+    b->capacity = capacity;
+    return 1;
+}
+
+static inline int
+append(Buffer *b, const void *p, size_t n)
+{
+    if (!reserve(b, n))
+        return 0;
+    memcpy(b->data + b->used, p, n);
+    b->used += n;
+    return 1;
+}
+
+/* ---- Arrow export -------------------------------------------------------------------------- */
+
+enum { TS, STATUS, SERVICE, USER, MESSAGE, LINE, MAX_COLUMNS };
+static const char *NAMES[MAX_COLUMNS] = {"ts", "status", "service", "user", "message", "line"};
+static const char *FORMATS[MAX_COLUMNS] = {"tsu:UTC", "u", "u", "u", "u", "l"};
+
+typedef struct {
+    const void *buffers[3];
+    void *owned[3];
+} ColumnData;
+
+static void
+release_column(struct ArrowArray *array)
+{
+    ColumnData *column = array->private_data;
+    for (int i = 0; i < 3; i++)
+        free(column->owned[i]);
+    free(column);
+    array->release = NULL;
+}
+
+static void
+release_struct(struct ArrowArray *array)
+{
+    for (int64_t i = 0; i < array->n_children; i++) {
+        struct ArrowArray *child = array->children[i];
+        if (child->release)
+            child->release(child);
+        free(child);
+    }
+    free(array->children);
+    free(array->buffers);
+    array->release = NULL;
+}
+
+static void
+release_schema(struct ArrowSchema *schema)
+{
+    for (int64_t i = 0; i < schema->n_children; i++) {
+        struct ArrowSchema *child = schema->children[i];
+        if (child->release)
+            child->release(child);
+        free(child);
+    }
+    free(schema->children);
+    schema->release = NULL;
+}
+
+static void
+release_child_schema(struct ArrowSchema *schema)
+{
+    schema->release = NULL;
+}
+
+/* A consumer that took the contents moved them out and left release NULL. */
+static void
+free_schema_capsule_pointer(struct ArrowSchema *schema)
+{
+    if (schema && schema->release)
+        schema->release(schema);
+    free(schema);
+}
+
+static void
+free_array_capsule_pointer(struct ArrowArray *array)
+{
+    if (array && array->release)
+        array->release(array);
+    free(array);
+}
+
+static void
+free_schema_capsule(PyObject *capsule)
+{
+    free_schema_capsule_pointer(PyCapsule_GetPointer(capsule, "arrow_schema"));
+}
+
+static void
+free_array_capsule(PyObject *capsule)
+{
+    free_array_capsule_pointer(PyCapsule_GetPointer(capsule, "arrow_array"));
+}
+
+/* ---- Classifying a line ------------------------------------------------------------------- */
+
+/* Reasons a line is malformed, in the contract's order; core/parse.py names them. */
+enum { TOO_LONG, MISSING_FIELDS, EMPTY_FIELD, INVALID_UTF8, BAD_CHARACTERS, BAD_TIMESTAMP };
+enum { RECORD = -1, BLANK = -2, OTHER = -3 };
+
+/* ASCII whitespace as Python's str.isspace has it: \t \n \v \f \r, \x1c-\x1f and the space. */
+static int
+is_space(unsigned char c)
+{
+    return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f);
+}
+
+/* A control character of the contract (U+0000-U+001F, U+007F). */
+static int
+is_control(unsigned char c)
+{
+    return c < 0x20 || c == 0x7f;
+}
+
+/*
+ * The length of the UTF-8 sequence at p[0:n] (n > 0) and its code point, as Python's strict
+ * decoder takes it (Unicode's table 3-7: no overlong forms, no surrogates, nothing past
+ * U+10FFFF); 0 if it is not valid there.
+ */
+static int
+utf8_char(const unsigned char *p, size_t n, uint32_t *code)
+{
+    unsigned c = p[0], low = 0x80, high = 0xBF;
+    if (c < 0x80) {
+        *code = c;
+        return 1;
+    }
+    int length = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+    if (length == 0 || n < (size_t)length)
+        return 0;
+    if (c == 0xE0)
+        low = 0xA0;
+    else if (c == 0xED)
+        high = 0x9F;
+    else if (c == 0xF0)
+        low = 0x90;
+    else if (c == 0xF4)
+        high = 0x8F;
+    if (p[1] < low || p[1] > high)
+        return 0;
+    uint32_t value = c & (0x7F >> length);
+    for (int i = 1; i < length; i++) {
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+        value = (value << 6) | (p[i] & 0x3F);
+    }
+    *code = value;
+    return length;
+}
+
+/* Unicode's White_Space beyond ASCII (what \s adds in Rust's and Python's patterns). */
+static int
+is_unicode_space(uint32_t code)
+{
+    return code == 0x85 || code == 0xA0 || code == 0x1680 || (code >= 0x2000 && code <= 0x200A) || code == 0x2028
+           || code == 0x2029 || code == 0x202F || code == 0x205F || code == 0x3000;
+}
+
+/* Whether p[0:n] is a token of the contract: valid UTF-8, no whitespace, control character or U+FFFD. */
+static int
+is_token(const unsigned char *p, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        uint32_t code;
+        int length = utf8_char(p + i, n - i, &code);
+        if (length == 0 || code <= 0x20 || code == 0x7F || code == 0xFFFD || is_unicode_space(code))
+            return 0;
+        i += (size_t)length;
+    }
+    return n > 0;
+}
+
+static int
+is_utf8(const unsigned char *p, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        uint32_t code;
+        int length = utf8_char(p + i, n - i, &code);
+        if (length == 0)
+            return 0;
+        i += (size_t)length;
+    }
+    return 1;
+}
+
+/*
+ * What line[0:length] is (its \r dropped, no newline), as docs/line-contract.md says: RECORD
+ * (with *ts and the first four spaces in spaces[], found of them), BLANK, a malformed reason,
+ * or OTHER where deciding needs decoding: a line that is not a record and holds non-ASCII bytes
+ * before its fourth space, or a record whose message is not valid UTF-8 when the message is
+ * wanted. core/parse.py classifies those.
+ */
+static int
+classify_fully(const unsigned char *line, size_t length, size_t max_line_bytes, int with_message, size_t spaces[4],
+               int *found, int64_t *ts, LastDate *last)
+{
+    if (length > max_line_bytes)
+        return TOO_LONG;
+    /* Up to the fourth space: is it all ASCII, are there control characters in the fields; and is
+     * there a visible ASCII character anywhere (else it may be blank). */
+    int high = 0, visible = 0, control = 0;
+    size_t i = 0;
+    *found = 0;
+    for (; i < length && *found < 4; i++) {
+        unsigned char c = line[i];
+        if (c == ' ')
+            spaces[(*found)++] = i;
+        high |= c >= 0x80;
+        visible |= c < 0x80 && !is_space(c);
+        control |= is_control(c);
+    }
+    const unsigned char *rest = line + i;
+    size_t rest_length = length - i;
+    int rest_high = 0;
+    for (size_t k = 0; k < rest_length; k++) {
+        unsigned char c = rest[k];
+        rest_high |= c >= 0x80;
+        visible |= c < 0x80 && !is_space(c);
+    }
+    int n = *found;
+    size_t ends[4] = {n > 0 ? spaces[0] : length, n > 1 ? spaces[1] : length, n > 2 ? spaces[2] : length,
+                      n > 3 ? spaces[3] : length};
+    int empty = n >= 3
+                && (ends[0] == 0 || ends[1] == ends[0] + 1 || ends[2] == ends[1] + 1 || ends[3] == ends[2] + 1);
+    if (high) {
+        /* Non-ASCII before the fourth space: only a record of valid tokens is decided here. */
+        if (n < 3 || empty || control || !parse_timestamp(line, ends[0], ts, last))
+            return OTHER;
+        for (int f = 1; f < 4; f++) {
+            if (!is_token(line + ends[f - 1] + 1, ends[f] - ends[f - 1] - 1))
+                return OTHER;
+        }
+    }
+    else {
+        if (!visible)
+            return rest_high ? OTHER : BLANK; /* U+00A0 and the like are whitespace too */
+        if (n < 3)
+            return MISSING_FIELDS;
+        if (empty)
+            return EMPTY_FIELD;
+        if (control)
+            return BAD_CHARACTERS;
+        if (!parse_timestamp(line, ends[0], ts, last))
+            return BAD_TIMESTAMP;
+    }
+    if (with_message && rest_high && !is_utf8(rest, rest_length))
+        return OTHER; /* the message needs U+FFFD for its invalid bytes */
+    return RECORD;
+}
+
+/* Bytes of a token that need no second look: printable ASCII but the space. */
+static unsigned char PLAIN[256];
+
+static void
+init_plain(void)
+{
+    for (int c = 0x21; c < 0x7F; c++)
+        PLAIN[c] = 1;
+}
+
+/* Whether p[0:n] holds a byte past ASCII, looked at a word at a time. */
+static int
+has_high_byte(const unsigned char *p, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t word;
+        memcpy(&word, p + i, 8);
+        if (word & 0x8080808080808080ULL)
+            return 1;
+    }
+    for (; i < n; i++) {
+        if (p[i] & 0x80)
+            return 1;
+    }
+    return 0;
+}
+
+/* The first index from i on whose byte is not PLAIN, or length: eight bytes at a time. */
+static inline size_t
+skip_plain(const unsigned char *line, size_t i, size_t length)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ && defined(__GNUC__)
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    for (; i + 8 <= length; i += 8) {
+        uint64_t word;
+        memcpy(&word, line + i, 8);
+        /* A byte below 0x21, or at 0x7F and above (high bit set after adding 1, or already). The
+         * lowest flagged byte is exact; flags above it may not be, which does not matter here. */
+        uint64_t odd = ((word - ones * 0x21) & ~word) | ((word + ones) | word);
+        odd &= highs;
+        if (odd)
+            return i + (size_t)(__builtin_ctzll(odd) >> 3);
+    }
+#endif
+    while (i < length && PLAIN[line[i]])
+        i++;
+    return i;
+}
+
+/*
+ * classify_fully's answer, sooner for the common line: four fields of printable ASCII, a
+ * timestamp, and a message that is not looked at unless it is wanted.
+ */
+static int
+classify(const unsigned char *line, size_t length, size_t max_line_bytes, int with_message, size_t spaces[4],
+         int *found, int64_t *ts, LastDate *last)
+{
+    size_t i = 0;
+    int n = 0;
+    while (length <= max_line_bytes) {
+        i = skip_plain(line, i, length);
+        if (i < length && line[i] != ' ')
+            break; /* something to look at twice */
+        size_t start = n ? spaces[n - 1] + 1 : 0;
+        if (i == start)
+            break; /* an empty field */
+        if (i == length || n == 3) {
+            if (n < 3)
+                break;
+            if (i < length)
+                spaces[n++] = i;
+            *found = n;
+            const unsigned char *rest = line + i + 1;
+            size_t rest_length = i < length ? length - i - 1 : 0;
+            if (!parse_timestamp(line, spaces[0], ts, last))
+                return BAD_TIMESTAMP;
+            if (with_message && has_high_byte(rest, rest_length) && !is_utf8(rest, rest_length))
+                return OTHER;
+            return RECORD;
+        }
+        spaces[n++] = i++;
+    }
+    return classify_fully(line, length, max_line_bytes, with_message, spaces, found, ts, last);
+}
+
+/* ---- The scan ------------------------------------------------------------------------------ */
+
+typedef struct {
+    /* Record columns: int64 values for ts and line; offsets and bytes for the strings. */
+    Buffer values[MAX_COLUMNS];
+    Buffer offsets[MAX_COLUMNS];
+    /* Malformed lines decided here: number, reason (a byte each), and where the line is. */
+    Buffer malformed, reasons, malformed_starts, malformed_ends;
+    /* The other lines: their index in the chunk, and where each is. */
+    Buffer others, other_starts, other_ends;
+    int64_t lines, records, blank;
+} Scan;
+
+static inline int
+add_string(Scan *scan, int column, const unsigned char *p, size_t n)
+{
+    if (!append(&scan->values[column], p, n))
+        return 0;
+    int64_t end = (int64_t)scan->values[column].used;
+    if (end > INT32_MAX)
+        return 0;
+    int32_t offset = (int32_t)end;
+    return append(&scan->offsets[column], &offset, sizeof offset);
+}
+
+static int
+add_line(Buffer *numbers, Buffer *starts, Buffer *ends, int64_t number, int64_t start, int64_t end)
+{
+    return append(numbers, &number, sizeof number) && append(starts, &start, sizeof start)
+           && append(ends, &end, sizeof end);
+}
+
+/*
+ * Scan lines data[0:size]. Returns 0 if memory ran out or a column grew past 2 GiB: the caller
+ * then leaves every line to the full classification.
+ */
+static int
+run_scan(Scan *scan, const unsigned char *data, size_t size, size_t max_line_bytes, int64_t first_line,
+         int with_message)
+{
+    /* Room for lines of about 80 bytes, so that most chunks need no reallocation. */
+    size_t lines = size / 80 + 16;
+    int32_t zero = 0;
+    for (int c = TS; c <= LINE; c++) {
+        int strings = FORMATS[c][0] == 'u';
+        if (c == MESSAGE && !with_message)
+            continue;
+        if (!reserve(&scan->values[c], strings ? lines * (c == MESSAGE ? 48 : 16) : lines * 8)
+            || (strings && (!reserve(&scan->offsets[c], (lines + 1) * 4) || !append(&scan->offsets[c], &zero, 4))))
+            return 0;
+    }
+    LastDate last = {{0}, 0};
+    size_t start = 0;
+    int64_t index = 0;
+    while (start < size) {
+        const unsigned char *line = data + start;
+        const unsigned char *newline = memchr(line, '\n', size - start);
+        size_t length = newline ? (size_t)(newline - line) : size - start; /* newline excluded */
+        size_t content = length > 0 && line[length - 1] == '\r' ? length - 1 : length;
+        size_t spaces[4];
+        int found;
+        int64_t ts = 0, from = (int64_t)start, to = (int64_t)(start + length);
+        int kind = classify(line, content, max_line_bytes, with_message, spaces, &found, &ts, &last);
+        if (kind == RECORD) {
+            size_t user_end = found == 4 ? spaces[3] : content;
+            int64_t number = first_line + index;
+            if (!append(&scan->values[TS], &ts, sizeof ts) || !append(&scan->values[LINE], &number, sizeof number)
+                || !add_string(scan, STATUS, line + spaces[0] + 1, spaces[1] - spaces[0] - 1)
+                || !add_string(scan, SERVICE, line + spaces[1] + 1, spaces[2] - spaces[1] - 1)
+                || !add_string(scan, USER, line + spaces[2] + 1, user_end - spaces[2] - 1))
+                return 0;
+            if (with_message) {
+                size_t message = found == 4 ? spaces[3] + 1 : content;
+                if (!add_string(scan, MESSAGE, line + message, content - message))
+                    return 0;
+            }
+            scan->records++;
+        }
+        else if (kind == BLANK) {
+            scan->blank++;
+        }
+        else if (kind == OTHER) {
+            if (!add_line(&scan->others, &scan->other_starts, &scan->other_ends, index, from, to))
+                return 0;
+        }
+        else {
+            unsigned char reason = (unsigned char)kind;
+            if (!add_line(&scan->malformed, &scan->malformed_starts, &scan->malformed_ends, first_line + index,
+                          from, to)
+                || !append(&scan->reasons, &reason, 1))
+                return 0;
+        }
+        index++;
+        start += length + 1;
+    }
+    scan->lines = index;
+    return 1;
+}
+
+static void
+free_scan(Scan *scan)
+{
+    for (int c = 0; c < MAX_COLUMNS; c++) {
+        free(scan->values[c].data);
+        free(scan->offsets[c].data);
+    }
+    Buffer *lists[] = {&scan->malformed, &scan->reasons, &scan->malformed_starts, &scan->malformed_ends,
+                       &scan->others, &scan->other_starts, &scan->other_ends};
+    for (size_t i = 0; i < sizeof lists / sizeof *lists; i++)
+        free(lists[i]->data);
+}
+
+static void
+free_parts(int n, struct ArrowSchema **child_schemas, struct ArrowArray **child_arrays, ColumnData **data)
+{
+    for (int k = 0; k < n; k++) {
+        free(child_schemas ? child_schemas[k] : NULL);
+        free(child_arrays ? child_arrays[k] : NULL);
+        free(data ? data[k] : NULL);
+    }
+    free(child_schemas);
+    free(child_arrays);
+    free(data);
+}
+
+/* Moves the record columns out of scan into a (schema, array) pair of capsules. */
+static PyObject *
+export_records(Scan *scan, int with_message)
+{
+    int columns[MAX_COLUMNS], n = 0;
+    for (int c = 0; c < MAX_COLUMNS; c++) {
+        if (c != MESSAGE || with_message)
+            columns[n++] = c;
+    }
+    /* Everything that can fail comes first, before any buffer changes hands. */
+    struct ArrowSchema *schema = calloc(1, sizeof *schema);
+    struct ArrowArray *array = calloc(1, sizeof *array);
+    const void **buffers = calloc(1, sizeof *buffers);
+    struct ArrowSchema **child_schemas = calloc(n, sizeof *child_schemas);
+    struct ArrowArray **child_arrays = calloc(n, sizeof *child_arrays);
+    ColumnData **data = calloc(n, sizeof *data);
+    int ok = schema && array && buffers && child_schemas && child_arrays && data;
+    for (int k = 0; ok && k < n; k++) {
+        int c = columns[k];
+        child_schemas[k] = calloc(1, sizeof **child_schemas);
+        child_arrays[k] = calloc(1, sizeof **child_arrays);
+        data[k] = calloc(1, sizeof **data);
+        /* Arrow wants a real pointer even for an empty buffer. */
+        ok = child_schemas[k] && child_arrays[k] && data[k] && reserve(&scan->values[c], 1)
+             && reserve(&scan->offsets[c], 1);
+    }
+    if (!ok) {
+        free_parts(n, child_schemas, child_arrays, data);
+        free(schema);
+        free(array);
+        free(buffers);
+        return PyErr_NoMemory();
+    }
+    *schema = (struct ArrowSchema){.format = "+s", .name = "", .n_children = n, .children = child_schemas,
+                                   .release = release_schema};
+    *array = (struct ArrowArray){.length = scan->records, .n_buffers = 1, .buffers = buffers, .n_children = n,
+                                 .children = child_arrays, .release = release_struct};
+    for (int k = 0; k < n; k++) {
+        int c = columns[k], strings = FORMATS[c][0] == 'u';
+        ColumnData *column = data[k];
+        column->owned[1] = strings ? scan->offsets[c].data : scan->values[c].data;
+        column->owned[2] = strings ? scan->values[c].data : NULL;
+        if (!strings)
+            free(scan->offsets[c].data);
+        scan->values[c] = scan->offsets[c] = (Buffer){0};
+        column->buffers[1] = column->owned[1];
+        column->buffers[2] = column->owned[2];
+        *child_schemas[k] = (struct ArrowSchema){.format = FORMATS[c], .name = NAMES[c],
+                                                 .release = release_child_schema};
+        *child_arrays[k] = (struct ArrowArray){.length = scan->records, .n_buffers = strings ? 3 : 2,
+                                               .buffers = column->buffers, .release = release_column,
+                                               .private_data = column};
+    }
+    free(data);
+    PyObject *schema_capsule = PyCapsule_New(schema, "arrow_schema", free_schema_capsule);
+    PyObject *array_capsule = PyCapsule_New(array, "arrow_array", free_array_capsule);
+    if (!schema_capsule || !array_capsule) {
+        if (schema_capsule)
+            Py_DECREF(schema_capsule);
+        else
+            free_schema_capsule_pointer(schema);
+        if (array_capsule)
+            Py_DECREF(array_capsule);
+        else
+            free_array_capsule_pointer(array);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", schema_capsule, array_capsule);
+}
+
+static PyObject *
+as_bytes(Buffer *b)
+{
+    return PyBytes_FromStringAndSize(b->data ? b->data : "", (Py_ssize_t)b->used);
+}
+
+PyDoc_STRVAR(scan_doc,
+"scan(data, size, max_line_bytes, first_line, with_message)\n--\n\n"
+"Classify the lines in data[:size]. Returns (lines, blank, records, malformed, others):\n"
+"the number of lines and of blank lines; the records as an (arrow_schema, arrow_array) pair of\n"
+"capsules holding one struct array with the columns ts, status, service, user, message (only\n"
+"if with_message) and line (numbered from first_line); the malformed lines decided here as\n"
+"(numbers, reasons, starts, ends); and the lines left undecided as (indexes, starts, ends).\n"
+"Numbers, indexes, starts and ends are native int64 bytes, reasons one byte per line; a line\n"
+"is data[start:end], its newline excluded. Raises MemoryError if memory runs out.");
+
+static PyObject *
+scan(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t size, max_line_bytes;
+    long long first_line;
+    int with_message;
+    if (!PyArg_ParseTuple(args, "y*nnLp", &view, &size, &max_line_bytes, &first_line, &with_message))
+        return NULL;
+    if (size < 0 || size > view.len || size > INT32_MAX || max_line_bytes < 0) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "size must be within the data and below 2 GiB, max_line_bytes >= 0");
+        return NULL;
+    }
+    Scan state = {0};
+    int finished;
+    Py_BEGIN_ALLOW_THREADS
+    finished = run_scan(&state, view.buf, (size_t)size, (size_t)max_line_bytes, first_line, with_message);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    PyObject *result = NULL;
+    if (!finished) {
+        PyErr_NoMemory();
+    }
+    else {
+        PyObject *records = export_records(&state, with_message);
+        if (records)
+            result = Py_BuildValue("(LLN(NNNN)(NNN))", (long long)state.lines, (long long)state.blank, records,
+                                   as_bytes(&state.malformed), as_bytes(&state.reasons),
+                                   as_bytes(&state.malformed_starts), as_bytes(&state.malformed_ends),
+                                   as_bytes(&state.others), as_bytes(&state.other_starts),
+                                   as_bytes(&state.other_ends));
+    }
+    free_scan(&state);
+    return result;
+}
+
+PyDoc_STRVAR(timestamp_doc,
+"timestamp(text)\n--\n\n"
+"Microseconds since the epoch (UTC) of a timestamp of the accepted form naming a real instant\n"
+"in years 0001-9999, as Polars' to_datetime gives them; None for anything else.");
+
+static PyObject *
+timestamp(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    Py_ssize_t length;
+    const char *text = PyUnicode_AsUTF8AndSize(arg, &length);
+    if (!text)
+        return NULL;
+    int64_t us;
+    if (!parse_timestamp((const unsigned char *)text, (size_t)length, &us, NULL))
+        Py_RETURN_NONE;
+    return PyLong_FromLongLong(us);
+}
+
+static PyMethodDef methods[] = {
+    {"scan", scan, METH_VARARGS, scan_doc},
+    {"timestamp", timestamp, METH_O, timestamp_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "core._scan", "The compiled scan of a chunk's lines; see core/parse.py.", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__scan(void)
+{
+    init_plain();
+    return PyModule_Create(&module);
+}

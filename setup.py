@@ -1,0 +1,5 @@
+"""Only the compiled part of the build; everything else is in pyproject.toml."""
+
+from setuptools import Extension, setup
+
+setup(ext_modules=[Extension("core._scan", ["core/_scan.c"], extra_compile_args=["-O2", "-std=c11"])])
