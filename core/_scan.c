@@ -350,16 +350,61 @@ is_token(const unsigned char *p, size_t n)
     return n > 0;
 }
 
-static int
-is_utf8(const unsigned char *p, size_t n)
+/*
+ * The length of the invalid part at p[0:n] (n > 0, not a valid sequence there): the start of a
+ * sequence and as many of its continuation bytes as were right before one went wrong, or the
+ * single byte that cannot start one.
+ */
+static size_t
+maximal_invalid_part(const unsigned char *p, size_t n)
 {
+    unsigned c = p[0], low = 0x80, high = 0xBF;
+    size_t length = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+    if (length == 0)
+        return 1;
+    if (c == 0xE0)
+        low = 0xA0;
+    else if (c == 0xED)
+        high = 0x9F;
+    else if (c == 0xF0)
+        low = 0x90;
+    else if (c == 0xF4)
+        high = 0x8F;
+    size_t i = 1;
+    for (; i < length && i < n; i++) {
+        unsigned next = p[i];
+        if (i == 1 ? (next < low || next > high) : (next & 0xC0) != 0x80)
+            break;
+    }
+    return i;
+}
+
+/*
+ * Append p[0:n] to b decoded as Python's bytes.decode("utf-8", "replace") does: each maximal
+ * invalid part (a byte that cannot start a sequence, or the start of one cut short) becomes
+ * U+FFFD. Returns 0 if memory ran out.
+ */
+static int
+append_decoded(Buffer *b, const unsigned char *p, size_t n)
+{
+    static const unsigned char replacement[3] = {0xEF, 0xBF, 0xBD};
+    if (!reserve(b, n * 3))
+        return 0;
+    unsigned char *out = (unsigned char *)b->data + b->used;
     for (size_t i = 0; i < n;) {
         uint32_t code;
         int length = utf8_char(p + i, n - i, &code);
-        if (length == 0)
-            return 0;
-        i += (size_t)length;
+        if (length > 0) {
+            memcpy(out, p + i, (size_t)length);
+            out += length;
+            i += (size_t)length;
+            continue;
+        }
+        memcpy(out, replacement, 3);
+        out += 3;
+        i += maximal_invalid_part(p + i, n - i);
     }
+    b->used = (size_t)(out - (unsigned char *)b->data);
     return 1;
 }
 
@@ -367,12 +412,12 @@ is_utf8(const unsigned char *p, size_t n)
  * What line[0:length] is (its \r dropped, no newline), as docs/line-contract.md says: RECORD
  * (with *ts and the first four spaces in spaces[], found of them), BLANK, a malformed reason,
  * or OTHER where deciding needs decoding: a line that is not a record and holds non-ASCII bytes
- * before its fourth space, or a record whose message is not valid UTF-8 when the message is
- * wanted. core/parse.py classifies those.
+ * before its fourth space (or, past it, where the rest may be Unicode whitespace). core/parse.py
+ * classifies those. The message never decides anything but blankness.
  */
 static int
-classify_fully(const unsigned char *line, size_t length, size_t max_line_bytes, int with_message, size_t spaces[4],
-               int *found, int64_t *ts, LastDate *last)
+classify_fully(const unsigned char *line, size_t length, size_t max_line_bytes, size_t spaces[4], int *found,
+               int64_t *ts, LastDate *last)
 {
     if (length > max_line_bytes)
         return TOO_LONG;
@@ -423,8 +468,6 @@ classify_fully(const unsigned char *line, size_t length, size_t max_line_bytes, 
         if (!parse_timestamp(line, ends[0], ts, last))
             return BAD_TIMESTAMP;
     }
-    if (with_message && rest_high && !is_utf8(rest, rest_length))
-        return OTHER; /* the message needs U+FFFD for its invalid bytes */
     return RECORD;
 }
 
@@ -479,12 +522,12 @@ skip_plain(const unsigned char *line, size_t i, size_t length)
 }
 
 /*
- * classify_fully's answer, sooner for the common line: four fields of printable ASCII, a
- * timestamp, and a message that is not looked at unless it is wanted.
+ * classify_fully's answer, sooner for the common line: four fields of printable ASCII and a
+ * timestamp; its message is not looked at.
  */
 static int
-classify(const unsigned char *line, size_t length, size_t max_line_bytes, int with_message, size_t spaces[4],
-         int *found, int64_t *ts, LastDate *last)
+classify(const unsigned char *line, size_t length, size_t max_line_bytes, size_t spaces[4], int *found, int64_t *ts,
+         LastDate *last)
 {
     size_t i = 0;
     int n = 0;
@@ -501,17 +544,13 @@ classify(const unsigned char *line, size_t length, size_t max_line_bytes, int wi
             if (i < length)
                 spaces[n++] = i;
             *found = n;
-            const unsigned char *rest = line + i + 1;
-            size_t rest_length = i < length ? length - i - 1 : 0;
             if (!parse_timestamp(line, spaces[0], ts, last))
                 return BAD_TIMESTAMP;
-            if (with_message && has_high_byte(rest, rest_length) && !is_utf8(rest, rest_length))
-                return OTHER;
             return RECORD;
         }
         spaces[n++] = i++;
     }
-    return classify_fully(line, length, max_line_bytes, with_message, spaces, found, ts, last);
+    return classify_fully(line, length, max_line_bytes, spaces, found, ts, last);
 }
 
 /* ---- The scan ------------------------------------------------------------------------------ */
@@ -536,6 +575,18 @@ add_string(Scan *scan, int column, const unsigned char *p, size_t n)
     if (end > INT32_MAX)
         return 0;
     int32_t offset = (int32_t)end;
+    return append(&scan->offsets[column], &offset, sizeof offset);
+}
+
+/* add_string for text that may hold invalid UTF-8, as the contract decodes it. */
+static inline int
+add_text(Scan *scan, int column, const unsigned char *p, size_t n)
+{
+    if (!has_high_byte(p, n))
+        return add_string(scan, column, p, n);
+    if (!append_decoded(&scan->values[column], p, n) || scan->values[column].used > INT32_MAX)
+        return 0;
+    int32_t offset = (int32_t)scan->values[column].used;
     return append(&scan->offsets[column], &offset, sizeof offset);
 }
 
@@ -576,7 +627,7 @@ run_scan(Scan *scan, const unsigned char *data, size_t size, size_t max_line_byt
         size_t spaces[4];
         int found;
         int64_t ts = 0, from = (int64_t)start, to = (int64_t)(start + length);
-        int kind = classify(line, content, max_line_bytes, with_message, spaces, &found, &ts, &last);
+        int kind = classify(line, content, max_line_bytes, spaces, &found, &ts, &last);
         if (kind == RECORD) {
             size_t user_end = found == 4 ? spaces[3] : content;
             int64_t number = first_line + index;
@@ -587,7 +638,7 @@ run_scan(Scan *scan, const unsigned char *data, size_t size, size_t max_line_byt
                 return 0;
             if (with_message) {
                 size_t message = found == 4 ? spaces[3] + 1 : content;
-                if (!add_string(scan, MESSAGE, line + message, content - message))
+                if (!add_text(scan, MESSAGE, line + message, content - message))
                     return 0;
             }
             scan->records++;
@@ -762,6 +813,34 @@ scan(PyObject *Py_UNUSED(module), PyObject *args)
     return result;
 }
 
+PyDoc_STRVAR(count_newlines_doc,
+"count_newlines(data, size)\n--\n\n"
+"The number of newlines in data[:size], counted without the GIL.");
+
+static PyObject *
+count_newlines(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "y*n", &view, &size))
+        return NULL;
+    if (size < 0 || size > view.len) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "size must be within the data");
+        return NULL;
+    }
+    Py_ssize_t count = 0;
+    Py_BEGIN_ALLOW_THREADS
+    const char *p = view.buf, *end = p + size;
+    while ((p = memchr(p, '\n', (size_t)(end - p))) != NULL) {
+        count++;
+        p++;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(count);
+}
+
 PyDoc_STRVAR(timestamp_doc,
 "timestamp(text)\n--\n\n"
 "Microseconds since the epoch (UTC) of a timestamp of the accepted form naming a real instant\n"
@@ -783,6 +862,7 @@ timestamp(PyObject *Py_UNUSED(module), PyObject *arg)
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, scan_doc},
     {"timestamp", timestamp, METH_O, timestamp_doc},
+    {"count_newlines", count_newlines, METH_VARARGS, count_newlines_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -11,14 +11,12 @@ files) is classified the full way here, with Polars' regular expressions;
 from __future__ import annotations
 
 import re
-import threading
 from collections import Counter
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from core import _scan
@@ -119,8 +117,8 @@ def parse_chunk(
     records = pl.DataFrame(_ArrowColumns(plain))
     stats.count_malformed(*_decided(chunk, *decided, sample_limit))
     more, more_blank, malformed = _undecided(chunk, *undecided, max_line_bytes, with_message)
-    if more:  # records with an invalid byte in their message
-        records = records.merge_sorted(pl.DataFrame(more, schema=records.schema, orient="row"), key="line")
+    if more:  # none unless the scan and this module disagree; tests/test_property.py checks they do not
+        records = pl.concat([records, pl.DataFrame(more, schema=records.schema, orient="row")]).sort("line")
     stats.blank += more_blank
     stats.add_malformed(malformed)
     stats.records = records.height
@@ -141,15 +139,18 @@ def _decided(
     chunk: Chunk, numbers: bytes, reasons: bytes, starts: bytes, ends: bytes, sample_limit: int
 ) -> tuple[Counter[str], list[MalformedLine]]:
     """Counts by reason of the malformed lines the scan decided, and the earliest as samples."""
-    codes = np.frombuffer(reasons, np.uint8)
-    counts = Counter({REASONS[code]: int(n) for code, n in enumerate(np.bincount(codes)) if n})
+    counts = Counter({REASONS[code]: n for code in range(len(REASONS)) if (n := reasons.count(code))})
     earliest = zip(
-        np.frombuffer(numbers, np.int64)[:sample_limit].tolist(), codes[:sample_limit].tolist(),
-        np.frombuffer(starts, np.int64)[:sample_limit].tolist(), np.frombuffer(ends, np.int64)[:sample_limit].tolist(),
-        strict=True,
+        _int64s(numbers)[:sample_limit], reasons[:sample_limit], _int64s(starts)[:sample_limit],
+        _int64s(ends)[:sample_limit], strict=True,
     )
     samples = [MalformedLine(n, REASONS[code], _sample(chunk.data, a, b, code)) for n, code, a, b in earliest]
     return counts, samples
+
+
+def _int64s(native: bytes) -> memoryview:
+    """Native int64 bytes from ``core._scan`` as a sequence of ints."""
+    return memoryview(native).cast("q")
 
 
 def _sample(data: bytes, start: int, end: int, code: int) -> str:
@@ -168,10 +169,7 @@ def _undecided(
     """Classify the lines the scan left, the few that need decoding: their records (as rows of
     the scan's columns), how many are blank, and the malformed ones."""
     records, blank, malformed = [], 0, []
-    lines = zip(
-        np.frombuffer(indexes, np.int64).tolist(), np.frombuffer(starts, np.int64).tolist(),
-        np.frombuffer(ends, np.int64).tolist(), strict=True,
-    )
+    lines = zip(_int64s(indexes), _int64s(starts), _int64s(ends), strict=True)
     for index, start, end in lines:
         number, raw = chunk.first_line + index, chunk.data[start:end].removesuffix(b"\r")
         line = raw.decode("utf-8", "replace")
@@ -201,28 +199,9 @@ def _reason(line: str) -> str:
     return "bad_timestamp"
 
 
-_SCRATCH = threading.local()
-
-
-def _scratch(size: int, dtype: type[np.generic]) -> np.ndarray:
-    """A reused array of ``size`` items for the calling thread.
-
-    Fresh arrays of a chunk's size would each be a new mapping from the system (see
-    ``core.budget.return_freed_buffers``), and faulting its pages in costs more than the
-    arithmetic done on them.
-    """
-    key = np.dtype(dtype).name
-    array = getattr(_SCRATCH, key, None)
-    if array is None or len(array) < size:
-        array = np.empty(max(size, 1 << 20), dtype=dtype)
-        setattr(_SCRATCH, key, array)
-    return array[:size]
-
-
 def count_newlines(data: bytes, size: int) -> int:
-    """Newlines in the first ``size`` bytes of ``data``; unlike ``bytes.count``, mostly without the GIL."""
-    newline = np.equal(np.frombuffer(data, dtype=np.uint8, count=size), _NEWLINE, out=_scratch(size, np.bool_))
-    return int(np.count_nonzero(newline))
+    """Newlines in the first ``size`` bytes of ``data``, counted without the GIL."""
+    return _scan.count_newlines(data, size)
 
 
 def _with_file(frame: pl.DataFrame, path: str) -> pl.DataFrame:

@@ -30,8 +30,10 @@ class CountTable:
         self._parts: list[pl.DataFrame] = []
 
     def add(self, counts: pl.DataFrame) -> None:
-        """Add a frame with columns ``key`` and ``count``."""
-        self._parts.append(counts.select(pl.col("key").cast(self._dtype), pl.col("count").cast(pl.Int64)))
+        """Add a frame with columns ``key`` and ``count`` (of any integer type: compaction sums in Int64)."""
+        if counts.schema["key"] != self._dtype:
+            counts = counts.with_columns(pl.col("key").cast(self._dtype))
+        self._parts.append(counts)
         if len(self._parts) > _COMPACT_AFTER:
             self._compact()
 
@@ -54,8 +56,9 @@ class CountTable:
         if not self._parts:
             self._parts = [pl.DataFrame(schema={"key": self._dtype, "count": pl.Int64})]
             return
-        if len(self._parts) > 1:
-            self._parts = [pl.concat(self._parts).group_by("key").agg(pl.col("count").sum())]
+        if len(self._parts) > 1 or self._parts[0].schema["count"] != pl.Int64:
+            parts = pl.concat(self._parts, how="vertical_relaxed")
+            self._parts = [parts.group_by("key").agg(pl.col("count").cast(pl.Int64).sum())]
 
     def __getstate__(self) -> dict[str, Any]:
         self._compact()  # a checkpoint holds one folded table, not the parts waiting for it

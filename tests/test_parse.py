@@ -7,6 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core import parse as parse_module
 from core.parse import RECORD_SCHEMA, Chunk, parse_chunk
@@ -534,3 +536,11 @@ def test_the_compiled_scan_classifies_edge_lines_as_the_reference_does(raw, with
         else:
             assert stats.reasons == {detail: 1} and batch.frame.is_empty()
         assert stats.lines == 1
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")))
+def test_the_compiled_scan_decodes_messages_as_python_does(message):
+    content = f"{TS} paid svc u1 ".encode() + message + b"\n"
+    batch, stats = parse(content)
+    assert batch.frame["message"].to_list() == [message.removesuffix(b"\r").decode("utf-8", "replace")]
