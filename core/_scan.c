@@ -211,36 +211,9 @@ release_column(struct ArrowArray *array)
 }
 
 static void
-release_struct(struct ArrowArray *array)
-{
-    for (int64_t i = 0; i < array->n_children; i++) {
-        struct ArrowArray *child = array->children[i];
-        if (child->release)
-            child->release(child);
-        free(child);
-    }
-    free(array->children);
-    free(array->buffers);
-    array->release = NULL;
-}
-
-static void
 release_schema(struct ArrowSchema *schema)
 {
-    for (int64_t i = 0; i < schema->n_children; i++) {
-        struct ArrowSchema *child = schema->children[i];
-        if (child->release)
-            child->release(child);
-        free(child);
-    }
-    free(schema->children);
-    schema->release = NULL;
-}
-
-static void
-release_child_schema(struct ArrowSchema *schema)
-{
-    schema->release = NULL;
+    schema->release = NULL; /* its format and name are static strings */
 }
 
 /* A consumer that took the contents moved them out and left release NULL. */
@@ -677,87 +650,68 @@ free_scan(Scan *scan)
         free(lists[i]->data);
 }
 
-static void
-free_parts(int n, struct ArrowSchema **child_schemas, struct ArrowArray **child_arrays, ColumnData **data)
-{
-    for (int k = 0; k < n; k++) {
-        free(child_schemas ? child_schemas[k] : NULL);
-        free(child_arrays ? child_arrays[k] : NULL);
-        free(data ? data[k] : NULL);
-    }
-    free(child_schemas);
-    free(child_arrays);
-    free(data);
-}
-
-/* Moves the record columns out of scan into a (schema, array) pair of capsules. */
+/*
+ * Moves one column out of scan into an (arrow_schema, arrow_array) pair of capsules, its buffers
+ * cut to their size. Each column is an array of its own, so that whatever Polars keeps of one
+ * (a zero-copy slice of line numbers, say) holds no other column's memory.
+ */
 static PyObject *
-export_records(Scan *scan, int with_message)
+export_column(Scan *scan, int c)
 {
-    int columns[MAX_COLUMNS], n = 0;
-    for (int c = 0; c < MAX_COLUMNS; c++) {
-        if (c != MESSAGE || with_message)
-            columns[n++] = c;
-    }
-    /* Everything that can fail comes first, before any buffer changes hands. */
+    int strings = FORMATS[c][0] == 'u';
     struct ArrowSchema *schema = calloc(1, sizeof *schema);
     struct ArrowArray *array = calloc(1, sizeof *array);
-    const void **buffers = calloc(1, sizeof *buffers);
-    struct ArrowSchema **child_schemas = calloc(n, sizeof *child_schemas);
-    struct ArrowArray **child_arrays = calloc(n, sizeof *child_arrays);
-    ColumnData **data = calloc(n, sizeof *data);
-    int ok = schema && array && buffers && child_schemas && child_arrays && data;
-    for (int k = 0; ok && k < n; k++) {
-        int c = columns[k];
-        child_schemas[k] = calloc(1, sizeof **child_schemas);
-        child_arrays[k] = calloc(1, sizeof **child_arrays);
-        data[k] = calloc(1, sizeof **data);
-        /* Arrow wants a real pointer even for an empty buffer. */
-        ok = child_schemas[k] && child_arrays[k] && data[k] && reserve(&scan->values[c], 1)
-             && reserve(&scan->offsets[c], 1);
-    }
-    if (!ok) {
-        free_parts(n, child_schemas, child_arrays, data);
+    ColumnData *column = calloc(1, sizeof *column);
+    /* Arrow wants a real pointer even for an empty buffer. */
+    if (!schema || !array || !column || !reserve(&scan->values[c], 1) || !reserve(&scan->offsets[c], 1)) {
         free(schema);
         free(array);
-        free(buffers);
+        free(column);
         return PyErr_NoMemory();
     }
-    *schema = (struct ArrowSchema){.format = "+s", .name = "", .n_children = n, .children = child_schemas,
-                                   .release = release_schema};
-    *array = (struct ArrowArray){.length = scan->records, .n_buffers = 1, .buffers = buffers, .n_children = n,
-                                 .children = child_arrays, .release = release_struct};
-    for (int k = 0; k < n; k++) {
-        int c = columns[k], strings = FORMATS[c][0] == 'u';
-        ColumnData *column = data[k];
-        column->owned[1] = strings ? scan->offsets[c].data : scan->values[c].data;
-        column->owned[2] = strings ? scan->values[c].data : NULL;
-        if (!strings)
-            free(scan->offsets[c].data);
-        scan->values[c] = scan->offsets[c] = (Buffer){0};
-        column->buffers[1] = column->owned[1];
-        column->buffers[2] = column->owned[2];
-        *child_schemas[k] = (struct ArrowSchema){.format = FORMATS[c], .name = NAMES[c],
-                                                 .release = release_child_schema};
-        *child_arrays[k] = (struct ArrowArray){.length = scan->records, .n_buffers = strings ? 3 : 2,
-                                               .buffers = column->buffers, .release = release_column,
-                                               .private_data = column};
+    Buffer *kept[2] = {strings ? &scan->offsets[c] : &scan->values[c], strings ? &scan->values[c] : NULL};
+    for (int k = 0; k < 2 && kept[k]; k++) {
+        char *shrunk = realloc(kept[k]->data, kept[k]->used ? kept[k]->used : 1);
+        column->owned[k + 1] = shrunk ? shrunk : kept[k]->data;
+        column->buffers[k + 1] = column->owned[k + 1];
+        *kept[k] = (Buffer){0};
     }
-    free(data);
+    *schema = (struct ArrowSchema){.format = FORMATS[c], .name = NAMES[c], .release = release_schema};
+    *array = (struct ArrowArray){.length = scan->records, .n_buffers = strings ? 3 : 2, .buffers = column->buffers,
+                                 .release = release_column, .private_data = column};
     PyObject *schema_capsule = PyCapsule_New(schema, "arrow_schema", free_schema_capsule);
+    if (!schema_capsule) {
+        free_schema_capsule_pointer(schema);
+        free_array_capsule_pointer(array);
+        return NULL;
+    }
     PyObject *array_capsule = PyCapsule_New(array, "arrow_array", free_array_capsule);
-    if (!schema_capsule || !array_capsule) {
-        if (schema_capsule)
-            Py_DECREF(schema_capsule);
-        else
-            free_schema_capsule_pointer(schema);
-        if (array_capsule)
-            Py_DECREF(array_capsule);
-        else
-            free_array_capsule_pointer(array);
+    if (!array_capsule) {
+        Py_DECREF(schema_capsule);
+        free_array_capsule_pointer(array);
         return NULL;
     }
     return Py_BuildValue("(NN)", schema_capsule, array_capsule);
+}
+
+/* The record columns, each as export_column gives it: ts, status, service, user, message, line. */
+static PyObject *
+export_records(Scan *scan, int with_message)
+{
+    PyObject *columns = PyTuple_New(with_message ? MAX_COLUMNS : MAX_COLUMNS - 1);
+    if (!columns)
+        return NULL;
+    for (int c = 0, k = 0; c < MAX_COLUMNS; c++) {
+        if (c == MESSAGE && !with_message)
+            continue;
+        PyObject *column = export_column(scan, c);
+        if (!column) {
+            Py_DECREF(columns);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(columns, k++, column);
+    }
+    return columns;
 }
 
 static PyObject *
@@ -769,9 +723,9 @@ as_bytes(Buffer *b)
 PyDoc_STRVAR(scan_doc,
 "scan(data, size, max_line_bytes, first_line, with_message)\n--\n\n"
 "Classify the lines in data[:size]. Returns (lines, blank, records, malformed, others):\n"
-"the number of lines and of blank lines; the records as an (arrow_schema, arrow_array) pair of\n"
-"capsules holding one struct array with the columns ts, status, service, user, message (only\n"
-"if with_message) and line (numbered from first_line); the malformed lines decided here as\n"
+"the number of lines and of blank lines; the record columns ts, status, service, user, message\n"
+"(only if with_message) and line (numbered from first_line), each an (arrow_schema,\n"
+"arrow_array) pair of capsules; the malformed lines decided here as\n"
 "(numbers, reasons, starts, ends); and the lines left undecided as (indexes, starts, ends).\n"
 "Numbers, indexes, starts and ends are native int64 bytes, reasons one byte per line; a line\n"
 "is data[start:end], its newline excluded. Raises MemoryError if memory runs out.");

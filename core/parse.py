@@ -114,7 +114,7 @@ def parse_chunk(
     )
     stats.lines += count
     stats.blank = blank
-    records = pl.DataFrame(_ArrowColumns(plain))
+    records = pl.DataFrame([pl.Series(_ArrowColumn(column)) for column in plain])
     stats.count_malformed(*_decided(chunk, *decided, sample_limit))
     more, more_blank, malformed = _undecided(chunk, *undecided, max_line_bytes, with_message)
     if more:  # none unless the scan and this module disagree; tests/test_property.py checks they do not
@@ -125,8 +125,8 @@ def parse_chunk(
     return Batch(chunk.path, _with_file(records, chunk.path), dict(stats.reasons)), stats
 
 
-class _ArrowColumns:
-    """The record columns ``core._scan`` made, for Polars to take through the Arrow PyCapsule interface."""
+class _ArrowColumn:
+    """A record column ``core._scan`` made, for Polars to take through the Arrow PyCapsule interface."""
 
     def __init__(self, capsules: tuple[object, object]) -> None:
         self.capsules = capsules
