@@ -2,4 +2,4 @@
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("core._scan", ["core/_scan.c"], extra_compile_args=["-O2", "-std=c11"])])
+setup(ext_modules=[Extension("core._scan", ["core/_scan.c"], extra_compile_args=["-O3", "-std=c11"])])

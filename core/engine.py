@@ -72,7 +72,7 @@ class Pipeline:
         self._merged = 0
         self._slots = threading.BoundedSemaphore(settings.workers + settings.queue_size)
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="omp-worker")
-        budget.return_freed_buffers()  # else glibc's heap grows with the lines read, not the cap
+        budget.return_freed_buffers(settings.chunk_bytes)  # else glibc's heap grows with the lines read
         self.state_bytes = budget.rule_state_bytes(
             settings.memory_mb, settings.workers, settings.chunk_bytes, settings.queue_size, len(rules))
         for rule in rules:  # partials inherit the bound through Rule.empty

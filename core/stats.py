@@ -40,7 +40,7 @@ class FileStats:
         """Count malformed lines by reason; ``earliest`` holds at least the first ``sample_limit``."""
         self.malformed += reasons.total()
         self.reasons.update(reasons)
-        self.samples = heapq.nsmallest(self.sample_limit, [*self.samples, *earliest])
+        self.samples = _earliest(self.sample_limit, self.samples, earliest)
 
     def merge(self, other: FileStats) -> None:
         """Add another part of the same file; associative and commutative."""
@@ -50,7 +50,7 @@ class FileStats:
         self.blank += other.blank
         self.malformed += other.malformed
         self.reasons.update(other.reasons)
-        self.samples = heapq.nsmallest(self.sample_limit, [*self.samples, *other.samples])
+        self.samples = _earliest(self.sample_limit, self.samples, other.samples)
         self.seconds += other.seconds
 
     def as_dict(self) -> dict[str, Any]:
@@ -64,6 +64,17 @@ class FileStats:
             "malformed": self.malformed,
             "malformed_reasons": dict(sorted(self.reasons.items())),
         }
+
+
+def _earliest(limit: int, kept: list[MalformedLine], more: list[MalformedLine]) -> list[MalformedLine]:
+    """The ``limit`` earliest of ``kept`` (sorted) and ``more``, sorted.
+
+    Parts of a file mostly arrive in order, so nothing of ``more`` usually makes it: that is
+    found by comparing line numbers, before any sorting.
+    """
+    if not more or (len(kept) >= limit and kept[limit - 1].line < min(m.line for m in more)):
+        return kept[:limit]
+    return heapq.nsmallest(limit, [*kept, *more])
 
 
 def merge_file_stats(into: dict[str, FileStats], other: dict[str, FileStats]) -> None:
