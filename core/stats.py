@@ -72,7 +72,7 @@ def _earliest(limit: int, kept: list[MalformedLine], more: list[MalformedLine]) 
     Parts of a file mostly arrive in order, so nothing of ``more`` usually makes it: that is
     found by comparing line numbers, before any sorting.
     """
-    if not more or (len(kept) >= limit and kept[limit - 1].line < min(m.line for m in more)):
+    if not more or limit == 0 or (len(kept) >= limit and kept[limit - 1].line < min(m.line for m in more)):
         return kept[:limit]
     return heapq.nsmallest(limit, [*kept, *more])
 
