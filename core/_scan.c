@@ -193,18 +193,20 @@ append(Buffer *b, const void *p, size_t n)
 
 enum { TS, STATUS, SERVICE, USER, MESSAGE, LINE, MAX_COLUMNS };
 static const char *NAMES[MAX_COLUMNS] = {"ts", "status", "service", "user", "message", "line"};
-static const char *FORMATS[MAX_COLUMNS] = {"tsu:UTC", "u", "u", "u", "u", "l"};
+/* Strings are Arrow string views, Polars' own layout, so that importing them copies nothing. */
+static const char *FORMATS[MAX_COLUMNS] = {"tsu:UTC", "vu", "vu", "vu", "vu", "l"};
 
 typedef struct {
-    const void *buffers[3];
-    void *owned[3];
+    const void *buffers[4];
+    void *owned[4];
+    int64_t data_size; /* a view array's variadic buffer sizes: its one data buffer's */
 } ColumnData;
 
 static void
 release_column(struct ArrowArray *array)
 {
     ColumnData *column = array->private_data;
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         free(column->owned[i]);
     free(column);
     array->release = NULL;
@@ -539,16 +541,35 @@ typedef struct {
     int64_t lines, records, blank;
 } Scan;
 
+/* Appends a string view for the last n bytes of the column's data (moved inline if short). */
+static inline int
+add_view(Scan *scan, int column, size_t n)
+{
+    Buffer *views = &scan->offsets[column], *data = &scan->values[column];
+    if (data->used > INT32_MAX || !reserve(views, 16))
+        return 0;
+    unsigned char *view = (unsigned char *)views->data + views->used;
+    const unsigned char *text = (const unsigned char *)data->data + (data->used - n);
+    int32_t length = (int32_t)n, index = 0, offset = (int32_t)(data->used - n);
+    memset(view, 0, 16);
+    memcpy(view, &length, 4);
+    if (n <= 12) {
+        memcpy(view + 4, text, n);
+        data->used -= n;
+    }
+    else {
+        memcpy(view + 4, text, 4);
+        memcpy(view + 8, &index, 4);
+        memcpy(view + 12, &offset, 4);
+    }
+    views->used += 16;
+    return 1;
+}
+
 static inline int
 add_string(Scan *scan, int column, const unsigned char *p, size_t n)
 {
-    if (!append(&scan->values[column], p, n))
-        return 0;
-    int64_t end = (int64_t)scan->values[column].used;
-    if (end > INT32_MAX)
-        return 0;
-    int32_t offset = (int32_t)end;
-    return append(&scan->offsets[column], &offset, sizeof offset);
+    return append(&scan->values[column], p, n) && add_view(scan, column, n);
 }
 
 /* add_string for text that may hold invalid UTF-8, as the contract decodes it. */
@@ -557,10 +578,8 @@ add_text(Scan *scan, int column, const unsigned char *p, size_t n)
 {
     if (!has_high_byte(p, n))
         return add_string(scan, column, p, n);
-    if (!append_decoded(&scan->values[column], p, n) || scan->values[column].used > INT32_MAX)
-        return 0;
-    int32_t offset = (int32_t)scan->values[column].used;
-    return append(&scan->offsets[column], &offset, sizeof offset);
+    size_t before = scan->values[column].used;
+    return append_decoded(&scan->values[column], p, n) && add_view(scan, column, scan->values[column].used - before);
 }
 
 static int
@@ -580,13 +599,12 @@ run_scan(Scan *scan, const unsigned char *data, size_t size, size_t max_line_byt
 {
     /* Room for lines of about 80 bytes, so that most chunks need no reallocation. */
     size_t lines = size / 80 + 16;
-    int32_t zero = 0;
     for (int c = TS; c <= LINE; c++) {
-        int strings = FORMATS[c][0] == 'u';
+        int strings = FORMATS[c][0] == 'v';
         if (c == MESSAGE && !with_message)
             continue;
         if (!reserve(&scan->values[c], strings ? lines * (c == MESSAGE ? 48 : 16) : lines * 8)
-            || (strings && (!reserve(&scan->offsets[c], (lines + 1) * 4) || !append(&scan->offsets[c], &zero, 4))))
+            || (strings && !reserve(&scan->offsets[c], lines * 16)))
             return 0;
     }
     LastDate last = {{0}, 0};
@@ -658,7 +676,7 @@ free_scan(Scan *scan)
 static PyObject *
 export_column(Scan *scan, int c)
 {
-    int strings = FORMATS[c][0] == 'u';
+    int strings = FORMATS[c][0] == 'v';
     struct ArrowSchema *schema = calloc(1, sizeof *schema);
     struct ArrowArray *array = calloc(1, sizeof *array);
     ColumnData *column = calloc(1, sizeof *column);
@@ -669,15 +687,20 @@ export_column(Scan *scan, int c)
         free(column);
         return PyErr_NoMemory();
     }
+    /* Values (or views, then their data), cut to size. */
     Buffer *kept[2] = {strings ? &scan->offsets[c] : &scan->values[c], strings ? &scan->values[c] : NULL};
+    if (strings)
+        column->data_size = (int64_t)scan->values[c].used;
     for (int k = 0; k < 2 && kept[k]; k++) {
         char *shrunk = realloc(kept[k]->data, kept[k]->used ? kept[k]->used : 1);
         column->owned[k + 1] = shrunk ? shrunk : kept[k]->data;
         column->buffers[k + 1] = column->owned[k + 1];
         *kept[k] = (Buffer){0};
     }
+    if (strings)
+        column->buffers[3] = &column->data_size;
     *schema = (struct ArrowSchema){.format = FORMATS[c], .name = NAMES[c], .release = release_schema};
-    *array = (struct ArrowArray){.length = scan->records, .n_buffers = strings ? 3 : 2, .buffers = column->buffers,
+    *array = (struct ArrowArray){.length = scan->records, .n_buffers = strings ? 4 : 2, .buffers = column->buffers,
                                  .release = release_column, .private_data = column};
     PyObject *schema_capsule = PyCapsule_New(schema, "arrow_schema", free_schema_capsule);
     if (!schema_capsule) {

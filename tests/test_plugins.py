@@ -11,7 +11,10 @@ import textwrap
 from pathlib import Path
 
 import pluggy
+import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core import hookimpl, hookspecs
 from core.errors import ConfigError
@@ -19,6 +22,7 @@ from core.plugins import DEFAULT_PLUGINS, get_plugin_manager, rule_types
 from core.ruleset import load_rules
 from core.runner import run_batch
 from core.settings import load_settings
+from plugins.hours import utc_hours
 from tests.conftest import REPO
 
 HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, "ohmypayments_spec")]
@@ -309,3 +313,15 @@ def test_readme_detector_plugin_works_as_printed(workspace):
         ("banned-users:mallory", 1, ["a.log:1"], "2025-07-22T12:00:09Z"),
         ("banned-users:trudy", 2, ["a.log:2", "b.log:1"], "2025-07-22T12:00:03Z"),
     ]
+
+
+def test_utc_hours_agree_with_polars_over_the_whole_range():
+    first, last = -62_135_596_800_000_000, 253_402_300_799_999_999  # 0001-01-01 and 9999-12-31, in us
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.integers(first, last), min_size=1, max_size=50))
+    def check(micros):
+        ts = pl.Series("ts", micros, pl.Int64).cast(pl.Datetime("us", "UTC"))
+        assert utc_hours(ts).to_list() == ts.dt.hour().to_list()
+
+    check()
