@@ -75,6 +75,8 @@ class Table:
 
     def conform(self, frame: pl.DataFrame) -> pl.DataFrame:
         """``frame``'s columns in this table's order and types."""
+        if frame.schema == self.schema:  # nothing to do, and a select has a fixed cost
+            return frame
         return frame.select(pl.col(name).cast(dtype) for name, dtype in self.schema.items())
 
     def reduce(self, frames: list[pl.DataFrame]) -> pl.DataFrame:
