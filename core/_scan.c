@@ -268,30 +268,32 @@ is_control(unsigned char c)
 }
 
 /*
+ * The length of the UTF-8 sequence that byte c starts (0 if it starts none), and the range its
+ * second byte must be in (Unicode's table 3-7: no overlong forms, no surrogates, nothing past
+ * U+10FFFF). Every later byte is 0x80-0xBF.
+ */
+static int
+sequence_start(unsigned c, unsigned *low, unsigned *high)
+{
+    *low = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80;
+    *high = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
+    return c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+}
+
+/*
  * The length of the UTF-8 sequence at p[0:n] (n > 0) and its code point, as Python's strict
- * decoder takes it (Unicode's table 3-7: no overlong forms, no surrogates, nothing past
- * U+10FFFF); 0 if it is not valid there.
+ * decoder takes it; 0 if it is not valid there.
  */
 static int
 utf8_char(const unsigned char *p, size_t n, uint32_t *code)
 {
-    unsigned c = p[0], low = 0x80, high = 0xBF;
+    unsigned c = p[0], low, high;
     if (c < 0x80) {
         *code = c;
         return 1;
     }
-    int length = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
-    if (length == 0 || n < (size_t)length)
-        return 0;
-    if (c == 0xE0)
-        low = 0xA0;
-    else if (c == 0xED)
-        high = 0x9F;
-    else if (c == 0xF0)
-        low = 0x90;
-    else if (c == 0xF4)
-        high = 0x8F;
-    if (p[1] < low || p[1] > high)
+    int length = sequence_start(c, &low, &high);
+    if (length == 0 || n < (size_t)length || p[1] < low || p[1] > high)
         return 0;
     uint32_t value = c & (0x7F >> length);
     for (int i = 1; i < length; i++) {
@@ -333,22 +335,10 @@ is_token(const unsigned char *p, size_t n)
 static size_t
 maximal_invalid_part(const unsigned char *p, size_t n)
 {
-    unsigned c = p[0], low = 0x80, high = 0xBF;
-    size_t length = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
-    if (length == 0)
-        return 1;
-    if (c == 0xE0)
-        low = 0xA0;
-    else if (c == 0xED)
-        high = 0x9F;
-    else if (c == 0xF0)
-        low = 0x90;
-    else if (c == 0xF4)
-        high = 0x8F;
-    size_t i = 1;
+    unsigned low, high;
+    size_t length = (size_t)sequence_start(p[0], &low, &high), i = 1;
     for (; i < length && i < n; i++) {
-        unsigned next = p[i];
-        if (i == 1 ? (next < low || next > high) : (next & 0xC0) != 0x80)
+        if (i == 1 ? (p[i] < low || p[i] > high) : (p[i] & 0xC0) != 0x80)
             break;
     }
     return i;
