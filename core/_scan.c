@@ -15,6 +15,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+/* Raised with every change to what the module offers Python; core/parse.py checks it. */
+#define SCAN_VERSION 1
+
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -840,5 +843,11 @@ PyMODINIT_FUNC
 PyInit__scan(void)
 {
     init_plain();
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    /* core/parse.py refuses a build of another version (a stale build in place after an update). */
+    if (m && PyModule_AddIntConstant(m, "VERSION", SCAN_VERSION) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

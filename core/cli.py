@@ -27,8 +27,14 @@ from core.errors import ConfigError, DataDirError, OutputValidationError, Pipeli
 from core.plugins import get_plugin_manager, rule_types
 from core.profile import RunProfile
 from core.ruleset import load_rules
-from core.runner import RunReport, run_batch
 from core.settings import Settings, load_settings
+
+try:
+    from core.runner import RunReport, run_batch
+except ImportError as exc:  # the compiled parser is missing or stale: say what to do, no traceback
+    if not str(exc).startswith("core._scan"):
+        raise
+    sys.exit(f"runpipeline: {exc}")
 
 EXIT_OK = 0
 EXIT_ERROR = 1

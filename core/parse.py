@@ -19,8 +19,17 @@ from typing import Any
 
 import polars as pl
 
-from core import _scan
 from core.stats import FileStats, MalformedLine
+
+#: The version of ``core/_scan.c`` this module is written for.
+SCAN_VERSION = 1
+_REBUILD = "run `make run` (or `pip install -e .`; it needs a C compiler) to build it"
+try:
+    from core import _scan
+except ImportError as exc:  # the one compiled part of the project
+    raise ImportError(f"core._scan, the compiled parser, is not built: {_REBUILD}") from exc
+if getattr(_scan, "VERSION", None) != SCAN_VERSION:
+    raise ImportError(f"core._scan is a build of another version than core/parse.py: {_REBUILD} again")
 
 #: Columns and types of every record batch handed to rules.
 RECORD_SCHEMA: dict[str, pl.DataType] = {

@@ -10,6 +10,8 @@ import os
 import pstats
 import re
 import shutil
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -558,3 +560,16 @@ def test_quiet_run_still_reports_an_unreadable_file(workspace):
     assert result.stdout == ""
     assert "gone.log" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_stale_build_of_the_compiled_parser_is_named_without_a_traceback(tmp_path):
+    # As if core/_scan.c had changed and the build in place were an older one.
+    script = textwrap.dedent("""
+        import sys, types
+        sys.modules["core._scan"] = types.SimpleNamespace(VERSION=0)
+        from core.cli import main
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "core._scan is a build of another version" in done.stderr and "make run" in done.stderr
