@@ -118,8 +118,9 @@ class TimestampCheck(Detector):
     def merge(self, other: TimestampCheck) -> None:
         self.unparseable += other.unparseable
         self.inexact |= other.inexact
-        self.stats = _STATS.reduce([self.stats, other.stats])
-        self.samples = _SAMPLES.reduce([self.samples, other.samples])
+        if not (other.stats.is_empty() and other.samples.is_empty()):  # usual: nothing implausible
+            self.stats = _STATS.reduce([self.stats, other.stats])
+            self.samples = _SAMPLES.reduce([self.samples, other.samples])
         self.runs.extend(other.runs)
         self._join_runs()
 

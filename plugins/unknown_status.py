@@ -52,7 +52,8 @@ class UnknownStatus(Detector):
 
     def merge(self, other: UnknownStatus) -> None:
         self.others += other.others
-        self._fold(other.stats, other.samples)
+        if not other.stats.is_empty():  # most partials saw no unknown status: nothing to fold
+            self._fold(other.stats, other.samples)
 
     def _fold(self, stats: pl.DataFrame, samples: pl.DataFrame) -> None:
         stats = _STATS.reduce([self.stats, stats]).sort("status")
