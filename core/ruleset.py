@@ -14,7 +14,7 @@ import yaml
 from core.errors import ConfigError
 from core.rules import Rule
 from core.settings import Settings
-from core.validation import SchemaCheck, expected, found
+from core.validation import SchemaCheck, found
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
