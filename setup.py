@@ -2,4 +2,9 @@
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("core._scan", ["core/_scan.c"], extra_compile_args=["-O3", "-std=c11"])])
+FLAGS = ["-O3", "-std=c11"]
+
+setup(ext_modules=[
+    Extension("core._scan", ["core/_scan.c"], depends=["core/arrow.h"], extra_compile_args=FLAGS),
+    Extension("core._tally", ["core/_tally.c"], depends=["core/arrow.h"], extra_compile_args=FLAGS),
+])

@@ -18,37 +18,7 @@
 /* Raised with every change to what the module offers Python; core/parse.py checks it. */
 #define SCAN_VERSION 1
 
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
-/* The Arrow C data interface, as its specification gives it. */
-#define ARROW_FLAG_NULLABLE 2
-
-struct ArrowSchema {
-    const char *format;
-    const char *name;
-    const char *metadata;
-    int64_t flags;
-    int64_t n_children;
-    struct ArrowSchema **children;
-    struct ArrowSchema *dictionary;
-    void (*release)(struct ArrowSchema *);
-    void *private_data;
-};
-
-struct ArrowArray {
-    int64_t length;
-    int64_t null_count;
-    int64_t offset;
-    int64_t n_buffers;
-    int64_t n_children;
-    const void **buffers;
-    struct ArrowArray **children;
-    struct ArrowArray *dictionary;
-    void (*release)(struct ArrowArray *);
-    void *private_data;
-};
+#include "arrow.h"
 
 /* ---- Timestamps ---------------------------------------------------------------------------- */
 
@@ -159,96 +129,12 @@ parse_timestamp(const unsigned char *p, size_t n, int64_t *out, LastDate *last)
     return 1;
 }
 
-/* ---- Growable arrays ----------------------------------------------------------------------- */
-
-typedef struct {
-    char *data;
-    size_t used, capacity;
-} Buffer;
-
-static inline int
-reserve(Buffer *b, size_t more)
-{
-    if (b->used + more <= b->capacity)
-        return 1;
-    size_t capacity = b->capacity ? b->capacity : 4096;
-    while (capacity < b->used + more)
-        capacity *= 2;
-    char *data = realloc(b->data, capacity);
-    if (!data)
-        return 0;
-    b->data = data;
-    b->capacity = capacity;
-    return 1;
-}
-
-static inline int
-append(Buffer *b, const void *p, size_t n)
-{
-    if (!reserve(b, n))
-        return 0;
-    memcpy(b->data + b->used, p, n);
-    b->used += n;
-    return 1;
-}
-
 /* ---- Arrow export -------------------------------------------------------------------------- */
 
 enum { TS, STATUS, SERVICE, USER, MESSAGE, LINE, MAX_COLUMNS };
 static const char *NAMES[MAX_COLUMNS] = {"ts", "status", "service", "user", "message", "line"};
 /* Strings are Arrow string views, Polars' own layout, so that importing them copies nothing. */
 static const char *FORMATS[MAX_COLUMNS] = {"tsu:UTC", "vu", "vu", "vu", "vu", "l"};
-
-typedef struct {
-    const void *buffers[4];
-    void *owned[4];
-    int64_t data_size; /* a view array's variadic buffer sizes: its one data buffer's */
-} ColumnData;
-
-static void
-release_column(struct ArrowArray *array)
-{
-    ColumnData *column = array->private_data;
-    for (int i = 0; i < 4; i++)
-        free(column->owned[i]);
-    free(column);
-    array->release = NULL;
-}
-
-static void
-release_schema(struct ArrowSchema *schema)
-{
-    schema->release = NULL; /* its format and name are static strings */
-}
-
-/* A consumer that took the contents moved them out and left release NULL. */
-static void
-free_schema_capsule_pointer(struct ArrowSchema *schema)
-{
-    if (schema && schema->release)
-        schema->release(schema);
-    free(schema);
-}
-
-static void
-free_array_capsule_pointer(struct ArrowArray *array)
-{
-    if (array && array->release)
-        array->release(array);
-    free(array);
-}
-
-static void
-free_schema_capsule(PyObject *capsule)
-{
-    free_schema_capsule_pointer(PyCapsule_GetPointer(capsule, "arrow_schema"));
-}
-
-static void
-free_array_capsule(PyObject *capsule)
-{
-    free_array_capsule_pointer(PyCapsule_GetPointer(capsule, "arrow_array"));
-}
 
 /* ---- Classifying a line ------------------------------------------------------------------- */
 
@@ -669,45 +555,9 @@ free_scan(Scan *scan)
 static PyObject *
 export_column(Scan *scan, int c)
 {
-    int strings = FORMATS[c][0] == 'v';
-    struct ArrowSchema *schema = calloc(1, sizeof *schema);
-    struct ArrowArray *array = calloc(1, sizeof *array);
-    ColumnData *column = calloc(1, sizeof *column);
-    /* Arrow wants a real pointer even for an empty buffer. */
-    if (!schema || !array || !column || !reserve(&scan->values[c], 1) || !reserve(&scan->offsets[c], 1)) {
-        free(schema);
-        free(array);
-        free(column);
-        return PyErr_NoMemory();
-    }
-    /* Values (or views, then their data), cut to size. */
-    Buffer *kept[2] = {strings ? &scan->offsets[c] : &scan->values[c], strings ? &scan->values[c] : NULL};
-    if (strings)
-        column->data_size = (int64_t)scan->values[c].used;
-    for (int k = 0; k < 2 && kept[k]; k++) {
-        char *shrunk = realloc(kept[k]->data, kept[k]->used ? kept[k]->used : 1);
-        column->owned[k + 1] = shrunk ? shrunk : kept[k]->data;
-        column->buffers[k + 1] = column->owned[k + 1];
-        *kept[k] = (Buffer){0};
-    }
-    if (strings)
-        column->buffers[3] = &column->data_size;
-    *schema = (struct ArrowSchema){.format = FORMATS[c], .name = NAMES[c], .release = release_schema};
-    *array = (struct ArrowArray){.length = scan->records, .n_buffers = strings ? 4 : 2, .buffers = column->buffers,
-                                 .release = release_column, .private_data = column};
-    PyObject *schema_capsule = PyCapsule_New(schema, "arrow_schema", free_schema_capsule);
-    if (!schema_capsule) {
-        free_schema_capsule_pointer(schema);
-        free_array_capsule_pointer(array);
-        return NULL;
-    }
-    PyObject *array_capsule = PyCapsule_New(array, "arrow_array", free_array_capsule);
-    if (!array_capsule) {
-        Py_DECREF(schema_capsule);
-        free_array_capsule_pointer(array);
-        return NULL;
-    }
-    return Py_BuildValue("(NN)", schema_capsule, array_capsule);
+    if (FORMATS[c][0] == 'v')
+        return export_array(FORMATS[c], NAMES[c], scan->records, 0, NULL, &scan->offsets[c], &scan->values[c]);
+    return export_array(FORMATS[c], NAMES[c], scan->records, 0, NULL, &scan->values[c], NULL);
 }
 
 /* The record columns, each as export_column gives it: ts, status, service, user, message, line. */

@@ -19,17 +19,12 @@ from typing import Any
 
 import polars as pl
 
+from core import compiled
 from core.stats import FileStats, MalformedLine
 
 #: The version of ``core/_scan.c`` this module is written for.
 SCAN_VERSION = 1
-_REBUILD = "run `make run` (or `pip install -e .`; it needs a C compiler) to build it"
-try:
-    from core import _scan
-except ImportError as exc:  # the one compiled part of the project
-    raise ImportError(f"core._scan, the compiled parser, is not built: {_REBUILD}") from exc
-if getattr(_scan, "VERSION", None) != SCAN_VERSION:
-    raise ImportError(f"core._scan is a build of another version than core/parse.py: {_REBUILD} again")
+_scan = compiled.load("_scan", SCAN_VERSION, "the compiled parser")
 
 #: Columns and types of every record batch handed to rules.
 RECORD_SCHEMA: dict[str, pl.DataType] = {
@@ -123,7 +118,7 @@ def parse_chunk(
     )
     stats.lines += count
     stats.blank = blank
-    records = pl.DataFrame([pl.Series(_ArrowColumn(column)) for column in plain])
+    records = compiled.frame(plain)
     stats.count_malformed(*_decided(chunk, *decided, sample_limit))
     more, more_blank, malformed = _undecided(chunk, *undecided, max_line_bytes, with_message)
     if more:  # none unless the scan and this module disagree; tests/test_property.py checks they do not
@@ -132,16 +127,6 @@ def parse_chunk(
     stats.add_malformed(malformed)
     stats.records = records.height
     return Batch(chunk.path, _with_file(records, chunk.path), dict(stats.reasons)), stats
-
-
-class _ArrowColumn:
-    """A record column ``core._scan`` made, for Polars to take through the Arrow PyCapsule interface."""
-
-    def __init__(self, capsules: tuple[object, object]) -> None:
-        self.capsules = capsules
-
-    def __arrow_c_array__(self, requested_schema: object | None = None) -> tuple[object, object]:
-        return self.capsules
 
 
 def _decided(

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import polars as pl
 
 from core import Rule
 from core.rules import WITHOUT_MESSAGE
 from plugins.counting import FIELDS  # noqa: F401  (re-exported: the fields detectors group by)
+
+if TYPE_CHECKING:
+    from core.parse import Batch
 
 SEVERITIES = ("low", "medium", "high", "critical")
 #: At most this many ``file:line`` samples per anomaly: the smallest (file, line) pairs.
@@ -95,6 +98,11 @@ def iso(us: int | None) -> str | None:
 def epoch_us() -> pl.Expr:
     """The record's timestamp as integer microseconds since the epoch."""
     return pl.col("ts").dt.epoch("us")
+
+
+def file_column(batch: Batch) -> pl.Expr:
+    """The batch's file, as the ``file`` column of a samples table."""
+    return pl.lit(batch.path, dtype=pl.Categorical).alias("file")
 
 
 def sample_locations(samples: pl.DataFrame, keys: list[str]) -> dict[tuple[Any, ...], list[str]]:

@@ -11,13 +11,17 @@ records in retention (under 1e-6 for 6 million).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from core import hookimpl
-from plugins.detection import DURATION, INSTANT, SAMPLE_LIMIT, params_schema, sample_locations
+from plugins.detection import DURATION, INSTANT, SAMPLE_LIMIT, file_column, params_schema, sample_locations
 from plugins.windows import MAX_FUTURE, MIN_TIME, Table, Tables, WindowedDetector, in_range
+
+if TYPE_CHECKING:
+    from core.parse import Batch
+    from core.tally import Tally
 
 _FIELDS = ("ts", "status", "service", "user", "message")
 #: Eviction granularity; the anomaly's window is the duplicated instant itself.
@@ -70,6 +74,7 @@ class DuplicateEvent(WindowedDetector):
     events = ("copies", "n")
     #: One row per record: small bands keep each fold small (a 6-hour band of a busy log is millions of rows).
     band_us = 10 * 60 * 1_000_000
+    hash_keys = True
 
     def setup(
         self,
@@ -80,8 +85,11 @@ class DuplicateEvent(WindowedDetector):
     ) -> None:
         self.init_windows(_BUCKET, retention, 0, min_time, max_future)
 
-    def batch_tables(self, frame: pl.DataFrame) -> Tables:
-        copies = frame.select(event_hash().alias("hash"), "us", "window", pl.lit(1).alias("n"), "file", "line")
+    def tally_keys(self) -> list[str]:
+        return list(_FIELDS)
+
+    def batch_tables(self, batch: Batch, found: Tally) -> Tables:
+        copies = found.samples.select("hash", "us", "window", pl.col("n").cast(pl.UInt32), file_column(batch), "line")
         return {"copies": copies}
 
     def verdicts(self, data: Tables, lo: int | None, hi: int | None) -> list[dict[str, Any]]:
@@ -104,11 +112,6 @@ class DuplicateEvent(WindowedDetector):
             )
             for digest, n, us in counts.sort("us", "hash").iter_rows()
         ]
-
-
-def event_hash() -> pl.Expr:
-    """A 64-bit hash of a record's five fields (stable within one Polars version)."""
-    return pl.struct(*_FIELDS).hash(seed=0x0DDBA11)
 
 
 @hookimpl

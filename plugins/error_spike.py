@@ -17,13 +17,17 @@ compared the same way with the pooled rate of the reference windows.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from core import hookimpl
-from plugins.detection import DURATION, FIELDS, INSTANT, STATUS_LIST, params_schema, sample_locations
+from plugins.detection import DURATION, FIELDS, INSTANT, STATUS_LIST, file_column, params_schema, sample_locations
 from plugins.windows import MAX_FUTURE, MIN_TIME, Table, Tables, WindowedDetector, in_range
+
+if TYPE_CHECKING:
+    from core.parse import Batch
+    from core.tally import Tally
 
 _GROUP = {"group": pl.String(), "window": pl.Int64()}
 
@@ -85,19 +89,20 @@ class ErrorSpike(WindowedDetector):
         self.by = by
         self.init_windows(timeframe, retention, baseline_windows, min_time, max_future)
 
-    def batch_tables(self, frame: pl.DataFrame) -> Tables:
+    def tally_keys(self) -> list[str]:
+        return [self.by] if self.by else []
+
+    def tally_flag(self) -> tuple[str, list[str]]:
+        return ("status", self.statuses)
+
+    def batch_tables(self, batch: Batch, found: Tally) -> Tables:
         group = pl.col(self.by) if self.by else pl.lit("all")
-        failing = pl.col("status").is_in(self.statuses)
-        frame = frame.with_columns(group=group, failing=failing)
-        counts = frame.group_by("group", "window").agg(
-            failures=pl.col("failing").sum(),
-            total=pl.len(),
-            first=pl.col("us").filter("failing").min(),
-            last=pl.col("us").filter("failing").max(),
+        counts = found.groups.select(
+            group.alias("group"), "window", failures="flagged", total="count", first="first", last="last"
         )
         return {
             "counts": counts,
-            "samples": frame.filter("failing").select("group", "window", "file", "line"),
+            "samples": found.samples.select(group.alias("group"), "window", file_column(batch), "line"),
             "firsts": counts.group_by("group").agg(first_window=pl.col("window").min()),
         }
 

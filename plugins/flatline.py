@@ -9,13 +9,17 @@ below ``fraction`` x that baseline. ElastAlert's flatline is the ``threshold`` h
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from core import hookimpl
 from plugins.detection import DURATION, FIELDS, INSTANT, params_schema
 from plugins.windows import MAX_FUTURE, MIN_TIME, Table, Tables, WindowedDetector, in_range
+
+if TYPE_CHECKING:
+    from core.parse import Batch
+    from core.tally import Tally
 
 _KEY = {"key": pl.String(), "window": pl.Int64()}
 
@@ -43,6 +47,7 @@ class Flatline(WindowedDetector):
                         mins=("first_window",), windowed=False),
     }
     events = ("counts", "count")
+    sample_limit = 0  # a quiet window has no line to point at
 
     def setup(
         self,
@@ -65,9 +70,11 @@ class Flatline(WindowedDetector):
         self.min_baseline = min_baseline
         self.init_windows(timeframe, retention, baseline_windows, min_time, max_future)
 
-    def batch_tables(self, frame: pl.DataFrame) -> Tables:
-        frame = frame.with_columns(key=pl.col(self.field))
-        counts = frame.group_by("key", "window").agg(count=pl.len())
+    def tally_keys(self) -> list[str]:
+        return [self.field]
+
+    def batch_tables(self, batch: Batch, found: Tally) -> Tables:
+        counts = found.groups.select(pl.col(self.field).alias("key"), "window", "count")
         return {"counts": counts, "firsts": counts.group_by("key").agg(first_window=pl.col("window").min())}
 
     def verdicts(self, data: Tables, lo: int | None, hi: int | None) -> list[dict[str, Any]]:

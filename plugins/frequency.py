@@ -9,13 +9,17 @@ in both halves; size ``num_events`` for the half you still want to catch.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from core import hookimpl
-from plugins.detection import DURATION, FIELDS, INSTANT, params_schema, sample_locations
+from plugins.detection import DURATION, FIELDS, INSTANT, file_column, params_schema, sample_locations
 from plugins.windows import MAX_FUTURE, MIN_TIME, Table, Tables, WindowedDetector, in_range
+
+if TYPE_CHECKING:
+    from core.parse import Batch
+    from core.tally import Tally
 
 _KEY = {"key": pl.String(), "window": pl.Int64()}
 
@@ -68,15 +72,15 @@ class Frequency(WindowedDetector):
         self.min_count = min_count
         self.init_windows(timeframe, retention, 0, min_time, max_future)
 
-    def batch_tables(self, frame: pl.DataFrame) -> Tables:
-        frame = frame.with_columns(key=pl.col(self.field))
-        counts = frame.group_by("key", "window").agg(
-            count=pl.len(), first=pl.col("us").min(), last=pl.col("us").max()
-        )
+    def tally_keys(self) -> list[str]:
+        return [self.field]
+
+    def batch_tables(self, batch: Batch, found: Tally) -> Tables:
+        key = pl.col(self.field).alias("key")
         return {
-            "counts": counts,
-            "totals": counts.group_by("window").agg(total=pl.col("count").sum()),
-            "samples": frame.select("key", "window", "file", "line"),
+            "counts": found.groups.select(key, "window", "count", "first", "last"),
+            "totals": found.totals.select("window", total="count"),
+            "samples": found.samples.select(key, "window", file_column(batch), "line"),
         }
 
     def verdicts(self, data: Tables, lo: int | None, hi: int | None) -> list[dict[str, Any]]:

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import polars as pl
 
 from core import Result
-from plugins.detection import SAMPLE_LIMIT, Detector, duration_us, epoch_us, instant_us, iso, now_us
+from core.tally import Tally, tally
+from plugins.detection import SAMPLE_LIMIT, Detector, duration_us, instant_us, iso, now_us
 
 #: Fold a band's parts into one table set after this many parts.
 COMPACT_AFTER = 4
@@ -132,6 +133,9 @@ class WindowedDetector(Detector):
     watermark_rank: ClassVar[int] = 100
     #: Event time per band (microseconds): folding a band costs in proportion to its rows.
     band_us: ClassVar[int] = BAND
+    #: How a batch is tallied (``core.tally``): flagged rows are the ones sampled and timed.
+    sample_limit: ClassVar[int] = SAMPLE_LIMIT
+    hash_keys: ClassVar[bool] = False
 
     def init_windows(self, width: int | str, retention: int | str, lookback: int, min_time: str,
                      max_future: int | str) -> None:
@@ -152,8 +156,12 @@ class WindowedDetector(Detector):
 
     # -- what a subclass provides -----------------------------------------------------------
 
-    def batch_tables(self, frame: pl.DataFrame) -> Tables:
-        """The tables of one batch; ``frame`` has plausible records plus ``us`` and ``window`` columns."""
+    def batch_tables(self, batch: Batch, found: Tally) -> Tables:
+        """The tables of one batch, from its tally (see ``tally_keys`` and the like).
+
+        They must be reduced already, as a tally is: one row per key of a summing table, at
+        most ``SAMPLE_LIMIT`` rows per key of a ``samples`` table.
+        """
         raise NotImplementedError
 
     def verdicts(self, data: Tables, lo: int | None, hi: int | None) -> list[dict[str, Any]]:
@@ -165,18 +173,24 @@ class WindowedDetector(Detector):
 
     # -- the Rule contract ------------------------------------------------------------------
 
+    def tally_keys(self) -> list[str]:
+        """The columns a batch's records are tallied by, besides the window."""
+        return []
+
+    def tally_flag(self) -> tuple[str, list[str]] | None:
+        """Which records are flagged: ``(column, values)``; None flags every record."""
+        return None
+
     def update(self, batch: Batch) -> None:
-        us = epoch_us()
-        frame = batch.frame.with_columns(us=us).filter(
-            (pl.col("us") >= self.min_time) & (pl.col("us") <= now_us() + self.max_future)
+        found = tally(
+            batch.frame, width=self.width, lo=self.min_time, hi=now_us() + self.max_future, keys=self.tally_keys(),
+            flag=self.tally_flag(), sample_limit=self.sample_limit, top=self.watermark_rank, hash_keys=self.hash_keys,
         )
-        if frame.is_empty():
+        if found.groups.is_empty():
             return
-        frame = frame.with_columns(window=pl.col("us") // self.width)
-        latest = frame["us"].top_k(self.watermark_rank).to_list()
-        self.newest = heapq.nlargest(self.watermark_rank, self.newest + latest)
-        data = self.batch_tables(frame)
-        data = {name: spec.reduce([spec.conform(data[name])]) for name, spec in self.tables.items()}
+        self.newest = heapq.nlargest(self.watermark_rank, self.newest + found.newest)
+        data = self.batch_tables(batch, found)
+        data = {name: spec.conform(data[name]) for name, spec in self.tables.items()}
         self._whole.append({name: data[name] for name, spec in self.tables.items() if not spec.windowed})
         for band, part in self._split(data).items():
             self._bands.setdefault(band, []).append((None, part))
@@ -219,15 +233,7 @@ class WindowedDetector(Detector):
         for name, spec in self.tables.items():
             if not spec.windowed or data[name].is_empty():
                 continue
-            windows = data[name]["window"]
-            first, last = windows.min() // self.band, windows.max() // self.band
-            if first == last:  # the usual case: a chunk's records span less than a band
-                by_band.setdefault(first, {})[name] = data[name]
-                continue
-            parts = data[name].with_columns(_band=pl.col("window") // self.band).partition_by(
-                "_band", as_dict=True, include_key=False
-            )
-            for (band, *_), frame in parts.items():
+            for band, frame in _bands(data[name], self.band):
                 by_band.setdefault(band, {})[name] = frame
         for tables in by_band.values():
             for name, spec in self.tables.items():
@@ -348,6 +354,20 @@ class WindowedDetector(Detector):
     def window_bounds(self, window: int) -> tuple[int, int]:
         """Start and end (exclusive) of a window, in microseconds."""
         return window * self.width, (window + 1) * self.width
+
+
+def _bands(frame: pl.DataFrame, width: int) -> list[tuple[int, pl.DataFrame]]:
+    """``frame``'s rows by band of ``width`` windows: slices when ordered by window, as tallies are."""
+    windows = frame["window"]
+    first, last = windows.min() // width, windows.max() // width
+    if first == last:  # the usual case: a batch's records span less than a band
+        return [(first, frame)]
+    if windows.is_sorted():
+        runs = (windows // width).rle().struct.unnest()
+        starts = runs["len"].cum_sum() - runs["len"]
+        return [(band, frame.slice(start, n)) for band, start, n in zip(runs["value"], starts, runs["len"])]
+    parts = frame.with_columns(_band=pl.col("window") // width).partition_by("_band", as_dict=True, include_key=False)
+    return [(band, part) for (band, *_), part in parts.items()]
 
 
 def in_range(lo: int | None, hi: int | None) -> pl.Expr:

@@ -1,0 +1,797 @@
+/*
+ * Tallies of a batch's records per (key, event-time window), in one compiled pass without the GIL:
+ * the per-record work of a windowed detector (counts, flagged counts, first and last times, the
+ * smallest sample lines), which in Polars takes several group-bys. core/tally.py wraps it and
+ * says what it returns; tests/test_tally.py checks it against Polars.
+ *
+ * Columns come in through the Arrow C stream interface (a Polars Series' __arrow_c_stream__),
+ * so nothing is copied on the way in, and leave as Arrow arrays, as the scan's do.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "arrow.h"
+
+/* Raised with every change to what the module offers Python; core/tally.py checks it. */
+#define TALLY_VERSION 1
+#define MAX_KEYS 8
+
+/* ---- Input columns ------------------------------------------------------------------------- */
+
+enum { INTS, VIEWS };
+
+typedef struct {
+    struct ArrowArrayStream stream;
+    struct ArrowSchema schema;
+    struct ArrowArray array;
+    int kind;
+    int64_t length;
+    const int64_t *ints;
+    const unsigned char *views;
+    const unsigned char *const *data; /* a view array's data buffers */
+} Column;
+
+static void
+close_column(Column *c)
+{
+    if (c->array.release)
+        c->array.release(&c->array);
+    if (c->schema.release)
+        c->schema.release(&c->schema);
+    if (c->stream.release)
+        c->stream.release(&c->stream);
+}
+
+/* Takes the stream out of capsule; on failure sets an exception naming the column and returns 0. */
+static int
+open_column(PyObject *capsule, Column *c, const char *name)
+{
+    struct ArrowArrayStream *source = PyCapsule_GetPointer(capsule, "arrow_array_stream");
+    if (!source)
+        return 0;
+    c->stream = *source;
+    source->release = NULL; /* moved: the capsule no longer owns it */
+    if (c->stream.get_schema(&c->stream, &c->schema) != 0 || c->stream.get_next(&c->stream, &c->array) != 0) {
+        PyErr_Format(PyExc_ValueError, "%s: the Arrow stream failed", name);
+        return 0;
+    }
+    const char *format = c->schema.format;
+    if (strcmp(format, "vu") == 0)
+        c->kind = VIEWS;
+    else if (strcmp(format, "l") == 0 || strncmp(format, "tsu:", 4) == 0)
+        c->kind = INTS;
+    else {
+        PyErr_Format(PyExc_TypeError, "%s: expected Int64, Datetime(\"us\") or String, got Arrow format %s", name,
+                     format);
+        return 0;
+    }
+    if (!c->array.release)
+        return 1; /* an empty column */
+    struct ArrowArray more = {0};
+    if (c->stream.get_next(&c->stream, &more) != 0 || more.release) {
+        if (more.release)
+            more.release(&more);
+        PyErr_Format(PyExc_ValueError, "%s: expected one chunk (rechunk first)", name);
+        return 0;
+    }
+    if (c->array.null_count != 0) {
+        PyErr_Format(PyExc_ValueError, "%s: expected no nulls", name);
+        return 0;
+    }
+    c->length = c->array.length;
+    if (c->kind == INTS)
+        c->ints = (const int64_t *)c->array.buffers[1] + c->array.offset;
+    else {
+        c->views = (const unsigned char *)c->array.buffers[1] + 16 * c->array.offset;
+        c->data = (const unsigned char *const *)c->array.buffers + 2;
+    }
+    return 1;
+}
+
+static inline const unsigned char *
+view_text(const Column *c, int64_t row, int32_t *length)
+{
+    const unsigned char *view = c->views + 16 * row;
+    memcpy(length, view, 4);
+    if (*length <= 12)
+        return view + 4;
+    int32_t buffer, offset;
+    memcpy(&buffer, view + 8, 4);
+    memcpy(&offset, view + 12, 4);
+    return c->data[buffer] + offset;
+}
+
+/* ---- Hashing ------------------------------------------------------------------------------- */
+
+/* xxHash64's primes and round, and MurmurHash3's finaliser: a well-mixed 64-bit hash. */
+static const uint64_t P1 = 0x9E3779B185EBCA87ULL, P2 = 0xC2B2AE3D27D4EB4FULL, P3 = 0x165667B19E3779F9ULL;
+static const uint64_t SEED = 0x0DDBA11ULL;
+
+static inline uint64_t
+mix(uint64_t h, uint64_t word)
+{
+    h ^= word * P2;
+    return ((h << 31) | (h >> 33)) * P1;
+}
+
+static inline uint64_t
+finish(uint64_t h)
+{
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    return h ^ (h >> 33);
+}
+
+/* The bytes of a view's first 16 past its length, cleared, as two words (inline strings only). */
+static inline void
+inline_words(const unsigned char *view, int32_t length, uint64_t words[2])
+{
+    memcpy(words, view, 16);
+    int kept = 4 + length; /* bytes of the view that count: the length, then the string */
+    words[0] &= kept >= 8 ? ~0ULL : (1ULL << (8 * kept)) - 1;
+    words[1] &= kept >= 16 ? ~0ULL : kept <= 8 ? 0 : (1ULL << (8 * (kept - 8))) - 1;
+}
+
+/* A long string's length and bytes folded into two words, with multiplies that do not wait on each other. */
+static inline void
+long_words(const Column *c, int64_t row, uint64_t words[2])
+{
+    int32_t n;
+    const unsigned char *p = view_text(c, row, &n);
+    uint64_t a = (uint64_t)n * P3, b = 0, word;
+    int32_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        memcpy(&word, p + i, 8);
+        a += word * P1;
+        memcpy(&word, p + i + 8, 8);
+        b += word * P2;
+        a = (a << 23) | (a >> 41);
+        b = (b << 29) | (b >> 35);
+    }
+    memcpy(&word, p + n - 8, 8); /* the last 8 bytes (n > 12), overlapping what came before */
+    a += word * P1;
+    if (i + 8 < n) {
+        memcpy(&word, p + i, 8);
+        b += word * P2;
+    }
+    words[0] = a;
+    words[1] = b;
+}
+
+/*
+ * A hash of the row's keys: strings of up to 12 bytes as their length and bytes in two words,
+ * longer ones folded by long_words. It is a function of the values alone, so it is the same in
+ * every batch, build and run (duplicate_event keeps it, after finish()). The words of each key
+ * are multiplied independently, so that a row's hash is not one long chain of multiplies.
+ */
+static inline uint64_t
+row_hash(const Column *keys, int n_keys, int64_t row)
+{
+    uint64_t h = SEED;
+    for (int k = 0; k < n_keys; k++) {
+        uint64_t words[2] = {0, 0};
+        if (keys[k].kind == INTS) {
+            words[0] = (uint64_t)keys[k].ints[row];
+        }
+        else {
+            const unsigned char *view = keys[k].views + 16 * row;
+            int32_t n;
+            memcpy(&n, view, 4);
+            if (n <= 12)
+                inline_words(view, n, words);
+            else
+                long_words(&keys[k], row, words);
+        }
+        h = (h ^ (words[0] * P1) ^ ((words[1] * P2) >> 7)) * P2;
+        h ^= h >> 29;
+    }
+    return h;
+}
+
+static inline int
+same_keys(const Column *keys, int n_keys, int64_t a, int64_t b)
+{
+    for (int k = 0; k < n_keys; k++) {
+        if (keys[k].kind == INTS) {
+            if (keys[k].ints[a] != keys[k].ints[b])
+                return 0;
+            continue;
+        }
+        const unsigned char *x = keys[k].views + 16 * a, *y = keys[k].views + 16 * b;
+        int32_t n, m;
+        memcpy(&n, x, 4);
+        memcpy(&m, y, 4);
+        if (n != m)
+            return 0;
+        if (n <= 12) {
+            uint64_t u[2], v[2];
+            inline_words(x, n, u);
+            inline_words(y, n, v);
+            if (u[0] != v[0] || u[1] != v[1])
+                return 0;
+            continue;
+        }
+        const unsigned char *p = view_text(&keys[k], a, &n), *q = view_text(&keys[k], b, &m);
+        if (memcmp(p, q, (size_t)n) != 0)
+            return 0;
+    }
+    return 1;
+}
+
+/* ---- The tally ----------------------------------------------------------------------------- */
+
+typedef struct {
+    uint64_t hash;       /* row_hash of its keys */
+    int64_t window, row; /* row: the group's first row, whose keys it reports */
+    int64_t count, flagged, first, last;
+    int32_t samples;
+} Group;
+
+typedef struct {
+    /* Inputs. */
+    const Column *us, *lines, *keys, *flag;
+    int n_keys;
+    const unsigned char **flag_values;
+    const Py_ssize_t *flag_lengths;
+    Py_ssize_t n_flag_values;
+    int64_t width, lo, hi;
+    int sample_limit, top;
+    /* Results. */
+    Group *groups;
+    int64_t n_groups, *order; /* order: groups by window, then by first row */
+    int64_t *sample_rows;     /* sample_limit per group: rows, by line */
+    int64_t *newest, n_newest;
+} Tally;
+
+static inline int
+is_flagged(const Tally *t, int64_t row)
+{
+    if (!t->flag)
+        return 1;
+    int32_t n;
+    const unsigned char *p = view_text(t->flag, row, &n);
+    for (Py_ssize_t i = 0; i < t->n_flag_values; i++)
+        if (t->flag_lengths[i] == n && memcmp(t->flag_values[i], p, (size_t)n) == 0)
+            return 1;
+    return 0;
+}
+
+static inline int64_t
+floor_div(int64_t a, int64_t b)
+{
+    int64_t q = a / b;
+    return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+
+/* Keeps the group's sample_limit rows with the smallest lines, in line order. */
+static inline void
+add_sample(Tally *t, Group *g, int64_t group, int64_t row)
+{
+    int64_t *rows = t->sample_rows + group * t->sample_limit;
+    const int64_t *lines = t->lines->ints;
+    int n = g->samples;
+    if (n == t->sample_limit && lines[rows[n - 1]] <= lines[row])
+        return;
+    if (n < t->sample_limit)
+        g->samples = ++n;
+    int i = n - 1;
+    for (; i > 0 && lines[rows[i - 1]] > lines[row]; i--)
+        rows[i] = rows[i - 1];
+    rows[i] = row;
+}
+
+static int
+compare_desc(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x < y) - (x > y);
+}
+
+/* Moves the k largest of values[0:n] to its front (quickselect), then sorts them, largest first. */
+static void
+largest(int64_t *values, int64_t n, int64_t k)
+{
+    int64_t lo = 0, hi = n - 1;
+    while (k < n && lo < hi) {
+        int64_t pivot = values[lo + (hi - lo) / 2], i = lo, j = hi;
+        while (i <= j) {
+            while (values[i] > pivot)
+                i++;
+            while (values[j] < pivot)
+                j--;
+            if (i <= j) {
+                int64_t swap = values[i];
+                values[i++] = values[j];
+                values[j--] = swap;
+            }
+        }
+        if (k - 1 <= j)
+            hi = j;
+        else if (k - 1 >= i)
+            lo = i;
+        else
+            break;
+    }
+    qsort(values, (size_t)(k < n ? k : n), sizeof *values, compare_desc);
+}
+
+static int
+compare_ints(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The index of window in windows[0:n] (sorted, and holding it). */
+static inline int64_t
+window_rank(const int64_t *windows, int64_t n, int64_t window)
+{
+    int64_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (windows[mid] < window)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/*
+ * Orders the groups by window, then by first appearance: a counting sort over the distinct
+ * windows, which are few (a batch spans minutes to hours), found as runs of equal windows.
+ */
+static int
+order_groups(Tally *t)
+{
+    int64_t n = t->n_groups, n_windows = 0;
+    t->order = malloc(sizeof *t->order * (size_t)(n ? n : 1));
+    int64_t *windows = malloc(sizeof *windows * (size_t)(n ? n : 1));
+    int64_t *starts = calloc((size_t)n + 1, sizeof *starts);
+    int64_t *ranks = malloc(sizeof *ranks * (size_t)(n ? n : 1));
+    int ok = t->order && windows && starts && ranks;
+    for (int64_t g = 0; ok && g < n; g++)
+        if (g == 0 || t->groups[g].window != t->groups[g - 1].window)
+            windows[n_windows++] = t->groups[g].window;
+    if (ok && n_windows > 1) {
+        qsort(windows, (size_t)n_windows, sizeof *windows, compare_ints);
+        int64_t kept = 1;
+        for (int64_t w = 1; w < n_windows; w++)
+            if (windows[w] != windows[kept - 1])
+                windows[kept++] = windows[w];
+        n_windows = kept;
+    }
+    for (int64_t g = 0; ok && g < n; g++) {
+        int same = g > 0 && t->groups[g].window == t->groups[g - 1].window;
+        ranks[g] = same ? ranks[g - 1] : window_rank(windows, n_windows, t->groups[g].window);
+        starts[ranks[g] + 1]++;
+    }
+    for (int64_t w = 0; ok && w < n_windows; w++)
+        starts[w + 1] += starts[w];
+    for (int64_t g = 0; ok && g < n; g++)
+        t->order[starts[ranks[g]]++] = g;
+    free(windows);
+    free(starts);
+    free(ranks);
+    return ok;
+}
+
+/* The group of (row's keys, window), added if new. slots hold a hash tag and the group's index + 1. */
+static inline int64_t
+find_group(Tally *t, uint64_t *slots, uint64_t mask, int64_t row, int64_t window)
+{
+    uint64_t keyed = row_hash(t->keys, t->n_keys, row), hash = (keyed ^ ((uint64_t)window * P3)) * P1;
+    uint64_t tag = hash << 32; /* the low bits tag; the high bits pick the slot */
+    uint64_t slot = (hash >> 32) & mask;
+    for (; slots[slot]; slot = (slot + 1) & mask) {
+        if ((slots[slot] & 0xFFFFFFFF00000000ULL) != tag)
+            continue;
+        int64_t index = (int64_t)(slots[slot] & 0xFFFFFFFFULL) - 1;
+        const Group *g = &t->groups[index];
+        if (g->window == window && same_keys(t->keys, t->n_keys, g->row, row))
+            return index;
+    }
+    int64_t index = t->n_groups++;
+    slots[slot] = tag | (uint64_t)(index + 1);
+    t->groups[index] = (Group){.hash = keyed, .window = window, .row = row, .first = INT64_MAX, .last = INT64_MIN};
+    return index;
+}
+
+/* The pass itself; returns 0 if memory ran out. Runs without the GIL. */
+static int
+run_tally(Tally *t)
+{
+    int64_t rows = t->us->length, capacity = 64, some = rows ? rows : 1;
+    while (capacity < 2 * rows)
+        capacity *= 2;
+    uint64_t *slots = calloc((size_t)capacity, sizeof *slots);
+    t->groups = malloc(sizeof *t->groups * (size_t)some);
+    t->sample_rows = malloc(sizeof *t->sample_rows * (size_t)some * (size_t)(t->sample_limit ? t->sample_limit : 1));
+    t->newest = malloc(sizeof *t->newest * (size_t)some);
+    if (!slots || !t->groups || !t->sample_rows || !t->newest) {
+        free(slots);
+        return 0;
+    }
+    const int64_t *us = t->us->ints;
+    int64_t window = 0, window_start = 0;
+    int have_window = 0;
+    for (int64_t row = 0; row < rows; row++) {
+        int64_t when = us[row];
+        if (when < t->lo || when > t->hi)
+            continue;
+        t->newest[t->n_newest++] = when;
+        /* Rows come roughly in time order: the last row's window is usually this one's. */
+        if (!have_window || when < window_start || when - window_start >= t->width) {
+            window = floor_div(when, t->width);
+            window_start = window * t->width;
+            have_window = 1;
+        }
+        int64_t index = find_group(t, slots, (uint64_t)capacity - 1, row, window);
+        Group *g = &t->groups[index];
+        g->count++;
+        if (!is_flagged(t, row))
+            continue;
+        g->flagged++;
+        g->first = when < g->first ? when : g->first;
+        g->last = when > g->last ? when : g->last;
+        if (t->sample_limit)
+            add_sample(t, g, index, row);
+    }
+    free(slots);
+    largest(t->newest, t->n_newest, t->top);
+    if (t->n_newest > t->top)
+        t->n_newest = t->top;
+    return order_groups(t);
+}
+
+static void
+free_tally(Tally *t)
+{
+    free(t->groups);
+    free(t->order);
+    free(t->sample_rows);
+    free(t->newest);
+}
+
+/* ---- Output columns ------------------------------------------------------------------------ */
+
+/* A table being built: its key columns (or the key hash), then int64 columns, sized beforehand. */
+typedef struct {
+    int n_keys, emit_keys, n_ints;
+    Buffer keys[MAX_KEYS], key_data[MAX_KEYS];
+    Buffer ints[5], validity[5];
+    int64_t nulls[5], length;
+} Table;
+
+/* Room for rows rows in every column; the columns are then filled in place. */
+static int
+prepare(Table *out, int64_t rows)
+{
+    size_t n = (size_t)rows + 1;
+    for (int k = 0; k < (out->emit_keys ? out->n_keys : 1); k++)
+        if (!reserve(&out->keys[k], 16 * n))
+            return 0;
+    for (int i = 0; i < out->n_ints; i++)
+        if (!reserve(&out->ints[i], 8 * n))
+            return 0;
+    return 1;
+}
+
+/* Sets row's int64 columns to values[0:n_ints]. */
+static inline void
+set_ints(Table *out, int64_t row, const int64_t *values)
+{
+    for (int i = 0; i < out->n_ints; i++)
+        ((int64_t *)out->ints[i].data)[row] = values[i];
+}
+
+static int
+set_view(Buffer *views, Buffer *data, int64_t row, const unsigned char *p, int32_t n)
+{
+    unsigned char *view = (unsigned char *)views->data + 16 * row;
+    memset(view, 0, 16);
+    memcpy(view, &n, 4);
+    if (n <= 12) {
+        memcpy(view + 4, p, (size_t)n);
+        return 1;
+    }
+    int32_t index = 0, offset = (int32_t)data->used;
+    if (data->used + (size_t)n > INT32_MAX || !append(data, p, (size_t)n))
+        return 0;
+    memcpy(view + 4, p, 4);
+    memcpy(view + 8, &index, 4);
+    memcpy(view + 12, &offset, 4);
+    return 1;
+}
+
+static int
+set_keys(Table *out, int64_t row, const Tally *t, const Group *g)
+{
+    if (!out->emit_keys) {
+        ((uint64_t *)out->keys[0].data)[row] = finish(g->hash);
+        return 1;
+    }
+    for (int k = 0; k < t->n_keys; k++) {
+        const Column *c = &t->keys[k];
+        if (c->kind == INTS) {
+            ((int64_t *)out->keys[k].data)[row] = c->ints[g->row];
+            continue;
+        }
+        int32_t n;
+        const unsigned char *p = view_text(c, g->row, &n);
+        if (!set_view(&out->keys[k], &out->key_data[k], row, p, n))
+            return 0;
+    }
+    return 1;
+}
+
+/* Sets the table's length: the size of each column, and the null bitmap of column i, null where valid is 0. */
+static int
+set_length(Table *out, const Tally *t, int64_t length, int nullable, const int64_t *valid)
+{
+    out->length = length;
+    for (int k = 0; k < (out->emit_keys ? out->n_keys : 1); k++)
+        out->keys[k].used = (size_t)length * (out->emit_keys && t->keys[k].kind == VIEWS ? 16 : 8);
+    for (int i = 0; i < out->n_ints; i++)
+        out->ints[i].used = (size_t)length * 8;
+    int64_t nulls = 0;
+    for (int64_t row = 0; valid && row < length; row++)
+        nulls += valid[row] == 0;
+    if (!nulls)
+        return 1;
+    Buffer bits = {0};
+    if (!reserve(&bits, (size_t)length / 8 + 1))
+        return 0;
+    memset(bits.data, 0, (size_t)length / 8 + 1);
+    bits.used = (size_t)length / 8 + 1;
+    for (int64_t row = 0; row < length; row++)
+        if (valid[row])
+            bits.data[row / 8] |= (char)(1 << (row % 8));
+    for (int i = nullable; i < out->n_ints; i++) {
+        out->nulls[i] = nulls;
+        if (!append(&out->validity[i], bits.data, bits.used)) {
+            free(bits.data);
+            return 0;
+        }
+    }
+    free(bits.data);
+    return 1;
+}
+
+/* keys..., window, count, flagged, first, last: first and last are null where flagged is 0. */
+static int
+build_groups(Table *out, const Tally *t)
+{
+    if (!prepare(out, t->n_groups))
+        return 0;
+    for (int64_t row = 0; row < t->n_groups; row++) {
+        const Group *g = &t->groups[t->order[row]];
+        int64_t values[5] = {g->window, g->count, g->flagged, g->flagged ? g->first : 0, g->flagged ? g->last : 0};
+        set_ints(out, row, values);
+        if (!set_keys(out, row, t, g))
+            return 0;
+    }
+    return set_length(out, t, t->n_groups, 3, (const int64_t *)out->ints[2].data);
+}
+
+/* keys..., window, us, line, n. */
+static int
+build_samples(Table *out, const Tally *t)
+{
+    int64_t length = 0, row = 0;
+    for (int64_t g = 0; g < t->n_groups; g++)
+        length += t->groups[g].samples;
+    if (!prepare(out, length))
+        return 0;
+    for (int64_t i = 0; i < t->n_groups; i++) {
+        const Group *g = &t->groups[t->order[i]];
+        const int64_t *rows = t->sample_rows + t->order[i] * t->sample_limit;
+        for (int s = 0; s < g->samples; s++, row++) {
+            int64_t values[4] = {g->window, t->us->ints[rows[s]], t->lines->ints[rows[s]], s == 0 ? g->flagged : 0};
+            set_ints(out, row, values);
+            if (!set_keys(out, row, t, g))
+                return 0;
+        }
+    }
+    return set_length(out, t, length, out->n_ints, NULL);
+}
+
+/* window, count, flagged: the groups' sums per window (they come ordered by window). */
+static int
+build_totals(Table *out, const Tally *t)
+{
+    int64_t row = -1;
+    if (!prepare(out, t->n_groups))
+        return 0;
+    for (int64_t i = 0; i < t->n_groups; i++) {
+        const Group *g = &t->groups[t->order[i]];
+        int64_t *windows = (int64_t *)out->ints[0].data, *counts = (int64_t *)out->ints[1].data;
+        if (row < 0 || windows[row] != g->window) {
+            int64_t values[3] = {g->window, 0, 0};
+            set_ints(out, ++row, values);
+        }
+        counts[row] += g->count;
+        ((int64_t *)out->ints[2].data)[row] += g->flagged;
+    }
+    return set_length(out, t, row + 1, out->n_ints, NULL);
+}
+
+static void
+free_table(Table *out)
+{
+    for (int i = 0; i < MAX_KEYS; i++)
+        free(out->keys[i].data), free(out->key_data[i].data);
+    for (int i = 0; i < 5; i++)
+        free(out->ints[i].data), free(out->validity[i].data);
+}
+
+static const char *KEY_NAMES[MAX_KEYS] = {"key0", "key1", "key2", "key3", "key4", "key5", "key6", "key7"};
+static const char *INT_NAMES[3][5] = {
+    {"window", "count", "flagged", "first", "last"},
+    {"window", "us", "line", "n"},
+    {"window", "count", "flagged"},
+};
+
+/* The table's columns as capsule pairs: keys (or "hash"), then its int64 columns. */
+static PyObject *
+export_table(Table *out, const Tally *t, int kind, int with_keys)
+{
+    int n_keys = !with_keys ? 0 : out->emit_keys ? t->n_keys : 1;
+    PyObject *columns = PyTuple_New(n_keys + out->n_ints);
+    if (!columns)
+        return NULL;
+    for (int k = 0; k < n_keys; k++) {
+        PyObject *column;
+        if (!out->emit_keys)
+            column = export_array("L", "hash", out->length, 0, NULL, &out->keys[0], NULL);
+        else if (t->keys[k].kind == VIEWS)
+            column = export_array("vu", KEY_NAMES[k], out->length, 0, NULL, &out->keys[k], &out->key_data[k]);
+        else
+            column = export_array("l", KEY_NAMES[k], out->length, 0, NULL, &out->keys[k], NULL);
+        if (!column) {
+            Py_DECREF(columns);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(columns, k, column);
+    }
+    for (int i = 0; i < out->n_ints; i++) {
+        PyObject *column = export_array("l", INT_NAMES[kind][i], out->length, out->nulls[i], &out->validity[i],
+                                        &out->ints[i], NULL);
+        if (!column) {
+            Py_DECREF(columns);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(columns, n_keys + i, column);
+    }
+    return columns;
+}
+
+/* ---- The Python function ------------------------------------------------------------------- */
+
+PyDoc_STRVAR(tally_doc,
+"tally(us, lines, keys, flag, flag_values, width, lo, hi, sample_limit, top, emit_keys)\n--\n\n"
+"Tally rows per (keys, window = floor(us / width)), counting only rows with lo <= us <= hi.\n"
+"us, lines and each of keys (a tuple) and flag (or None) are Arrow stream capsules of one\n"
+"chunk without nulls: Int64 or Datetime('us') (us, lines, int keys) or String views (string\n"
+"keys, flag). A row is flagged when flag is None or its flag value is one of flag_values (a\n"
+"tuple of bytes). Returns (groups, samples, totals, newest): the tables as tuples of\n"
+"(arrow_schema, arrow_array) capsule pairs,\n"
+"  groups:  keys..., window, count, flagged, first, last (min and max us of flagged rows);\n"
+"  samples: keys..., window, us, line, n: each group's sample_limit flagged rows with the\n"
+"           smallest lines; n is the group's flagged count on its first row, 0 on the others;\n"
+"  totals:  window, count, flagged, per window;\n"
+"and newest, the top largest us counted, largest first. Groups and samples are ordered by\n"
+"window, then by first row; with emit_keys false a uint64 'hash' of the keys stands for them.");
+
+static PyObject *
+tally(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *us_capsule, *lines_capsule, *key_capsules, *flag_capsule, *flag_values;
+    long long width, lo, hi;
+    int sample_limit, top, emit_keys;
+    if (!PyArg_ParseTuple(args, "OOO!OO!LLLiip", &us_capsule, &lines_capsule, &PyTuple_Type, &key_capsules,
+                          &flag_capsule, &PyTuple_Type, &flag_values, &width, &lo, &hi, &sample_limit, &top,
+                          &emit_keys))
+        return NULL;
+    Py_ssize_t n_keys = PyTuple_GET_SIZE(key_capsules), n_values = PyTuple_GET_SIZE(flag_values);
+    if (width <= 0 || sample_limit < 0 || sample_limit > 1000 || top < 0 || n_keys > MAX_KEYS) {
+        PyErr_SetString(PyExc_ValueError, "width > 0, 0 <= sample_limit <= 1000, top >= 0, at most 8 keys");
+        return NULL;
+    }
+    Column us = {0}, lines = {0}, flag = {0}, keys[MAX_KEYS];
+    memset(keys, 0, sizeof keys);
+    const unsigned char *values[64];
+    Py_ssize_t lengths[64];
+    Tally t = {.us = &us, .lines = &lines, .keys = keys, .n_keys = (int)n_keys, .flag_values = values,
+               .flag_lengths = lengths, .n_flag_values = n_values, .width = width, .lo = lo, .hi = hi,
+               .sample_limit = sample_limit, .top = top};
+    Table groups = {.n_keys = (int)n_keys, .emit_keys = emit_keys, .n_ints = 5};
+    Table samples = {.n_keys = (int)n_keys, .emit_keys = emit_keys, .n_ints = 4};
+    Table totals = {.n_ints = 3};
+    PyObject *result = NULL;
+    int ok = open_column(us_capsule, &us, "us") && open_column(lines_capsule, &lines, "lines");
+    for (Py_ssize_t k = 0; ok && k < n_keys; k++)
+        ok = open_column(PyTuple_GET_ITEM(key_capsules, k), &keys[k], "keys");
+    if (ok && flag_capsule != Py_None) {
+        ok = open_column(flag_capsule, &flag, "flag");
+        t.flag = &flag;
+        if (ok && (flag.kind != VIEWS || n_values > 64)) {
+            PyErr_SetString(PyExc_ValueError, "flag: expected a String column and at most 64 flag values");
+            ok = 0;
+        }
+        for (Py_ssize_t i = 0; ok && i < n_values; i++) {
+            char *p;
+            ok = PyBytes_AsStringAndSize(PyTuple_GET_ITEM(flag_values, i), &p, &lengths[i]) == 0;
+            values[i] = (const unsigned char *)p;
+        }
+    }
+    if (ok && (us.kind != INTS || lines.kind != INTS)) {
+        PyErr_SetString(PyExc_TypeError, "us and lines: expected Int64 or Datetime(\"us\") columns");
+        ok = 0;
+    }
+    for (Py_ssize_t k = 0; ok && k < n_keys + 1 + (t.flag != NULL); k++) {
+        const Column *c = k < n_keys ? &keys[k] : k == n_keys ? &lines : &flag;
+        if (c->length != us.length) {
+            PyErr_SetString(PyExc_ValueError, "us, lines, keys and flag: expected columns of one length");
+            ok = 0;
+        }
+    }
+    if (ok && us.length >= INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "us: expected fewer than 2**31 rows");
+        ok = 0;
+    }
+    if (ok) {
+        Py_BEGIN_ALLOW_THREADS
+        ok = run_tally(&t) && build_groups(&groups, &t) && build_samples(&samples, &t) && build_totals(&totals, &t);
+        Py_END_ALLOW_THREADS
+        if (!ok)
+            PyErr_NoMemory();
+    }
+    if (ok) {
+        PyObject *newest = PyList_New((Py_ssize_t)t.n_newest);
+        for (int64_t i = 0; newest && i < t.n_newest; i++)
+            PyList_SET_ITEM(newest, (Py_ssize_t)i, PyLong_FromLongLong(t.newest[i]));
+        PyObject *parts[3] = {export_table(&groups, &t, 0, 1), export_table(&samples, &t, 1, 1),
+                              export_table(&totals, &t, 2, 0)};
+        if (newest && parts[0] && parts[1] && parts[2])
+            result = Py_BuildValue("(NNNN)", parts[0], parts[1], parts[2], newest);
+        else {
+            for (int i = 0; i < 3; i++)
+                Py_XDECREF(parts[i]);
+            Py_XDECREF(newest);
+        }
+    }
+    free_tally(&t);
+    free_table(&groups);
+    free_table(&samples);
+    free_table(&totals);
+    close_column(&us);
+    close_column(&lines);
+    close_column(&flag);
+    for (Py_ssize_t k = 0; k < n_keys; k++)
+        close_column(&keys[k]);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"tally", tally, METH_VARARGS, tally_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "core._tally", "Compiled tallies per key and window; see core/tally.py.", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__tally(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddIntConstant(m, "VERSION", TALLY_VERSION) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,93 @@
+"""Tallies of a frame's rows per key and event-time window, in one compiled pass (``core/_tally.c``).
+
+A windowed detector needs, per (key, window) of a batch: how many records, how many of them are
+*flagged* (a failure, say), the first and last time of the flagged ones and the smallest of
+their line numbers. In Polars that is several group-bys and filters, each a pass over the batch;
+``tally`` does it in one pass without the GIL, hashing each key once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+import polars as pl
+
+from core import compiled
+
+#: The version of ``core/_tally.c`` this module is written for.
+TALLY_VERSION = 1
+_tally = compiled.load("_tally", TALLY_VERSION, "the compiled tally")
+
+
+@dataclass(frozen=True)
+class Tally:
+    """What ``tally`` found. Groups and samples are ordered by window, then by first appearance.
+
+    - ``groups``: the keys (or ``hash``), ``window``, ``count``, ``flagged``, and ``first`` /
+      ``last``, the smallest and largest time of the flagged rows (null if none);
+    - ``samples``: per group, the flagged rows with the smallest line numbers: the keys (or
+      ``hash``), ``window``, ``us``, ``line``, and ``n``, the group's flagged count on its first
+      sample and 0 on the others (so that summing ``n`` gives the flagged records);
+    - ``totals``: ``window``, ``count``, ``flagged``, per window;
+    - ``newest``: the largest times counted, largest first.
+    """
+
+    groups: pl.DataFrame
+    samples: pl.DataFrame
+    totals: pl.DataFrame
+    newest: list[int]
+
+
+def tally(
+    frame: pl.DataFrame,
+    *,
+    width: int,
+    lo: int,
+    hi: int,
+    keys: Sequence[str] = (),
+    flag: tuple[str, Collection[str]] | None = None,
+    sample_limit: int = 5,
+    top: int = 100,
+    hash_keys: bool = False,
+    time: str = "ts",
+    line: str = "line",
+) -> Tally:
+    """Tally ``frame``'s rows with ``lo <= time <= hi`` (microseconds) per ``keys`` and window of ``width``.
+
+    A row's window is ``floor(time / width)``. ``flag`` is ``(column, values)``: rows whose
+    ``column`` is one of ``values`` are flagged; without it every row is. With ``hash_keys``
+    the groups carry a stable 64-bit ``hash`` of their keys instead of the keys themselves.
+    The columns must hold no nulls: times are Datetime or Int64 microseconds, keys strings or
+    integers.
+    """
+    flag_stream, flag_values = (None, ()) if flag is None else (_stream(frame[flag[0]]), _encoded(flag[1]))
+    groups, samples, totals, newest = _tally.tally(
+        _stream(frame[time]), _stream(frame[line]), tuple(_stream(frame[k]) for k in keys),
+        flag_stream, flag_values, width, lo, hi, sample_limit, top, not hash_keys,
+    )
+    names = ["hash"] if hash_keys else list(keys)
+    return Tally(
+        groups=compiled.frame(groups, [*names, "window", "count", "flagged", "first", "last"]),
+        samples=compiled.frame(samples, [*names, "window", "us", "line", "n"]),
+        totals=compiled.frame(totals, ["window", "count", "flagged"]),
+        newest=newest,
+    )
+
+
+def _stream(series: pl.Series) -> object:
+    """The column as one Arrow chunk of a type the tally reads."""
+    dtype = series.dtype
+    if isinstance(dtype, pl.Datetime) and dtype.time_unit != "us":
+        series = series.dt.cast_time_unit("us")
+    elif isinstance(dtype, (pl.Categorical, pl.Enum)):
+        series = series.cast(pl.String)
+    elif dtype.is_integer() and dtype != pl.Int64:
+        series = series.cast(pl.Int64)
+    if series.n_chunks() > 1:
+        series = series.rechunk()
+    return series.__arrow_c_stream__()
+
+
+def _encoded(values: Collection[str]) -> tuple[bytes, ...]:
+    return tuple(value.encode() for value in values)
