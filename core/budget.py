@@ -32,6 +32,8 @@ MIN_CHUNK_BYTES = 256 * 1024
 
 #: glibc ``mallopt`` parameter; buffers from this size up are mapped and unmapped on their own.
 _M_MMAP_THRESHOLD = -3
+#: glibc ``mallopt`` parameter; free memory beyond this much at the top of a heap is given back.
+_M_TRIM_THRESHOLD = -1
 #: The mmap threshold is this many chunks, so that chunk buffers come from the heap and are reused.
 MMAP_THRESHOLD_CHUNKS = 4
 MIN_MMAP_THRESHOLD = 1024 * 1024
@@ -112,4 +114,7 @@ def return_freed_buffers(chunk_bytes: int) -> bool:
     except (OSError, AttributeError):
         return False
     threshold = min(MAX_MMAP_THRESHOLD, max(MIN_MMAP_THRESHOLD, MMAP_THRESHOLD_CHUNKS * chunk_bytes))
-    return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
+    # Fixing the mmap threshold leaves the trim threshold at 128 KiB: the heap gave back every
+    # freed megabyte and faulted it in again for the next batch. Two thresholds' worth of free
+    # heap is kept: 10M lines, all rules, 464k -> 189k page faults, 2.2 -> 1.4 s system time.
+    return bool(mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 * threshold))

@@ -94,7 +94,8 @@ class DuplicateEvent(WindowedDetector):
 
     def verdicts(self, data: Tables, lo: int | None, hi: int | None) -> list[dict[str, Any]]:
         copies = data["copies"].filter(in_range(lo, hi))
-        counts = copies.group_by("hash").agg(pl.col("n").sum(), pl.col("us").first()).filter(pl.col("n") > 1)
+        # Folded, each hash's copies are counted on its first row (see Copies).
+        counts = copies.filter(pl.col("n") > 1).select("hash", "n", "us")
         if counts.is_empty():
             return []
         samples = sample_locations(copies.join(counts.select("hash"), on="hash"), ["hash"])

@@ -301,8 +301,9 @@ class WindowedDetector(Detector):
         """
         # Rows for windows closed before they came are counted as late and dropped here, also
         # when the watermark stays put: a backlog older than the watermark must not pile up.
-        for band in list(self._bands):
-            self._fold_band(band)
+        # Bands are not folded for that: only the ones judged below are.
+        for band, parts in self._bands.items():
+            self._bands[band] = [(self.horizon, self._drop_late(tag, data, self.horizon)) for tag, data in parts]
         target = self._target_horizon()
         advance = target is not None and (self.horizon is None or target > self.horizon)
         if advance:
@@ -312,17 +313,23 @@ class WindowedDetector(Detector):
             self.horizon = target
         if self.horizon is None:
             return
-        keep = pl.col("window") >= self.horizon - self.lookback
-        for band, [(_, data)] in list(self._bands.items()):
-            if (band + 1) * self.band <= self.horizon - self.lookback:
+        oldest = self.horizon - self.lookback
+        keep = pl.col("window") >= oldest
+        for band, parts in list(self._bands.items()):
+            if (band + 1) * self.band <= oldest:
                 del self._bands[band]
-            elif advance:
-                self._bands[band] = [(self.horizon, _window_filter(self.tables, data, keep))]
+            elif advance and band * self.band < oldest:
+                self._bands[band] = [(self.horizon, _window_filter(self.tables, data, keep)) for _, data in parts]
+            elif advance:  # the whole band is kept
+                self._bands[band] = [(self.horizon, data) for _, data in parts]
 
     def _drop_late(self, tag: int | None, data: Tables, horizon: int | None) -> Tables:
         """Rows for windows the state had already closed when they came in are late: count and drop them."""
         if horizon is None or tag == horizon:
             return data
+        if all(data[n].is_empty() or data[n]["window"].min() >= horizon for n, spec in self.tables.items()
+               if spec.windowed):
+            return data  # the usual case: nothing came for a closed window
         window = pl.col("window")
         name, column = self.events
         fresh = window >= tag if tag is not None else pl.lit(True)
