@@ -36,11 +36,7 @@ class Copies(Table):
     through untouched, so folding costs a hash lookup per row and a sort of the few duplicates.
     """
 
-    def reduce(self, frames: list[pl.DataFrame]) -> pl.DataFrame:
-        frames = [f for f in frames if f.height]
-        if not frames:
-            return self.empty()
-        frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
+    def fold(self, frame: pl.DataFrame) -> pl.DataFrame:
         repeated = frame["hash"].is_duplicated()
         if not repeated.any():
             return frame

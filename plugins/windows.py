@@ -81,16 +81,61 @@ class Table:
         return frame.select(pl.col(name).cast(dtype) for name, dtype in self.schema.items())
 
     def reduce(self, frames: list[pl.DataFrame]) -> pl.DataFrame:
-        """Fold tables of this kind into one."""
+        """Fold tables of this kind into one.
+
+        Windowed tables must each be folded already, as a batch's tables and folded parts are.
+        A samples table without windows may be any rows of locations: it is always pruned.
+        """
         frames = [f for f in frames if f.height]
         if not frames:
             return self.empty()
-        frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
-        if self.samples:
-            return frame if self.keep_all and self.windowed else _smallest_locations(frame, list(self.keys))
+        if not self.windowed:
+            frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
+            return frame if len(frames) == 1 and not self.samples else self.fold(frame)
         if len(frames) == 1:
-            return frame
+            return frames[0]
+        if self.samples and self.keep_all:
+            return pl.concat(frames, how="vertical")
+        alone, shared = split_shared(frames)
+        return pl.concat([*alone, self.fold(shared)] if shared is not None else alone, how="vertical")
+
+    def fold(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Fold the rows of several folded tables, concatenated."""
+        if self.samples:
+            return _smallest_locations(frame, list(self.keys))
         return self.conform(frame.group_by(self.keys).agg(self._aggs))
+
+
+#: Tables with fewer rows than this are folded whole: splitting them costs more than it saves.
+SPLIT_ROWS = 20_000
+
+
+def split_shared(frames: list[pl.DataFrame]) -> tuple[list[pl.DataFrame], pl.DataFrame | None]:
+    """The rows of windows that only one of ``frames`` has, and the others, concatenated (or None).
+
+    A folded table has one row per key (keys include the window), so the rows of a window that
+    only one table has are folded already: only windows that two tables share need folding. A
+    batch's tables span a few windows and consecutive batches share about one, so this spares
+    folding nearly every row again each time parts are folded.
+    """
+    if sum(f.height for f in frames) < SPLIT_ROWS:
+        return [], pl.concat(frames, how="vertical")
+    spans = sorted((f["window"].min(), f["window"].max()) for f in frames)
+    overlaps: list[list[int]] = []
+    for i, (lo, hi) in enumerate(spans):
+        for other_lo, other_hi in spans[i + 1:]:
+            if other_lo > hi:
+                break
+            start, end = other_lo, min(hi, other_hi)
+            if overlaps and start <= overlaps[-1][1] + 1:
+                overlaps[-1][1] = max(overlaps[-1][1], end)
+            else:
+                overlaps.append([start, end])
+    if not overlaps:
+        return frames, None
+    shared = pl.any_horizontal(pl.col("window").is_between(lo, hi) for lo, hi in overlaps)
+    alone = [f.filter(~shared) for f in frames]
+    return alone, pl.concat([f.filter(shared) for f in frames], how="vertical")
 
 
 def _smallest_locations(frame: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
