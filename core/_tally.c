@@ -236,6 +236,7 @@ typedef struct {
     const unsigned char **flag_values;
     const Py_ssize_t *flag_lengths;
     Py_ssize_t n_flag_values;
+    uint64_t flag_words[64][2]; /* each flag value of up to 12 bytes as an inline view's words */
     int64_t width, lo, hi;
     int sample_limit, top;
     /* Results. */
@@ -250,7 +251,17 @@ is_flagged(const Tally *t, int64_t row)
 {
     if (!t->flag)
         return 1;
+    const unsigned char *view = t->flag->views + 16 * row;
     int32_t n;
+    memcpy(&n, view, 4);
+    if (n <= 12) { /* compared as the two words of its view (statuses are short) */
+        uint64_t words[2];
+        inline_words(view, n, words);
+        for (Py_ssize_t i = 0; i < t->n_flag_values; i++)
+            if (t->flag_words[i][0] == words[0] && t->flag_words[i][1] == words[1])
+                return 1;
+        return 0;
+    }
     const unsigned char *p = view_text(t->flag, row, &n);
     for (Py_ssize_t i = 0; i < t->n_flag_values; i++)
         if (t->flag_lengths[i] == n && memcmp(t->flag_values[i], p, (size_t)n) == 0)
@@ -415,20 +426,25 @@ run_tally(Tally *t)
         return 0;
     }
     const int64_t *us = t->us->ints;
-    int64_t window = 0, window_start = 0;
+    int64_t window = 0, window_start = 0, cached = -1;
     int have_window = 0;
     for (int64_t row = 0; row < rows; row++) {
         int64_t when = us[row];
         if (when < t->lo || when > t->hi)
             continue;
-        t->newest[t->n_newest++] = when;
+        if (t->top)
+            t->newest[t->n_newest++] = when;
         /* Rows come roughly in time order: the last row's window is usually this one's. */
         if (!have_window || when < window_start || when - window_start >= t->width) {
             window = floor_div(when, t->width);
             window_start = window * t->width;
             have_window = 1;
         }
-        int64_t index = find_group(t, slots, (uint64_t)capacity - 1, row, window);
+        /* Without keys a group is its window: the last row's, usually. */
+        int64_t index = t->n_keys == 0 && cached >= 0 && t->groups[cached].window == window
+                            ? cached
+                            : find_group(t, slots, (uint64_t)capacity - 1, row, window);
+        cached = index;
         Group *g = &t->groups[index];
         g->count++;
         if (!is_flagged(t, row))
@@ -725,6 +741,16 @@ tally(PyObject *Py_UNUSED(module), PyObject *args)
             char *p;
             ok = PyBytes_AsStringAndSize(PyTuple_GET_ITEM(flag_values, i), &p, &lengths[i]) == 0;
             values[i] = (const unsigned char *)p;
+            if (ok && lengths[i] <= 12) {
+                unsigned char view[16] = {0};
+                int32_t n = (int32_t)lengths[i];
+                memcpy(view, &n, 4);
+                memcpy(view + 4, p, (size_t)n);
+                inline_words(view, n, t.flag_words[i]);
+            }
+            else if (ok) { /* never equal to a short value's words: the length word differs */
+                t.flag_words[i][0] = t.flag_words[i][1] = UINT64_MAX;
+            }
         }
     }
     if (ok && (us.kind != INTS || lines.kind != INTS)) {

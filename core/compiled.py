@@ -34,9 +34,6 @@ class ArrowColumn:
         return self.capsules
 
 
-def frame(columns: tuple[tuple[object, object], ...], names: list[str] | None = None) -> pl.DataFrame:
-    """A frame of a compiled module's columns, named as the module named them or by ``names``."""
-    series = [pl.Series(ArrowColumn(column)) for column in columns]
-    if names is not None:
-        series = [s.rename(name) for s, name in zip(series, names, strict=True)]
-    return pl.DataFrame(series)
+def series(columns: tuple[tuple[object, object], ...]) -> list[pl.Series]:
+    """A compiled module's columns, each an (arrow_schema, arrow_array) pair of capsules, as Series."""
+    return [pl.Series(ArrowColumn(column)) for column in columns]

@@ -118,7 +118,7 @@ def parse_chunk(
     )
     stats.lines += count
     stats.blank = blank
-    records = compiled.frame(plain)
+    records = pl.DataFrame(compiled.series(plain))
     stats.count_malformed(*_decided(chunk, *decided, sample_limit))
     more, more_blank, malformed = _undecided(chunk, *undecided, max_line_bytes, with_message)
     if more:  # none unless the scan and this module disagree; tests/test_property.py checks they do not

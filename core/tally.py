@@ -20,6 +20,25 @@ TALLY_VERSION = 1
 _tally = compiled.load("_tally", TALLY_VERSION, "the compiled tally")
 
 
+class Columns(dict[str, pl.Series]):
+    """A table of a tally as its named columns: picking and renaming them runs no Polars query."""
+
+    @property
+    def height(self) -> int:
+        return len(next(iter(self.values()))) if self else 0
+
+    def frame(self, **columns: str | pl.Series) -> pl.DataFrame:
+        """A frame whose columns are named by the keywords: each a column of this table, or a Series."""
+        return pl.DataFrame([
+            (self[source] if isinstance(source, str) else source).alias(name) for name, source in columns.items()
+        ])
+
+
+def constant(value: object, height: int, dtype: pl.DataType) -> pl.Series:
+    """A column of ``height`` copies of ``value``."""
+    return pl.Series([value], dtype=dtype).new_from_index(0, height)
+
+
 @dataclass(frozen=True)
 class Tally:
     """What ``tally`` found. Groups and samples are ordered by window, then by first appearance.
@@ -33,9 +52,9 @@ class Tally:
     - ``newest``: the largest times counted, largest first.
     """
 
-    groups: pl.DataFrame
-    samples: pl.DataFrame
-    totals: pl.DataFrame
+    groups: Columns
+    samples: Columns
+    totals: Columns
     newest: list[int]
 
 
@@ -68,11 +87,15 @@ def tally(
     )
     names = ["hash"] if hash_keys else list(keys)
     return Tally(
-        groups=compiled.frame(groups, [*names, "window", "count", "flagged", "first", "last"]),
-        samples=compiled.frame(samples, [*names, "window", "us", "line", "n"]),
-        totals=compiled.frame(totals, ["window", "count", "flagged"]),
+        groups=_columns(groups, [*names, "window", "count", "flagged", "first", "last"]),
+        samples=_columns(samples, [*names, "window", "us", "line", "n"]),
+        totals=_columns(totals, ["window", "count", "flagged"]),
         newest=newest,
     )
+
+
+def _columns(arrays: tuple[tuple[object, object], ...], names: list[str]) -> Columns:
+    return Columns(zip(names, compiled.series(arrays), strict=True))
 
 
 def _stream(series: pl.Series) -> object:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import polars as pl
 
 from core import Rule
+from core.tally import constant
 from core.rules import WITHOUT_MESSAGE
 from plugins.counting import FIELDS  # noqa: F401  (re-exported: the fields detectors group by)
 
@@ -100,9 +101,9 @@ def epoch_us() -> pl.Expr:
     return pl.col("ts").dt.epoch("us")
 
 
-def file_column(batch: Batch) -> pl.Expr:
-    """The batch's file, as the ``file`` column of a samples table."""
-    return pl.lit(batch.path, dtype=pl.Categorical).alias("file")
+def file_column(batch: Batch, height: int) -> pl.Series:
+    """The batch's file, as the ``file`` column of a samples table of ``height`` rows."""
+    return constant(batch.path, height, pl.Categorical())
 
 
 def sample_locations(samples: pl.DataFrame, keys: list[str]) -> dict[tuple[Any, ...], list[str]]:

@@ -85,7 +85,9 @@ class DuplicateEvent(WindowedDetector):
         return list(_FIELDS)
 
     def batch_tables(self, batch: Batch, found: Tally) -> Tables:
-        copies = found.samples.select("hash", "us", "window", pl.col("n").cast(pl.UInt32), file_column(batch), "line")
+        samples = found.samples
+        copies = samples.frame(hash="hash", us="us", window="window", n=samples["n"].cast(pl.UInt32),
+                               file=file_column(batch, samples.height), line="line")
         return {"copies": copies}
 
     def verdicts(self, data: Tables, lo: int | None, hi: int | None) -> list[dict[str, Any]]:

@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from core import hookimpl
+from core.tally import constant
 from plugins.detection import DURATION, FIELDS, INSTANT, STATUS_LIST, file_column, params_schema, sample_locations
 from plugins.windows import MAX_FUTURE, MIN_TIME, Table, Tables, WindowedDetector, in_range
 
 if TYPE_CHECKING:
     from core.parse import Batch
-    from core.tally import Tally
+    from core.tally import Columns, Tally
 
 _GROUP = {"group": pl.String(), "window": pl.Int64()}
 
@@ -96,15 +97,18 @@ class ErrorSpike(WindowedDetector):
         return ("status", self.statuses)
 
     def batch_tables(self, batch: Batch, found: Tally) -> Tables:
-        group = pl.col(self.by) if self.by else pl.lit("all")
-        counts = found.groups.select(
-            group.alias("group"), "window", failures="flagged", total="count", first="first", last="last"
-        )
+        groups, samples = found.groups, found.samples
+        counts = groups.frame(group=self._groups(groups), window="window", failures="flagged", total="count",
+                              first="first", last="last")
         return {
             "counts": counts,
-            "samples": found.samples.select(group.alias("group"), "window", file_column(batch), "line"),
+            "samples": samples.frame(group=self._groups(samples), window="window",
+                                     file=file_column(batch, samples.height), line="line"),
             "firsts": counts.group_by("group").agg(first_window=pl.col("window").min()),
         }
+
+    def _groups(self, table: Columns) -> pl.Series:
+        return table[self.by] if self.by else constant("all", table.height, pl.String())
 
     def verdicts(self, data: Tables, lo: int | None, hi: int | None) -> list[dict[str, Any]]:
         judged = self._judge(data).filter(in_range(lo, hi) & pl.col("flag"))

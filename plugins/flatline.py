@@ -74,7 +74,7 @@ class Flatline(WindowedDetector):
         return [self.field]
 
     def batch_tables(self, batch: Batch, found: Tally) -> Tables:
-        counts = found.groups.select(pl.col(self.field).alias("key"), "window", "count")
+        counts = found.groups.frame(key=self.field, window="window", count="count")
         return {"counts": counts, "firsts": counts.group_by("key").agg(first_window=pl.col("window").min())}
 
     def verdicts(self, data: Tables, lo: int | None, hi: int | None) -> list[dict[str, Any]]:

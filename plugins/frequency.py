@@ -76,11 +76,12 @@ class Frequency(WindowedDetector):
         return [self.field]
 
     def batch_tables(self, batch: Batch, found: Tally) -> Tables:
-        key = pl.col(self.field).alias("key")
+        groups, samples = found.groups, found.samples
         return {
-            "counts": found.groups.select(key, "window", "count", "first", "last"),
-            "totals": found.totals.select("window", total="count"),
-            "samples": found.samples.select(key, "window", file_column(batch), "line"),
+            "counts": groups.frame(key=self.field, window="window", count="count", first="first", last="last"),
+            "totals": found.totals.frame(window="window", total="count"),
+            "samples": samples.frame(key=self.field, window="window", file=file_column(batch, samples.height),
+                                     line="line"),
         }
 
     def verdicts(self, data: Tables, lo: int | None, hi: int | None) -> list[dict[str, Any]]:

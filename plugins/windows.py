@@ -231,7 +231,7 @@ class WindowedDetector(Detector):
             batch.frame, width=self.width, lo=self.min_time, hi=now_us() + self.max_future, keys=self.tally_keys(),
             flag=self.tally_flag(), sample_limit=self.sample_limit, top=self.watermark_rank, hash_keys=self.hash_keys,
         )
-        if found.groups.is_empty():
+        if not found.groups.height:
             return
         self.newest = heapq.nlargest(self.watermark_rank, self.newest + found.newest)
         data = self.batch_tables(batch, found)
@@ -415,9 +415,10 @@ def _bands(frame: pl.DataFrame, width: int) -> list[tuple[int, pl.DataFrame]]:
     if first == last:  # the usual case: a batch's records span less than a band
         return [(first, frame)]
     if windows.is_sorted():
-        runs = (windows // width).rle().struct.unnest()
-        starts = runs["len"].cum_sum() - runs["len"]
-        return [(band, frame.slice(start, n)) for band, start, n in zip(runs["value"], starts, runs["len"])]
+        bands = range(first, last + 1) if last - first < 64 else sorted({w // width for w in windows.unique()})
+        starts = windows.search_sorted(pl.Series([band * width for band in bands]), side="left").to_list()
+        ends = [*starts[1:], frame.height]
+        return [(band, frame.slice(lo, hi - lo)) for band, lo, hi in zip(bands, starts, ends) if hi > lo]
     parts = frame.with_columns(_band=pl.col("window") // width).partition_by("_band", as_dict=True, include_key=False)
     return [(band, part) for (band, *_), part in parts.items()]
 
