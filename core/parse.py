@@ -20,6 +20,7 @@ from typing import Any
 import polars as pl
 
 from core import compiled
+from core.columns import constant
 from core.stats import FileStats, MalformedLine
 
 #: The version of ``core/_scan.c`` this module is written for.
@@ -200,11 +201,12 @@ def count_newlines(data: bytes, size: int) -> int:
 
 def _with_file(frame: pl.DataFrame, path: str) -> pl.DataFrame:
     """The full record batch: ``message`` (all ``""`` where no rule reads it) and ``file`` added."""
-    message = pl.col("message") if "message" in frame.columns else pl.lit("", dtype=pl.String)
-    return frame.select(
-        "ts", "status", "service", "user", message.alias("message"),
-        pl.lit(path, dtype=pl.String).alias("file"), "line",
-    )
+    # Built from the columns as they are: a select would be a Polars query per chunk.
+    height = frame.height
+    message = frame["message"] if "message" in frame.columns else constant("", height, pl.String()).alias("message")
+    columns = [frame["ts"], frame["status"], frame["service"], frame["user"], message,
+               constant(path, height, pl.String()).alias("file"), frame["line"]]
+    return pl.DataFrame(columns)
 
 
 def _empty_frame() -> pl.DataFrame:

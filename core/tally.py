@@ -14,29 +14,11 @@ from dataclasses import dataclass
 import polars as pl
 
 from core import compiled
+from core.columns import Columns
 
 #: The version of ``core/_tally.c`` this module is written for.
 TALLY_VERSION = 1
 _tally = compiled.load("_tally", TALLY_VERSION, "the compiled tally")
-
-
-class Columns(dict[str, pl.Series]):
-    """A table of a tally as its named columns: picking and renaming them runs no Polars query."""
-
-    @property
-    def height(self) -> int:
-        return len(next(iter(self.values()))) if self else 0
-
-    def frame(self, **columns: str | pl.Series) -> pl.DataFrame:
-        """A frame whose columns are named by the keywords: each a column of this table, or a Series."""
-        return pl.DataFrame([
-            (self[source] if isinstance(source, str) else source).alias(name) for name, source in columns.items()
-        ])
-
-
-def constant(value: object, height: int, dtype: pl.DataType) -> pl.Series:
-    """A column of ``height`` copies of ``value``."""
-    return pl.Series([value], dtype=dtype).new_from_index(0, height)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import polars as pl
 
 from core import Rule
-from core.tally import constant
+from core.columns import constant
 from core.rules import WITHOUT_MESSAGE
 from plugins.counting import FIELDS  # noqa: F401  (re-exported: the fields detectors group by)
 

@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from core import hookimpl
-from core.tally import constant
+from core.columns import constant
 from plugins.detection import DURATION, FIELDS, INSTANT, STATUS_LIST, file_column, params_schema, sample_locations
 from plugins.windows import MAX_FUTURE, MIN_TIME, Table, Tables, WindowedDetector, in_range
 
 if TYPE_CHECKING:
+    from core.columns import Columns
     from core.parse import Batch
-    from core.tally import Columns, Tally
+    from core.tally import Tally
 
 _GROUP = {"group": pl.String(), "window": pl.Int64()}
 
