@@ -13,7 +13,7 @@
 #include "arrow.h"
 
 /* Raised with every change to what the module offers Python; core/tally.py checks it. */
-#define TALLY_VERSION 1
+#define TALLY_VERSION 2
 #define MAX_KEYS 8
 
 /* ---- Input columns ------------------------------------------------------------------------- */
@@ -650,7 +650,7 @@ static const char *INT_NAMES[3][5] = {
     {"window", "count", "flagged"},
 };
 
-/* The table's columns as capsule pairs: keys (or "hash"), then its int64 columns. */
+/* The table as (length, columns), its columns capsule pairs: keys (or "hash"), then int64 columns. */
 static PyObject *
 export_table(Table *out, const Tally *t, int kind, int with_keys)
 {
@@ -681,7 +681,7 @@ export_table(Table *out, const Tally *t, int kind, int with_keys)
         }
         PyTuple_SET_ITEM(columns, n_keys + i, column);
     }
-    return columns;
+    return Py_BuildValue("(LN)", (long long)out->length, columns);
 }
 
 /* ---- The Python function ------------------------------------------------------------------- */
@@ -692,8 +692,8 @@ PyDoc_STRVAR(tally_doc,
 "us, lines and each of keys (a tuple) and flag (or None) are Arrow stream capsules of one\n"
 "chunk without nulls: Int64 or Datetime('us') (us, lines, int keys) or String views (string\n"
 "keys, flag). A row is flagged when flag is None or its flag value is one of flag_values (a\n"
-"tuple of bytes). Returns (groups, samples, totals, newest): the tables as tuples of\n"
-"(arrow_schema, arrow_array) capsule pairs,\n"
+"tuple of bytes). Returns (groups, samples, totals, newest): each table as (length, columns),\n"
+"its columns a tuple of (arrow_schema, arrow_array) capsule pairs,\n"
 "  groups:  keys..., window, count, flagged, first, last (min and max us of flagged rows);\n"
 "  samples: keys..., window, us, line, n: each group's sample_limit flagged rows with the\n"
 "           smallest lines; n is the group's flagged count on its first row, 0 on the others;\n"

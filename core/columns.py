@@ -6,21 +6,49 @@ batch and per rule, those costs added up to more than the work they did.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 import polars as pl
 
 
-class Columns(dict[str, pl.Series]):
-    """A table of a tally as its named columns: picking and renaming them runs no Polars query."""
+class Columns(Mapping[str, pl.Series]):
+    """A table a compiled module made, as its named columns, each made a Series when first read.
 
-    @property
-    def height(self) -> int:
-        return len(next(iter(self.values()))) if self else 0
+    Picking and renaming columns runs no Polars query, and a column nobody reads is never
+    imported (importing one holds the GIL).
+    """
+
+    def __init__(self, height: int, names: list[str], arrays: tuple[tuple[object, object], ...]) -> None:
+        self.height = height
+        self._arrays = dict(zip(names, arrays, strict=True))
+        self._series: dict[str, pl.Series] = {}
+
+    def __getitem__(self, name: str) -> pl.Series:
+        if name not in self._series:
+            self._series[name] = pl.Series(ArrowColumn(self._arrays[name])).alias(name)
+        return self._series[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._arrays)
+
+    def __len__(self) -> int:
+        return len(self._arrays)
 
     def frame(self, **columns: str | pl.Series) -> pl.DataFrame:
         """A frame whose columns are named by the keywords: each a column of this table, or a Series."""
         return pl.DataFrame([
             (self[source] if isinstance(source, str) else source).alias(name) for name, source in columns.items()
         ])
+
+
+class ArrowColumn:
+    """A column a compiled module made, for Polars to take through the Arrow PyCapsule interface."""
+
+    def __init__(self, capsules: tuple[object, object]) -> None:
+        self.capsules = capsules
+
+    def __arrow_c_array__(self, requested_schema: object | None = None) -> tuple[object, object]:
+        return self.capsules
 
 
 def constant(value: object, height: int, dtype: pl.DataType) -> pl.Series:

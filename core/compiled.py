@@ -1,4 +1,4 @@
-"""The compiled modules (``core/_scan.c``, ``core/_tally.c``) and the Arrow columns they trade with Polars."""
+"""Loading the compiled modules (``core/_scan.c``, ``core/_tally.c``), and the columns they make."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import importlib
 from types import ModuleType
 
 import polars as pl
+
+from core.columns import ArrowColumn
 
 _REBUILD = "run `make run` (or `pip install -e .`; it needs a C compiler) to build it"
 
@@ -22,16 +24,6 @@ def load(name: str, version: int, what: str) -> ModuleType:
     if getattr(module, "VERSION", None) != version:
         raise ImportError(f"core.{name} is a build of another version than the Python code: {_REBUILD} again")
     return module
-
-
-class ArrowColumn:
-    """A column a compiled module made, for Polars to take through the Arrow PyCapsule interface."""
-
-    def __init__(self, capsules: tuple[object, object]) -> None:
-        self.capsules = capsules
-
-    def __arrow_c_array__(self, requested_schema: object | None = None) -> tuple[object, object]:
-        return self.capsules
 
 
 def series(columns: tuple[tuple[object, object], ...]) -> list[pl.Series]:

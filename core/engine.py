@@ -2,9 +2,10 @@
 
 One thread (the caller's) reads chunks and hands them to the workers through a bounded number of
 slots; it waits when they are full (back-pressure). Each worker parses its chunk and folds it into
-a fresh partial state. The caller merges finished partials strictly in the order the chunks were
-read, and advances the ledger with them, so the merged state and the ledger always describe the
-same bytes: a checkpoint taken at any moment is exact.
+a fresh partial state. Finished partials are merged strictly in the order the chunks were read,
+one at a time, by whichever thread is free: a worker that has just finished a chunk, or the
+caller while it waits for a slot. The ledger advances with each merge, so the merged state and
+the ledger always describe the same bytes: a checkpoint taken between runs is exact.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -71,6 +72,11 @@ class Pipeline:
         self._failed: frozenset[str] = frozenset()
         self._merged = 0
         self._slots = threading.BoundedSemaphore(settings.workers + settings.queue_size)
+        self._merging = threading.Lock()  # held by the one thread merging
+        self._queue_lock = threading.Lock()
+        self._queue: deque[tuple[_FileRun, Chunk | None, Future[ChunkOutcome] | None]] = deque()
+        self._checkpoint: Checkpoint | None = None
+        self._error: BaseException | None = None
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="omp-worker")
         budget.return_freed_buffers(settings.chunk_bytes)  # else glibc's heap grows with the lines read
         self.state_bytes = budget.rule_state_bytes(
@@ -94,23 +100,28 @@ class Pipeline:
         """Read each work's bytes and fold them into ``checkpoint``; stops early when ``stop`` is set.
 
         ``final`` counts a last line without a newline (a batch run); without it, such a line
-        waits for its newline (a file that may still be written).
+        waits for its newline (a file that may still be written). Every chunk read is merged
+        before this returns.
         """
         self._failed = frozenset(checkpoint.state.failed_rules())
         for rule in checkpoint.state.rules.values():  # a checkpoint may come from a run with another cap
             rule.limit_state(self.state_bytes)
-        queue: deque[tuple[_FileRun, Chunk | None, Future[ChunkOutcome] | None]] = deque()
+        self._checkpoint, self._queue, self._error = checkpoint, deque(), None
         for work in works:
             if self.stop.is_set():
                 break
             run = _FileRun(work, FileStats(work.name, self.settings.malformed_samples), time.perf_counter())
             self.hook.before_file(path=work.name)
-            self._read(run, final, checkpoint, queue)
-            queue.append((run, None, None))
-            self._merge_ready(queue, checkpoint, wait=False)
-        self._merge_ready(queue, checkpoint, wait=True)
+            self._read(run, final)
+            self._enqueue(run, None, None)
+            self._drain(block=False)
+        while self._queue:
+            self._wait_for_head()
+        with self._merging:  # the last entry may still be merging in a worker
+            pass
+        self._raise_error()
 
-    def _read(self, run: _FileRun, final: bool, checkpoint: Checkpoint, queue: deque) -> None:
+    def _read(self, run: _FileRun, final: bool) -> None:
         work = run.work
         reader = ChunkReader(
             str(work.path), self.settings.chunk_bytes, self.settings.max_line_bytes,
@@ -119,22 +130,22 @@ class Pipeline:
         try:
             for chunk in reader:
                 chunk = Chunk(work.name, chunk.data, chunk.first_line, chunk.start, chunk.end, chunk.overlong)
-                self._acquire_slot(queue, checkpoint)
-                queue.append((run, chunk, self._pool.submit(self._process, chunk)))
+                self._acquire_slot()
+                self._enqueue(run, chunk, self._pool.submit(self._process, chunk))
                 if self.on_progress is not None:
                     self.on_progress(chunk.end - chunk.start)
-                self._merge_ready(queue, checkpoint, wait=False)
                 if self.stop.is_set():
                     break
         except OSError as exc:
             run.failed = True
-            self._file_failed(run, reader, checkpoint, exc)
+            self._file_failed(run, reader, self._checkpoint, exc)
 
     def _file_failed(self, run: _FileRun, reader: ChunkReader, checkpoint: Checkpoint, exc: OSError) -> None:
         message = f"cannot read {run.work.path}: {exc.strerror or exc}"
         if reader.offset > run.work.start:
             message += f" (stopped at byte {reader.offset}; the lines before it are counted)"
-        checkpoint.state.failures.add(Failure("file", run.work.name, "", message))
+        with self._merging:  # a worker may be merging into the same state
+            checkpoint.state.failures.add(Failure("file", run.work.name, "", message))
         log.error("%s", message)
         self.hook.on_error(error=exc, path=run.work.name, rule=None)
 
@@ -164,31 +175,79 @@ class Pipeline:
             outcome.partial.failures.add(Failure("rule", batch.path, rule.name, f"{type(exc).__name__}: {exc}"))
             outcome.failures.append(RuleExecutionFailed(rule.name, batch.path, exc))
 
-    def _acquire_slot(self, queue: deque, checkpoint: Checkpoint) -> None:
+    # -- merging, in read order, by whichever thread is free ---------------------------------
+
+    def _enqueue(self, run: _FileRun, chunk: Chunk | None, future: Future[ChunkOutcome] | None) -> None:
+        with self._queue_lock:
+            self._queue.append((run, chunk, future))
+        if future is not None:  # its worker merges what is ready once it is done (or we do, if it is already)
+            future.add_done_callback(self._merge_when_done)
+
+    def _acquire_slot(self) -> None:
         # A slot is freed when its chunk is merged, not when a worker is done with it: chunks done
         # behind a slow one wait for their turn in memory, so they must count against the bound.
         while not self._slots.acquire(blocking=False):
-            self._merge_oldest(queue, checkpoint)
+            self._wait_for_head()
 
-    def _merge_ready(self, queue: deque, checkpoint: Checkpoint, wait: bool) -> None:
-        """Merge finished chunks in read order; with ``wait``, wait for all of them."""
-        while queue:
-            future = queue[0][2]
-            if future is not None and not (wait or future.done()):
-                return
-            self._merge_oldest(queue, checkpoint)
+    def _wait_for_head(self) -> None:
+        """Wait until the oldest entry is done, merge what is ready, and raise what a merge raised."""
+        with self._queue_lock:
+            future = self._queue[0][2] if self._queue else None
+        if future is not None:
+            wait([future])
+        self._drain(block=True)
+        self._raise_error()
 
-    def _merge_oldest(self, queue: deque, checkpoint: Checkpoint) -> None:
-        """Merge the oldest entry, waiting for its chunk if need be, and free its slot."""
-        run, chunk, future = queue.popleft()
-        if future is None:
-            self._file_done(run, checkpoint)
-            return
+    def _merge_when_done(self, _: Future[ChunkOutcome]) -> None:
+        # Called in the worker that finished the chunk. An exception here would be logged and
+        # lost by concurrent.futures: it is kept, and the caller's thread raises it.
         try:
-            outcome = future.result()
-        finally:
-            self._slots.release()
-        self._merge(run, chunk, outcome, checkpoint)
+            if self.profile is not None:
+                with self.profile.thread():
+                    self._drain(block=False)
+            else:
+                self._drain(block=False)
+        except BaseException as exc:  # noqa: BLE001  (re-raised in the caller's thread)
+            self._error = self._error or exc
+
+    def _drain(self, block: bool) -> None:
+        """Merge the entries at the head of the queue that are done; without ``block``, only if no one else is."""
+        while self._merging.acquire(blocking=block):
+            try:
+                self._merge_ready()
+            finally:
+                self._merging.release()
+            # An entry that finished while the lock was held found it taken: look once more.
+            if not self._head_done():
+                return
+            block = False
+
+    def _head_done(self) -> bool:
+        with self._queue_lock:
+            return bool(self._queue) and (self._queue[0][2] is None or self._queue[0][2].done())
+
+    def _merge_ready(self) -> None:
+        """Merge done entries from the head of the queue, in read order (the merging lock is held)."""
+        while self._error is None:
+            with self._queue_lock:
+                if not self._queue:
+                    return
+                run, chunk, future = self._queue[0]
+                if future is not None and not future.done():
+                    return
+                self._queue.popleft()
+            if future is None:
+                self._file_done(run, self._checkpoint)
+                continue
+            try:
+                outcome = future.result()
+            finally:
+                self._slots.release()
+            self._merge(run, chunk, outcome, self._checkpoint)
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
 
     def _merge(self, run: _FileRun, chunk: Chunk, outcome: ChunkOutcome, checkpoint: Checkpoint) -> None:
         checkpoint.state.merge(outcome.partial)

@@ -17,7 +17,7 @@ from core import compiled
 from core.columns import Columns
 
 #: The version of ``core/_tally.c`` this module is written for.
-TALLY_VERSION = 1
+TALLY_VERSION = 2
 _tally = compiled.load("_tally", TALLY_VERSION, "the compiled tally")
 
 
@@ -69,15 +69,16 @@ def tally(
     )
     names = ["hash"] if hash_keys else list(keys)
     return Tally(
-        groups=_columns(groups, [*names, "window", "count", "flagged", "first", "last"]),
-        samples=_columns(samples, [*names, "window", "us", "line", "n"]),
-        totals=_columns(totals, ["window", "count", "flagged"]),
+        groups=_table(groups, [*names, "window", "count", "flagged", "first", "last"]),
+        samples=_table(samples, [*names, "window", "us", "line", "n"]),
+        totals=_table(totals, ["window", "count", "flagged"]),
         newest=newest,
     )
 
 
-def _columns(arrays: tuple[tuple[object, object], ...], names: list[str]) -> Columns:
-    return Columns(zip(names, compiled.series(arrays), strict=True))
+def _table(made: tuple[int, tuple[tuple[object, object], ...]], names: list[str]) -> Columns:
+    height, arrays = made
+    return Columns(height, names, arrays)
 
 
 def _stream(series: pl.Series) -> object:

@@ -90,8 +90,10 @@ class Frequency(WindowedDetector):
             (pl.col("share") >= self.max_share) & (pl.col("count") >= self.min_count)
             if self.max_share is not None else pl.lit(False)
         )
+        # Either test needs at least this many records: the join then sees a few rows, not every key's.
+        least = min(n for n in (self.num_events, self.min_count if self.max_share is not None else None) if n)
         judged = (
-            data["counts"].filter(in_range(lo, hi))
+            data["counts"].filter(in_range(lo, hi) & (pl.col("count") >= least))
             .join(data["totals"], on="window")
             .with_columns(share=pl.col("count") / pl.col("total"))
             .with_columns(by_count=by_count, by_share=by_share)

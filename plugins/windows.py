@@ -70,13 +70,16 @@ class Table:
     def __post_init__(self) -> None:
         aggs = [pl.col(c).sum() for c in self.sums] + [pl.col(c).min() for c in self.mins]
         self._aggs.extend(aggs + [pl.col(c).max() for c in self.maxs])
+        # Made once: every fresh partial state starts from empty tables.
+        object.__setattr__(self, "_empty", pl.DataFrame(schema=self.schema))
+        object.__setattr__(self, "_layout", (list(self.schema), list(self.schema.values())))
 
     def empty(self) -> pl.DataFrame:
-        return pl.DataFrame(schema=self.schema)
+        return self._empty
 
     def conform(self, frame: pl.DataFrame) -> pl.DataFrame:
         """``frame``'s columns in this table's order and types."""
-        if frame.schema == self.schema:  # nothing to do, and a select has a fixed cost
+        if (frame.columns, frame.dtypes) == self._layout:  # nothing to do, and a select has a fixed cost
             return frame
         return frame.select(pl.col(name).cast(dtype) for name, dtype in self.schema.items())
 
