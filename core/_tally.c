@@ -13,8 +13,10 @@
 #include "arrow.h"
 
 /* Raised with every change to what the module offers Python; core/tally.py checks it. */
-#define TALLY_VERSION 2
+#define TALLY_VERSION 3
 #define MAX_KEYS 8
+/* Which tables to build (the others are left empty). */
+enum { WANT_GROUPS = 1, WANT_SAMPLES = 2, WANT_TOTALS = 4 };
 
 /* ---- Input columns ------------------------------------------------------------------------- */
 
@@ -389,12 +391,43 @@ order_groups(Tally *t)
     return ok;
 }
 
-/* The group of (row's keys, window), added if new. slots hold a hash tag and the group's index + 1. */
-static inline int64_t
-find_group(Tally *t, uint64_t *slots, uint64_t mask, int64_t row, int64_t window)
+/* The hash table of the groups: each slot holds a hash tag and a group's index + 1. */
+typedef struct {
+    uint64_t *slots, mask;
+} Slots;
+
+static inline uint64_t
+slot_hash(uint64_t keyed, int64_t window)
 {
-    uint64_t keyed = row_hash(t->keys, t->n_keys, row), hash = (keyed ^ ((uint64_t)window * P3)) * P1;
-    uint64_t tag = hash << 32; /* the low bits tag; the high bits pick the slot */
+    return (keyed ^ ((uint64_t)window * P3)) * P1; /* the low bits tag; the high bits pick the slot */
+}
+
+/* Doubles the table (it is kept at most half full, and small while groups are few, for the cache). */
+static int
+grow(Tally *t, Slots *table)
+{
+    uint64_t capacity = 2 * (table->mask + 1);
+    uint64_t *slots = calloc((size_t)capacity, sizeof *slots);
+    if (!slots)
+        return 0;
+    for (int64_t index = 0; index < t->n_groups; index++) {
+        uint64_t hash = slot_hash(t->groups[index].hash, t->groups[index].window);
+        uint64_t slot = (hash >> 32) & (capacity - 1);
+        while (slots[slot])
+            slot = (slot + 1) & (capacity - 1);
+        slots[slot] = (hash << 32) | (uint64_t)(index + 1);
+    }
+    free(table->slots);
+    *table = (Slots){slots, capacity - 1};
+    return 1;
+}
+
+/* The group of (row's keys, window), added if new; -1 if memory ran out. */
+static inline int64_t
+find_group(Tally *t, Slots *table, int64_t row, int64_t window)
+{
+    uint64_t keyed = row_hash(t->keys, t->n_keys, row), hash = slot_hash(keyed, window);
+    uint64_t tag = hash << 32, mask = table->mask, *slots = table->slots;
     uint64_t slot = (hash >> 32) & mask;
     for (; slots[slot]; slot = (slot + 1) & mask) {
         if ((slots[slot] & 0xFFFFFFFF00000000ULL) != tag)
@@ -407,6 +440,8 @@ find_group(Tally *t, uint64_t *slots, uint64_t mask, int64_t row, int64_t window
     int64_t index = t->n_groups++;
     slots[slot] = tag | (uint64_t)(index + 1);
     t->groups[index] = (Group){.hash = keyed, .window = window, .row = row, .first = INT64_MAX, .last = INT64_MIN};
+    if ((uint64_t)t->n_groups * 2 > mask && !grow(t, table))
+        return -1;
     return index;
 }
 
@@ -414,15 +449,16 @@ find_group(Tally *t, uint64_t *slots, uint64_t mask, int64_t row, int64_t window
 static int
 run_tally(Tally *t)
 {
-    int64_t rows = t->us->length, capacity = 64, some = rows ? rows : 1;
-    while (capacity < 2 * rows)
+    int64_t rows = t->us->length, some = rows ? rows : 1;
+    uint64_t capacity = 1024;
+    while (capacity < (uint64_t)rows)
         capacity *= 2;
-    uint64_t *slots = calloc((size_t)capacity, sizeof *slots);
+    Slots table = {calloc((size_t)capacity, sizeof(uint64_t)), capacity - 1};
     t->groups = malloc(sizeof *t->groups * (size_t)some);
     t->sample_rows = malloc(sizeof *t->sample_rows * (size_t)some * (size_t)(t->sample_limit ? t->sample_limit : 1));
     t->newest = malloc(sizeof *t->newest * (size_t)some);
-    if (!slots || !t->groups || !t->sample_rows || !t->newest) {
-        free(slots);
+    if (!table.slots || !t->groups || !t->sample_rows || !t->newest) {
+        free(table.slots);
         return 0;
     }
     const int64_t *us = t->us->ints;
@@ -443,7 +479,11 @@ run_tally(Tally *t)
         /* Without keys a group is its window: the last row's, usually. */
         int64_t index = t->n_keys == 0 && cached >= 0 && t->groups[cached].window == window
                             ? cached
-                            : find_group(t, slots, (uint64_t)capacity - 1, row, window);
+                            : find_group(t, &table, row, window);
+        if (index < 0) {
+            free(table.slots);
+            return 0;
+        }
         cached = index;
         Group *g = &t->groups[index];
         g->count++;
@@ -455,7 +495,7 @@ run_tally(Tally *t)
         if (t->sample_limit)
             add_sample(t, g, index, row);
     }
-    free(slots);
+    free(table.slots);
     largest(t->newest, t->n_newest, t->top);
     if (t->n_newest > t->top)
         t->n_newest = t->top;
@@ -687,7 +727,7 @@ export_table(Table *out, const Tally *t, int kind, int with_keys)
 /* ---- The Python function ------------------------------------------------------------------- */
 
 PyDoc_STRVAR(tally_doc,
-"tally(us, lines, keys, flag, flag_values, width, lo, hi, sample_limit, top, emit_keys)\n--\n\n"
+"tally(us, lines, keys, flag, flag_values, width, lo, hi, sample_limit, top, emit_keys, wanted)\n--\n\n"
 "Tally rows per (keys, window = floor(us / width)), counting only rows with lo <= us <= hi.\n"
 "us, lines and each of keys (a tuple) and flag (or None) are Arrow stream capsules of one\n"
 "chunk without nulls: Int64 or Datetime('us') (us, lines, int keys) or String views (string\n"
@@ -699,18 +739,22 @@ PyDoc_STRVAR(tally_doc,
 "           smallest lines; n is the group's flagged count on its first row, 0 on the others;\n"
 "  totals:  window, count, flagged, per window;\n"
 "and newest, the top largest us counted, largest first. Groups and samples are ordered by\n"
-"window, then by first row; with emit_keys false a uint64 'hash' of the keys stands for them.");
+"window, then by first row; with emit_keys false a uint64 'hash' of the keys stands for them.\n"
+"wanted is a bit mask of the tables to build: 1 groups, 2 samples, 4 totals; the others are\n"
+"returned with no rows.");
 
 static PyObject *
 tally(PyObject *Py_UNUSED(module), PyObject *args)
 {
     PyObject *us_capsule, *lines_capsule, *key_capsules, *flag_capsule, *flag_values;
     long long width, lo, hi;
-    int sample_limit, top, emit_keys;
-    if (!PyArg_ParseTuple(args, "OOO!OO!LLLiip", &us_capsule, &lines_capsule, &PyTuple_Type, &key_capsules,
+    int sample_limit, top, emit_keys, wanted;
+    if (!PyArg_ParseTuple(args, "OOO!OO!LLLiipi", &us_capsule, &lines_capsule, &PyTuple_Type, &key_capsules,
                           &flag_capsule, &PyTuple_Type, &flag_values, &width, &lo, &hi, &sample_limit, &top,
-                          &emit_keys))
+                          &emit_keys, &wanted))
         return NULL;
+    if (!(wanted & WANT_SAMPLES))
+        sample_limit = 0; /* none to build: none to collect */
     Py_ssize_t n_keys = PyTuple_GET_SIZE(key_capsules), n_values = PyTuple_GET_SIZE(flag_values);
     if (width <= 0 || sample_limit < 0 || sample_limit > 1000 || top < 0 || n_keys > MAX_KEYS) {
         PyErr_SetString(PyExc_ValueError, "width > 0, 0 <= sample_limit <= 1000, top >= 0, at most 8 keys");
@@ -770,7 +814,9 @@ tally(PyObject *Py_UNUSED(module), PyObject *args)
     }
     if (ok) {
         Py_BEGIN_ALLOW_THREADS
-        ok = run_tally(&t) && build_groups(&groups, &t) && build_samples(&samples, &t) && build_totals(&totals, &t);
+        ok = run_tally(&t) && (!(wanted & WANT_GROUPS) || build_groups(&groups, &t))
+             && (!(wanted & WANT_SAMPLES) || build_samples(&samples, &t))
+             && (!(wanted & WANT_TOTALS) || build_totals(&totals, &t));
         Py_END_ALLOW_THREADS
         if (!ok)
             PyErr_NoMemory();

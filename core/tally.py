@@ -17,8 +17,10 @@ from core import compiled
 from core.columns import Columns
 
 #: The version of ``core/_tally.c`` this module is written for.
-TALLY_VERSION = 2
+TALLY_VERSION = 3
 _tally = compiled.load("_tally", TALLY_VERSION, "the compiled tally")
+#: The tables a tally can build, in the order of ``core/_tally.c``'s bit mask.
+TABLES = ("groups", "samples", "totals")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ def tally(
     sample_limit: int = 5,
     top: int = 100,
     hash_keys: bool = False,
+    tables: Collection[str] = TABLES,
     time: str = "ts",
     line: str = "line",
 ) -> Tally:
@@ -60,12 +63,13 @@ def tally(
     ``column`` is one of ``values`` are flagged; without it every row is. With ``hash_keys``
     the groups carry a stable 64-bit ``hash`` of their keys instead of the keys themselves.
     The columns must hold no nulls: times are Datetime or Int64 microseconds, keys strings or
-    integers.
+    integers. Only the ``tables`` named are built; the others have no rows.
     """
     flag_stream, flag_values = (None, ()) if flag is None else (_stream(frame[flag[0]]), _encoded(flag[1]))
     groups, samples, totals, newest = _tally.tally(
         _stream(frame[time]), _stream(frame[line]), tuple(_stream(frame[k]) for k in keys),
         flag_stream, flag_values, width, lo, hi, sample_limit, top, not hash_keys,
+        sum(1 << TABLES.index(name) for name in set(tables)),
     )
     names = ["hash"] if hash_keys else list(keys)
     return Tally(

@@ -71,6 +71,7 @@ class DuplicateEvent(WindowedDetector):
     #: One row per record: small bands keep each fold small (a 6-hour band of a busy log is millions of rows).
     band_us = 10 * 60 * 1_000_000
     hash_keys = True
+    tally_tables = ("samples",)
 
     def setup(
         self,
@@ -91,9 +92,9 @@ class DuplicateEvent(WindowedDetector):
         return {"copies": copies}
 
     def verdicts(self, data: Tables, lo: int | None, hi: int | None) -> list[dict[str, Any]]:
-        copies = data["copies"].filter(in_range(lo, hi))
+        copies = data["copies"]
         # Folded, each hash's copies are counted on its first row (see Copies).
-        counts = copies.filter(pl.col("n") > 1).select("hash", "n", "us")
+        counts = copies.filter((pl.col("n") > 1) & in_range(lo, hi)).select("hash", "n", "us")
         if counts.is_empty():
             return []
         samples = sample_locations(copies.join(counts.select("hash"), on="hash"), ["hash"])

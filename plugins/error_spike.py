@@ -65,6 +65,7 @@ class ErrorSpike(WindowedDetector):
                         mins=("first_window",), windowed=False),
     }
     events = ("counts", "total")
+    tally_tables = ("groups", "samples")
 
     def setup(
         self,

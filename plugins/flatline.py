@@ -48,6 +48,7 @@ class Flatline(WindowedDetector):
     }
     events = ("counts", "count")
     sample_limit = 0  # a quiet window has no line to point at
+    tally_tables = ("groups",)
 
     def setup(
         self,

@@ -48,7 +48,7 @@ class UnknownStatus(Detector):
 
     def update(self, batch: Batch) -> None:
         allowed = tally(batch.frame, width=EVER, lo=-EVER, hi=EVER, flag=("status", self.allowed), sample_limit=0,
-                        top=0).totals
+                        top=0, tables=("totals",)).totals
         if allowed["count"].sum() == allowed["flagged"].sum():
             return  # nearly every batch: all statuses allowed (told in one compiled pass) and nothing to fold
         unknown = batch.frame.filter(~pl.col("status").is_in(self.allowed))

@@ -184,6 +184,7 @@ class WindowedDetector(Detector):
     #: How a batch is tallied (``core.tally``): flagged rows are the ones sampled and timed.
     sample_limit: ClassVar[int] = SAMPLE_LIMIT
     hash_keys: ClassVar[bool] = False
+    tally_tables: ClassVar[tuple[str, ...]] = ("groups", "samples", "totals")
 
     def init_windows(self, width: int | str, retention: int | str, lookback: int, min_time: str,
                      max_future: int | str) -> None:
@@ -233,8 +234,9 @@ class WindowedDetector(Detector):
         found = tally(
             batch.frame, width=self.width, lo=self.min_time, hi=now_us() + self.max_future, keys=self.tally_keys(),
             flag=self.tally_flag(), sample_limit=self.sample_limit, top=self.watermark_rank, hash_keys=self.hash_keys,
+            tables=self.tally_tables,
         )
-        if not found.groups.height:
+        if not found.newest:  # no plausible record
             return
         self.newest = heapq.nlargest(self.watermark_rank, self.newest + found.newest)
         data = self.batch_tables(batch, found)
@@ -317,12 +319,15 @@ class WindowedDetector(Detector):
         first = None if lo is None else (lo - self.lookback) // self.band
         last = None if hi is None else (hi - 1) // self.band
         bands = [b for b in sorted(self._bands) if (first is None or b >= first) and (last is None or b <= last)]
-        folded = [self._fold_band(b) for b in bands]
-        keep = in_range(None if lo is None else lo - self.lookback, hi)
-        data = {
-            name: pl.concat([f[name].filter(keep) for f in folded] or [spec.empty()], how="vertical")
-            for name, spec in self.tables.items() if spec.windowed
-        }
+        start = None if lo is None else lo - self.lookback
+        keep = in_range(start, hi)
+        parts: dict[str, list[pl.DataFrame]] = {name: [] for name, spec in self.tables.items() if spec.windowed}
+        for band in bands:
+            folded = self._fold_band(band)
+            inside = (start is None or band * self.band >= start) and (hi is None or (band + 1) * self.band <= hi)
+            for name, frames in parts.items():  # a band wholly in the range needs no filter
+                frames.append(folded[name] if inside else folded[name].filter(keep))
+        data = {name: pl.concat(frames or [self.tables[name].empty()], how="vertical") for name, frames in parts.items()}
         return {**data, **self._fold_whole()}
 
     def _verdicts(self, lo: int | None, hi: int | None) -> list[dict[str, Any]]:
