@@ -21,6 +21,10 @@ os.environ.setdefault("_RJEM_MALLOC_CONF", "narenas:2,background_thread:true,dir
 # numpy (loaded with datasketches once a count table turns into a sketch) starts OpenBLAS threads
 # that spin on idle cores; nothing here does linear algebra.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# The workers already run chunks in parallel, and most Polars queries here are small: Polars' own
+# pool with a thread per CPU split each of them and made the threads wait on one another. Half
+# the CPUs: 10M lines, all rules, 2 CPUs, 4.56 -> 4.16 s (Tier 1-2 rules unchanged).
+os.environ.setdefault("POLARS_MAX_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
 
 from core import __version__  # noqa: E402  (after the allocator setting above)
 from core.errors import ConfigError, DataDirError, OutputValidationError, PipelineError
