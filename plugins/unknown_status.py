@@ -9,7 +9,9 @@ import polars as pl
 from core import Result, hookimpl
 from core.parse import Batch
 from core.tally import tally
-from plugins.detection import STATUS_LIST, STATUSES, Detector, epoch_us, params_schema, sample_locations
+from plugins.detection import (
+    SAMPLE_LIMIT, STATUS_LIST, STATUSES, Detector, file_column, params_schema, sample_locations,
+)
 from plugins.windows import Table
 
 _STATS = Table({"status": pl.String(), "count": pl.Int64(), "first": pl.Int64(), "last": pl.Int64()},
@@ -47,15 +49,19 @@ class UnknownStatus(Detector):
         self.others = 0
 
     def update(self, batch: Batch) -> None:
-        allowed = tally(batch.frame, width=EVER, lo=-EVER, hi=EVER, flag=("status", self.allowed), sample_limit=0,
-                        top=0, tables=("totals",)).totals
-        if allowed["count"].sum() == allowed["flagged"].sum():
-            return  # nearly every batch: all statuses allowed (told in one compiled pass) and nothing to fold
-        unknown = batch.frame.filter(~pl.col("status").is_in(self.allowed))
-        if unknown.is_empty():
+        # One compiled pass counts every status (a batch has a handful), with times and samples;
+        # dirty logs have a few unknown statuses in nearly every batch.
+        found = tally(batch.frame, width=EVER, lo=-EVER, hi=EVER, keys=["status"], sample_limit=SAMPLE_LIMIT, top=0,
+                      tables=("groups", "samples"))
+        allowed = set(self.allowed)
+        if set(found.groups["status"].to_list()) <= allowed:
             return
-        stats = unknown.group_by("status").agg(count=pl.len(), first=epoch_us().min(), last=epoch_us().max())
-        self._fold(_STATS.conform(stats), _SAMPLES.conform(unknown.select("status", "file", "line")))
+        unknown = ~pl.col("status").is_in(self.allowed)
+        stats = found.groups.frame(status="status", count="count", first="first", last="last").filter(unknown)
+        if found.groups["window"].n_unique() > 1:  # times before 1970 fall in window -1
+            stats = _STATS.fold(stats)
+        samples = found.samples.frame(status="status", file=file_column(batch, found.samples.height), line="line")
+        self._fold(stats, samples.filter(unknown))
 
     def merge(self, other: UnknownStatus) -> None:
         self.others += other.others
