@@ -102,7 +102,8 @@ class Frequency(WindowedDetector):
         if judged.is_empty():
             return []
         wanted = judged.select("key", "window")
-        samples = sample_locations(data["samples"].join(wanted, on=["key", "window"]), ["key", "window"])
+        near = pl.col("key").is_in(wanted["key"].implode()) & pl.col("window").is_in(wanted["window"].implode())
+        samples = sample_locations(data["samples"].filter(near).join(wanted, on=["key", "window"]), ["key", "window"])
         rows = judged.iter_rows(named=True)
         return [self._anomaly(row, samples.get((row["key"], row["window"]), [])) for row in rows]
 
