@@ -302,9 +302,9 @@ compare_desc(const void *a, const void *b)
     return (x < y) - (x > y);
 }
 
-/* Moves the k largest of values[0:n] to its front (quickselect), then sorts them, largest first. */
+/* Moves the k largest of values[0:n] to its front (quickselect); they are then values[0:k], in any order. */
 static void
-largest(int64_t *values, int64_t n, int64_t k)
+select_largest(int64_t *values, int64_t n, int64_t k)
 {
     int64_t lo = 0, hi = n - 1;
     while (k < n && lo < hi) {
@@ -327,6 +327,31 @@ largest(int64_t *values, int64_t n, int64_t k)
         else
             break;
     }
+}
+
+/*
+ * Moves the k largest of values[0:n] to its front, sorted largest first. Times mostly rise
+ * through a batch, so the k-th largest of its last 4k values is a bound few others pass: only
+ * those are selected from (all of them, in the worst case).
+ */
+static void
+largest(int64_t *values, int64_t n, int64_t k)
+{
+    if (k <= 0)
+        return;
+    if (k <= 1000 && n > 8 * k) {
+        int64_t tail[4 * 1000], m = 4 * k < 4000 ? 4 * k : 4000;
+        memcpy(tail, values + n - m, sizeof *tail * (size_t)m);
+        select_largest(tail, m, k);
+        int64_t bound = tail[0], kept = 0;
+        for (int64_t i = 1; i < k; i++)
+            bound = tail[i] < bound ? tail[i] : bound;
+        for (int64_t i = 0; i < n; i++)
+            if (values[i] >= bound)
+                values[kept++] = values[i];
+        n = kept; /* at least k: the tail's k largest are among them */
+    }
+    select_largest(values, n, k);
     qsort(values, (size_t)(k < n ? k : n), sizeof *values, compare_desc);
 }
 
