@@ -69,7 +69,7 @@ class DuplicateEvent(WindowedDetector):
     }
     events = ("copies", "n")
     #: One row per record: small bands keep each fold small (a 6-hour band of a busy log is millions of rows).
-    band_us = 10 * 60 * 1_000_000
+    band_us = 30 * 60 * 1_000_000
     hash_keys = True
     tally_tables = ("samples",)
 
