@@ -9,8 +9,9 @@
  * or a record that needs Unicode) is left to the full classification in core/parse.py, which
  * receives its index and byte range; tests/test_property.py checks that both ways agree.
  *
- * The records leave as one Arrow struct array (the Arrow C data interface, through PyCapsules),
- * which Polars imports without a Python object per value. The scan runs without the GIL.
+ * Each record column leaves as an Arrow array of its own (the Arrow C data interface, through
+ * PyCapsules; see arrow.h), which Polars imports without a Python object per value. The scan runs
+ * without the GIL.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

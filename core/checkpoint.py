@@ -17,6 +17,7 @@ from core.output import atomic_write
 from core.rules import Rule
 from core.settings import Settings
 from core.state import RunState
+from core.tally import TALLY_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,13 @@ def rule_fingerprint(rule: Rule) -> str:
 def parse_fingerprint(settings: Settings) -> str:
     """What every count depends on: how lines are cut and classified, and how many samples are kept.
 
-    The Polars version is part of it because hashes kept in rule state (duplicate detection) are
-    Polars' own and only stable within one version.
+    The tally's version is part of it because rule state keeps its hashes (duplicate detection),
+    and the Polars version because rule state is pickled Polars frames.
     """
     # The per-file samples are cut to the limit as they are counted; a new limit needs a recount.
     return (
         f"max_line_bytes={settings.max_line_bytes}, malformed_samples={settings.malformed_samples}, "
-        f"polars={pl.__version__}"
+        f"polars={pl.__version__}, tally={TALLY_VERSION}"
     )
 
 

@@ -35,8 +35,8 @@ from core.settings import Settings, load_settings
 
 try:
     from core.runner import RunReport, run_batch
-except ImportError as exc:  # the compiled parser is missing or stale: say what to do, no traceback
-    if not str(exc).startswith("core._scan"):
+except ImportError as exc:  # a compiled module is missing or stale: say what to do, no traceback
+    if not str(exc).startswith(("core._scan", "core._tally")):
         raise
     sys.exit(f"runpipeline: {exc}")
 

@@ -217,8 +217,9 @@ class Pipeline:
                 self._merge_ready()
             finally:
                 self._merging.release()
-            # An entry that finished while the lock was held found it taken: look once more.
-            if not self._head_done():
+            # An entry that finished while the lock was held found it taken: look once more
+            # (unless a merge failed: then nothing more is merged).
+            if self._error is not None or not self._head_done():
                 return
             block = False
 

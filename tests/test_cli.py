@@ -562,14 +562,15 @@ def test_quiet_run_still_reports_an_unreadable_file(workspace):
     assert "Traceback" not in result.stderr
 
 
-def test_a_stale_build_of_the_compiled_parser_is_named_without_a_traceback(tmp_path):
-    # As if core/_scan.c had changed and the build in place were an older one.
-    script = textwrap.dedent("""
+@pytest.mark.parametrize("module", ["core._scan", "core._tally"])
+def test_a_stale_build_of_a_compiled_module_is_named_without_a_traceback(module):
+    # As if core/_scan.c (or core/_tally.c) had changed and the build in place were an older one.
+    script = textwrap.dedent(f"""
         import sys, types
-        sys.modules["core._scan"] = types.SimpleNamespace(VERSION=0)
+        sys.modules["{module}"] = types.SimpleNamespace(VERSION=0)
         from core.cli import main
     """)
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
-    assert "core._scan is a build of another version" in done.stderr and "make run" in done.stderr
+    assert f"{module} is a build of another version" in done.stderr and "make run" in done.stderr

@@ -1,0 +1,78 @@
+"""The pipeline merges chunks in read order whichever thread merges them, and loses no error doing so."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from core import Result, Rule, hookimpl
+from core.plugins import rule_types
+from core.ruleset import load_rules
+from core.runner import run_batch
+from core.settings import load_settings
+
+LINES = 60_000  # about 4 MB: sixteen chunks of the smallest size
+
+
+class MergeOrder(Rule):
+    """Records, in the order partials are merged into it, each partial's first line and the merging thread."""
+
+    type_name = "merge_order"
+    params_schema = {"type": "object", "additionalProperties": False, "properties": {"fail": {"type": "boolean"}}}
+
+    def setup(self, fail=False):
+        self.fail = fail
+        self.first_line = None
+        self.merged = []
+
+    def update(self, batch):
+        self.first_line = int(batch.frame["line"].min())
+
+    def merge(self, other):
+        if self.fail and other.first_line is not None and other.first_line > 1:
+            raise RuntimeError("merge failed on purpose")
+        if other.first_line is not None:
+            self.merged.append((other.first_line, threading.current_thread().name))
+        self.merged.extend(other.merged)
+
+    def result(self):
+        return Result([line for line, _ in self.merged])
+
+
+class Plugin:
+    @hookimpl
+    def register_rule_types(self, register):
+        register(MergeOrder)
+
+
+@pytest.fixture
+def big_file_run(workspace, pm):
+    """Run only a merge_order rule over one file of many chunks, in-process, with two workers."""
+    lines = "".join(f"2025-07-22T12:{i // 1000 % 60:02d}:00Z INFO S user{i} message {i}\n" for i in range(LINES))
+    workspace.write("big.log", lines)
+
+    def run(fail: bool = False):
+        workspace.rules_file("order.yaml", f"- {{name: order, type: merge_order, fail: {str(fail).lower()}}}\n")
+        workspace.configure("rule_files: [rules/order.yaml]\nrules: [order]\nworkers: 2\nchunk_bytes: 262144\n")
+        pm.register(Plugin(), name="merge-order")
+        try:
+            settings = load_settings(workspace.settings)
+            rules = load_rules(settings, rule_types(pm))
+            return run_batch(settings, pm, rules), rules
+        finally:
+            pm.unregister(name="merge-order")
+
+    return run
+
+
+def test_chunks_are_merged_in_read_order_by_whichever_thread_is_free(big_file_run):
+    report, _ = big_file_run()
+    firsts = report.summary["order"]
+    assert len(firsts) >= 10
+    assert firsts == sorted(firsts) and firsts[0] == 1
+
+
+def test_an_error_while_merging_in_a_worker_is_raised_in_the_caller(big_file_run):
+    with pytest.raises(RuntimeError, match="merge failed on purpose"):
+        big_file_run(fail=True)

@@ -1,0 +1,172 @@
+"""The compiled tally (core/_tally.c) against the same tally written in Polars, on any input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
+
+from core.tally import Tally, tally
+
+REPO = Path(__file__).resolve().parent.parent
+# Short values are kept inside Arrow's string views, long ones (over 12 bytes) in their buffers.
+WORDS = ["a", "b", "", "ab", "é", "user123", "twelve bytes", "thirteen byte", "AuthenticationService",
+         "AuthenticationServicf", "x" * 40, "ünïcödé-sérvïcé"]
+STATUSES = ["SUCCESS", "FAILURE", "ERROR", "a-status-longer-than-twelve"]
+MINUTE = 60_000_000
+
+rows = st.lists(
+    st.tuples(
+        st.integers(-3 * 86_400_000_000, 3 * 86_400_000_000),  # microseconds, before and after 1970
+        st.sampled_from(WORDS), st.sampled_from(WORDS), st.sampled_from(STATUSES),
+    ),
+    max_size=120,
+)
+
+
+def frame_of(records: list[tuple[int, str, str, str]], shuffle_lines: bool = False) -> pl.DataFrame:
+    lines = list(range(1, len(records) + 1))
+    if shuffle_lines:
+        lines = lines[::-1]
+    return pl.DataFrame(
+        {
+            "ts": pl.Series([r[0] for r in records], dtype=pl.Int64).cast(pl.Datetime("us", "UTC")),
+            "service": [r[1] for r in records],
+            "user": [r[2] for r in records],
+            "status": [r[3] for r in records],
+            "line": lines,
+        },
+        schema={"ts": pl.Datetime("us", "UTC"), "service": pl.String, "user": pl.String, "status": pl.String,
+                "line": pl.Int64},
+    )
+
+
+def reference(frame: pl.DataFrame, *, width: int, lo: int, hi: int, keys: list[str],
+              flag: tuple[str, list[str]] | None, sample_limit: int, top: int) -> dict[str, pl.DataFrame | list]:
+    """What ``tally`` should give, in Polars."""
+    us = pl.col("ts").dt.epoch("us")
+    flagged = pl.col(flag[0]).is_in(flag[1]) if flag else pl.lit(True)
+    rows = (
+        frame.with_row_index("row").with_columns(us=us)
+        .filter((pl.col("us") >= lo) & (pl.col("us") <= hi))
+        .with_columns(window=pl.col("us") // width, flagged=flagged)
+    )
+    by = [*keys, "window"]
+    groups = rows.group_by(by).agg(
+        count=pl.len().cast(pl.Int64),
+        flagged=pl.col("flagged").sum().cast(pl.Int64),
+        first=pl.col("us").filter("flagged").min(),
+        last=pl.col("us").filter("flagged").max(),
+        row=pl.col("row").min(),
+    ).sort("window", "row")
+    samples = (
+        rows.filter("flagged").sort("line").filter(pl.int_range(pl.len()).over(by) < sample_limit)
+        .join(groups.select(*by, total="flagged", group_row="row"), on=by)
+        .with_columns(n=pl.when(pl.int_range(pl.len()).over(by) == 0).then("total").otherwise(0))
+        .sort("window", "group_row", "line").select(*keys, "window", "us", "line", "n")
+    )
+    totals = groups.group_by("window").agg(pl.col("count").sum(), pl.col("flagged").sum()).sort("window")
+    newest = sorted(rows["us"].to_list(), reverse=True)[:top]
+    return {"groups": groups.drop("row"), "samples": samples, "totals": totals, "newest": newest}
+
+
+def as_frames(found: Tally) -> dict[str, pl.DataFrame | list]:
+    return {
+        name: getattr(found, name).frame(**{c: c for c in getattr(found, name)}) for name in ("groups", "samples",
+                                                                                              "totals")
+    } | {"newest": found.newest}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    records=rows,
+    width=st.sampled_from([1, 7_000_000, MINUTE, 600_000_000, 86_400_000_000]),
+    bounds=st.tuples(st.integers(-4 * 86_400_000_000, 0), st.integers(0, 4 * 86_400_000_000)),
+    keys=st.sampled_from([[], ["service"], ["user", "service"], ["status"]]),
+    flagging=st.booleans(),
+    sample_limit=st.integers(0, 6),
+    top=st.integers(0, 12),
+    shuffle_lines=st.booleans(),
+)
+def test_the_tally_is_what_polars_computes(records, width, bounds, keys, flagging, sample_limit, top, shuffle_lines):
+    frame = frame_of(records, shuffle_lines)
+    params = dict(width=width, lo=bounds[0], hi=bounds[1], keys=keys,
+                  flag=("status", ["FAILURE", "ERROR"]) if flagging else None, sample_limit=sample_limit, top=top)
+    found = as_frames(tally(frame, **params))
+    expected = reference(frame, **params)
+    assert found["newest"] == expected["newest"]
+    for name in ("groups", "samples", "totals"):
+        assert_frame_equal(found[name], expected[name], check_dtypes=False)
+
+
+def test_only_the_tables_asked_for_are_built():
+    frame = frame_of([(0, "a", "b", "ERROR"), (1, "a", "c", "SUCCESS")])
+    found = tally(frame, width=MINUTE, lo=0, hi=10, keys=["user"], tables=("totals",))
+    assert (found.groups.height, found.samples.height, found.totals.height) == (0, 0, 1)
+    assert found.totals["count"].to_list() == [2]
+
+
+def test_a_hash_depends_on_the_values_alone():
+    # The same record at another row, in another batch whose long strings sit elsewhere in their
+    # buffers, hashes the same; a record that differs in any field hashes differently.
+    record = (5 * MINUTE, "AuthenticationService", "user7", "SUCCESS")
+    first = frame_of([record, (0, "x" * 30, "y", "ERROR")])
+    second = frame_of([(0, "x" * 30, "z", "ERROR"), (1, "PaymentService-long", "u", "INFO"), record])
+    others = frame_of([(5 * MINUTE + 1, *record[1:]), (record[0], "AuthenticationServicf", *record[2:]),
+                       (*record[:2], "user8", record[3]), (*record[:3], "FAILURE")])
+    columns = ["ts", "service", "user", "status"]
+
+    def hashes(frame: pl.DataFrame) -> dict[int, int]:
+        samples = tally(frame, width=MINUTE, lo=-(2**62), hi=2**62, keys=columns, hash_keys=True).samples
+        return dict(zip(samples["line"], samples["hash"], strict=True))
+
+    assert hashes(first)[1] == hashes(second)[3]
+    assert hashes(first)[1] not in hashes(others).values()
+    assert len(set(hashes(others).values())) == 4
+
+
+def test_a_hash_is_the_same_in_every_run():
+    # duplicate_event keeps hashes in its checkpoint: one computed by another process, with
+    # another hash seed for Python's own strings, must be the same.
+    script = textwrap.dedent("""
+        import polars as pl
+        from core.tally import tally
+        frame = pl.DataFrame({"ts": [1_753_000_000_000_000], "message": ["Payment captured for REF-1"],
+                              "line": [1]}).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
+        found = tally(frame, width=60_000_000, lo=0, hi=2**62, keys=["ts", "message"], hash_keys=True)
+        print(found.groups["hash"][0])
+    """)
+    runs = {
+        subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True,
+                       env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout
+        for seed in ("1", "2")
+    }
+    assert len(runs) == 1 and runs.pop().strip().isdigit()
+
+
+def test_columns_in_several_chunks_or_sliced_are_read_whole():
+    records = [(i * MINUTE, WORDS[i % len(WORDS)], "u", "SUCCESS") for i in range(40)]
+    whole = frame_of(records)
+    pieces = pl.concat([whole.slice(0, 15), whole.slice(15)], rechunk=False)
+    assert pieces["service"].n_chunks() == 2
+    expected = as_frames(tally(whole, width=MINUTE, lo=0, hi=2**62, keys=["service"]))
+    assert_frame_equal(as_frames(tally(pieces, width=MINUTE, lo=0, hi=2**62, keys=["service"]))["groups"],
+                       expected["groups"])
+    sliced = as_frames(tally(whole.slice(7, 20), width=MINUTE, lo=0, hi=2**62, keys=["service"]))
+    assert sliced["groups"]["count"].sum() == 20
+    assert sliced["samples"]["line"].min() == 8
+
+
+def test_nulls_and_unsupported_types_are_refused_by_name():
+    frame = frame_of([(0, "a", "b", "SUCCESS")])
+    with pytest.raises(ValueError, match="keys: expected no nulls"):
+        tally(frame.with_columns(user=pl.lit(None, pl.String)), width=MINUTE, lo=0, hi=1, keys=["user"])
+    with pytest.raises(TypeError, match="keys: expected Int64, Datetime"):
+        tally(frame.with_columns(user=pl.lit(1.5)), width=MINUTE, lo=0, hi=1, keys=["user"])
