@@ -33,6 +33,9 @@ from plugins.detection import SAMPLE_LIMIT, Detector, duration_us, instant_us, i
 COMPACT_AFTER = 4
 #: Windows are kept in bands of this much event time (in microseconds): 6 hours.
 BAND = 6 * 3600 * 1_000_000
+#: A seal judges the windows it closes at once when they span at most this many bands (a few
+#: queries instead of a few per band); a longer stretch, such as a resumed backlog, band by band.
+JUDGED_AT_ONCE = 4
 #: The plausible range windowed detectors accept by default (records outside it are the timestamp rule's business).
 MIN_TIME = "2000-01-01T00:00:00Z"
 MAX_FUTURE = "5m"
@@ -335,7 +338,9 @@ class WindowedDetector(Detector):
         return {**data, **self._fold_whole()}
 
     def _verdicts(self, lo: int | None, hi: int | None) -> list[dict[str, Any]]:
-        """The anomalies of windows ``[lo, hi)``, judged one band at a time."""
+        """The anomalies of windows ``[lo, hi)``, judged one band at a time, or at once if they span a few bands."""
+        if lo is not None and hi is not None and hi - lo <= JUDGED_AT_ONCE * self.band:
+            return self.verdicts(self._data(lo, hi), lo, hi) if hi > lo else []
         found: list[dict[str, Any]] = []
         for band in sorted(self._bands):
             start, stop = band * self.band, (band + 1) * self.band
