@@ -13,7 +13,7 @@
 #include "arrow.h"
 
 /* Raised with every change to what the module offers Python; core/tally.py checks it. */
-#define TALLY_VERSION 3
+#define TALLY_VERSION 4
 #define MAX_KEYS 8
 /* Which tables to build (the others are left empty). */
 enum { WANT_GROUPS = 1, WANT_SAMPLES = 2, WANT_TOTALS = 4 };
@@ -31,6 +31,8 @@ typedef struct {
     const int64_t *ints;
     const unsigned char *views;
     const unsigned char *const *data; /* a view array's data buffers */
+    const unsigned char *validity;    /* of a column that may hold nulls; NULL if none */
+    int64_t offset;
 } Column;
 
 static void
@@ -44,9 +46,12 @@ close_column(Column *c)
         c->stream.release(&c->stream);
 }
 
-/* Takes the stream out of capsule; on failure sets an exception naming the column and returns 0. */
+/*
+ * Takes the stream out of capsule; on failure sets an exception naming the column and returns 0.
+ * Only a nullable column may hold nulls.
+ */
 static int
-open_column(PyObject *capsule, Column *c, const char *name)
+open_column(PyObject *capsule, Column *c, const char *name, int nullable)
 {
     struct ArrowArrayStream *source = PyCapsule_GetPointer(capsule, "arrow_array_stream");
     if (!source)
@@ -76,11 +81,15 @@ open_column(PyObject *capsule, Column *c, const char *name)
         PyErr_Format(PyExc_ValueError, "%s: expected one chunk (rechunk first)", name);
         return 0;
     }
-    if (c->array.null_count != 0) {
+    if (c->array.null_count != 0 && !nullable) {
         PyErr_Format(PyExc_ValueError, "%s: expected no nulls", name);
         return 0;
     }
     c->length = c->array.length;
+    if (c->array.null_count != 0) {
+        c->validity = c->array.buffers[0];
+        c->offset = c->array.offset;
+    }
     if (c->kind == INTS)
         c->ints = (const int64_t *)c->array.buffers[1] + c->array.offset;
     else {
@@ -88,6 +97,12 @@ open_column(PyObject *capsule, Column *c, const char *name)
         c->data = (const unsigned char *const *)c->array.buffers + 2;
     }
     return 1;
+}
+
+static inline int
+is_valid(const Column *c, int64_t row)
+{
+    return !c->validity || (c->validity[(c->offset + row) >> 3] >> ((c->offset + row) & 7) & 1);
 }
 
 static inline const unsigned char *
@@ -234,6 +249,8 @@ typedef struct {
 typedef struct {
     /* Inputs. */
     const Column *us, *lines, *keys, *flag;
+    /* When folding tallies: each row's count, flagged count, first and last time (or NULL). */
+    const Column *counts, *flaggeds, *firsts, *lasts;
     int n_keys;
     const unsigned char **flag_values;
     const Py_ssize_t *flag_lengths;
@@ -511,13 +528,21 @@ run_tally(Tally *t)
         }
         cached = index;
         Group *g = &t->groups[index];
-        g->count++;
-        if (!is_flagged(t, row))
-            continue;
-        g->flagged++;
-        g->first = when < g->first ? when : g->first;
-        g->last = when > g->last ? when : g->last;
-        if (t->sample_limit)
+        int64_t weight = t->counts ? t->counts->ints[row] : 1;
+        int64_t marked = t->flaggeds ? t->flaggeds->ints[row] : is_flagged(t, row) ? weight : 0;
+        g->count += weight;
+        g->flagged += marked;
+        if (t->firsts || t->lasts) { /* folding tallies: the times come with the rows */
+            if (t->firsts && is_valid(t->firsts, row) && t->firsts->ints[row] < g->first)
+                g->first = t->firsts->ints[row];
+            if (t->lasts && is_valid(t->lasts, row) && t->lasts->ints[row] > g->last)
+                g->last = t->lasts->ints[row];
+        }
+        else if (marked) {
+            g->first = when < g->first ? when : g->first;
+            g->last = when > g->last ? when : g->last;
+        }
+        if (marked && t->sample_limit)
             add_sample(t, g, index, row);
     }
     free(table.slots);
@@ -610,7 +635,7 @@ set_keys(Table *out, int64_t row, const Tally *t, const Group *g)
 
 /* Sets the table's length: the size of each column, and the null bitmap of column i, null where valid is 0. */
 static int
-set_length(Table *out, const Tally *t, int64_t length, int nullable, const int64_t *valid)
+set_length(Table *out, const Tally *t, int64_t length, int nullable, const unsigned char *valid)
 {
     out->length = length;
     for (int k = 0; k < (out->emit_keys ? out->n_keys : 1); k++)
@@ -641,20 +666,26 @@ set_length(Table *out, const Tally *t, int64_t length, int nullable, const int64
     return 1;
 }
 
-/* keys..., window, count, flagged, first, last: first and last are null where flagged is 0. */
+/* keys..., window, count, flagged, first, last: first and last are null where no time was seen. */
 static int
 build_groups(Table *out, const Tally *t)
 {
-    if (!prepare(out, t->n_groups))
+    unsigned char *timed = malloc((size_t)t->n_groups + 1);
+    if (!timed || !prepare(out, t->n_groups)) {
+        free(timed);
         return 0;
-    for (int64_t row = 0; row < t->n_groups; row++) {
-        const Group *g = &t->groups[t->order[row]];
-        int64_t values[5] = {g->window, g->count, g->flagged, g->flagged ? g->first : 0, g->flagged ? g->last : 0};
-        set_ints(out, row, values);
-        if (!set_keys(out, row, t, g))
-            return 0;
     }
-    return set_length(out, t, t->n_groups, 3, (const int64_t *)out->ints[2].data);
+    int ok = 1;
+    for (int64_t row = 0; ok && row < t->n_groups; row++) {
+        const Group *g = &t->groups[t->order[row]];
+        timed[row] = g->first != INT64_MAX;
+        int64_t values[5] = {g->window, g->count, g->flagged, timed[row] ? g->first : 0, timed[row] ? g->last : 0};
+        set_ints(out, row, values);
+        ok = set_keys(out, row, t, g);
+    }
+    ok = ok && set_length(out, t, t->n_groups, 3, timed);
+    free(timed);
+    return ok;
 }
 
 /* keys..., window, us, line, n. */
@@ -752,7 +783,7 @@ export_table(Table *out, const Tally *t, int kind, int with_keys)
 /* ---- The Python function ------------------------------------------------------------------- */
 
 PyDoc_STRVAR(tally_doc,
-"tally(us, lines, keys, flag, flag_values, width, lo, hi, sample_limit, top, emit_keys, wanted)\n--\n\n"
+"tally(us, lines, keys, flag, flag_values, width, lo, hi, sample_limit, top, emit_keys, wanted, weights)\n--\n\n"
 "Tally rows per (keys, window = floor(us / width)), counting only rows with lo <= us <= hi.\n"
 "us, lines and each of keys (a tuple) and flag (or None) are Arrow stream capsules of one\n"
 "chunk without nulls: Int64 or Datetime('us') (us, lines, int keys) or String views (string\n"
@@ -766,26 +797,32 @@ PyDoc_STRVAR(tally_doc,
 "and newest, the top largest us counted, largest first. Groups and samples are ordered by\n"
 "window, then by first row; with emit_keys false a uint64 'hash' of the keys stands for them.\n"
 "wanted is a bit mask of the tables to build: 1 groups, 2 samples, 4 totals; the others are\n"
-"returned with no rows.");
+"returned with no rows. weights, to fold tallies into one, is (counts, flagged, first, last),\n"
+"each a column or None: a row then adds its count (not 1) and its flagged count (not its flag),\n"
+"and brings its first and last times (which may be null). lines may be None without samples.");
 
 static PyObject *
 tally(PyObject *Py_UNUSED(module), PyObject *args)
 {
     PyObject *us_capsule, *lines_capsule, *key_capsules, *flag_capsule, *flag_values;
     long long width, lo, hi;
+    PyObject *weights[4];
     int sample_limit, top, emit_keys, wanted;
-    if (!PyArg_ParseTuple(args, "OOO!OO!LLLiipi", &us_capsule, &lines_capsule, &PyTuple_Type, &key_capsules,
+    if (!PyArg_ParseTuple(args, "OOO!OO!LLLiipi(OOOO)", &us_capsule, &lines_capsule, &PyTuple_Type, &key_capsules,
                           &flag_capsule, &PyTuple_Type, &flag_values, &width, &lo, &hi, &sample_limit, &top,
-                          &emit_keys, &wanted))
+                          &emit_keys, &wanted, &weights[0], &weights[1], &weights[2], &weights[3]))
         return NULL;
     if (!(wanted & WANT_SAMPLES))
         sample_limit = 0; /* none to build: none to collect */
     Py_ssize_t n_keys = PyTuple_GET_SIZE(key_capsules), n_values = PyTuple_GET_SIZE(flag_values);
-    if (width <= 0 || sample_limit < 0 || sample_limit > 1000 || top < 0 || n_keys > MAX_KEYS) {
-        PyErr_SetString(PyExc_ValueError, "width > 0, 0 <= sample_limit <= 1000, top >= 0, at most 8 keys");
+    if (width <= 0 || sample_limit < 0 || sample_limit > 1000 || top < 0 || n_keys > MAX_KEYS
+        || (lines_capsule == Py_None && sample_limit > 0)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "width > 0, 0 <= sample_limit <= 1000, top >= 0, at most 8 keys, lines for samples");
         return NULL;
     }
-    Column us = {0}, lines = {0}, flag = {0}, keys[MAX_KEYS];
+    Column us = {0}, lines = {0}, flag = {0}, keys[MAX_KEYS], weighed[4];
+    memset(weighed, 0, sizeof weighed);
     memset(keys, 0, sizeof keys);
     const unsigned char *values[64];
     Py_ssize_t lengths[64];
@@ -796,11 +833,30 @@ tally(PyObject *Py_UNUSED(module), PyObject *args)
     Table samples = {.n_keys = (int)n_keys, .emit_keys = emit_keys, .n_ints = 4};
     Table totals = {.n_ints = 3};
     PyObject *result = NULL;
-    int ok = open_column(us_capsule, &us, "us") && open_column(lines_capsule, &lines, "lines");
+    int ok = open_column(us_capsule, &us, "us", 0);
+    if (ok && lines_capsule != Py_None) {
+        ok = open_column(lines_capsule, &lines, "lines", 0);
+        t.lines = &lines;
+    }
+    else {
+        t.lines = NULL;
+    }
     for (Py_ssize_t k = 0; ok && k < n_keys; k++)
-        ok = open_column(PyTuple_GET_ITEM(key_capsules, k), &keys[k], "keys");
+        ok = open_column(PyTuple_GET_ITEM(key_capsules, k), &keys[k], "keys", 0);
+    static const char *WEIGHTS[4] = {"counts", "flagged", "first", "last"};
+    const Column **roles[4] = {&t.counts, &t.flaggeds, &t.firsts, &t.lasts};
+    for (int w = 0; ok && w < 4; w++) {
+        if (weights[w] == Py_None)
+            continue;
+        ok = open_column(weights[w], &weighed[w], WEIGHTS[w], w >= 2);
+        *roles[w] = &weighed[w];
+        if (ok && weighed[w].kind != INTS) {
+            PyErr_Format(PyExc_TypeError, "%s: expected an Int64 column", WEIGHTS[w]);
+            ok = 0;
+        }
+    }
     if (ok && flag_capsule != Py_None) {
-        ok = open_column(flag_capsule, &flag, "flag");
+        ok = open_column(flag_capsule, &flag, "flag", 0);
         t.flag = &flag;
         if (ok && (flag.kind != VIEWS || n_values > 64)) {
             PyErr_SetString(PyExc_ValueError, "flag: expected a String column and at most 64 flag values");
@@ -822,14 +878,16 @@ tally(PyObject *Py_UNUSED(module), PyObject *args)
             }
         }
     }
-    if (ok && (us.kind != INTS || lines.kind != INTS)) {
+    if (ok && (us.kind != INTS || (t.lines && lines.kind != INTS))) {
         PyErr_SetString(PyExc_TypeError, "us and lines: expected Int64 or Datetime(\"us\") columns");
         ok = 0;
     }
-    for (Py_ssize_t k = 0; ok && k < n_keys + 1 + (t.flag != NULL); k++) {
-        const Column *c = k < n_keys ? &keys[k] : k == n_keys ? &lines : &flag;
-        if (c->length != us.length) {
-            PyErr_SetString(PyExc_ValueError, "us, lines, keys and flag: expected columns of one length");
+    const Column *others[MAX_KEYS + 6] = {t.lines, t.flag, t.counts, t.flaggeds, t.firsts, t.lasts};
+    for (Py_ssize_t k = 0; k < n_keys; k++)
+        others[6 + k] = &keys[k];
+    for (Py_ssize_t k = 0; ok && k < 6 + n_keys; k++) {
+        if (others[k] && others[k]->length != us.length) {
+            PyErr_SetString(PyExc_ValueError, "us, lines, keys, flag and weights: expected columns of one length");
             ok = 0;
         }
     }
@@ -869,6 +927,8 @@ tally(PyObject *Py_UNUSED(module), PyObject *args)
     close_column(&flag);
     for (Py_ssize_t k = 0; k < n_keys; k++)
         close_column(&keys[k]);
+    for (int w = 0; w < 4; w++)
+        close_column(&weighed[w]);
     return result;
 }
 

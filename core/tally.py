@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import polars as pl
 
@@ -17,10 +18,21 @@ from core import compiled
 from core.columns import Columns
 
 #: The version of ``core/_tally.c`` this module is written for.
-TALLY_VERSION = 3
+TALLY_VERSION = 4
 _tally = compiled.load("_tally", TALLY_VERSION, "the compiled tally")
 #: The tables a tally can build, in the order of ``core/_tally.c``'s bit mask.
 TABLES = ("groups", "samples", "totals")
+
+
+class Weights(NamedTuple):
+    """Columns that make each row stand for many, to fold tallies: a row adds its ``counts`` (not 1)
+    and its ``flagged`` count (not its flag), and brings its ``first`` and ``last`` times (nulls
+    are skipped) instead of its own time. Each is a column name, or None for the usual."""
+
+    counts: str | None = None
+    flagged: str | None = None
+    first: str | None = None
+    last: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,7 +67,8 @@ def tally(
     hash_keys: bool = False,
     tables: Collection[str] = TABLES,
     time: str = "ts",
-    line: str = "line",
+    line: str | None = "line",
+    weights: Weights | None = None,
 ) -> Tally:
     """Tally ``frame``'s rows with ``lo <= time <= hi`` (microseconds) per ``keys`` and window of ``width``.
 
@@ -64,12 +77,15 @@ def tally(
     the groups carry a stable 64-bit ``hash`` of their keys instead of the keys themselves.
     The columns must hold no nulls: times are Datetime or Int64 microseconds, keys strings or
     integers. Only the ``tables`` named are built; the others have no rows.
+
+    With ``weights``, rows are themselves tallies being folded into one (see ``Weights``).
     """
     flag_stream, flag_values = (None, ()) if flag is None else (_stream(frame[flag[0]]), _encoded(flag[1]))
     groups, samples, totals, newest = _tally.tally(
-        _stream(frame[time]), _stream(frame[line]), tuple(_stream(frame[k]) for k in keys),
+        _stream(frame[time]), None if line is None else _stream(frame[line]), tuple(_stream(frame[k]) for k in keys),
         flag_stream, flag_values, width, lo, hi, sample_limit, top, not hash_keys,
         sum(1 << TABLES.index(name) for name in set(tables)),
+        tuple(None if name is None else _stream(frame[name]) for name in (weights or Weights())),
     )
     names = ["hash"] if hash_keys else list(keys)
     return Tally(

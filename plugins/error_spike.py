@@ -23,6 +23,7 @@ import polars as pl
 
 from core import hookimpl
 from core.columns import constant
+from core.tally import Weights
 from plugins.detection import DURATION, FIELDS, INSTANT, STATUS_LIST, file_column, params_schema, sample_locations
 from plugins.windows import MAX_FUTURE, MIN_TIME, Table, Tables, WindowedDetector, in_range
 
@@ -58,6 +59,7 @@ class ErrorSpike(WindowedDetector):
         "counts": Table(
             {**_GROUP, "failures": pl.Int64(), "total": pl.Int64(), "first": pl.Int64(), "last": pl.Int64()},
             keys=("group", "window"), sums=("failures", "total"), mins=("first",), maxs=("last",),
+            tallied=Weights(counts="total", flagged="failures", first="first", last="last"),
         ),
         "samples": Table({**_GROUP, "file": pl.Categorical(), "line": pl.Int64()}, keys=("group", "window"),
                          samples=True),

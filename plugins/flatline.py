@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from core import hookimpl
+from core.tally import Weights
 from plugins.detection import DURATION, FIELDS, INSTANT, params_schema
 from plugins.windows import MAX_FUTURE, MIN_TIME, Table, Tables, WindowedDetector, in_range
 
@@ -42,7 +43,8 @@ class Flatline(WindowedDetector):
         "max_future": DURATION,
     })
     tables = {
-        "counts": Table({**_KEY, "count": pl.Int64()}, keys=("key", "window"), sums=("count",)),
+        "counts": Table({**_KEY, "count": pl.Int64()}, keys=("key", "window"), sums=("count",),
+                        tallied=Weights(counts="count")),
         "firsts": Table({"key": pl.String(), "first_window": pl.Int64()}, keys=("key",),
                         mins=("first_window",), windowed=False),
     }

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from core import hookimpl
+from core.tally import Weights
 from plugins.detection import DURATION, FIELDS, INSTANT, file_column, params_schema, sample_locations
 from plugins.windows import MAX_FUTURE, MIN_TIME, Table, Tables, WindowedDetector, in_range
 
@@ -42,8 +43,10 @@ class Frequency(WindowedDetector):
     })
     tables = {
         "counts": Table({**_KEY, "count": pl.Int64(), "first": pl.Int64(), "last": pl.Int64()},
-                        keys=("key", "window"), sums=("count",), mins=("first",), maxs=("last",)),
-        "totals": Table({"window": pl.Int64(), "total": pl.Int64()}, keys=("window",), sums=("total",)),
+                        keys=("key", "window"), sums=("count",), mins=("first",), maxs=("last",),
+                        tallied=Weights(counts="count", first="first", last="last")),
+        "totals": Table({"window": pl.Int64(), "total": pl.Int64()}, keys=("window",), sums=("total",),
+                        tallied=Weights(counts="total")),
         "samples": Table({**_KEY, "file": pl.Categorical(), "line": pl.Int64()}, keys=("key", "window"),
                          samples=True, keep_all=True),
     }

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import polars as pl
 
 from core import Result
-from core.tally import Tally, tally
+from core.tally import Tally, Weights, tally
 from plugins.detection import SAMPLE_LIMIT, Detector, duration_us, instant_us, iso, now_us
 
 #: Fold a band's parts into one table set after this many parts.
@@ -68,6 +68,9 @@ class Table:
     samples: bool = False
     keep_all: bool = False
     windowed: bool = True
+    #: Which columns hold counts, flagged counts, first and last times: such a table is folded by
+    #: the compiled tally (``core.tally``), not by a Polars group-by.
+    tallied: Weights | None = None
     _aggs: list[pl.Expr] = field(init=False, repr=False, compare=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -109,9 +112,22 @@ class Table:
         """Fold the rows of several folded tables, concatenated."""
         if self.samples:
             return _smallest_locations(frame, list(self.keys))
+        if self.tallied is not None:
+            return self._tally_fold(frame)
         return self.conform(frame.group_by(self.keys).agg(self._aggs))
 
+    def _tally_fold(self, frame: pl.DataFrame) -> pl.DataFrame:
+        keys = [k for k in self.keys if k != "window"]
+        found = tally(frame, width=1, lo=-EVER, hi=EVER, keys=keys, time="window", line=None, weights=self.tallied,
+                      sample_limit=0, top=0, tables=("groups",)).groups
+        made = {name: role for name, role in zip(self.tallied, _TALLIED, strict=True) if name}
+        return self.conform(found.frame(**{name: made.get(name, name) for name in self.schema}))
 
+
+#: The columns of a tally's groups, in the order of ``Weights``.
+_TALLIED = ("count", "flagged", "first", "last")
+#: Wider than any window index: a tally folding tables counts every row.
+EVER = 2**62
 #: Tables with fewer rows than this are folded whole: splitting them costs more than it saves.
 SPLIT_ROWS = 20_000
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from core.tally import Tally, tally
+from core.tally import Tally, Weights, tally
 
 REPO = Path(__file__).resolve().parent.parent
 # Short values are kept inside Arrow's string views, long ones (over 12 bytes) in their buffers.
@@ -170,3 +170,18 @@ def test_nulls_and_unsupported_types_are_refused_by_name():
         tally(frame.with_columns(user=pl.lit(None, pl.String)), width=MINUTE, lo=0, hi=1, keys=["user"])
     with pytest.raises(TypeError, match="keys: expected Int64, Datetime"):
         tally(frame.with_columns(user=pl.lit(1.5)), width=MINUTE, lo=0, hi=1, keys=["user"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(records=rows, cuts=st.lists(st.integers(0, 120), max_size=3), keys=st.sampled_from([[], ["service"], ["user"]]),
+       flagging=st.booleans())
+def test_tallies_of_parts_folded_by_weights_equal_the_tally_of_the_whole(records, cuts, keys, flagging):
+    frame = frame_of(records)
+    params = dict(width=MINUTE, lo=-(2**62), hi=2**62, keys=keys, flag=("status", ["ERROR"]) if flagging else None,
+                  tables=("groups",))
+    bounds = [0, *sorted(min(c, frame.height) for c in cuts), frame.height]
+    parts = [as_frames(tally(frame.slice(a, b - a), **params))["groups"] for a, b in zip(bounds, bounds[1:])]
+    folded = tally(pl.concat(parts), width=1, lo=-(2**62), hi=2**62, keys=keys, time="window", line=None,
+                   weights=Weights("count", "flagged", "first", "last"), sample_limit=0, top=0, tables=("groups",))
+    by = [*keys, "window"]
+    assert_frame_equal(as_frames(folded)["groups"].sort(by), as_frames(tally(frame, **params))["groups"].sort(by))
