@@ -9,9 +9,7 @@ import polars as pl
 from core import Result, hookimpl
 from core.parse import Batch
 from core.tally import tally
-from plugins.detection import (
-    SAMPLE_LIMIT, STATUS_LIST, STATUSES, Detector, file_column, params_schema, sample_locations,
-)
+from plugins.detection import SAMPLE_LIMIT, STATUS_LIST, STATUSES, Detector, params_schema, sample_locations
 from plugins.windows import Table
 
 _STATS = Table({"status": pl.String(), "count": pl.Int64(), "first": pl.Int64(), "last": pl.Int64()},
@@ -53,15 +51,33 @@ class UnknownStatus(Detector):
         # dirty logs have a few unknown statuses in nearly every batch.
         found = tally(batch.frame, width=EVER, lo=-EVER, hi=EVER, keys=["status"], sample_limit=SAMPLE_LIMIT, top=0,
                       tables=("groups", "samples"))
-        allowed = set(self.allowed)
-        if set(found.groups["status"].to_list()) <= allowed:
+        groups, allowed = found.groups, set(self.allowed)
+        statuses = groups["status"].to_list()
+        if set(statuses) <= allowed:
             return
-        unknown = ~pl.col("status").is_in(self.allowed)
-        stats = found.groups.frame(status="status", count="count", first="first", last="last").filter(unknown)
-        if found.groups["window"].n_unique() > 1:  # times before 1970 fall in window -1
-            stats = _STATS.fold(stats)
-        samples = found.samples.frame(status="status", file=file_column(batch, found.samples.height), line="line")
-        self._fold(stats, samples.filter(unknown))
+        # A handful of rows, put together in Python: a query per step cost more than the tally.
+        stats: dict[str, tuple[int, int, int]] = {}
+        for status, count, first, last in zip(statuses, *(groups[c].to_list() for c in ("count", "first", "last"))):
+            if status in allowed:
+                continue
+            if status in stats:  # records before and after 1970 fall in two windows
+                seen = stats[status]
+                count, first, last = count + seen[0], min(first, seen[1]), max(last, seen[2])
+            stats[status] = (count, first, last)
+        samples = found.samples
+        lines: dict[str, list[int]] = {}
+        for status, line in zip(samples["status"].to_list(), samples["line"].to_list()):
+            if status in stats:
+                lines.setdefault(status, []).append(line)
+        kept = sorted(stats)
+        sampled = [(status, line) for status in kept for line in sorted(lines.get(status, []))[:SAMPLE_LIMIT]]
+        new_stats = pl.DataFrame([[s, *stats[s]] for s in kept], schema=_STATS.schema, orient="row")
+        new_samples = pl.DataFrame({"status": [s for s, _ in sampled], "file": [batch.path] * len(sampled),
+                                    "line": [line for _, line in sampled]}, schema=_SAMPLES.schema)
+        if self.stats.is_empty() and len(kept) <= self.max_statuses:  # a fresh partial, as the engine's are
+            self.stats, self.samples = new_stats, new_samples
+        else:
+            self._fold(new_stats, new_samples)
 
     def merge(self, other: UnknownStatus) -> None:
         self.others += other.others
