@@ -25,7 +25,7 @@ from core import hookimpl
 from core.columns import constant
 from core.tally import Weights
 from plugins.detection import DURATION, FIELDS, INSTANT, STATUS_LIST, file_column, params_schema, sample_locations
-from plugins.windows import MAX_FUTURE, MIN_TIME, Table, Tables, WindowedDetector, in_range
+from plugins.windows import MAX_FUTURE, MIN_TIME, Table, Tables, WindowedDetector, first_windows, in_range
 
 if TYPE_CHECKING:
     from core.columns import Columns
@@ -108,7 +108,7 @@ class ErrorSpike(WindowedDetector):
             "counts": counts,
             "samples": samples.frame(group=self._groups(samples), window="window",
                                      file=file_column(batch, samples.height), line="line"),
-            "firsts": counts.group_by("group").agg(first_window=pl.col("window").min()),
+            "firsts": first_windows(counts, "group"),
         }
 
     def _groups(self, table: Columns) -> pl.Series:

@@ -16,7 +16,7 @@ import polars as pl
 from core import hookimpl
 from core.tally import Weights
 from plugins.detection import DURATION, FIELDS, INSTANT, params_schema
-from plugins.windows import MAX_FUTURE, MIN_TIME, Table, Tables, WindowedDetector, in_range
+from plugins.windows import MAX_FUTURE, MIN_TIME, Table, Tables, WindowedDetector, first_windows, in_range
 
 if TYPE_CHECKING:
     from core.parse import Batch
@@ -78,7 +78,7 @@ class Flatline(WindowedDetector):
 
     def batch_tables(self, batch: Batch, found: Tally) -> Tables:
         counts = found.groups.frame(key=self.field, window="window", count="count")
-        return {"counts": counts, "firsts": counts.group_by("key").agg(first_window=pl.col("window").min())}
+        return {"counts": counts, "firsts": first_windows(counts, "key")}
 
     def verdicts(self, data: Tables, lo: int | None, hi: int | None) -> list[dict[str, Any]]:
         if not self.newest:

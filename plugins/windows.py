@@ -458,6 +458,16 @@ def _bands(frame: pl.DataFrame, width: int) -> list[tuple[int, pl.DataFrame]]:
     return [(band, part) for (band, *_), part in parts.items()]
 
 
+def first_windows(counts: pl.DataFrame, key: str) -> pl.DataFrame:
+    """Each key's first window in a batch's counts: a few dozen rows, read in Python rather than grouped."""
+    first: dict[Any, int] = {}
+    for value, window in zip(counts[key].to_list(), counts["window"].to_list()):
+        if value not in first or window < first[value]:
+            first[value] = window
+    return pl.DataFrame({key: list(first), "first_window": list(first.values())},
+                        schema={key: counts.schema[key], "first_window": pl.Int64()})
+
+
 def in_range(lo: int | None, hi: int | None) -> pl.Expr:
     """Rows whose ``window`` is in ``[lo, hi)``; ``None`` leaves that side open."""
     expr = pl.lit(True)
