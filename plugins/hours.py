@@ -8,6 +8,7 @@ import polars as pl
 
 from core import Result, Rule, hookimpl
 from core.rules import WITHOUT_MESSAGE
+from core.tally import tally
 from plugins.counting import CountTable
 
 
@@ -17,12 +18,18 @@ def hour_label(hour: int) -> str:
 
 
 _US_PER_HOUR = 3_600_000_000
+#: Wider than any time.
+_EVER = 2**62
 
 
-def utc_hours(ts: pl.Series) -> pl.Series:
-    """The UTC hour of day of each timestamp (microseconds, UTC) as Int8, like ``dt.hour()`` but by
-    integer arithmetic, which is twice as fast (floor division and modulo, so also before 1970)."""
-    return (ts.cast(pl.Int64) // _US_PER_HOUR % 24).cast(pl.Int8)
+def hour_counts(frame: pl.DataFrame) -> pl.DataFrame:
+    """Records per UTC hour of day (``key``, Int8; ``count``), with repeated hours (one row per hour
+    since the epoch that the records fall in: a few dozen). One compiled pass, without the GIL."""
+    totals = tally(frame, width=_US_PER_HOUR, lo=-_EVER, hi=_EVER, line=None, sample_limit=0, top=0,
+                   tables=("totals",)).totals
+    # Floor division and a floored modulo: hours before 1970 too.
+    return pl.DataFrame({"key": [hour % 24 for hour in totals["window"].to_list()], "count": totals["count"]},
+                        schema={"key": pl.Int8(), "count": pl.Int64()})
 
 
 class PeakHours(Rule):
@@ -47,7 +54,7 @@ class PeakHours(Rule):
         self.counts = CountTable(pl.Int8())
 
     def update(self, batch: Any) -> None:
-        self.counts.add_values(utc_hours(batch.frame["ts"]))
+        self.counts.add(hour_counts(batch.frame))
 
     def merge(self, other: PeakHours) -> None:
         self.counts.merge(other.counts)
