@@ -694,11 +694,5 @@ PyMODINIT_FUNC
 PyInit__scan(void)
 {
     init_plain();
-    PyObject *m = PyModule_Create(&module);
-    /* core/parse.py refuses a build of another version (a stale build in place after an update). */
-    if (m && PyModule_AddIntConstant(m, "VERSION", SCAN_VERSION) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
+    return create_versioned_module(&module, SCAN_VERSION);
 }

@@ -945,10 +945,5 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__tally(void)
 {
-    PyObject *m = PyModule_Create(&module);
-    if (m && PyModule_AddIntConstant(m, "VERSION", TALLY_VERSION) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
+    return create_versioned_module(&module, TALLY_VERSION);
 }

@@ -1,6 +1,6 @@
 /*
- * What the compiled modules share: the Arrow C data interface, growable buffers, and moving a
- * column out to Polars as an (arrow_schema, arrow_array) pair of PyCapsules.
+ * What the compiled modules share: the Arrow C data interface, growable buffers, moving a column
+ * out to Polars as an (arrow_schema, arrow_array) pair of PyCapsules, and creating the module.
  */
 #ifndef OMP_ARROW_H
 #define OMP_ARROW_H
@@ -201,6 +201,23 @@ export_array(const char *format, const char *name, int64_t length, int64_t null_
         return NULL;
     }
     return Py_BuildValue("(NN)", schema_capsule, array_capsule);
+}
+
+/* ---- Module ------------------------------------------------------------------------------- */
+
+/*
+ * The module, with its VERSION: the Python side refuses a build of another version (a stale
+ * build left in place after an update), see core/compiled.py.
+ */
+static PyObject *
+create_versioned_module(struct PyModuleDef *definition, int version)
+{
+    PyObject *m = PyModule_Create(definition);
+    if (m && PyModule_AddIntConstant(m, "VERSION", version) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }
 
 #endif
