@@ -23,12 +23,14 @@ _EVER = 2**62
 
 
 def hour_counts(frame: pl.DataFrame) -> pl.DataFrame:
-    """Records per UTC hour of day (``key``, Int8; ``count``), with repeated hours (one row per hour
-    since the epoch that the records fall in: a few dozen). One compiled pass, without the GIL."""
+    """Records per UTC hour of day: ``key`` (Int8, each hour once) and ``count``. One compiled pass
+    counts them per hour since the epoch (a batch spans a few dozen), without the GIL."""
     totals = tally(frame, width=_US_PER_HOUR, lo=-_EVER, hi=_EVER, line=None, sample_limit=0, top=0,
                    tables=("totals",)).totals
-    # Floor division and a floored modulo: hours before 1970 too.
-    return pl.DataFrame({"key": [hour % 24 for hour in totals["window"].to_list()], "count": totals["count"]},
+    by_hour: dict[int, int] = {}
+    for hour, count in zip(totals["window"].to_list(), totals["count"].to_list()):
+        by_hour[hour % 24] = by_hour.get(hour % 24, 0) + count  # a floored modulo: before 1970 too
+    return pl.DataFrame({"key": list(by_hour), "count": list(by_hour.values())},
                         schema={"key": pl.Int8(), "count": pl.Int64()})
 
 

@@ -322,8 +322,7 @@ def test_hour_counts_agree_with_polars_over_the_whole_range():
     @given(st.lists(st.integers(first, last), min_size=1, max_size=50))
     def check(micros):
         ts = pl.Series("ts", micros, pl.Int64).cast(pl.Datetime("us", "UTC"))
-        counted = hour_counts(pl.DataFrame({"ts": ts})).group_by("key").agg(pl.col("count").sum())
         expected = ts.dt.hour().value_counts(name="count").rename({"ts": "key"})
-        assert sorted(counted.rows()) == sorted(expected.rows())
+        assert sorted(hour_counts(pl.DataFrame({"ts": ts})).rows()) == sorted(expected.rows())
 
     check()
