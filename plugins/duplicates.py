@@ -2,7 +2,7 @@
 
 Each record is reduced to a 64-bit hash of its five fields. The state keeps, per hash, how many
 copies were seen and the ``SAMPLE_LIMIT`` smallest (file, line) locations, for every record whose
-timestamp is within ``retention`` of the watermark (about 32 bytes per record). Copies are always
+timestamp is within ``retention`` of the watermark (about 40 bytes per record). Copies are always
 in the same window, because the timestamp is part of what is compared; a copy that arrives after
 its window was evicted is counted as late instead. Within retention the check is exact up to hash
 collisions: two different records share a 64-bit hash with probability about n^2 / 2^65 for n
