@@ -28,7 +28,7 @@ def hour_counts(frame: pl.DataFrame) -> pl.DataFrame:
     totals = tally(frame, width=_US_PER_HOUR, lo=-_EVER, hi=_EVER, line=None, sample_limit=0, top=0,
                    tables=("totals",)).totals
     by_hour: dict[int, int] = {}
-    for hour, count in zip(totals["window"].to_list(), totals["count"].to_list()):
+    for hour, count in zip(totals["window"].to_list(), totals["count"].to_list(), strict=True):
         by_hour[hour % 24] = by_hour.get(hour % 24, 0) + count  # a floored modulo: before 1970 too
     return pl.DataFrame({"key": list(by_hour), "count": list(by_hour.values())},
                         schema={"key": pl.Int8(), "count": pl.Int64()})

@@ -57,7 +57,8 @@ class UnknownStatus(Detector):
             return
         # A handful of rows, put together in Python: a query per step cost more than the tally.
         stats: dict[str, tuple[int, int, int]] = {}
-        for status, count, first, last in zip(statuses, *(groups[c].to_list() for c in ("count", "first", "last"))):
+        columns = (groups[c].to_list() for c in ("count", "first", "last"))
+        for status, count, first, last in zip(statuses, *columns, strict=True):
             if status in allowed:
                 continue
             if status in stats:  # records before and after 1970 fall in two windows
@@ -66,7 +67,7 @@ class UnknownStatus(Detector):
             stats[status] = (count, first, last)
         samples = found.samples
         lines: dict[str, list[int]] = {}
-        for status, line in zip(samples["status"].to_list(), samples["line"].to_list()):
+        for status, line in zip(samples["status"].to_list(), samples["line"].to_list(), strict=True):
             if status in stats:
                 lines.setdefault(status, []).append(line)
         kept = sorted(stats)

@@ -144,7 +144,7 @@ def split_shared(frames: list[pl.DataFrame]) -> tuple[list[pl.DataFrame], pl.Dat
         return [], pl.concat(frames, how="vertical")
     spans = sorted((f["window"].min(), f["window"].max()) for f in frames)
     overlaps: list[list[int]] = []
-    for i, (lo, hi) in enumerate(spans):
+    for i, (_, hi) in enumerate(spans):
         for other_lo, other_hi in spans[i + 1:]:
             if other_lo > hi:
                 break
@@ -351,7 +351,8 @@ class WindowedDetector(Detector):
             inside = (start is None or band * self.band >= start) and (hi is None or (band + 1) * self.band <= hi)
             for name, frames in parts.items():  # a band wholly in the range needs no filter
                 frames.append(folded[name] if inside else folded[name].filter(keep))
-        data = {name: pl.concat(frames or [self.tables[name].empty()], how="vertical") for name, frames in parts.items()}
+        data = {name: pl.concat(frames or [self.tables[name].empty()], how="vertical")
+                for name, frames in parts.items()}
         return {**data, **self._fold_whole()}
 
     def _verdicts(self, lo: int | None, hi: int | None) -> list[dict[str, Any]]:
@@ -453,7 +454,7 @@ def _bands(frame: pl.DataFrame, width: int) -> list[tuple[int, pl.DataFrame]]:
         # Found by bisection in Python: a dozen reads of a value each, where search_sorted is a query.
         starts = [bisect.bisect_left(windows, band * width) for band in bands]
         ends = [*starts[1:], frame.height]
-        return [(band, frame.slice(lo, hi - lo)) for band, lo, hi in zip(bands, starts, ends) if hi > lo]
+        return [(band, frame.slice(lo, hi - lo)) for band, lo, hi in zip(bands, starts, ends, strict=True) if hi > lo]
     parts = frame.with_columns(_band=pl.col("window") // width).partition_by("_band", as_dict=True, include_key=False)
     return [(band, part) for (band, *_), part in parts.items()]
 
@@ -461,7 +462,7 @@ def _bands(frame: pl.DataFrame, width: int) -> list[tuple[int, pl.DataFrame]]:
 def first_windows(counts: pl.DataFrame, key: str) -> pl.DataFrame:
     """Each key's first window in a batch's counts: a few dozen rows, read in Python rather than grouped."""
     first: dict[Any, int] = {}
-    for value, window in zip(counts[key].to_list(), counts["window"].to_list()):
+    for value, window in zip(counts[key].to_list(), counts["window"].to_list(), strict=True):
         if value not in first or window < first[value]:
             first[value] = window
     return pl.DataFrame({key: list(first), "first_window": list(first.values())},

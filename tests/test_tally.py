@@ -180,7 +180,8 @@ def test_tallies_of_parts_folded_by_weights_equal_the_tally_of_the_whole(records
     params = dict(width=MINUTE, lo=-(2**62), hi=2**62, keys=keys, flag=("status", ["ERROR"]) if flagging else None,
                   tables=("groups",))
     bounds = [0, *sorted(min(c, frame.height) for c in cuts), frame.height]
-    parts = [as_frames(tally(frame.slice(a, b - a), **params))["groups"] for a, b in zip(bounds, bounds[1:])]
+    parts = [as_frames(tally(frame.slice(a, b - a), **params))["groups"]
+             for a, b in zip(bounds, bounds[1:], strict=False)]
     folded = tally(pl.concat(parts), width=1, lo=-(2**62), hi=2**62, keys=keys, time="window", line=None,
                    weights=Weights("count", "flagged", "first", "last"), sample_limit=0, top=0, tables=("groups",))
     by = [*keys, "window"]
