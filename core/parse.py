@@ -4,8 +4,8 @@ The whole contract is in ``docs/line-contract.md``. Valid lines are the vast maj
 path finds them: one compiled pass (``core/_scan.c``) over the chunk takes every line of plain
 printable ASCII with four non-empty fields and a timestamp of the accepted form naming a real
 instant, and hands those records over as Arrow columns. Every other line (a few per cent in dirty
-files) is classified the full way here, with Polars' regular expressions;
-``tests/test_property.py`` checks that both ways agree on any input.
+files) is classified the full way here, line by line in Python; ``tests/test_property.py`` checks
+that both ways agree on any input.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ from core.columns import Columns
 #: The version of ``core/_tally.c`` this module is written for.
 TALLY_VERSION = 4
 _tally = compiled.load("_tally", TALLY_VERSION, "the compiled tally")
+#: Wider than any time in microseconds (years 1 to 9999 are within 2.6e17): ``-EVER`` and
+#: ``EVER`` bound a tally that counts every row, and a window ``EVER`` wide holds them all.
+EVER = 2**62
 #: The tables a tally can build, in the order of ``core/_tally.c``'s bit mask.
 TABLES = ("groups", "samples", "totals")
 

@@ -8,7 +8,7 @@ import polars as pl
 
 from core import Result, Rule, hookimpl
 from core.rules import WITHOUT_MESSAGE
-from core.tally import tally
+from core.tally import EVER, tally
 from plugins.counting import CountTable
 
 
@@ -18,14 +18,12 @@ def hour_label(hour: int) -> str:
 
 
 _US_PER_HOUR = 3_600_000_000
-#: Wider than any time.
-_EVER = 2**62
 
 
 def hour_counts(frame: pl.DataFrame) -> pl.DataFrame:
     """Records per UTC hour of day: ``key`` (Int8, each hour once) and ``count``. One compiled pass
     counts them per hour since the epoch (a batch spans a few dozen), without the GIL."""
-    totals = tally(frame, width=_US_PER_HOUR, lo=-_EVER, hi=_EVER, line=None, sample_limit=0, top=0,
+    totals = tally(frame, width=_US_PER_HOUR, lo=-EVER, hi=EVER, line=None, sample_limit=0, top=0,
                    tables=("totals",)).totals
     by_hour: dict[int, int] = {}
     for hour, count in zip(totals["window"].to_list(), totals["count"].to_list(), strict=True):

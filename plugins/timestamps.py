@@ -18,7 +18,7 @@ import polars as pl
 
 from core import Result, hookimpl
 from core.parse import Batch
-from core.tally import tally
+from core.tally import EVER, tally
 from plugins.detection import (
     DURATION, INSTANT, SAMPLE_LIMIT, Detector, duration_us, epoch_us, instant_us, iso, now_us, params_schema,
     sample_locations,
@@ -31,8 +31,6 @@ _STATS = Table(
 )
 _SAMPLES = Table({"kind": pl.String(), "file": pl.Categorical(), "line": pl.Int64()}, keys=("kind",),
                  samples=True, windowed=False)
-#: Wider than any time: a tally of one window.
-EVER = 2**62
 #: Per chunk, the records that may still turn out late once earlier chunks are known: the smallest.
 CANDIDATES = 1000
 _SEVERITY = {"future": "high", "before_min_time": "high", "late": "medium", "unparseable": "low"}

@@ -8,7 +8,7 @@ import polars as pl
 
 from core import Result, hookimpl
 from core.parse import Batch
-from core.tally import tally
+from core.tally import EVER, tally
 from plugins.detection import SAMPLE_LIMIT, STATUS_LIST, STATUSES, Detector, params_schema, sample_locations
 from plugins.windows import Table
 
@@ -16,8 +16,6 @@ _STATS = Table({"status": pl.String(), "count": pl.Int64(), "first": pl.Int64(),
                keys=("status",), sums=("count",), mins=("first",), maxs=("last",), windowed=False)
 _SAMPLES = Table({"status": pl.String(), "file": pl.Categorical(), "line": pl.Int64()}, keys=("status",),
                  samples=True, windowed=False)
-#: Wider than any time: a tally of one window.
-EVER = 2**62
 #: The key of the anomaly that counts statuses beyond ``max_statuses`` (a status never holds a space).
 OTHERS = "(other statuses)"
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import polars as pl
 
 from core import Result
-from core.tally import Tally, Weights, tally
+from core.tally import EVER, Tally, Weights, tally
 from plugins.detection import SAMPLE_LIMIT, Detector, duration_us, instant_us, iso, now_us
 
 #: Fold a band's parts into one table set after this many parts.
@@ -126,8 +126,6 @@ class Table:
 
 #: The columns of a tally's groups, in the order of ``Weights``.
 _TALLIED = ("count", "flagged", "first", "last")
-#: Wider than any window index: a tally folding tables counts every row.
-EVER = 2**62
 #: Tables with fewer rows than this are folded whole: splitting them costs more than it saves.
 SPLIT_ROWS = 20_000
 
