@@ -17,7 +17,7 @@
 #include <Python.h>
 
 /* Raised with every change to what the module offers Python; core/parse.py checks it. */
-#define SCAN_VERSION 1
+#define SCAN_VERSION 2
 
 #include "arrow.h"
 
@@ -132,10 +132,67 @@ parse_timestamp(const unsigned char *p, size_t n, int64_t *out, LastDate *last)
 
 /* ---- Arrow export -------------------------------------------------------------------------- */
 
-enum { TS, STATUS, SERVICE, USER, MESSAGE, LINE, MAX_COLUMNS };
-static const char *NAMES[MAX_COLUMNS] = {"ts", "status", "service", "user", "message", "line"};
+enum { TS, STATUS, SERVICE, USER, MESSAGE, RECORD_HASH, LINE, MAX_COLUMNS };
+static const char *NAMES[MAX_COLUMNS] = {"ts", "status", "service", "user", "message", "record_hash", "line"};
 /* Strings are Arrow string views, Polars' own layout, so that importing them copies nothing. */
-static const char *FORMATS[MAX_COLUMNS] = {"tsu:UTC", "vu", "vu", "vu", "vu", "l"};
+static const char *FORMATS[MAX_COLUMNS] = {"tsu:UTC", "vu", "vu", "vu", "vu", "L", "l"};
+/* Which of the optional columns a scan builds (message and record_hash cost extra; few rules read them). */
+enum { WITH_MESSAGE = 1, WITH_HASH = 2 };
+
+static int
+is_built(int column, int optional)
+{
+    return column == MESSAGE ? optional & WITH_MESSAGE : column == RECORD_HASH ? optional & WITH_HASH : 1;
+}
+
+/* ---- The record hash ----------------------------------------------------------------------- */
+
+/* xxHash64's primes and round, and MurmurHash3's finaliser. */
+static const uint64_t P1 = 0x9E3779B185EBCA87ULL, P2 = 0xC2B2AE3D27D4EB4FULL, P3 = 0x165667B19E3779F9ULL;
+
+static inline uint64_t
+round64(uint64_t h, uint64_t word)
+{
+    h += word * P2;
+    return ((h << 31) | (h >> 33)) * P1;
+}
+
+/*
+ * A record's hash: its time in microseconds and the UTF-8 text "STATUS SERVICE USER[ MESSAGE]"
+ * (the space and message only if the message is not empty), which names the fields unambiguously
+ * because the first three hold no space. Two lanes take alternate words, so that the multiplies
+ * of a long message do not wait on each other; the last word is the text's last 8 bytes, which
+ * may overlap words before (the length, in lane b, tells texts apart). It depends on the values
+ * alone: every build, run and machine gives a record the same hash.
+ */
+static inline uint64_t
+record_hash(int64_t ts, const unsigned char *text, size_t n)
+{
+    uint64_t a = round64(0x0DDBA11ULL, (uint64_t)ts), b = round64(P3, (uint64_t)n), word = 0;
+    if (n < 8) {
+        memcpy(&word, text, n);
+    }
+    else {
+        size_t i = 0;
+        for (; i + 16 < n; i += 16) {
+            memcpy(&word, text + i, 8);
+            a = round64(a, word);
+            memcpy(&word, text + i + 8, 8);
+            b = round64(b, word);
+        }
+        if (i + 8 < n) {
+            memcpy(&word, text + i, 8);
+            b = round64(b, word);
+        }
+        memcpy(&word, text + n - 8, 8);
+    }
+    uint64_t h = round64(a, word) ^ (((b << 27) | (b >> 37)) * P3);
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    return h ^ (h >> 33);
+}
 
 /* ---- Classifying a line ------------------------------------------------------------------- */
 
@@ -418,6 +475,8 @@ typedef struct {
     Buffer malformed, reasons, malformed_starts, malformed_ends;
     /* The other lines: their index in the chunk, and where each is. */
     Buffer others, other_starts, other_ends;
+    /* The text a record hash is taken of, where the message had to be decoded first. */
+    Buffer scratch;
     int64_t lines, records, blank;
 } Scan;
 
@@ -462,6 +521,35 @@ add_text(Scan *scan, int column, const unsigned char *p, size_t n)
     return append_decoded(&scan->values[column], p, n) && add_view(scan, column, scan->values[column].used - before);
 }
 
+/*
+ * Appends the hash of the record in line[0:content] (see record_hash): the line's own bytes from
+ * its status on, unless the message holds bytes to decode.
+ */
+static int
+add_hash(Scan *scan, const unsigned char *line, size_t content, const size_t spaces[4], int found, int64_t ts)
+{
+    size_t from = spaces[0] + 1, to = content;
+    const unsigned char *text = line + from;
+    if (found == 4) {
+        const unsigned char *message = line + spaces[3] + 1;
+        size_t length = content - spaces[3] - 1;
+        if (length == 0) {
+            to = spaces[3];
+        }
+        else if (has_high_byte(message, length)) {
+            scan->scratch.used = 0;
+            if (!append(&scan->scratch, text, (size_t)(message - text))
+                || !append_decoded(&scan->scratch, message, length))
+                return 0;
+            text = (const unsigned char *)scan->scratch.data;
+            from = 0;
+            to = scan->scratch.used;
+        }
+    }
+    uint64_t hash = record_hash(ts, text, to - from);
+    return append(&scan->values[RECORD_HASH], &hash, sizeof hash);
+}
+
 static int
 add_line(Buffer *numbers, Buffer *starts, Buffer *ends, int64_t number, int64_t start, int64_t end)
 {
@@ -475,13 +563,13 @@ add_line(Buffer *numbers, Buffer *starts, Buffer *ends, int64_t number, int64_t 
  */
 static int
 run_scan(Scan *scan, const unsigned char *data, size_t size, size_t max_line_bytes, int64_t first_line,
-         int with_message)
+         int optional)
 {
     /* Room for lines of about 80 bytes, so that most chunks need no reallocation. */
     size_t lines = size / 80 + 16;
     for (int c = TS; c <= LINE; c++) {
         int strings = FORMATS[c][0] == 'v';
-        if (c == MESSAGE && !with_message)
+        if (!is_built(c, optional))
             continue;
         if (!reserve(&scan->values[c], strings ? lines * (c == MESSAGE ? 48 : 16) : lines * 8)
             || (strings && !reserve(&scan->offsets[c], lines * 16)))
@@ -507,11 +595,13 @@ run_scan(Scan *scan, const unsigned char *data, size_t size, size_t max_line_byt
                 || !add_string(scan, SERVICE, line + spaces[1] + 1, spaces[2] - spaces[1] - 1)
                 || !add_string(scan, USER, line + spaces[2] + 1, user_end - spaces[2] - 1))
                 return 0;
-            if (with_message) {
+            if (optional & WITH_MESSAGE) {
                 size_t message = found == 4 ? spaces[3] + 1 : content;
                 if (!add_text(scan, MESSAGE, line + message, content - message))
                     return 0;
             }
+            if ((optional & WITH_HASH) && !add_hash(scan, line, content, spaces, found, ts))
+                return 0;
             scan->records++;
         }
         else if (kind == BLANK) {
@@ -543,7 +633,7 @@ free_scan(Scan *scan)
         free(scan->offsets[c].data);
     }
     Buffer *lists[] = {&scan->malformed, &scan->reasons, &scan->malformed_starts, &scan->malformed_ends,
-                       &scan->others, &scan->other_starts, &scan->other_ends};
+                       &scan->others, &scan->other_starts, &scan->other_ends, &scan->scratch};
     for (size_t i = 0; i < sizeof lists / sizeof *lists; i++)
         free(lists[i]->data);
 }
@@ -561,15 +651,18 @@ export_column(Scan *scan, int c)
     return export_array(FORMATS[c], NAMES[c], scan->records, 0, NULL, &scan->values[c], NULL);
 }
 
-/* The record columns, each as export_column gives it: ts, status, service, user, message, line. */
+/* The record columns built, each as export_column gives it: ts, status, service, user, message, record_hash, line. */
 static PyObject *
-export_records(Scan *scan, int with_message)
+export_records(Scan *scan, int optional)
 {
-    PyObject *columns = PyTuple_New(with_message ? MAX_COLUMNS : MAX_COLUMNS - 1);
+    int built = 0;
+    for (int c = 0; c < MAX_COLUMNS; c++)
+        built += is_built(c, optional) != 0;
+    PyObject *columns = PyTuple_New(built);
     if (!columns)
         return NULL;
     for (int c = 0, k = 0; c < MAX_COLUMNS; c++) {
-        if (c == MESSAGE && !with_message)
+        if (!is_built(c, optional))
             continue;
         PyObject *column = export_column(scan, c);
         if (!column) {
@@ -588,11 +681,11 @@ as_bytes(Buffer *b)
 }
 
 PyDoc_STRVAR(scan_doc,
-"scan(data, size, max_line_bytes, first_line, with_message)\n--\n\n"
+"scan(data, size, max_line_bytes, first_line, with_message, with_hash)\n--\n\n"
 "Classify the lines in data[:size]. Returns (lines, blank, records, malformed, others):\n"
 "the number of lines and of blank lines; the record columns ts, status, service, user, message\n"
-"(only if with_message) and line (numbered from first_line), each an (arrow_schema,\n"
-"arrow_array) pair of capsules; the malformed lines decided here as\n"
+"(only if with_message), record_hash (only if with_hash; see record_hash()) and line (numbered\n"
+"from first_line), each an (arrow_schema, arrow_array) pair of capsules; the malformed lines decided here as\n"
 "(numbers, reasons, starts, ends); and the lines left undecided as (indexes, starts, ends).\n"
 "Numbers, indexes, starts and ends are native int64 bytes, reasons one byte per line; a line\n"
 "is data[start:end], its newline excluded. Raises MemoryError if memory runs out.");
@@ -603,9 +696,10 @@ scan(PyObject *Py_UNUSED(module), PyObject *args)
     Py_buffer view;
     Py_ssize_t size, max_line_bytes;
     long long first_line;
-    int with_message;
-    if (!PyArg_ParseTuple(args, "y*nnLp", &view, &size, &max_line_bytes, &first_line, &with_message))
+    int with_message, with_hash;
+    if (!PyArg_ParseTuple(args, "y*nnLpp", &view, &size, &max_line_bytes, &first_line, &with_message, &with_hash))
         return NULL;
+    int optional = (with_message ? WITH_MESSAGE : 0) | (with_hash ? WITH_HASH : 0);
     if (size < 0 || size > view.len || size > INT32_MAX || max_line_bytes < 0) {
         PyBuffer_Release(&view);
         PyErr_SetString(PyExc_ValueError, "size must be within the data and below 2 GiB, max_line_bytes >= 0");
@@ -614,7 +708,7 @@ scan(PyObject *Py_UNUSED(module), PyObject *args)
     Scan state = {0};
     int finished;
     Py_BEGIN_ALLOW_THREADS
-    finished = run_scan(&state, view.buf, (size_t)size, (size_t)max_line_bytes, first_line, with_message);
+    finished = run_scan(&state, view.buf, (size_t)size, (size_t)max_line_bytes, first_line, optional);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
     PyObject *result = NULL;
@@ -622,7 +716,7 @@ scan(PyObject *Py_UNUSED(module), PyObject *args)
         PyErr_NoMemory();
     }
     else {
-        PyObject *records = export_records(&state, with_message);
+        PyObject *records = export_records(&state, optional);
         if (records)
             result = Py_BuildValue("(LLN(NNNN)(NNN))", (long long)state.lines, (long long)state.blank, records,
                                    as_bytes(&state.malformed), as_bytes(&state.reasons),
@@ -678,8 +772,36 @@ timestamp(PyObject *Py_UNUSED(module), PyObject *arg)
     return PyLong_FromLongLong(us);
 }
 
+PyDoc_STRVAR(record_hash_doc,
+"record_hash(ts, status, service, user, message)\n--\n\n"
+"The 64-bit hash scan() gives a record with these fields (ts in microseconds): the same for the\n"
+"same values in every build, run and machine.");
+
+static PyObject *
+py_record_hash(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    long long ts;
+    const char *fields[4];
+    Py_ssize_t lengths[4];
+    if (!PyArg_ParseTuple(args, "Ls#s#s#s#", &ts, &fields[0], &lengths[0], &fields[1], &lengths[1], &fields[2],
+                          &lengths[2], &fields[3], &lengths[3]))
+        return NULL;
+    Buffer text = {0};
+    int ok = 1;
+    for (int i = 0; i < 4 && ok; i++) {
+        if (i == 3 && lengths[3] == 0)
+            break;
+        ok = (i == 0 || append(&text, " ", 1)) && append(&text, fields[i], (size_t)lengths[i]);
+    }
+    PyObject *result = ok ? PyLong_FromUnsignedLongLong(record_hash(ts, (const unsigned char *)text.data, text.used))
+                          : PyErr_NoMemory();
+    free(text.data);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, scan_doc},
+    {"record_hash", py_record_hash, METH_VARARGS, record_hash_doc},
     {"timestamp", timestamp, METH_O, timestamp_doc},
     {"count_newlines", count_newlines, METH_VARARGS, count_newlines_doc},
     {NULL, NULL, 0, NULL},

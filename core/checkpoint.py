@@ -14,6 +14,7 @@ import polars as pl
 
 from core.ledger import Ledger
 from core.output import atomic_write
+from core.parse import SCAN_VERSION
 from core.rules import Rule
 from core.settings import Settings
 from core.state import RunState
@@ -27,21 +28,21 @@ FILE_NAME = "checkpoint.pickle"
 
 
 def rule_fingerprint(rule: Rule) -> str:
-    """What a rule's state depends on: its type, key and parameters."""
-    spec = {"type": rule.type_name, "key": rule.key, "params": rule.params}
+    """What a rule's state depends on: its type, key and parameters, and the layout of its state."""
+    spec = {"type": rule.type_name, "key": rule.key, "params": rule.params, "state": rule.state_version}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def parse_fingerprint(settings: Settings) -> str:
     """What every count depends on: how lines are cut and classified, and how many samples are kept.
 
-    The tally's version is part of it because rule state keeps its hashes (duplicate detection),
-    and the Polars version because rule state is pickled Polars frames.
+    The scan's and the tally's versions are part of it because rule state keeps the hashes they
+    make (duplicate detection), and the Polars version because rule state is pickled Polars frames.
     """
     # The per-file samples are cut to the limit as they are counted; a new limit needs a recount.
     return (
         f"max_line_bytes={settings.max_line_bytes}, malformed_samples={settings.malformed_samples}, "
-        f"polars={pl.__version__}, tally={TALLY_VERSION}"
+        f"polars={pl.__version__}, scan={SCAN_VERSION}, tally={TALLY_VERSION}"
     )
 
 
@@ -103,7 +104,7 @@ def _mismatch(stored: Any, settings: Settings, rules: list[Rule]) -> str:
         if was is None:
             return f"rule '{rule.name}' is newly enabled"
         if was != rule_fingerprint(rule):
-            return f"rule '{rule.name}' has new parameters"
+            return f"rule '{rule.name}' has new parameters or keeps its state differently"
     return ""
 
 

@@ -6,7 +6,8 @@ batch and per rule, those costs added up to more than the work they did.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import functools
+from collections.abc import Collection, Iterator, Mapping
 
 import polars as pl
 
@@ -18,14 +19,17 @@ class Columns(Mapping[str, pl.Series]):
     imported (importing one holds the GIL).
     """
 
-    def __init__(self, height: int, names: list[str], arrays: tuple[tuple[object, object], ...]) -> None:
+    def __init__(self, height: int, names: list[str], arrays: tuple[tuple[object, object], ...],
+                 unsigned: Collection[str] = ()) -> None:
         self.height = height
         self._arrays = dict(zip(names, arrays, strict=True))
+        self._unsigned = unsigned  # Int64 columns that hold the bits of UInt64 values
         self._series: dict[str, pl.Series] = {}
 
     def __getitem__(self, name: str) -> pl.Series:
         if name not in self._series:
-            self._series[name] = pl.Series(ArrowColumn(self._arrays[name])).alias(name)
+            series = pl.Series(ArrowColumn(self._arrays[name])).alias(name)
+            self._series[name] = series.reinterpret(signed=False) if name in self._unsigned else series
         return self._series[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -53,4 +57,11 @@ class ArrowColumn:
 
 def constant(value: object, height: int, dtype: pl.DataType) -> pl.Series:
     """A column of ``height`` copies of ``value``."""
-    return pl.Series([value], dtype=dtype).new_from_index(0, height)
+    return _one(value, dtype).new_from_index(0, height)
+
+
+@functools.lru_cache(maxsize=1024)
+def _one(value: object, dtype: pl.DataType) -> pl.Series:
+    # Made once per value: building a Series from Python (a Categorical above all) holds the GIL
+    # longer than repeating it does, and every chunk of a file wants its path.
+    return pl.Series([value], dtype=dtype)

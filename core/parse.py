@@ -24,7 +24,7 @@ from core.columns import constant
 from core.stats import FileStats, MalformedLine
 
 #: The version of ``core/_scan.c`` this module is written for.
-SCAN_VERSION = 1
+SCAN_VERSION = 2
 _scan = compiled.load("_scan", SCAN_VERSION, "the compiled parser")
 
 #: Columns and types of every record batch handed to rules.
@@ -34,6 +34,7 @@ RECORD_SCHEMA: dict[str, pl.DataType] = {
     "service": pl.String(),
     "user": pl.String(),
     "message": pl.String(),
+    "record_hash": pl.UInt64(),
     "file": pl.String(),
     "line": pl.Int64(),
 }
@@ -105,23 +106,23 @@ def parse_chunk(
 ) -> tuple[Batch, FileStats]:
     """Parse one chunk into its records and the counts of its lines.
 
-    ``columns`` names the record columns the rules read; the ``message`` column is built only
-    when it is wanted, and is otherwise all ``""``.
+    ``columns`` names the record columns the rules read. The two that cost extra are built only
+    when wanted: ``message`` is otherwise all ``""``, and ``record_hash`` all 0.
     """
     stats = FileStats(chunk.path, sample_limit=sample_limit, bytes=chunk.end - chunk.start)
     stats.lines = len(chunk.overlong)
     stats.add_malformed([MalformedLine(n, "too_long", "") for n in chunk.overlong])
     if not chunk.size:
         return Batch(chunk.path, _empty_frame(), dict(stats.reasons)), stats
-    with_message = "message" in columns
+    with_message, with_hash = "message" in columns, "record_hash" in columns
     count, blank, plain, decided, undecided = _scan.scan(
-        chunk.data, chunk.size, max_line_bytes, chunk.first_line, with_message
+        chunk.data, chunk.size, max_line_bytes, chunk.first_line, with_message, with_hash
     )
     stats.lines += count
     stats.blank = blank
     records = pl.DataFrame(compiled.series(plain))
     stats.count_malformed(*_decided(chunk, *decided, sample_limit))
-    more, more_blank, malformed = _undecided(chunk, *undecided, max_line_bytes, with_message)
+    more, more_blank, malformed = _undecided(chunk, *undecided, max_line_bytes, with_message, with_hash)
     if more:  # none unless the scan and this module disagree; tests/test_property.py checks they do not
         records = pl.concat([records, pl.DataFrame(more, schema=records.schema, orient="row")]).sort("line")
     stats.blank += more_blank
@@ -159,7 +160,8 @@ def _text(raw: bytes) -> str:
 
 
 def _undecided(
-    chunk: Chunk, indexes: bytes, starts: bytes, ends: bytes, max_line_bytes: int, with_message: bool
+    chunk: Chunk, indexes: bytes, starts: bytes, ends: bytes, max_line_bytes: int, with_message: bool,
+    with_hash: bool,
 ) -> tuple[list[tuple[Any, ...]], int, list[MalformedLine]]:
     """Classify the lines the scan left, the few that need decoding: their records (as rows of
     the scan's columns), how many are blank, and the malformed ones."""
@@ -171,8 +173,11 @@ def _undecided(
         if len(raw) > max_line_bytes:
             malformed.append(MalformedLine(number, "too_long", ""))
         elif (valid := _VALID_LINE.match(line)) and (ts := _scan.timestamp(valid[1])) is not None:
-            message = (valid[5] or "",) if with_message else ()
-            records.append((_EPOCH + timedelta(microseconds=ts), valid[2], valid[3], valid[4], *message, number))
+            status, service, user, message = valid[2], valid[3], valid[4], valid[5] or ""
+            optional = ((message,) if with_message else ()) + (
+                (_scan.record_hash(ts, status, service, user, message),) if with_hash else ()
+            )
+            records.append((_EPOCH + timedelta(microseconds=ts), status, service, user, *optional, number))
         elif line.isspace() or not line:
             blank += 1
         else:
@@ -200,11 +205,13 @@ def count_newlines(data: bytes, size: int) -> int:
 
 
 def _with_file(frame: pl.DataFrame, path: str) -> pl.DataFrame:
-    """The full record batch: ``message`` (all ``""`` where no rule reads it) and ``file`` added."""
+    """The full record batch: ``message`` and ``record_hash`` (as placeholders where no rule reads
+    them) and ``file`` added."""
     # Built from the columns as they are: a select would be a Polars query per chunk.
-    height = frame.height
-    message = frame["message"] if "message" in frame.columns else constant("", height, pl.String()).alias("message")
-    columns = [frame["ts"], frame["status"], frame["service"], frame["user"], message,
+    height, built = frame.height, frame.columns
+    message = frame["message"] if "message" in built else constant("", height, pl.String()).alias("message")
+    digest = frame["record_hash"] if "record_hash" in built else constant(0, height, pl.UInt64()).alias("record_hash")
+    columns = [frame["ts"], frame["status"], frame["service"], frame["user"], message, digest,
                constant(path, height, pl.String()).alias("file"), frame["line"]]
     return pl.DataFrame(columns)
 

@@ -8,7 +8,8 @@ if TYPE_CHECKING:
     from core.parse import Batch
 
 
-#: Every record column but ``message``: what most rules read (see ``Rule.columns``).
+#: Every record column but ``message`` and ``record_hash``, the two that cost extra to build:
+#: what most rules read (see ``Rule.columns``).
 WITHOUT_MESSAGE = ("ts", "status", "service", "user", "file", "line")
 
 
@@ -38,8 +39,12 @@ class Rule:
     #: JSON Schema for ``result().value``; checked before any output is written.
     result_schema: ClassVar[dict[str, Any]] = {}
     #: The record columns ``update`` reads (see ``core.parse.RECORD_SCHEMA``); None means all of
-    #: them. Leaving out ``message``, the one column that costs extra to build, speeds up parsing.
+    #: them. Leaving out ``message`` and ``record_hash``, the columns that cost extra to build,
+    #: speeds up parsing: where no rule reads them they hold ``""`` and 0.
     columns: ClassVar[tuple[str, ...] | None] = None
+    #: Raised whenever the state's layout changes, so that a checkpoint holding the old layout is
+    #: rebuilt from the data rather than read into the new code (see ``core.checkpoint``).
+    state_version: ClassVar[int] = 1
     #: Bytes of memory the state may hold, from ``limits.memory_mb``; None until the engine sets it.
     state_bytes: int | None = None
 

@@ -35,8 +35,9 @@ def every_line_the_full_way() -> SimpleNamespace:
     """A stand-in for ``core._scan`` that decides no line, so that ``core.parse``'s own
     classification sees every line."""
 
-    def scan(data: bytes, size: int, max_line_bytes: int, first_line: int, with_message: bool) -> tuple:
-        _, _, no_records, decided, _ = _scan.scan(b"", 0, max_line_bytes, first_line, with_message)
+    def scan(data: bytes, size: int, max_line_bytes: int, first_line: int, with_message: bool,
+             with_hash: bool) -> tuple:
+        _, _, no_records, decided, _ = _scan.scan(b"", 0, max_line_bytes, first_line, with_message, with_hash)
         ends = [i for i in range(size) if data[i] == ord("\n")]
         if size and data[size - 1] != ord("\n"):
             ends.append(size)
@@ -44,7 +45,7 @@ def every_line_the_full_way() -> SimpleNamespace:
         as_bytes = lambda values: array("q", values).tobytes()  # noqa: E731
         return len(ends), 0, no_records, decided, (as_bytes(range(len(ends))), as_bytes(starts), as_bytes(ends))
 
-    return SimpleNamespace(scan=scan, timestamp=_scan.timestamp)
+    return SimpleNamespace(scan=scan, timestamp=_scan.timestamp, record_hash=_scan.record_hash)
 
 
 @pytest.fixture

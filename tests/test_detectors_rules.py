@@ -286,7 +286,7 @@ def test_duplicate_event_samples_are_the_five_smallest_locations():
 def test_duplicate_event_shuffled_input_gives_the_same_anomalies():
     lines = background(range(30)) + [rec(7, message="paid")] * 2 + [rec(20, "INFO", message="sent")] * 3
     expected = same(run(DuplicateEvent("d"), lines))
-    assert [a["count"] for a in expected] == [2, 3]
+    assert sorted(a["count"] for a in expected) == [2, 3]  # anomalies are ordered by hash
     for seed in range(3):
         assert same(run(DuplicateEvent("d"), shuffled(lines, seed), chunk=100)) == expected
 
