@@ -1,10 +1,9 @@
 """Share ``limits.memory_mb`` out: the input in flight (chunks and their parsing), then each rule's state.
 
-The figures below were measured with the shipped parser and no rule enabled (CPython 3.12, Polars,
-2 cores; 1M lines, chunk_bytes from 1 to 16 MiB): peak RSS ~ 180 MB + ~19 MB per MiB of chunk_bytes
-with two workers. An idle process with every plugin loaded holds ~70 MB; Polars' thread pool and
-allocator keep ~110 MB more once they have parsed; a chunk being parsed costs ~9 times its size (its
-lines, its columns and Polars' scratch). A chunk read and waiting for its turn costs its size.
+The figures below were measured with the Tier 1-2 rules (Python 3.11, Polars 1.x, 2 cores, 10M
+lines; chunk_bytes 4 to 16 MiB, queue_size 1 and 4): peak RSS ~ 90 MB + each chunk being worked
+on ~10 times its size (its bytes, its columns, the tallies' arrays and Polars' scratch) + each
+chunk waiting in a slot ~1.3 times its size. An idle process with every plugin loaded holds ~70 MB.
 """
 
 from __future__ import annotations
@@ -17,12 +16,13 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-#: The interpreter, Polars, the plugins and the allocator's own reserve.
-BASE_MB = 180
+#: The interpreter, Polars, the plugins and the allocator's own reserve (measured ~90 MB).
+BASE_MB = 100
 #: A chunk being parsed costs this many times its size.
 PARSE_FACTOR = 9
-#: The part of the memory left after ``BASE_MB`` that the input in flight may take.
-INPUT_SHARE = 0.4
+#: The part of the memory left after ``BASE_MB`` that the input in flight may take: the defaults
+#: (2 workers, 8 MiB chunks, queue_size 1) take 168 of 180 MiB under the default 500 MB cap.
+INPUT_SHARE = 0.45
 #: The part of the memory left after the base and the input that rule states may take, all
 #: together; the rest is headroom for merging, checkpoints and writing the outputs.
 STATE_SHARE = 0.6

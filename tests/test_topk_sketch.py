@@ -14,7 +14,7 @@ import pytest
 
 from core import budget
 from core.errors import ConfigError
-from core.settings import load_settings
+from core.settings import DEFAULTS, load_settings
 from plugins.counting import BYTES_PER_KEY, CountTable, HeavyHitters, sketch_size
 from plugins.counts import CountBy
 from plugins.top import TopK
@@ -211,6 +211,9 @@ def test_count_by_below_the_bound_is_exact_with_no_detail():
 
 
 def test_input_that_fits_the_cap_is_left_alone():
+    # The shipped defaults (2 cores) fit the default cap as they are.
+    chunk, queue = DEFAULTS["chunk_bytes"], DEFAULTS["queue_size"]
+    assert budget.fit_input(500, 2, chunk, queue, 65536) == budget.InputPlan(chunk, queue)
     assert budget.fit_input(500, 2, 4 << 20, 4, 65536) == budget.InputPlan(4 << 20, 4)
 
 
@@ -234,9 +237,9 @@ def test_settings_shrink_chunks_to_fit_the_cap_and_say_so(tmp_path, caplog):
     path.write_text("workers: 32\nlimits: {memory_mb: 500}\n", encoding="utf-8")
     with caplog.at_level(logging.WARNING):
         settings = load_settings(path)
-    assert settings.chunk_bytes < 4 << 20
+    assert settings.chunk_bytes < DEFAULTS["chunk_bytes"]
     assert budget.input_bytes(32, settings.chunk_bytes, settings.queue_size) <= budget.input_cap(500)
-    assert "limits.memory_mb 500: chunk_bytes 4194304 ->" in caplog.text
+    assert f"limits.memory_mb 500: chunk_bytes {DEFAULTS['chunk_bytes']} ->" in caplog.text
 
 
 def test_a_cap_too_small_for_the_workers_is_a_config_error(tmp_path):
