@@ -13,7 +13,7 @@
 #include "arrow.h"
 
 /* Raised with every change to what the module offers Python; core/tally.py checks it. */
-#define TALLY_VERSION 4
+#define TALLY_VERSION 5
 #define MAX_KEYS 8
 /* Which tables to build (the others are left empty). */
 enum { WANT_GROUPS = 1, WANT_SAMPLES = 2, WANT_TOTALS = 4 };
@@ -27,6 +27,7 @@ typedef struct {
     struct ArrowSchema schema;
     struct ArrowArray array;
     int kind;
+    int is_unsigned; /* UInt64: compared and hashed by its bits, handed back as UInt64 (keys only) */
     int64_t length;
     const int64_t *ints;
     const unsigned char *views;
@@ -65,10 +66,12 @@ open_column(PyObject *capsule, Column *c, const char *name, int nullable)
     const char *format = c->schema.format;
     if (strcmp(format, "vu") == 0)
         c->kind = VIEWS;
-    else if (strcmp(format, "l") == 0 || strncmp(format, "tsu:", 4) == 0)
+    else if (strcmp(format, "l") == 0 || strcmp(format, "L") == 0 || strncmp(format, "tsu:", 4) == 0) {
         c->kind = INTS;
+        c->is_unsigned = strcmp(format, "L") == 0;
+    }
     else {
-        PyErr_Format(PyExc_TypeError, "%s: expected Int64, Datetime(\"us\") or String, got Arrow format %s", name,
+        PyErr_Format(PyExc_TypeError, "%s: expected Int64, UInt64, Datetime(\"us\") or String, got Arrow format %s", name,
                      format);
         return 0;
     }
@@ -761,7 +764,8 @@ export_table(Table *out, const Tally *t, int kind, int with_keys)
         else if (t->keys[k].kind == VIEWS)
             column = export_array("vu", KEY_NAMES[k], out->length, 0, NULL, &out->keys[k], &out->key_data[k]);
         else
-            column = export_array("l", KEY_NAMES[k], out->length, 0, NULL, &out->keys[k], NULL);
+            column = export_array(t->keys[k].is_unsigned ? "L" : "l", KEY_NAMES[k], out->length, 0, NULL,
+                                  &out->keys[k], NULL);
         if (!column) {
             Py_DECREF(columns);
             return NULL;
@@ -786,8 +790,8 @@ PyDoc_STRVAR(tally_doc,
 "tally(us, lines, keys, flag, flag_values, width, lo, hi, sample_limit, top, emit_keys, wanted, weights)\n--\n\n"
 "Tally rows per (keys, window = floor(us / width)), counting only rows with lo <= us <= hi.\n"
 "us, lines and each of keys (a tuple) and flag (or None) are Arrow stream capsules of one\n"
-"chunk without nulls: Int64 or Datetime('us') (us, lines, int keys) or String views (string\n"
-"keys, flag). A row is flagged when flag is None or its flag value is one of flag_values (a\n"
+"chunk without nulls: Int64 or Datetime('us') (us, lines, int keys), UInt64 (int keys, handed\n"
+"back as UInt64) or String views (string keys, flag). A row is flagged when flag is None or its flag value is one of flag_values (a\n"
 "tuple of bytes). Returns (groups, samples, totals, newest): each table as (length, columns),\n"
 "its columns a tuple of (arrow_schema, arrow_array) capsule pairs,\n"
 "  groups:  keys..., window, count, flagged, first, last (min and max us of flagged rows);\n"
@@ -850,7 +854,7 @@ tally(PyObject *Py_UNUSED(module), PyObject *args)
             continue;
         ok = open_column(weights[w], &weighed[w], WEIGHTS[w], w >= 2);
         *roles[w] = &weighed[w];
-        if (ok && weighed[w].kind != INTS) {
+        if (ok && (weighed[w].kind != INTS || weighed[w].is_unsigned)) {
             PyErr_Format(PyExc_TypeError, "%s: expected an Int64 column", WEIGHTS[w]);
             ok = 0;
         }
@@ -878,7 +882,7 @@ tally(PyObject *Py_UNUSED(module), PyObject *args)
             }
         }
     }
-    if (ok && (us.kind != INTS || (t.lines && lines.kind != INTS))) {
+    if (ok && (us.kind != INTS || us.is_unsigned || (t.lines && (lines.kind != INTS || lines.is_unsigned)))) {
         PyErr_SetString(PyExc_TypeError, "us and lines: expected Int64 or Datetime(\"us\") columns");
         ok = 0;
     }

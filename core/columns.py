@@ -7,7 +7,7 @@ batch and per rule, those costs added up to more than the work they did.
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import polars as pl
 
@@ -19,17 +19,14 @@ class Columns(Mapping[str, pl.Series]):
     imported (importing one holds the GIL).
     """
 
-    def __init__(self, height: int, names: list[str], arrays: tuple[tuple[object, object], ...],
-                 unsigned: Collection[str] = ()) -> None:
+    def __init__(self, height: int, names: list[str], arrays: tuple[tuple[object, object], ...]) -> None:
         self.height = height
         self._arrays = dict(zip(names, arrays, strict=True))
-        self._unsigned = unsigned  # Int64 columns that hold the bits of UInt64 values
         self._series: dict[str, pl.Series] = {}
 
     def __getitem__(self, name: str) -> pl.Series:
         if name not in self._series:
-            series = pl.Series(ArrowColumn(self._arrays[name])).alias(name)
-            self._series[name] = series.reinterpret(signed=False) if name in self._unsigned else series
+            self._series[name] = pl.Series(ArrowColumn(self._arrays[name])).alias(name)
         return self._series[name]
 
     def __iter__(self) -> Iterator[str]:

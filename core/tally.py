@@ -18,7 +18,7 @@ from core import compiled
 from core.columns import Columns
 
 #: The version of ``core/_tally.c`` this module is written for.
-TALLY_VERSION = 4
+TALLY_VERSION = 5
 _tally = compiled.load("_tally", TALLY_VERSION, "the compiled tally")
 #: Wider than any time in microseconds (years 1 to 9999 are within 2.6e17): ``-EVER`` and
 #: ``EVER`` bound a tally that counts every row, and a window ``EVER`` wide holds them all.
@@ -79,32 +79,30 @@ def tally(
     ``column`` is one of ``values`` are flagged; without it every row is. With ``hash_keys``
     the groups carry a stable 64-bit ``hash`` of their keys instead of the keys themselves.
     The columns must hold no nulls: times are Datetime or Int64 microseconds, keys strings or
-    integers (UInt64 keys are grouped by their bits, and come back as UInt64). Only the ``tables`` named are built; the others have no rows.
+    integers (Int64 and UInt64 keys come back as they are, other integers as Int64). Only the
+    ``tables`` named are built; the others have no rows.
 
     With ``weights``, rows are themselves tallies being folded into one (see ``Weights``).
     """
     flag_stream, flag_values = (None, ()) if flag is None else (_stream(frame[flag[0]]), _encoded(flag[1]))
-    key_columns = [frame[k] for k in keys]
     groups, samples, totals, newest = _tally.tally(
-        _stream(frame[time]), None if line is None else _stream(frame[line]), tuple(map(_stream, key_columns)),
+        _stream(frame[time]), None if line is None else _stream(frame[line]), tuple(_stream(frame[k]) for k in keys),
         flag_stream, flag_values, width, lo, hi, sample_limit, top, not hash_keys,
         sum(1 << TABLES.index(name) for name in set(tables)),
         tuple(None if name is None else _stream(frame[name]) for name in (weights or Weights())),
     )
     names = ["hash"] if hash_keys else list(keys)
-    unsigned = set() if hash_keys else {c.name for c in key_columns if c.dtype == pl.UInt64}
     return Tally(
-        groups=_table(groups, [*names, "window", "count", "flagged", "first", "last"], unsigned),
-        samples=_table(samples, [*names, "window", "us", "line", "n"], unsigned),
+        groups=_table(groups, [*names, "window", "count", "flagged", "first", "last"]),
+        samples=_table(samples, [*names, "window", "us", "line", "n"]),
         totals=_table(totals, ["window", "count", "flagged"]),
         newest=newest,
     )
 
 
-def _table(made: tuple[int, tuple[tuple[object, object], ...]], names: list[str],
-           unsigned: Collection[str] = ()) -> Columns:
+def _table(made: tuple[int, tuple[tuple[object, object], ...]], names: list[str]) -> Columns:
     height, arrays = made
-    return Columns(height, names, arrays, unsigned)
+    return Columns(height, names, arrays)
 
 
 def _stream(series: pl.Series) -> object:
@@ -114,9 +112,7 @@ def _stream(series: pl.Series) -> object:
         series = series.dt.cast_time_unit("us")
     elif isinstance(dtype, (pl.Categorical, pl.Enum)):
         series = series.cast(pl.String)
-    elif dtype == pl.UInt64:  # its bits, as the tally reads only Int64 (a cast would refuse half of them)
-        series = series.reinterpret(signed=True)
-    elif dtype.is_integer() and dtype != pl.Int64:
+    elif dtype.is_integer() and dtype not in (pl.Int64, pl.UInt64):
         series = series.cast(pl.Int64)
     if series.n_chunks() > 1:
         series = series.rechunk()

@@ -164,12 +164,24 @@ def test_columns_in_several_chunks_or_sliced_are_read_whole():
     assert sliced["samples"]["line"].min() == 8
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from([0, 1, 2**63 - 1, 2**63, 2**64 - 1]), min_size=1, max_size=30))
+def test_uint64_keys_are_grouped_by_value_and_come_back_as_uint64(values):
+    frame = pl.DataFrame({"ts": [0] * len(values), "key": pl.Series(values, dtype=pl.UInt64),
+                          "line": list(range(1, len(values) + 1))})
+    groups = tally(frame, width=MINUTE, lo=0, hi=1, keys=["key"]).groups.frame(key="key", count="count")
+    assert groups["key"].dtype == pl.UInt64
+    assert sorted(groups.rows()) == sorted(pl.Series(values, dtype=pl.UInt64).value_counts().rows())
+
+
 def test_nulls_and_unsupported_types_are_refused_by_name():
     frame = frame_of([(0, "a", "b", "SUCCESS")])
     with pytest.raises(ValueError, match="keys: expected no nulls"):
         tally(frame.with_columns(user=pl.lit(None, pl.String)), width=MINUTE, lo=0, hi=1, keys=["user"])
-    with pytest.raises(TypeError, match="keys: expected Int64, Datetime"):
+    with pytest.raises(TypeError, match="keys: expected Int64, UInt64, Datetime"):
         tally(frame.with_columns(user=pl.lit(1.5)), width=MINUTE, lo=0, hi=1, keys=["user"])
+    with pytest.raises(TypeError, match="us and lines: expected Int64"):  # UInt64 is for keys only
+        tally(frame.with_columns(line=pl.col("line").cast(pl.UInt64)), width=MINUTE, lo=0, hi=1)
 
 
 @settings(max_examples=200, deadline=None)
