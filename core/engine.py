@@ -136,7 +136,9 @@ class Pipeline:
             for chunk in reader:
                 chunk = Chunk(work.name, chunk.data, chunk.first_line, chunk.start, chunk.end, chunk.overlong)
                 self._acquire_slot()
-                self._enqueue(run, chunk, self._pool.submit(self._process, chunk))
+                # Once the file's earliest malformed lines are in, later chunks have none to add.
+                samples = len(run.stats.samples) < self.settings.malformed_samples
+                self._enqueue(run, chunk, self._pool.submit(self._process, chunk, samples))
                 if self.on_progress is not None:
                     self.on_progress(chunk.end - chunk.start)
                 if self.stop.is_set():
@@ -154,16 +156,16 @@ class Pipeline:
         log.error("%s", message)
         self.hook.on_error(error=exc, path=run.work.name, rule=None)
 
-    def _process(self, chunk: Chunk) -> ChunkOutcome:
+    def _process(self, chunk: Chunk, samples: bool = True) -> ChunkOutcome:
         if self.profile is not None:
             with self.profile.thread():
-                return self._process_chunk(chunk)
-        return self._process_chunk(chunk)
+                return self._process_chunk(chunk, samples)
+        return self._process_chunk(chunk, samples)
 
-    def _process_chunk(self, chunk: Chunk) -> ChunkOutcome:
+    def _process_chunk(self, chunk: Chunk, samples: bool = True) -> ChunkOutcome:
         started = time.perf_counter()
         batch, stats = parse_chunk(chunk, self.settings.max_line_bytes, self.settings.malformed_samples,
-                                   self.columns)
+                                   self.columns, samples)
         outcome = ChunkOutcome(RunState.empty(self.rules), stats)
         if stats.lines:
             for rule in outcome.partial.rules.values():

@@ -102,12 +102,15 @@ class Batch:
 
 
 def parse_chunk(
-    chunk: Chunk, max_line_bytes: int, sample_limit: int, columns: Collection[str] = RECORD_COLUMNS
+    chunk: Chunk, max_line_bytes: int, sample_limit: int, columns: Collection[str] = RECORD_COLUMNS,
+    samples: bool = True,
 ) -> tuple[Batch, FileStats]:
     """Parse one chunk into its records and the counts of its lines.
 
     ``columns`` names the record columns the rules read. The two that cost extra are built only
-    when wanted: ``message`` is otherwise all ``""``, and ``record_hash`` all 0.
+    when wanted: ``message`` is otherwise all ``""``, and ``record_hash`` all 0. Without
+    ``samples`` (the file has its ``sample_limit`` earliest already), malformed lines are
+    counted and none is kept as a sample.
     """
     stats = FileStats(chunk.path, sample_limit=sample_limit, bytes=chunk.end - chunk.start)
     stats.lines = len(chunk.overlong)
@@ -121,7 +124,7 @@ def parse_chunk(
     stats.lines += count
     stats.blank = blank
     records = pl.DataFrame(compiled.series(plain))
-    stats.count_malformed(*_decided(chunk, *decided, sample_limit))
+    stats.count_malformed(*_decided(chunk, *decided, sample_limit if samples else 0))
     more, more_blank, malformed = _undecided(chunk, *undecided, max_line_bytes, with_message, with_hash)
     if more:  # none unless the scan and this module disagree; tests/test_property.py checks they do not
         records = pl.concat([records, pl.DataFrame(more, schema=records.schema, orient="row")]).sort("line")

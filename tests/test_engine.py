@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
 
 from core import Result, Rule, hookimpl
+from core import engine as engine_module
 from core.plugins import rule_types
 from core.ruleset import load_rules
 from core.runner import run_batch
@@ -76,3 +78,28 @@ def test_chunks_are_merged_in_read_order_by_whichever_thread_is_free(big_file_ru
 def test_an_error_while_merging_in_a_worker_is_raised_in_the_caller(big_file_run):
     with pytest.raises(RuntimeError, match="merge failed on purpose"):
         big_file_run(fail=True)
+
+
+def test_later_chunks_of_a_file_with_its_samples_keep_none_and_count_every_malformed_line(workspace, pm):
+    # A malformed line every 50 lines of a file of many chunks: the first chunk fills the samples,
+    # and the chunks read after that are counted without building samples (they could not win).
+    lines = [f"2025-07-22T12:00:00Z INFO S user{i} message {i}" if i % 50 else f"not a record {i}"
+             for i in range(1, LINES + 1)]
+    workspace.write("dirty.log", "\n".join(lines) + "\n")
+    workspace.configure("workers: 2\nchunk_bytes: 262144\nlimits: {malformed_samples: 20}\n")
+    settings = load_settings(workspace.settings)
+    parsed: list[tuple[int, int]] = []
+    original = engine_module.parse_chunk
+
+    def parse_chunk(chunk, max_line_bytes, sample_limit, columns, samples=True):
+        batch, stats = original(chunk, max_line_bytes, sample_limit, columns, samples)
+        parsed.append((chunk.first_line, len(stats.samples)))
+        return batch, stats
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine_module, "parse_chunk", parse_chunk)
+        run_batch(settings, pm, load_rules(settings, rule_types(pm)))
+    summary = json.loads((settings.output_dir / "summary.json").read_text(encoding="utf-8"))
+    assert summary["totals"]["malformed"] == LINES // 50
+    assert [s["line"] for s in summary["malformed_samples"]] == [50 * k for k in range(1, 21)]
+    assert len(parsed) > 8 and sum(1 for _, kept in parsed if kept == 0) >= len(parsed) - 4
