@@ -99,8 +99,12 @@ class Table:
         if not frames:
             return self.empty()
         if not self.windowed:
+            if len(frames) == 1 and not self.samples:
+                return frames[0]
+            if sum(f.height for f in frames) <= SMALL_ROWS:
+                return self._fold_rows([row for f in frames for row in self.conform(f).iter_rows()])
             frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
-            return frame if len(frames) == 1 and not self.samples else self.fold(frame)
+            return self.fold(frame)
         if len(frames) == 1:
             return frames[0]
         if self.samples and self.keep_all:
@@ -116,6 +120,28 @@ class Table:
             return self._tally_fold(frame)
         return self.conform(frame.group_by(self.keys).agg(self._aggs))
 
+    def _fold_rows(self, rows: list[tuple[Any, ...]]) -> pl.DataFrame:
+        """``fold`` for a few rows (in this table's column order), in Python: the same table."""
+        columns = list(self.schema)
+        at = {name: columns.index(name) for name in columns}
+        groups: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+        for row in rows:
+            groups.setdefault(tuple(row[at[k]] for k in self.keys), []).append(row)
+        if self.samples:  # each key's SAMPLE_LIMIT smallest locations (file names compare as text)
+            where = (at["file"], at["line"])
+            folded = [row for kept in groups.values()
+                      for row in sorted(kept, key=lambda r: (r[where[0]], r[where[1]]))[:SAMPLE_LIMIT]]
+            return pl.DataFrame(folded, schema=self.schema, orient="row")
+        folded = []
+        for kept in groups.values():
+            row = list(kept[0])
+            for names, pick in ((self.sums, sum), (self.mins, min), (self.maxs, max)):
+                for name in names:  # nulls are skipped, as Polars' aggregations skip them
+                    values = [r[at[name]] for r in kept if r[at[name]] is not None]
+                    row[at[name]] = pick(values) if values else (0 if pick is sum else None)
+            folded.append(tuple(row))
+        return pl.DataFrame(folded, schema=self.schema, orient="row")
+
     def _tally_fold(self, frame: pl.DataFrame) -> pl.DataFrame:
         keys = [k for k in self.keys if k != "window"]
         found = tally(frame, width=1, lo=-EVER, hi=EVER, keys=keys, time="window", line=None, weights=self.tallied,
@@ -124,6 +150,9 @@ class Table:
         return self.conform(found.frame(**{name: made.get(name, name) for name in self.schema}))
 
 
+#: Tables without windows of at most this many rows are folded in Python: a Polars concat and
+#: group-by cost more than the few rows they fold (a detector's per-kind stats, say).
+SMALL_ROWS = 256
 #: The columns of a tally's groups, in the order of ``Weights``.
 _TALLIED = ("count", "flagged", "first", "last")
 #: Tables with fewer rows than this are folded whole: splitting them costs more than it saves.

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from core.tally import Tally, Weights, tally
+from plugins.windows import SMALL_ROWS, Table
 
 REPO = Path(__file__).resolve().parent.parent
 # Short values are kept inside Arrow's string views, long ones (over 12 bytes) in their buffers.
@@ -198,3 +199,31 @@ def test_tallies_of_parts_folded_by_weights_equal_the_tally_of_the_whole(records
                    weights=Weights("count", "flagged", "first", "last"), sample_limit=0, top=0, tables=("groups",))
     by = [*keys, "window"]
     assert_frame_equal(as_frames(folded)["groups"].sort(by), as_frames(tally(frame, **params))["groups"].sort(by))
+
+
+STATS = Table({"kind": pl.String(), "count": pl.Int64(), "first": pl.Int64(), "last": pl.Int64(), "worst": pl.Int64()},
+              keys=("kind",), sums=("count",), mins=("first",), maxs=("last", "worst"), windowed=False)
+LOCATIONS = Table({"kind": pl.String(), "file": pl.Categorical(), "line": pl.Int64()}, keys=("kind",), samples=True,
+                  windowed=False)
+maybe = st.one_of(st.none(), st.integers(-(2**40), 2**40))
+stat_rows = st.tuples(st.sampled_from(["future", "late", "é"]), st.integers(0, 9), maybe, maybe, maybe)
+location_rows = st.tuples(st.sampled_from(["future", "late"]), st.sampled_from(["b.log", "a.log", "ä.log"]),
+                          st.integers(1, 40))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(stat_rows, max_size=8), min_size=1, max_size=4),
+       st.lists(st.lists(location_rows, max_size=12), min_size=1, max_size=4))
+def test_small_tables_folded_in_python_equal_the_polars_fold(stat_parts, location_parts):
+    stat_parts = [list({row[0]: row for row in part}.values()) for part in stat_parts]  # parts come folded
+    for table, parts in ((STATS, stat_parts), (LOCATIONS, location_parts)):
+        frames = [pl.DataFrame(part, schema=table.schema, orient="row") for part in parts]
+        in_python = table.reduce(frames)
+        assert sum(f.height for f in frames) <= SMALL_ROWS  # the Python fold is the one under test
+        in_polars = table.fold(pl.concat(frames)).select(list(table.schema))
+        assert in_python.schema == in_polars.schema
+        assert sorted(in_python.rows(), key=_nulls_first) == sorted(in_polars.rows(), key=_nulls_first)
+
+
+def _nulls_first(row: tuple) -> tuple:
+    return tuple((value is not None, value) if value is not None else (False, 0) for value in row)
