@@ -264,7 +264,9 @@ typedef struct {
     /* Results. */
     Group *groups;
     int64_t n_groups, *order; /* order: groups by window, then by first row */
-    int64_t *sample_rows;     /* sample_limit per group: rows, by line */
+    /* sample_limit per group: each sample's line and time, by line (kept, not the row: reading
+     * them back through the row was a cache miss each when the samples were built) */
+    int64_t *sample_lines, *sample_us;
     int64_t *newest, n_newest;
 } Tally;
 
@@ -300,19 +302,22 @@ floor_div(int64_t a, int64_t b)
 
 /* Keeps the group's sample_limit rows with the smallest lines, in line order. */
 static inline void
-add_sample(Tally *t, Group *g, int64_t group, int64_t row)
+add_sample(Tally *t, Group *g, int64_t group, int64_t row, int64_t when)
 {
-    int64_t *rows = t->sample_rows + group * t->sample_limit;
-    const int64_t *lines = t->lines->ints;
+    int64_t *lines = t->sample_lines + group * t->sample_limit, *us = t->sample_us + group * t->sample_limit;
+    int64_t line = t->lines->ints[row];
     int n = g->samples;
-    if (n == t->sample_limit && lines[rows[n - 1]] <= lines[row])
+    if (n == t->sample_limit && lines[n - 1] <= line)
         return;
     if (n < t->sample_limit)
         g->samples = ++n;
     int i = n - 1;
-    for (; i > 0 && lines[rows[i - 1]] > lines[row]; i--)
-        rows[i] = rows[i - 1];
-    rows[i] = row;
+    for (; i > 0 && lines[i - 1] > line; i--) {
+        lines[i] = lines[i - 1];
+        us[i] = us[i - 1];
+    }
+    lines[i] = line;
+    us[i] = when;
 }
 
 static int
@@ -500,9 +505,11 @@ run_tally(Tally *t)
         capacity *= 2;
     Slots table = {calloc((size_t)capacity, sizeof(uint64_t)), capacity - 1};
     t->groups = malloc(sizeof *t->groups * (size_t)some);
-    t->sample_rows = malloc(sizeof *t->sample_rows * (size_t)some * (size_t)(t->sample_limit ? t->sample_limit : 1));
+    size_t samples = (size_t)some * (size_t)(t->sample_limit ? t->sample_limit : 1);
+    t->sample_lines = malloc(sizeof *t->sample_lines * samples);
+    t->sample_us = malloc(sizeof *t->sample_us * samples);
     t->newest = malloc(sizeof *t->newest * (size_t)some);
-    if (!table.slots || !t->groups || !t->sample_rows || !t->newest) {
+    if (!table.slots || !t->groups || !t->sample_lines || !t->sample_us || !t->newest) {
         free(table.slots);
         return 0;
     }
@@ -546,7 +553,7 @@ run_tally(Tally *t)
             g->last = when > g->last ? when : g->last;
         }
         if (marked && t->sample_limit)
-            add_sample(t, g, index, row);
+            add_sample(t, g, index, row, when);
     }
     free(table.slots);
     largest(t->newest, t->n_newest, t->top);
@@ -560,7 +567,8 @@ free_tally(Tally *t)
 {
     free(t->groups);
     free(t->order);
-    free(t->sample_rows);
+    free(t->sample_lines);
+    free(t->sample_us);
     free(t->newest);
 }
 
@@ -702,9 +710,10 @@ build_samples(Table *out, const Tally *t)
         return 0;
     for (int64_t i = 0; i < t->n_groups; i++) {
         const Group *g = &t->groups[t->order[i]];
-        const int64_t *rows = t->sample_rows + t->order[i] * t->sample_limit;
+        const int64_t *lines = t->sample_lines + t->order[i] * t->sample_limit;
+        const int64_t *us = t->sample_us + t->order[i] * t->sample_limit;
         for (int s = 0; s < g->samples; s++, row++) {
-            int64_t values[4] = {g->window, t->us->ints[rows[s]], t->lines->ints[rows[s]], s == 0 ? g->flagged : 0};
+            int64_t values[4] = {g->window, us[s], lines[s], s == 0 ? g->flagged : 0};
             set_ints(out, row, values);
             if (!set_keys(out, row, t, g))
                 return 0;
