@@ -20,7 +20,7 @@ from core.validation import SchemaCheck, field_path
 def output_schema(name: str) -> SchemaCheck:
     """The shipped schema ``core/schemas/<name>.schema.json``, built once."""
     text = resources.files("core").joinpath("schemas", f"{name}.schema.json").read_text(encoding="utf-8")
-    return SchemaCheck(json.loads(text))
+    return SchemaCheck(json.loads(text), shipped=True)
 
 
 @cache

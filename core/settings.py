@@ -71,7 +71,7 @@ SCHEMA: dict[str, Any] = {
         "rules": {"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueItems": True},
     },
 }
-_CHECK = SchemaCheck(SCHEMA)
+_CHECK = SchemaCheck(SCHEMA, shipped=True)
 
 
 @dataclass(frozen=True)

@@ -64,3 +64,13 @@ def test_generated_file_matches_the_reference(workspace, extra):
     reference = subprocess.run([sys.executable, str(REPO / "bench" / "reference.py"), str(log)],
                                check=True, capture_output=True, text=True)
     check_against_reference(workspace.summary(), json.loads(reference.stdout))
+
+
+@pytest.mark.parametrize("name", ["settings", "summary", "anomalies"])
+def test_the_shipped_schemas_are_valid_json_schema(name):
+    # core.validation does not check them on every start: this does.
+    if name == "settings":
+        from core.settings import SCHEMA as schema
+    else:
+        schema = json.loads((REPO / "core" / "schemas" / f"{name}.schema.json").read_text())
+    jsonschema.validators.validator_for(schema).check_schema(schema)
