@@ -170,7 +170,8 @@ record_hash(int64_t ts, const unsigned char *text, size_t n)
 {
     uint64_t a = round64(0x0DDBA11ULL, (uint64_t)ts), b = round64(P3, (uint64_t)n), word = 0;
     if (n < 8) {
-        memcpy(&word, text, n);
+        if (n)
+            memcpy(&word, text, n);
     }
     else {
         size_t i = 0;
@@ -651,7 +652,8 @@ export_column(Scan *scan, int c)
     return export_array(FORMATS[c], NAMES[c], scan->records, 0, NULL, &scan->values[c], NULL);
 }
 
-/* The record columns built, each as export_column gives it: ts, status, service, user, message, record_hash, line. */
+/* The record columns built, each as export_column gives it: ts, status, service, user, message,
+ * record_hash, line. */
 static PyObject *
 export_records(Scan *scan, int optional)
 {
@@ -685,8 +687,8 @@ PyDoc_STRVAR(scan_doc,
 "Classify the lines in data[:size]. Returns (lines, blank, records, malformed, others):\n"
 "the number of lines and of blank lines; the record columns ts, status, service, user, message\n"
 "(only if with_message), record_hash (only if with_hash; see record_hash()) and line (numbered\n"
-"from first_line), each an (arrow_schema, arrow_array) pair of capsules; the malformed lines decided here as\n"
-"(numbers, reasons, starts, ends); and the lines left undecided as (indexes, starts, ends).\n"
+"from first_line), each an (arrow_schema, arrow_array) pair of capsules; the malformed lines\n"
+"decided here as (numbers, reasons, starts, ends); and the lines left undecided as (indexes, starts, ends).\n"
 "Numbers, indexes, starts and ends are native int64 bytes, reasons one byte per line; a line\n"
 "is data[start:end], its newline excluded. Raises MemoryError if memory runs out.");
 

@@ -71,8 +71,8 @@ open_column(PyObject *capsule, Column *c, const char *name, int nullable)
         c->is_unsigned = strcmp(format, "L") == 0;
     }
     else {
-        PyErr_Format(PyExc_TypeError, "%s: expected Int64, UInt64, Datetime(\"us\") or String, got Arrow format %s", name,
-                     format);
+        PyErr_Format(PyExc_TypeError, "%s: expected Int64, UInt64, Datetime(\"us\") or String, got Arrow format %s",
+                     name, format);
         return 0;
     }
     if (!c->array.release)
@@ -800,9 +800,10 @@ PyDoc_STRVAR(tally_doc,
 "Tally rows per (keys, window = floor(us / width)), counting only rows with lo <= us <= hi.\n"
 "us, lines and each of keys (a tuple) and flag (or None) are Arrow stream capsules of one\n"
 "chunk without nulls: Int64 or Datetime('us') (us, lines, int keys), UInt64 (int keys, handed\n"
-"back as UInt64) or String views (string keys, flag). A row is flagged when flag is None or its flag value is one of flag_values (a\n"
-"tuple of bytes). Returns (groups, samples, totals, newest): each table as (length, columns),\n"
-"its columns a tuple of (arrow_schema, arrow_array) capsule pairs,\n"
+"back as UInt64) or String views (string keys, flag). A row is flagged when flag is None or\n"
+"its flag value is one of flag_values (a tuple of bytes). Returns (groups, samples, totals,\n"
+"newest): each table as (length, columns), its columns a tuple of (arrow_schema, arrow_array)\n"
+"capsule pairs,\n"
 "  groups:  keys..., window, count, flagged, first, last (min and max us of flagged rows);\n"
 "  samples: keys..., window, us, line, n: each group's sample_limit flagged rows with the\n"
 "           smallest lines; n is the group's flagged count on its first row, 0 on the others;\n"

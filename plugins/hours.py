@@ -63,9 +63,10 @@ class PeakHours(Rule):
         self.by_hour = [a + b for a, b in zip(self.by_hour, other.by_hour, strict=True)]
 
     def result(self) -> Result:
-        ranked = sorted((hour for hour in range(24) if self.by_hour[hour]), key=lambda hour: (-self.by_hour[hour], hour))
+        counts = self.by_hour
+        ranked = sorted((hour for hour in range(24) if counts[hour]), key=lambda hour: (-counts[hour], hour))
         peaks = [hour_label(hour) for hour in ranked[: self.limit]]
-        histogram = {hour_label(hour): count for hour, count in enumerate(self.by_hour)}
+        histogram = {hour_label(hour): count for hour, count in enumerate(counts)}
         return Result(peaks, {"hourly_volume": histogram})
 
 

@@ -54,8 +54,9 @@ class UnknownStatus(Detector):
         stats: dict[str, tuple[int, int, int]] = {}
         columns = (groups[c].to_list() for c in ("count", "first", "last"))
         for status, count, first, last in zip(statuses, *columns, strict=True):
+            seen = (count, first, last)
             if status not in allowed:  # records before and after 1970 fall in two windows
-                stats[status] = _combined(stats[status], (count, first, last)) if status in stats else (count, first, last)
+                stats[status] = _combined(stats[status], seen) if status in stats else seen
         samples: dict[str, list[tuple[str, int]]] = {}
         for status, line in zip(found.samples["status"].to_list(), found.samples["line"].to_list(), strict=True):
             if status in stats:
