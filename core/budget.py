@@ -1,6 +1,6 @@
 """Share ``limits.memory_mb`` out: the input in flight (chunks and their parsing), then each rule's state.
 
-The figures below were measured with the Tier 1-2 rules (Python 3.11, Polars 1.x, 2 cores, 10M
+The figures below were measured with the Tier 1-2 rules (Python 3.11, Polars 2.1, 2 cores, 10M
 lines; chunk_bytes 4 to 16 MiB, queue_size 1 and 4): peak RSS ~ 90 MB + each chunk being worked
 on ~10 times its size (its bytes, its columns, the tallies' arrays and Polars' scratch) + each
 chunk waiting in a slot ~1.3 times its size. An idle process with every plugin loaded holds ~70 MB.

@@ -46,7 +46,7 @@ _CHECKED: set[str] = set()
 
 
 def _check_schema(cls: Any, schema: dict[str, Any]) -> None:
-    # The six detectors share one result schema, and rule types share parameter schemas' parts.
+    # The six detectors share one result schema: it is checked once.
     text = json.dumps(schema, sort_keys=True, default=str)
     if text not in _CHECKED:
         cls.check_schema(schema)
