@@ -27,6 +27,7 @@ from core.ledger import Work
 from core.parse import RECORD_COLUMNS, Batch, Chunk, parse_chunk
 from core.profile import RunProfile
 from core.reader import ChunkReader
+from core.redact import Redactor
 from core.rules import Rule
 from core.settings import Settings
 from core.state import Failure, RunState
@@ -86,8 +87,10 @@ class Pipeline:
         budget.return_freed_buffers(settings.chunk_bytes)  # else glibc's heap grows with the lines read
         self.state_bytes = budget.rule_state_bytes(
             settings.memory_mb, settings.workers, settings.chunk_bytes, settings.queue_size, len(rules))
-        for rule in rules:  # partials inherit the bound through Rule.empty
+        self.redactor = Redactor.from_settings(settings)
+        for rule in rules:  # partials inherit the bound and the redactor through Rule.empty
             rule.limit_state(self.state_bytes)
+            rule.use_redactor(self.redactor)
         self.columns = frozenset(column for rule in rules for column in rule.columns or RECORD_COLUMNS)
 
     def __enter__(self) -> Pipeline:
@@ -111,6 +114,7 @@ class Pipeline:
         self._failed = frozenset(checkpoint.state.failed_rules())
         for rule in checkpoint.state.rules.values():  # a checkpoint may come from a run with another cap
             rule.limit_state(self.state_bytes)
+            rule.use_redactor(self.redactor)
         self._checkpoint, self._queue, self._error = checkpoint, deque(), None
         for work in works:
             if self.stop.is_set():

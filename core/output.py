@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import OutputValidationError
+from core.redact import Redactor
 from core.rules import Rule
 from core.state import RunState
 from core.validation import SchemaCheck, field_path
@@ -90,12 +91,25 @@ def _join(problem: str) -> str:
     return f"{'' if problem.startswith('[') else '.'}{problem}"
 
 
-def build_summary(state: RunState, rules: list[Rule], run: dict[str, Any]) -> dict[str, Any]:
-    """The whole ``summary.json`` document: rule results first, then the engine's own accounting."""
+def build_summary(
+    state: RunState, rules: list[Rule], run: dict[str, Any], redactor: Redactor | None = None
+) -> dict[str, Any]:
+    """The whole ``summary.json`` document: rule results first, then the engine's own accounting.
+
+    ``redactor`` masks the malformed lines' samples (by default, card numbers and e-mail addresses).
+    """
+    # Here, not at the top: core.cli imports this module before the compiled parser, so that a
+    # stale build of the parser is reported without a traceback (tests/test_cli.py).
+    from core.parse import _SAMPLE_CHARS
+
     values, details = rule_results(state, rules)
     files = [state.files[name] for name in sorted(state.files)]
+    redactor = redactor or Redactor()
+    # A sample is cut at _SAMPLE_CHARS characters: digits at its end may be a card number's start.
     samples = [
-        {"file": f.path, "line": s.line, "reason": s.reason, "text": s.text} for f in files for s in f.samples
+        {"file": f.path, "line": s.line, "reason": s.reason,
+         "text": redactor.redact(s.text, cut=len(s.text) >= _SAMPLE_CHARS)}
+        for f in files for s in f.samples
     ]
     totals = {key: sum(getattr(f, key) for f in files) for key in ("lines", "records", "blank", "malformed", "bytes")}
     reasons: dict[str, int] = {}

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 if TYPE_CHECKING:
     from core.parse import Batch
+    from core.redact import Redactor
 
 
 #: Every record column but ``message`` and ``record_hash``, the two that cost extra to build:
@@ -47,6 +48,9 @@ class Rule:
     state_version: ClassVar[int] = 1
     #: Bytes of memory the state may hold, from ``limits.memory_mb``; None until the engine sets it.
     state_bytes: int | None = None
+    #: Masks card numbers, e-mail addresses and configured patterns in text a rule reports (an
+    #: incident's sample lines, say); None until the engine sets it from the settings.
+    redactor: Redactor | None = None
 
     def __init__(self, name: str, *, key: str | None = None, **params: Any) -> None:
         self.name = name
@@ -62,6 +66,8 @@ class Rule:
         fresh = type(self)(self.name, key=self.key, **self.params)
         if self.state_bytes is not None:
             fresh.limit_state(self.state_bytes)
+        if self.redactor is not None:
+            fresh.use_redactor(self.redactor)
         return fresh
 
     def limit_state(self, max_bytes: int) -> None:
@@ -71,6 +77,10 @@ class Rule:
         approximate form beyond it, and say so in its result; the default only records the bound.
         """
         self.state_bytes = max_bytes
+
+    def use_redactor(self, redactor: Redactor) -> None:
+        """Redact with ``redactor`` every text the result shows; the engine calls it before a run."""
+        self.redactor = redactor
 
     def update(self, batch: Batch) -> None:
         """Fold one batch of records into this state."""

@@ -18,6 +18,7 @@ from core.engine import Pipeline
 from core.ledger import Work
 from core.output import build_anomalies, build_summary, check_output, write_validated
 from core.profile import RunProfile
+from core.redact import Redactor
 from core.rules import Rule
 from core.settings import Settings
 from core.state import Failure
@@ -111,7 +112,7 @@ def write_outputs(
     settings: Settings, pm: pluggy.PluginManager, rules: list[Rule], checkpoint: Checkpoint, run: dict[str, Any]
 ) -> RunReport:
     """Build both documents from the checkpoint, check both, then write both atomically."""
-    summary = build_summary(checkpoint.state, rules, run)
+    summary = build_summary(checkpoint.state, rules, run, Redactor.from_settings(settings))
     anomalies = build_anomalies(checkpoint.state, rules, run["started_at"])
     check_output(summary, "summary")  # both are checked before either is written
     # summary.json last: whoever sees it count a file (a watcher's readers poll it) finds that

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from core import budget
+from core import budget, redact
 from core.errors import ConfigError
 from core.validation import SchemaCheck
 
@@ -29,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "queue_size": 1,
     "watch": {"settle_ms": 500, "poll_interval_ms": 500, "rescan_seconds": 30, "status_seconds": 30},
     "limits": {"max_line_bytes": 65536, "malformed_samples": 100, "memory_mb": 500},
+    "redact": {"cards": True, "emails": True, "patterns": []},
     "rule_files": ["rules/*.yaml"],
     "plugins": [],
     "rules": [],
@@ -66,6 +67,15 @@ SCHEMA: dict[str, Any] = {
                 "memory_mb": {"type": "integer", "minimum": 64},
             },
         },
+        "redact": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "cards": {"type": "boolean"},
+                "emails": {"type": "boolean"},
+                "patterns": {"type": "array", "items": {"type": "string", "minLength": 1}},
+            },
+        },
         "rule_files": _GLOBS,
         "plugins": {"type": "array", "items": {"type": "string", "pattern": r"^[A-Za-z_][\w.]*$"}},
         "rules": {"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueItems": True},
@@ -94,6 +104,9 @@ class Settings:
     max_line_bytes: int
     malformed_samples: int
     memory_mb: int
+    redact_cards: bool
+    redact_emails: bool
+    redact_patterns: tuple[str, ...]
     rule_files: tuple[str, ...]
     plugins: tuple[str, ...]
     rules: tuple[str, ...]
@@ -111,6 +124,7 @@ def load_settings(path: str | os.PathLike[str], overrides: dict[str, Any] | None
     merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
     problems = [f"{source}: {p}" for p in _CHECK.problems(merged)]
     problems += _cross_checks(source, merged)
+    problems += [f"{source}: {p}" for p in redact.pattern_problems(_redact_block(merged).get("patterns"))]
     if problems:
         raise ConfigError(problems)
     return _fit_memory(_resolve(source, merged))
@@ -180,6 +194,11 @@ def _cross_checks(source: Path, merged: dict[str, Any]) -> list[str]:
     return []
 
 
+def _redact_block(merged: dict[str, Any]) -> dict[str, Any]:
+    block = merged.get("redact")
+    return block if isinstance(block, dict) else {}
+
+
 def _resolve(source: Path, merged: dict[str, Any]) -> Settings:
     base = source.resolve().parent
     limits = merged["limits"]
@@ -200,6 +219,9 @@ def _resolve(source: Path, merged: dict[str, Any]) -> Settings:
         max_line_bytes=limits["max_line_bytes"],
         malformed_samples=limits["malformed_samples"],
         memory_mb=limits["memory_mb"],
+        redact_cards=merged["redact"]["cards"],
+        redact_emails=merged["redact"]["emails"],
+        redact_patterns=tuple(merged["redact"]["patterns"]),
         rule_files=tuple(merged["rule_files"]),
         plugins=tuple(merged["plugins"]),
         rules=tuple(merged["rules"]),

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import polars as pl
 
-from core import Rule
+from core import Result, Rule
 from core.columns import constant
 from core.rules import WITHOUT_MESSAGE
 from plugins.counting import FIELDS  # noqa: F401  (re-exported: the fields detectors group by)
@@ -16,9 +17,15 @@ from plugins.counting import FIELDS  # noqa: F401  (re-exported: the fields dete
 if TYPE_CHECKING:
     from core.parse import Batch
 
-SEVERITIES = ("low", "medium", "high", "critical")
+from plugins import incidents as incident_rules
+from plugins.incidents import SEVERITIES
+
 #: At most this many ``file:line`` samples per anomaly: the smallest (file, line) pairs.
 SAMPLE_LIMIT = 5
+#: Bytes of a sample line's text kept beside its location.
+SAMPLE_BYTES = 200
+#: Incidents listed per rule unless its ``max_incidents`` says otherwise; the rest are counted as suppressed.
+MAX_INCIDENTS = 20
 STATUSES = ("SUCCESS", "FAILURE", "INFO", "WARN", "ERROR")
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -34,22 +41,36 @@ INSTANT = {
 STATUS_LIST = {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"type": "string", "minLength": 1}}
 
 _INSTANT_OUT = {"type": ["string", "null"]}
-#: What a detector's ``result().value`` is: a list of anomalies, before the engine stamps id, rule and type.
+#: What a detector's ``result().value`` is: a list of incidents, before the engine stamps id, rule and type.
 ANOMALY_LIST_SCHEMA: dict[str, Any] = {
     "type": "array",
     "items": {
         "type": "object",
-        "required": ["severity", "key", "window_start", "window_end", "observed", "count", "samples", "first_seen"],
+        "required": ["severity", "score", "key", "kind", "window_start", "window_end", "windows", "peak",
+                     "observed", "count", "samples", "first_seen"],
         "properties": {
             "severity": {"enum": list(SEVERITIES)},
+            "score": {"type": "number", "minimum": 0},
             "key": {"type": "string"},
+            "kind": {"type": "string"},
             "window_start": _INSTANT_OUT,
             "window_end": _INSTANT_OUT,
+            "windows": {"type": "integer", "minimum": 1},
             "count": {"type": "integer", "minimum": 0},
-            "samples": {"type": "array", "maxItems": SAMPLE_LIMIT, "items": {"type": "string"}},
+            "samples": {
+                "type": "array", "maxItems": SAMPLE_LIMIT,
+                "items": {"type": "object", "required": ["location"],
+                          "properties": {"location": {"type": "string"}, "text": {"type": ["string", "null"]}}},
+            },
             "first_seen": _INSTANT_OUT,
         },
     },
+}
+#: Parameters every detector takes for the incidents it lists (see ``Detector.publish``).
+INCIDENT_PARAMS: dict[str, Any] = {
+    "max_incidents": {"type": "integer", "minimum": 0},
+    "min_severity": {"enum": list(SEVERITIES)},
+    "realert": {"oneOf": [DURATION, {"type": "null"}]},
 }
 
 
@@ -58,7 +79,7 @@ def params_schema(properties: dict[str, Any], required: tuple[str, ...] = ()) ->
     schema: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
-        "properties": {**properties, "severity": {"enum": list(SEVERITIES)}},
+        "properties": {**properties, **INCIDENT_PARAMS, "severity": {"enum": list(SEVERITIES)}},
     }
     if required:
         schema["required"] = list(required)
@@ -142,11 +163,19 @@ class Detector(Rule):
         first_seen: int | None = None,
         last_seen: int | None = None,
         severity: str | None = None,
+        kind: str = "",
+        score: float | None = None,
         **extra: Any,
     ) -> dict[str, Any]:
-        """One anomaly; ``extra`` holds ``threshold`` and/or ``expected`` and an optional ``detail``."""
+        """One anomaly (a flagged window, or an incident of a rule without windows).
+
+        ``extra`` holds ``threshold`` and/or ``expected``, an optional ``detail`` and, for a flagged
+        window, ``_w``: its window index (see ``plugins.incidents``).
+        """
         found: dict[str, Any] = {
             "severity": severity or self.params.get("severity", self.default_severity),
+            "kind": kind,
+            "score": score,
             "key": key,
             "window_start": iso(window[0]),
             "window_end": iso(window[1]),
@@ -159,3 +188,81 @@ class Detector(Rule):
             found["last_seen"] = iso(last_seen)
         found.update({k: v for k, v in extra.items() if not (k == "detail" and v is None)})
         return found
+
+    # -- incidents --------------------------------------------------------------------------
+
+    #: The score of an incident of a rule that does not measure surprise, by its severity.
+    SCORE_OF_LEVEL: ClassVar[dict[str, float]] = {"low": 5.0, "medium": 10.0, "high": 20.0, "critical": 40.0}
+
+    def subject(self, key: str) -> dict[str, Any]:
+        """What an incident of ``key`` is about, in the log's own terms (e.g. ``{"service": key}``)."""
+        return {}
+
+    def windowed_incidents(self, flags: list[dict[str, Any]], newest: int | None, gap: int,
+                           min_score: float) -> list[dict[str, Any]]:
+        """Join flagged windows into incidents and keep those that reach ``min_score``."""
+        found = []
+        for run in incident_rules.join(flags, gap):
+            made = incident_rules.incident(run, newest, gap, self.subject(run[0]["key"]))
+            if made["score"] >= min_score:
+                found.append(made)
+        return found
+
+    def as_incidents(self, anomalies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Anomalies of a rule without windows, each its own incident, scored by its severity."""
+        return [incident_rules.single({**a, "subject": a.get("subject") or self.subject(a["key"])},
+                                      a.get("score") or self.SCORE_OF_LEVEL[a["severity"]]) for a in anomalies]
+
+    def publish(self, incidents: list[dict[str, Any]], detail: dict[str, Any] | None = None) -> Result:
+        """The rule's result: its incidents, most severe first, cut by ``realert``, ``min_severity`` and
+        ``max_incidents``; how many were found, listed and suppressed go in the detail."""
+        ordered = sorted(incidents, key=incident_rules.rank)
+        realert = self.params.get("realert")
+        hidden = incident_rules.realert_suppressed(ordered, duration_us(realert) if realert else None)
+        least = SEVERITIES.index(self.params.get("min_severity", "low"))
+        kept = [found for i, found in enumerate(ordered)
+                if i not in hidden and SEVERITIES.index(found["severity"]) >= least]
+        listed = kept[: self.params.get("max_incidents", MAX_INCIDENTS)]
+        for found in listed:
+            found["samples"] = self.sample_texts(found["samples"])
+        counts = {"found": len(ordered), "listed": len(listed), "suppressed": len(ordered) - len(listed)}
+        return Result(listed, {**(detail or {}), "incidents": counts})
+
+    def sample_texts(self, samples: list[Any]) -> list[dict[str, Any]]:
+        """``file:line`` samples with the line's text (redacted), read once and kept in the state."""
+        texts: dict[str, str | None] = self.__dict__.setdefault("texts", {})
+        wanted = [s for s in samples if isinstance(s, str) and s not in texts]
+        if wanted:
+            texts.update(read_sample_lines(self, wanted))
+        out = []
+        for sample in samples:
+            if isinstance(sample, dict):
+                out.append(sample)
+            else:
+                out.append({"location": sample, "text": texts.get(sample)})
+        return out
+
+    def forget_texts(self, keep: set[str]) -> None:
+        """Drop kept sample texts no incident points at any more."""
+        texts = self.__dict__.get("texts", {})
+        for location in [loc for loc in texts if loc not in keep]:
+            del texts[location]
+
+
+def read_sample_lines(rule: Rule, locations: list[str]) -> dict[str, str | None]:
+    """The text of each ``file:line`` location, redacted, or None where the file cannot give it."""
+    from core.lines import read_lines
+
+    by_file: dict[str, set[int]] = {}
+    for location in locations:
+        name, _, number = location.rpartition(":")
+        by_file.setdefault(name, set()).add(int(number))
+    folder = getattr(rule, "data_dir", None)
+    redactor = getattr(rule, "redactor", None)
+    found: dict[str, str | None] = {}
+    for name, numbers in by_file.items():
+        lines = read_lines(Path(folder) / name, numbers, max_bytes=SAMPLE_BYTES) if folder else {}
+        for number in numbers:
+            text = lines.get(number)
+            found[f"{name}:{number}"] = redactor.redact(text) if (text is not None and redactor) else text
+    return found

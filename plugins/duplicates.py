@@ -1,4 +1,11 @@
-"""``duplicate_event``: the same (timestamp, status, service, user, message) recorded more than once.
+"""``duplicate_event``: the same payment event (timestamp, status, service, user, message) recorded more than once.
+
+Only records whose message carries an identifier or an amount (``id_pattern``: by default a word
+with three digits or more, such as ``ord-8f3a2c`` or ``12.34``) are compared. Two such lines
+that are equal to the second are the same event written twice: a payment or an order is not
+repeated by chance. Lines without one (``User login successful``) repeat by chance as soon as a
+user is busy and stamps have whole seconds, so their repeats are not reported (``ids_only: false``
+compares every record, as earlier versions did).
 
 Each record is reduced to a 64-bit hash of its five fields, the ``record_hash`` column the
 compiled scan makes as it reads the line (``core/_scan.c``). The state keeps, per hash, how many
@@ -12,6 +19,7 @@ records in retention (under 1e-6 for 6 million).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -25,6 +33,10 @@ if TYPE_CHECKING:
     from core.tally import Tally
 
 _FIELDS = ("ts", "status", "service", "user", "message")
+#: A word with three digits or more (an order or payment id, a card's last digits, an amount).
+ID_PATTERN = r"[0-9][^\s]*[0-9][^\s]*[0-9]"
+#: The score of one duplicated event: an incident of k of them scores 10 x sqrt(k) (medium, high at 4).
+DUPLICATE_SCORE = 10.0
 #: Eviction granularity; the anomaly's window is the duplicated instant itself.
 _BUCKET = "1m"
 
@@ -57,15 +69,21 @@ class DuplicateEvent(WindowedDetector):
 
     #: The message is part of the event, but only through the record's hash: the scan hashes it
     #: as it reads the line, which costs less than building the message column.
-    columns = ("ts", "record_hash", "file", "line")
+    columns = ("ts", "service", "message", "record_hash", "file", "line")
 
     type_name = "duplicate_event"
     description = "The same event (all five fields equal) logged more than once."
     default_severity = "medium"
-    params_schema = params_schema({"retention": DURATION, "min_time": INSTANT, "max_future": DURATION})
+    state_version = 2
+    params_schema = params_schema({
+        "ids_only": {"type": "boolean"},
+        "id_pattern": {"type": "string", "minLength": 1, "format": "regex"},
+        "max_gap": {"type": "integer", "minimum": 0, "maximum": 1000},
+        "retention": DURATION, "min_time": INSTANT, "max_future": DURATION,
+    })
     tables = {
         "copies": Copies(
-            {"hash": pl.UInt64(), "us": pl.Int64(), "window": pl.Int64(), "n": pl.UInt32(),
+            {"hash": pl.UInt64(), "service": pl.String(), "us": pl.Int64(), "window": pl.Int64(), "n": pl.UInt32(),
              "file": pl.Categorical(), "line": pl.Int64()},
             keys=("hash",),
         ),
@@ -77,42 +95,63 @@ class DuplicateEvent(WindowedDetector):
 
     def setup(
         self,
+        ids_only: bool = True,
+        id_pattern: str = ID_PATTERN,
+        max_gap: int = 10,
         retention: int | str = "1h",
         min_time: str = MIN_TIME,
         max_future: int | str = MAX_FUTURE,
         severity: str = "medium",
+        **incident_params: Any,
     ) -> None:
+        self.ids_only = ids_only
+        self.id_pattern = id_pattern
+        self.max_gap = max_gap
         self.init_windows(_BUCKET, retention, 0, min_time, max_future)
 
+    def update(self, batch: Batch) -> None:
+        if self.ids_only:  # only events that carry an id can be told from a chance repeat
+            batch = replace(batch, frame=batch.frame.filter(pl.col("message").str.contains(self.id_pattern)))
+            if not batch.frame.height:
+                return
+        super().update(batch)
+
     def tally_keys(self) -> list[str]:
-        return ["record_hash"]
+        return ["record_hash", "service"]
+
+    def subject(self, key: str) -> dict[str, Any]:
+        return {"service": key}
 
     def batch_tables(self, batch: Batch, found: Tally) -> Tables:
         samples = found.samples
-        copies = samples.frame(hash="record_hash", us="us", window="window", n=samples["n"].cast(pl.UInt32),
-                               file=file_column(batch, samples.height), line="line")
+        copies = samples.frame(hash="record_hash", service="service", us="us", window="window",
+                               n=samples["n"].cast(pl.UInt32), file=file_column(batch, samples.height), line="line")
         return {"copies": copies}
 
     def verdicts(self, data: Tables, lo: int | None, hi: int | None) -> list[dict[str, Any]]:
         copies = data["copies"]
         # Folded, each hash's copies are counted on its first row (see Copies).
-        counts = copies.filter((pl.col("n") > 1) & in_range(lo, hi)).select("hash", "n", "us")
+        counts = copies.filter((pl.col("n") > 1) & in_range(lo, hi)).select("hash", "service", "n", "us", "window")
         if counts.is_empty():
             return []
         samples = sample_locations(copies.join(counts.select("hash"), on="hash"), ["hash"])
         return [
             self.anomaly(
-                key=f"{digest:016x}",
+                key=service,
+                kind="duplicate",
+                # Not a chance repeat (see the module docstring): every duplicated event weighs the same.
+                score=DUPLICATE_SCORE,
                 window=(us, us),
                 count=n,
                 observed=n,
-                threshold=1,
+                expected=1,
                 samples=samples.get((digest,), []),
                 first_seen=us,
                 last_seen=us,
-                detail={"copies": n, "hashed_fields": list(_FIELDS)},
+                _w=window,
+                detail={"copies": n, "record_hash": f"{digest:016x}", "compared_fields": list(_FIELDS)},
             )
-            for digest, n, us in counts.sort("us", "hash").iter_rows()
+            for digest, service, n, us, window in counts.sort("us", "hash").iter_rows()
         ]
 
 

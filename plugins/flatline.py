@@ -1,10 +1,14 @@
-"""``flatline``: a service that goes quiet, judged per epoch-aligned event-time window.
+"""``flatline``: a service whose volume falls far below (or rises far above) what was expected of it.
 
-Records are counted per value of ``field`` (``service``) and window. A window of a value is
-judged once it is complete (a later record of any value has been seen) and the value *had
-traffic*: the mean of its ``baseline_windows`` previous windows (empty windows count as zero)
-is at least ``min_baseline``. It is flagged when its count is below ``threshold`` (absolute), or
-below ``fraction`` x that baseline. ElastAlert's flatline is the ``threshold`` half.
+Records are counted per value of ``field`` (``service``) and epoch-aligned window. Every complete
+window up to the newest event time is judged, including windows and whole bands without a single
+record, so a total outage is seen for as long as it lasts. The expectation comes from
+``plugins.seasonal`` (the same time of day on previous days, or of the week, otherwise the recent
+windows; flagged windows left out, so the end of a burst is judged against normal traffic, not
+against the burst). A window is a *drop* when its count is surprisingly low under a Poisson model
+with the series' own dispersion (z <= -``z``) and at most 1/``ratio`` of the expectation (a fall to
+zero included), and a *surge* when it is surprisingly high and at least ``ratio`` times it
+(``surge: false`` turns those off). Flagged windows of a key join into incidents.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import polars as pl
 from core import hookimpl
 from core.tally import Weights
 from plugins.detection import DURATION, FIELDS, INSTANT, params_schema
-from plugins.windows import MAX_FUTURE, MIN_TIME, Table, Tables, WindowedDetector, first_windows, in_range
+from plugins.seasonal import SeasonalDetector
+from plugins.windows import MAX_FUTURE, MIN_TIME, Table, Tables
 
 if TYPE_CHECKING:
     from core.parse import Batch
@@ -25,28 +30,29 @@ if TYPE_CHECKING:
 _KEY = {"key": pl.String(), "window": pl.Int64()}
 
 
-class Flatline(WindowedDetector):
-    """Flag a window in which a value of ``field`` that had traffic falls below its threshold or baseline."""
+class Flatline(SeasonalDetector):
+    """Flag windows in which a value of ``field`` falls far below, or rises far above, its seasonal expectation."""
 
     type_name = "flatline"
-    description = "A service whose volume in a window falls below a threshold or a fraction of its baseline."
+    description = "A service whose volume falls far below (or surges far above) what the same time of day had."
     default_severity = "high"
+    state_version = 2
+    complete_only = True
     params_schema = params_schema({
         "field": {"enum": list(FIELDS)},
         "timeframe": DURATION,
-        "threshold": {"type": ["integer", "null"], "minimum": 1},
-        "fraction": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1},
-        "baseline_windows": {"type": "integer", "minimum": 1, "maximum": 1000},
-        "min_baseline": {"type": "number", "minimum": 0},
+        "z": {"type": "number", "exclusiveMinimum": 0},
+        "ratio": {"type": "number", "minimum": 1},
+        "surge": {"type": "boolean"},
+        "min_score": {"type": "number", "minimum": 0},
+        "max_gap": {"type": "integer", "minimum": 0, "maximum": 1000},
         "retention": DURATION,
         "min_time": INSTANT,
         "max_future": DURATION,
     })
     tables = {
-        "counts": Table({**_KEY, "count": pl.Int64()}, keys=("key", "window"), sums=("count",),
-                        tallied=Weights(counts="count")),
-        "firsts": Table({"key": pl.String(), "first_window": pl.Int64()}, keys=("key",),
-                        mins=("first_window",), windowed=False),
+        "counts": Table({**_KEY, "count": pl.Int64(), "total": pl.Int64()}, keys=("key", "window"),
+                        sums=("count", "total"), tallied=Weights(counts="count", flagged="total")),
     }
     events = ("counts", "count")
     sample_limit = 0  # a quiet window has no line to point at
@@ -56,77 +62,49 @@ class Flatline(WindowedDetector):
         self,
         field: str = "service",
         timeframe: int | str = "10m",
-        threshold: int | None = None,
-        fraction: float | None = 0.1,
-        baseline_windows: int = 6,
-        min_baseline: float = 20,
+        z: float = 4.0,
+        ratio: float = 1.5,
+        surge: bool = True,
+        min_score: float = 10.0,
+        max_gap: int = 6,
         retention: int | str = "1d",
         min_time: str = MIN_TIME,
         max_future: int | str = MAX_FUTURE,
         severity: str = "high",
+        **incident_params: Any,
     ) -> None:
-        if threshold is None and fraction is None:
-            raise ValueError("threshold, fraction: expected at least one of them set, got both null")
         self.field = field
-        self.threshold = threshold
-        self.fraction = fraction
-        self.min_baseline = min_baseline
-        self.init_windows(timeframe, retention, baseline_windows, min_time, max_future)
+        self.init_windows(timeframe, retention, 0, min_time, max_future)
+        self.init_model(z, ratio, surge, True, min_score, max_gap)
 
     def tally_keys(self) -> list[str]:
         return [self.field]
 
+    def subject(self, key: str) -> dict[str, Any]:
+        return {self.field: key}
+
     def batch_tables(self, batch: Batch, found: Tally) -> Tables:
-        counts = found.groups.frame(key=self.field, window="window", count="count")
-        return {"counts": counts, "firsts": first_windows(counts, "key")}
+        counts = found.groups.frame(key=self.field, window="window", count="count", total="flagged")
+        return {"counts": counts}
 
-    def verdicts(self, data: Tables, lo: int | None, hi: int | None) -> list[dict[str, Any]]:
-        if not self.newest:
-            return []
-        # Only complete windows: the newest record's window may still be filling.
-        newest = self.newest[0] // self.width
-        hi = newest if hi is None else min(hi, newest)
-        judged = self._judge(data).filter(in_range(lo, hi) & pl.col("flag"))
-        return [self._anomaly(row) for row in judged.iter_rows(named=True)]
-
-    def _judge(self, data: Tables) -> pl.DataFrame:
-        """Every window that has or follows traffic of a key (within the lookback), with its baseline."""
-        n, counts = self.lookback, data["counts"]
-        # Quiet windows have no rows: add, for each window with traffic, the n windows after it.
-        after = counts.select("key", pl.col("window") + pl.int_ranges(0, n + 1)).explode("window").unique()
-        grid = after.join(counts, on=["key", "window"], how="left").with_columns(pl.col("count").fill_null(0))
-        base = pl.col("count").rolling_sum_by("window", f"{n}i", closed="left").over("key")
-        frame = grid.sort("key", "window").with_columns(baseline=base / n).join(data["firsts"], on="key")
-        low = pl.lit(False)
-        if self.threshold is not None:
-            low = low | (pl.col("count") < self.threshold)
-        if self.fraction is not None:
-            low = low | (pl.col("count") < pl.col("baseline") * self.fraction)
-        eligible = (pl.col("baseline") >= self.min_baseline) & (pl.col("window") - n >= pl.col("first_window"))
-        return frame.with_columns(flag=eligible & low & (pl.col("baseline") > 0))
-
-    def _anomaly(self, row: dict[str, Any]) -> dict[str, Any]:
-        baseline = row["baseline"]
-        relative = None if self.fraction is None else baseline * self.fraction
-        limits = [x for x in (self.threshold, relative) if x is not None]
-        start, end = self.window_bounds(row["window"])
-        return self.anomaly(
-            key=row["key"],
-            window=(start, end),
-            count=row["count"],
-            observed=row["count"],
-            expected=round(baseline, 3),
-            threshold=round(max(limits), 3),
-            # A quiet window is about records that are missing: there is no line to point at.
-            samples=[],
-            first_seen=None,
-            detail={
-                "field": self.field,
-                "baseline_windows": self.lookback,
-                "fraction": self.fraction,
-                "absolute_threshold": self.threshold,
-            },
-        )
+    def flags(self, data: Tables, flagged: list[tuple[str, int, float, float, float, float]]) -> list[dict[str, Any]]:
+        return [
+            self.anomaly(
+                key=key,
+                kind="surge" if z > 0 else "drop",
+                score=round(abs(z), 3),
+                window=self.window_bounds(window),
+                count=int(observed),
+                observed=int(observed),
+                expected=round(expected, 3),
+                # A quiet window is about records that are missing: there is no line to point at.
+                samples=[],
+                first_seen=None,
+                _w=window,
+                detail={"field": self.field},
+            )
+            for key, window, observed, expected, z, _ in flagged
+        ]
 
 
 @hookimpl

@@ -1,21 +1,25 @@
-"""``frequency``: one value of a field (a user, by default) with too many records in a window.
+"""``frequency``: one value of a field (a user, by default) with far more records than its own history.
 
-Windows are *bucketed*: epoch-aligned, ``timeframe`` long, not sliding, so an anomaly's window and
-id never move as more data arrives. A value is flagged in a window when it has at least
-``num_events`` records there, or (``max_share``) when it holds at least that share of all records
-of the window and at least ``min_count`` records. A burst that straddles two buckets is counted
-in both halves; size ``num_events`` for the half you still want to catch.
+Windows are epoch-aligned, ``timeframe`` long. A value's expected count in a window is the larger
+of its own recent level, the trimmed mean of its ``history_windows`` previous windows (the
+largest left out, so a burst does not excuse its own continuation), and the population's, the
+mean records per active value in that window. A window is flagged when the count is at least
+``min_count``, at least ``ratio`` times that expectation, and surprising under a Poisson model
+(z >= ``z``). A steady heavy user is therefore never flagged, however large its share; a new burst
+is. The first ``history_windows`` windows after the first record are not judged.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
 
 from core import hookimpl
 from core.tally import Weights
 from plugins.detection import DURATION, FIELDS, INSTANT, file_column, params_schema, sample_locations
+from plugins.seasonal import deviance_z
 from plugins.windows import MAX_FUTURE, MIN_TIME, Table, Tables, WindowedDetector, in_range
 
 if TYPE_CHECKING:
@@ -26,17 +30,21 @@ _KEY = {"key": pl.String(), "window": pl.Int64()}
 
 
 class Frequency(WindowedDetector):
-    """Flag a value of ``field`` with ``num_events`` records, or ``max_share`` of all traffic, in a window."""
+    """Flag a value of ``field`` whose count in a window is far above its own history and the population's."""
 
     type_name = "frequency"
-    description = "One user (or service, or status) with too many records, or too large a share, in a window."
+    description = "One user (or service, or status) with far more records in a window than its own history."
     default_severity = "medium"
+    state_version = 2
     params_schema = params_schema({
         "field": {"enum": list(FIELDS)},
-        "num_events": {"type": ["integer", "null"], "minimum": 1},
         "timeframe": DURATION,
-        "max_share": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1},
         "min_count": {"type": "integer", "minimum": 1},
+        "ratio": {"type": "number", "minimum": 1},
+        "z": {"type": "number", "exclusiveMinimum": 0},
+        "history_windows": {"type": "integer", "minimum": 2, "maximum": 1000},
+        "min_score": {"type": "number", "minimum": 0},
+        "max_gap": {"type": "integer", "minimum": 0, "maximum": 1000},
         "retention": DURATION,
         "min_time": INSTANT,
         "max_future": DURATION,
@@ -49,6 +57,8 @@ class Frequency(WindowedDetector):
                         tallied=Weights(counts="total")),
         "samples": Table({**_KEY, "file": pl.Categorical(), "line": pl.Int64()}, keys=("key", "window"),
                          samples=True, keep_all=True),
+        "start": Table({"key": pl.String(), "first_window": pl.Int64()}, keys=("key",), mins=("first_window",),
+                       windowed=False),
     }
     events = ("totals", "total")
     #: A band is folded whole on every few merges, and its counts have a row per (user, window):
@@ -58,76 +68,96 @@ class Frequency(WindowedDetector):
     def setup(
         self,
         field: str = "user",
-        num_events: int | None = 300,
         timeframe: int | str = "10m",
-        max_share: float | None = 0.2,
-        min_count: int = 50,
+        min_count: int = 100,
+        ratio: float = 5.0,
+        z: float = 8.0,
+        history_windows: int = 6,
+        min_score: float = 10.0,
+        max_gap: int = 2,
         retention: int | str = "1h",
         min_time: str = MIN_TIME,
         max_future: int | str = MAX_FUTURE,
         severity: str = "medium",
+        **incident_params: Any,
     ) -> None:
-        if num_events is None and max_share is None:
-            raise ValueError("num_events, max_share: expected at least one of them set, got both null")
         self.field = field
-        self.num_events = num_events
-        self.max_share = max_share
         self.min_count = min_count
-        self.init_windows(timeframe, retention, 0, min_time, max_future)
+        self.ratio = ratio
+        self.z = z
+        self.min_score = min_score
+        self.max_gap = max_gap
+        self.init_windows(timeframe, retention, history_windows, min_time, max_future)
 
     def tally_keys(self) -> list[str]:
         return [self.field]
 
+    def subject(self, key: str) -> dict[str, Any]:
+        return {self.field: key}
+
     def batch_tables(self, batch: Batch, found: Tally) -> Tables:
         groups, samples = found.groups, found.samples
+        totals = found.totals.frame(window="window", total="count")
         return {
             "counts": groups.frame(key=self.field, window="window", count="count", first="first", last="last"),
-            "totals": found.totals.frame(window="window", total="count"),
+            "totals": totals,
             "samples": samples.frame(key=self.field, window="window", file=file_column(batch, samples.height),
                                      line="line"),
+            "start": pl.DataFrame({"key": ["all"], "first_window": [totals["window"].min()]},
+                                  schema={"key": pl.String(), "first_window": pl.Int64()}),
         }
 
     def verdicts(self, data: Tables, lo: int | None, hi: int | None) -> list[dict[str, Any]]:
-        by_count = pl.col("count") >= self.num_events if self.num_events is not None else pl.lit(False)
-        by_share = (
-            (pl.col("share") >= self.max_share) & (pl.col("count") >= self.min_count)
-            if self.max_share is not None else pl.lit(False)
+        counts, n = data["counts"], self.lookback
+        start = data["start"]["first_window"].min() if data["start"].height else None
+        candidates = counts.filter(in_range(lo, hi) & (pl.col("count") >= self.min_count))
+        if start is not None:
+            candidates = candidates.filter(pl.col("window") - n >= start)
+        if candidates.is_empty():
+            return []
+        before = (
+            counts.join(candidates.select("key", pl.col("window").alias("judged")), on="key")
+            .filter((pl.col("window") < pl.col("judged")) & (pl.col("window") >= pl.col("judged") - n))
+            .group_by("key", "judged").agg(pl.col("count").sum().alias("sum"), pl.col("count").max().alias("max"))
         )
-        # Either test needs at least this many records: the join then sees a few rows, not every key's.
-        least = min(n for n in (self.num_events, self.min_count if self.max_share is not None else None) if n)
+        active = counts.filter(in_range(lo, hi)).group_by("window").agg(pl.len().alias("active"))
         judged = (
-            data["counts"].filter(in_range(lo, hi) & (pl.col("count") >= least))
-            .join(data["totals"], on="window")
-            .with_columns(share=pl.col("count") / pl.col("total"))
-            .with_columns(by_count=by_count, by_share=by_share)
-            .filter(pl.col("by_count") | pl.col("by_share"))
+            candidates.join(before, left_on=["key", "window"], right_on=["key", "judged"], how="left")
+            .join(data["totals"], on="window", how="left").join(active, on="window", how="left")
+            .with_columns(own=(pl.col("sum").fill_null(0) - pl.col("max").fill_null(0)) / (n - 1),
+                          population=pl.col("total") / pl.col("active"))
+            .with_columns(expected=pl.max_horizontal("own", "population", pl.lit(0.5)))
+        )
+        z = deviance_z(judged["count"].to_numpy(), judged["expected"].to_numpy())
+        judged = judged.with_columns(z=pl.Series(z)).filter(
+            (pl.col("z") >= self.z) & (pl.col("count") >= pl.col("expected") * self.ratio)
         )
         if judged.is_empty():
             return []
         wanted = judged.select("key", "window")
         near = pl.col("key").is_in(wanted["key"].implode()) & pl.col("window").is_in(wanted["window"].implode())
         samples = sample_locations(data["samples"].filter(near).join(wanted, on=["key", "window"]), ["key", "window"])
-        rows = judged.iter_rows(named=True)
-        return [self._anomaly(row, samples.get((row["key"], row["window"]), [])) for row in rows]
+        return [self._flag(row, samples.get((row["key"], row["window"]), [])) for row in judged.iter_rows(named=True)]
 
-    def _anomaly(self, row: dict[str, Any], samples: list[str]) -> dict[str, Any]:
-        by_count = row["by_count"]
+    def _flag(self, row: dict[str, Any], samples: list[str]) -> dict[str, Any]:
         return self.anomaly(
             key=row["key"],
+            kind="burst",
+            score=round(float(np.float64(row["z"])), 3),
             window=self.window_bounds(row["window"]),
             count=row["count"],
-            observed=row["count"] if by_count else round(row["share"], 6),
-            threshold=self.num_events if by_count else self.max_share,
+            observed=row["count"],
+            expected=round(row["expected"], 3),
             samples=samples,
             first_seen=row["first"],
             last_seen=row["last"],
+            _w=row["window"],
             detail={
                 "field": self.field,
-                "triggered_by": [m for m in ("count", "share") if row[f"by_{m}"]],
-                "share": round(row["share"], 6),
+                "own_level": round(row["own"], 3),
+                "population_level": round(row["population"], 3),
+                "share": round(row["count"] / row["total"], 6) if row["total"] else None,
                 "window_records": row["total"],
-                "num_events": self.num_events,
-                "max_share": self.max_share,
             },
         )
 

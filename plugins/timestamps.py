@@ -150,6 +150,9 @@ class TimestampCheck(Detector):
         self.runs.extend(other.runs)
         self._join_runs()
 
+    def subject(self, key: str) -> dict[str, Any]:
+        return {"timestamp": key}
+
     def result(self) -> Result:
         pending, inexact = self._pending_late()
         stats, samples = _fold(self.stats, self.samples, pending)
@@ -165,7 +168,7 @@ class TimestampCheck(Detector):
                 detail={"reason": "lines whose timestamp is not a real instant (malformed: bad_timestamp); "
                                   "see malformed_samples in summary.json"},
             ))
-        return Result(found)
+        return self.publish(self.as_incidents(found))
 
     # -- lateness across chunks ---------------------------------------------------------------
 

@@ -76,6 +76,9 @@ class UnknownStatus(Detector):
                 self.others += self.stats.pop(status)[0]
                 self.samples.pop(status, None)
 
+    def subject(self, key: str) -> dict[str, Any]:
+        return {"status": key}
+
     def result(self) -> Result:
         expected = "one of " + ", ".join(self.allowed)
         found = [
@@ -91,7 +94,7 @@ class UnknownStatus(Detector):
                 key=OTHERS, count=self.others, observed=self.others, expected=expected,
                 detail={"reason": f"more than {self.max_statuses} distinct unknown statuses", "allowed": self.allowed},
             ))
-        return Result(found)
+        return self.publish(self.as_incidents(found))
 
 
 def _combined(a: tuple[int, int, int], b: tuple[int, int, int]) -> tuple[int, int, int]:

@@ -20,6 +20,7 @@ the input is split, ordered or merged; a closed window had every record read bef
 from __future__ import annotations
 
 import bisect
+import copy
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -309,15 +310,29 @@ class WindowedDetector(Detector):
             self.closed[key] = _prefer(anomaly, self.closed[key]) if key in self.closed else anomaly
         self._fold_crowded()
 
+    #: Unflagged windows that may sit inside one incident (see ``plugins.incidents``).
+    max_gap: int = 6
+    #: The combined score an incident needs to be listed.
+    min_score: float = 0.0
+
     def result(self) -> Result:
         self.seal()
-        found = dict(self.closed)
-        for anomaly in self._verdicts(self.horizon, None):
-            found[f"{anomaly['key']}@{anomaly['window_start']}"] = anomaly
-        listed = [found[k] for k in sorted(found)]
+        flags = list(self.closed.values())
+        # Open windows are judged again at every read: on a copy of the judged history, which
+        # only a seal extends.
+        history = self.__dict__.get("history")
+        if history is not None:
+            self.history = {key: copy.deepcopy(series) for key, series in history.items()}
+        try:
+            flags += self._verdicts(self.horizon, None)
+        finally:
+            if history is not None:
+                self.history = history
+        newest = self.newest[0] // self.width if self.newest else None
+        found = self.windowed_incidents(flags, newest, self.max_gap, self.min_score)
         if self.late:
-            listed.append(self._late_anomaly())
-        return Result(listed, {"late_events": self.late, "closed_before": iso(self._horizon_us())})
+            found += self.as_incidents([self._late_anomaly()])
+        return self.publish(found, {"late_events": self.late, "closed_before": iso(self._horizon_us())})
 
     def __getstate__(self) -> dict[str, Any]:
         # A checkpoint holds one folded table set per band, not the parts it came from.

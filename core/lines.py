@@ -1,0 +1,167 @@
+"""Read the text of given lines of a file, fast on multi-GB files and never blocking on special files."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+from typing import BinaryIO
+
+from core.parse import _text, count_newlines
+
+#: Bytes read at a time. A block with no wanted line in it costs one read and one count of its
+#: newlines (compiled, without the GIL); only the block holding a wanted line is searched.
+BLOCK_BYTES = 8 * 1024 * 1024
+#: Inside that block, newlines are counted this many bytes at a time to reach the wanted line,
+#: and only the last stretch is walked line by line.
+_STRIDE = 64 * 1024
+#: Bytes kept of a line beyond ``max_bytes``: enough to finish a UTF-8 character cut at the limit.
+_SLACK = 4
+
+
+def read_lines(
+    path: str | Path, numbers: Iterable[int], *, max_bytes: int = 200, block_bytes: int = BLOCK_BYTES
+) -> dict[int, str]:
+    """The text of each wanted line that exists, by its 1-based number as the engine counts lines.
+
+    Each text is decoded as the line contract says (invalid UTF-8 as U+FFFD, one trailing ``\\r``
+    dropped) and cut to at most ``max_bytes`` bytes of UTF-8, never inside a character. Reading
+    stops after the last wanted line. A missing, unreadable or special file (FIFO, device) and a
+    line past the end give no entry; this never raises ``OSError``.
+    """
+    wanted = sorted({number for number in numbers if number >= 1})
+    if not wanted:
+        return {}
+    scan = _LineScan(wanted, max(0, max_bytes))
+    try:
+        with _open_regular(Path(path)) as handle:
+            _read_blocks(handle, scan, max(1, block_bytes))
+    except OSError:
+        pass  # what was found before the error stands; the rest has no entry
+    return scan.found
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """Open a regular file for reading; refuse anything else before it could block or have effects."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError(f"{path}: not a regular file")
+    # O_NONBLOCK: were the path swapped for a FIFO after the check, the open must not wait for a writer.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path}: not a regular file")
+        return os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_blocks(handle: BinaryIO, scan: _LineScan, block_bytes: int) -> None:
+    buffer = bytearray(block_bytes)  # one buffer for every read: no new pages to fault in per block
+    while not scan.done:
+        size = handle.readinto(buffer)
+        if not size:
+            break
+        scan.feed(buffer, size)
+    scan.end_of_file()
+
+
+class _LineScan:
+    """Walks the blocks of a file in order, keeping the start of each wanted line it passes."""
+
+    def __init__(self, wanted: list[int], max_bytes: int) -> None:
+        self.wanted = wanted
+        self.max_bytes = max_bytes
+        self.keep = max_bytes + _SLACK
+        self.found: dict[int, str] = {}
+        self.next = 0  # index in ``wanted`` of the next line to find
+        self.line = 1  # number of the line the next block starts in
+        self.pending: bytearray | None = None  # the kept start of a wanted line not ended yet
+        self.pending_size = 0  # its length so far, kept or not
+
+    @property
+    def done(self) -> bool:
+        return self.next == len(self.wanted)
+
+    def feed(self, block: bytearray, size: int) -> None:
+        """Take the next ``size`` bytes of the file, in ``block[:size]``."""
+        newlines = count_newlines(block, size)
+        pos = 0
+        if self.pending is not None:
+            pos = self._continue(self.pending, block, size)
+            if pos < 0:
+                return
+            newlines -= 1
+        while not self.done and self.wanted[self.next] <= self.line + newlines:
+            skip = self.wanted[self.next] - self.line
+            pos = _after_newlines(block, size, pos, skip)
+            newlines -= skip
+            self.line += skip
+            pos = self._start(block, size, pos)
+            if pos < 0:
+                return
+            newlines -= 1
+        self.line += newlines
+
+    def end_of_file(self) -> None:
+        """A last line without a newline is a line, as in a batch run; an empty one is not."""
+        if self.pending is not None and self.pending_size:
+            self._finish(self.pending, self.pending_size)
+        self.pending = None
+
+    def _start(self, block: bytearray, size: int, pos: int) -> int:
+        """Keep the wanted line that starts at ``pos``; where the next line starts, -1 if in a later block."""
+        end = block.find(b"\n", pos, size)
+        if end < 0:
+            self.pending = bytearray(block[pos:min(size, pos + self.keep)])
+            self.pending_size = size - pos
+            return -1
+        self._finish(block[pos:min(end, pos + self.keep)], end - pos)
+        return end + 1
+
+    def _continue(self, pending: bytearray, block: bytearray, size: int) -> int:
+        """Add this block's part of the pending line; where the next line starts, -1 if not here."""
+        end = block.find(b"\n", 0, size)
+        stop = size if end < 0 else end
+        pending += block[:max(0, min(stop, self.keep - len(pending)))]
+        self.pending_size += stop
+        if end < 0:
+            return -1
+        self._finish(pending, self.pending_size)
+        self.pending = None
+        return end + 1
+
+    def _finish(self, kept: bytes | bytearray, length: int) -> None:
+        raw = bytes(kept)
+        # Only a line kept whole ends in its own \r; in a longer one that byte is past the cut.
+        text = _text(raw) if length <= len(raw) else raw.decode("utf-8", "replace")
+        self.found[self.wanted[self.next]] = _cut(text, self.max_bytes)
+        self.next += 1
+        self.line += 1
+
+
+def _after_newlines(block: bytearray, size: int, pos: int, count: int) -> int:
+    """The offset just past the ``count``-th newline from ``pos``; ``block[pos:size]`` holds that many."""
+    view = memoryview(block)
+    while count:
+        stop = min(pos + _STRIDE, size)
+        inside = count_newlines(view[pos:stop], stop - pos)
+        if inside >= count:
+            break
+        count, pos = count - inside, stop
+    for _ in range(count):
+        pos = block.index(b"\n", pos, size) + 1
+    return pos
+
+
+def _cut(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` bytes of UTF-8, dropping a character that would not fit whole.
+
+    The text was decoded from at most ``max_bytes + 4`` bytes, so a character its own cut split
+    (decoded as U+FFFD) begins past ``max_bytes`` and is cut off here.
+    """
+    encoded = text.encode("utf-8")
+    if len(encoded) <= max_bytes:
+        return text
+    return encoded[:max_bytes].decode("utf-8", "ignore")

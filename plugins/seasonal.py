@@ -1,0 +1,391 @@
+"""What a window was expected to hold, and how surprising it was: seasonal, robust baselines with a noise model.
+
+Each windowed detector keeps, per key, the series of its judged windows (``History``): counts, the
+flags it raised and the residuals of each baseline model. A window is judged against:
+
+- **daily**: the median of the same time of day (that window and its two neighbours) on each of
+  the previous ``DAYS`` days, flagged windows left out; it needs one day of history;
+- **weekly**: the same, at the same time of the week on the previous ``WEEKS`` weeks; it needs two;
+- **recent**: while neither has history, the median of the ``RECENT`` windows just before.
+
+When both seasonal models have history, the one whose residuals over the last week were smaller
+wins, so traffic with a weekly shape is judged against last week and the rest against yesterday.
+
+The noise model is Poisson for counts and binomial for failure rates, judged by the signed root
+of the deviance (``deviance_z``): about a normal z-score, accurate in the far tail even at small
+counts. Real traffic is burstier than Poisson, so each model's z is divided by the square root of
+its *dispersion*: the squared robust spread (1.4826 x MAD) of its own residuals over the last
+week, at least 1. A window is flagged only when it is both surprising (|z| >= ``z``) and large
+enough to matter (a ratio to the expectation of at least ``ratio``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+import numpy as np
+
+from plugins.windows import Tables, WindowedDetector, in_range
+
+#: Seasonal history kept per key: the same time of day on this many days, of the week on this many weeks.
+DAYS = 7
+WEEKS = 4
+#: Windows before, when there is no seasonal history yet.
+RECENT = 12
+#: Residuals (windows) a model needs before its dispersion is trusted; until then it is not used.
+MIN_RESIDUALS = 36
+#: The neighbours of the same time of day that are pooled with it (one window each side).
+SPREAD = (-1, 0, 1)
+_MAD = 1.4826
+#: Windows summed for the second, slower scale: a deviation too small to see in one window but
+#: sustained over this many (a service gone quiet at night) is judged on their sum.
+SLOW = 6
+#: Residual rows kept per window: daily, weekly, recent, and the slow scale.
+ROWS = 4
+
+
+class Judged(NamedTuple):
+    """Windows ``first .. first + len - 1`` of a key, judged: what was seen and expected, and how surprising."""
+
+    first: int
+    observed: np.ndarray
+    expected: np.ndarray
+    z: np.ndarray
+    flagged: np.ndarray
+
+
+@dataclass
+class History:
+    """One key's judged windows, from ``first`` on: counts (and totals, for rates), flags and residuals."""
+
+    first: int
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    totals: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    flags: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    residuals: np.ndarray = field(default_factory=lambda: np.zeros((ROWS, 0), dtype=np.float32))
+    expected: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the z each window was judged with
+
+    @property
+    def end(self) -> int:
+        return self.first + len(self.counts)
+
+    def trim(self, keep: int) -> None:
+        """Keep the last ``keep`` windows."""
+        cut = len(self.counts) - keep
+        if cut > 0:
+            self.first += cut
+            self.counts, self.totals, self.flags = self.counts[cut:], self.totals[cut:], self.flags[cut:]
+            self.residuals, self.expected, self.scores = self.residuals[:, cut:], self.expected[cut:], self.scores[cut:]
+
+
+@dataclass(frozen=True)
+class Model:
+    """How windows are judged: the window width (for the seasonal lags) and what counts as surprising."""
+
+    width_us: int
+    z: float = 4.0
+    ratio: float = 1.5
+    rate: bool = False  # judge failures / records (binomial) instead of records (Poisson)
+    up: bool = True
+    down: bool = True
+
+    @property
+    def day(self) -> int:
+        return max(1, 86_400_000_000 // self.width_us)
+
+    @property
+    def keep(self) -> int:
+        """Windows of history a key keeps: enough for the weekly model and a week of residuals."""
+        return WEEKS * 7 * self.day + 2
+
+
+def deviance_z(observed: np.ndarray, expected: np.ndarray, trials: np.ndarray | None = None) -> np.ndarray:
+    """Signed root of the Poisson (or, with ``trials``, binomial) deviance: a z-score for each count."""
+    x = np.asarray(observed, dtype=float)
+    e = np.maximum(np.asarray(expected, dtype=float), 1e-9)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        term = np.where(x > 0, x * np.log(x / e), 0.0)
+        if trials is None:
+            dev = 2 * (term - (x - e))
+        else:
+            n = np.asarray(trials, dtype=float)
+            rest, rest_e = n - x, np.maximum(n - e, 1e-9)
+            dev = 2 * (term + np.where(rest > 0, rest * np.log(rest / rest_e), 0.0))
+    return np.sign(x - e) * np.sqrt(np.maximum(dev, 0.0))
+
+
+def judge(history: History | None, first: int, counts: np.ndarray, totals: np.ndarray, model: Model,
+          *, commit: bool) -> tuple[History, Judged]:
+    """Judge windows ``first ..`` of one key (``counts``, and ``totals`` for rates) after its ``history``.
+
+    Windows are judged a day at a time, so that every seasonal baseline window is already
+    judged (and its flag known) when it is used. With ``commit`` the history is extended in place;
+    otherwise it is left as it was (windows still open are judged again later).
+    """
+    work = _extend(history, first, counts, totals, commit=commit)
+    start = first - work.first
+    for lo in range(start, work.end - work.first, model.day):
+        hi = min(lo + model.day, work.end - work.first)
+        expected, z, residuals = _judge_span(work, lo, hi, model)
+        work.expected[lo:hi] = expected
+        slow = _slow(work, lo, hi, model)
+        work.residuals[:3, lo:hi] = residuals
+        work.residuals[3, lo:hi] = slow
+        slow_z = slow / math.sqrt(_dispersion(work, lo, 3, model.day)[0] or 1.0)
+        observed = work.counts[lo:hi]
+        ratio = _ratio(observed, expected)
+        slow_ratio = _ratio(_window_sums(work.counts, lo, hi), _window_sums(work.expected, lo, hi))
+        # The slow scale looks for sustained shortfalls only: a quiet service shows slowly at small
+        # counts, while a surge large enough to matter shows in its own window.
+        up = (z >= model.z) & (ratio >= model.ratio)
+        down = ((z <= -model.z) & (ratio <= 1 / model.ratio)) | (
+            (slow_z <= -model.z) & (slow_ratio <= 1 / model.ratio) & (z < 0))
+        work.flags[lo:hi] = (up & model.up) | (down & model.down)
+        # A window flagged on the slow scale scores what that scale saw.
+        z_out = np.where((slow_z < 0) & (np.abs(slow_z) > np.abs(z)), slow_z, z)
+        work.expected[lo:hi] = expected
+        work.scores[lo:hi] = z_out
+    judged = Judged(first, work.counts[start:], work.expected[start:].copy(), work.scores[start:].copy(),
+                    work.flags[start:].copy())
+    if commit:
+        work.trim(model.keep)
+    return work, judged
+
+
+def _ratio(observed: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    return np.divide(observed, expected, out=np.where(observed > 0, np.inf, 1.0), where=expected > 0)
+
+
+def _window_sums(values: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """For each window ``lo:hi``, the sum of it and the ``SLOW - 1`` before it."""
+    padded = np.concatenate([np.zeros(SLOW), np.nan_to_num(values[:hi])])
+    total = np.cumsum(padded)
+    ends = np.arange(lo, hi) + SLOW
+    return total[ends] - total[ends - SLOW]
+
+
+def _slow(work: History, lo: int, hi: int, model: Model) -> np.ndarray:
+    """The raw z of each window's sum with the ``SLOW - 1`` before it, against the sum of their expectations."""
+    observed, expected = _window_sums(work.counts, lo, hi), _window_sums(work.expected, lo, hi)
+    if model.rate:
+        totals = _window_sums(work.totals, lo, hi)
+        rate = np.minimum(np.divide(expected, totals, out=np.zeros(hi - lo), where=totals > 0), 1 - 1e-9)
+        return np.where(totals > 0, deviance_z(observed, rate * totals, totals), 0.0)
+    return np.where(expected > 0, deviance_z(observed, np.maximum(expected, 0.5)), 0.0)
+
+
+def _extend(history: History | None, first: int, counts: np.ndarray, totals: np.ndarray, *,
+            commit: bool) -> History:
+    """``history`` followed by the new windows (zeros fill any gap), as a new object unless ``commit``."""
+    if history is None:
+        history = History(first)
+    gap = max(0, first - history.end)
+    pad = np.zeros(gap)
+    extended = History(
+        history.first,
+        np.concatenate([history.counts[: first - history.first], pad, counts]),
+        np.concatenate([history.totals[: first - history.first], pad, totals]),
+        np.concatenate([history.flags[: first - history.first], np.zeros(gap + len(counts), dtype=bool)]),
+        np.concatenate([history.residuals[:, : first - history.first],
+                        np.full((ROWS, gap + len(counts)), np.nan, dtype=np.float32)], axis=1),
+        np.concatenate([history.expected[: first - history.first], np.zeros(gap + len(counts))]),
+        np.concatenate([history.scores[: first - history.first], np.zeros(gap + len(counts))]),
+    )
+    if commit:
+        history.__dict__.update(extended.__dict__)
+        return history
+    return extended
+
+
+def _judge_span(work: History, lo: int, hi: int, model: Model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Expectation, z and each model's raw residual for windows ``lo:hi`` (indexes into ``work``)."""
+    at = np.arange(lo, hi)
+    day = model.day
+    candidates = [
+        _seasonal(work, at, day, DAYS, 1, model),
+        _seasonal(work, at, 7 * day, WEEKS, 2, model),
+        _recent(work, at, model),
+    ]
+    residuals = np.full((3, hi - lo), np.nan, dtype=np.float32)  # the slow scale's row is filled later
+    best_e, best_z = np.full(hi - lo, np.nan), np.zeros(hi - lo)
+    best_fit = np.full(hi - lo, np.inf)
+    for index, expected in enumerate(candidates):
+        raw = _z(work, at, expected, model)
+        residuals[index] = raw
+        spread, fit = _dispersion(work, lo, index, day)
+        if index < 2 and (spread is None or fit is None):
+            continue  # a seasonal model is used once its residuals can be trusted
+        usable = ~np.isnan(expected)
+        if index == 2:  # the fallback, only where no seasonal model could judge
+            usable &= np.isnan(best_e)
+            spread = spread if spread is not None else _recent_spread(work, at, expected, model)
+            fit = np.inf
+        better = usable & (fit < best_fit) if index < 2 else usable
+        best_e = np.where(better, expected, best_e)
+        best_z = np.where(better, raw / math.sqrt(spread), best_z)
+        best_fit = np.where(better, fit, best_fit)
+    judged = ~np.isnan(best_e)
+    expected_counts = np.where(judged, _expected_count(work, at, best_e, model), 0.0)
+    return expected_counts, np.where(judged, best_z, 0.0), residuals
+
+
+def _seasonal(work: History, at: np.ndarray, period: int, periods: int, needed: int, model: Model) -> np.ndarray:
+    """Median of the same windows (and neighbours) ``1..periods`` periods before; NaN with too little history."""
+    lags = np.array([k * period - j for k in range(1, periods + 1) for j in SPREAD])
+    index = at[:, None] - lags[None, :]
+    valid = index >= 0
+    safe = np.where(valid, index, 0)
+    valid &= ~work.flags[safe]
+    values = _values(work, safe, model)
+    values = np.where(valid & ~np.isnan(values), values, np.nan)
+    enough = np.sum(~np.isnan(values), axis=1) >= needed * len(SPREAD)
+    return np.where(enough, _nanmedian(values), np.nan)
+
+
+def _recent(work: History, at: np.ndarray, model: Model) -> np.ndarray:
+    """Median of the ``RECENT`` windows before (flagged ones left out); NaN with fewer than half of them."""
+    index = at[:, None] - np.arange(1, RECENT + 1)[None, :]
+    valid = index >= 0
+    safe = np.where(valid, index, 0)
+    values = np.where(valid & ~work.flags[safe], _values(work, safe, model), np.nan)
+    enough = np.sum(~np.isnan(values), axis=1) >= RECENT // 2
+    return np.where(enough, _nanmedian(values), np.nan)
+
+
+def _nanmedian(values: np.ndarray) -> np.ndarray:
+    """Row medians ignoring NaN; NaN (without a warning) for a row of NaN only."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(values, axis=1) if values.shape[1] else np.full(len(values), np.nan)
+
+
+def _values(work: History, index: np.ndarray, model: Model) -> np.ndarray:
+    """What is compared: the count, or the failure rate (NaN for a window without records)."""
+    if not model.rate:
+        return work.counts[index]
+    totals = work.totals[index]
+    return np.divide(work.counts[index], totals, out=np.full(index.shape, np.nan), where=totals > 0)
+
+
+def _expected_count(work: History, at: np.ndarray, expected: np.ndarray, model: Model) -> np.ndarray:
+    return expected * work.totals[at] if model.rate else expected
+
+
+def _z(work: History, at: np.ndarray, expected: np.ndarray, model: Model) -> np.ndarray:
+    observed = work.counts[at]
+    if model.rate:
+        totals = work.totals[at]
+        # A rate of 0 expected would make any failure infinitely surprising: floor it at half a
+        # failure in the window's records.
+        rate = np.where(np.isnan(expected), np.nan, np.maximum(expected, 0.5 / np.maximum(totals, 1)))
+        rate = np.minimum(rate, 1 - 1e-9)
+        z = deviance_z(observed, np.nan_to_num(rate) * totals, totals)
+        return np.where(totals > 0, z, 0.0)
+    # An expectation of 0 (a key that was quiet) is floored at half a record.
+    return deviance_z(observed, np.maximum(np.nan_to_num(expected), 0.5))
+
+
+def _dispersion(work: History, lo: int, index: int, day: int) -> tuple[float | None, float | None]:
+    """A model's dispersion (>= 1) and fit (median |residual|) over the week before window ``lo``."""
+    past = work.residuals[index, max(0, lo - 7 * day):lo]
+    past = past[~np.isnan(past)]
+    if len(past) < MIN_RESIDUALS:
+        return None, None
+    middle = float(np.median(past))
+    spread = _MAD * float(np.median(np.abs(past - middle)))
+    return max(1.0, spread * spread), float(np.median(np.abs(past)))
+
+
+def _recent_spread(work: History, at: np.ndarray, expected: np.ndarray, model: Model) -> float:
+    """The dispersion of the recent windows around their median, for the fallback model (>= 1)."""
+    if len(at) == 0:
+        return 1.0
+    start = max(0, int(at[0]) - RECENT)
+    index = np.arange(start, int(at[0]))
+    if len(index) < RECENT // 2:
+        return 1.0
+    middle = np.full(len(index), np.nanmedian(expected) if not np.all(np.isnan(expected)) else np.nan)
+    if np.all(np.isnan(middle)):
+        return 1.0
+    raw = _z(work, index, middle, model)
+    raw = raw[~np.isnan(raw)]
+    if len(raw) < 3:
+        return 1.0
+    spread = _MAD * float(np.median(np.abs(raw - np.median(raw))))
+    return max(1.0, spread * spread)
+
+
+class SeasonalDetector(WindowedDetector):
+    """A windowed detector that judges each key's window counts against ``plugins.seasonal``'s expectation.
+
+    A subclass says how a batch is counted (``counts_table``) and how a flagged window reads
+    (``flag``). Each seal judges the windows it closes in order and keeps them in ``history``;
+    windows still open are judged again, on a copy, whenever results are read.
+    """
+
+    #: Flagged windows judged by the rate of ``failures`` in ``total`` (binomial) instead of ``total`` (Poisson).
+    rate: ClassVar[bool] = False
+    #: Judge windows only once complete (a later record seen): a drop cannot be judged before.
+    complete_only: ClassVar[bool] = False
+
+    def init_model(self, z: float, ratio: float, up: bool, down: bool, min_score: float, max_gap: int) -> None:
+        self.model = Model(self.width, z=z, ratio=ratio, rate=self.rate, up=up, down=down)
+        self.min_score = min_score
+        self.max_gap = max_gap
+        self.history: dict[str, History] = {}
+
+    def merge(self, other: WindowedDetector) -> None:
+        # Only a sealed state judges; of two that did, the one that judged further wins.
+        mine, theirs = self.horizon, other.horizon
+        super().merge(other)
+        if theirs is not None and (mine is None or theirs > mine):
+            self.history = other.history
+
+    def series(self, data: Tables, lo: int | None, hi: int | None) -> dict[str, tuple[int, np.ndarray, np.ndarray]]:
+        """Per key, the windows to judge: ``(first, counts, totals)`` from the first not yet judged to ``hi``."""
+        counts = data["counts"].filter(in_range(lo, hi))
+        newest = self.newest[0] // self.width if self.newest else None
+        if newest is None:
+            return {}
+        stop = newest if self.complete_only else newest + 1
+        stop = stop if hi is None else min(hi, stop)
+        found: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
+        columns = counts.select("key", "window", "count", "total").rows() if counts.height else []
+        rows: dict[str, list[tuple[int, int, int]]] = {}
+        for key, window, count, total in columns:
+            rows.setdefault(key, []).append((window, count, total))
+        for key in set(rows) | set(self.history):
+            past = self.history.get(key)
+            start = past.end if past is not None else min(w for w, _, _ in rows[key])
+            if lo is not None and past is None:
+                start = max(start, lo)
+            if stop <= start:
+                continue
+            values = np.zeros(stop - start)
+            totals = np.zeros(stop - start)
+            for window, count, total in rows.get(key, []):
+                if start <= window < stop:
+                    values[window - start] += count
+                    totals[window - start] += total
+            if past is not None and not values.any() and not past.counts.any():
+                del self.history[key]  # quiet for the whole history: nothing is expected of it any more
+                continue
+            found[key] = (start, values, totals)
+        return found
+
+    def verdicts(self, data: Tables, lo: int | None, hi: int | None) -> list[dict[str, Any]]:
+        flags = []
+        for key, (first, counts, totals) in sorted(self.series(data, lo, hi).items()):
+            self.history[key], judged = judge(self.history.get(key), first, counts, totals, self.model, commit=True)
+            for at in np.nonzero(judged.flagged)[0]:
+                flags.append((key, first + int(at), float(judged.observed[at]), float(judged.expected[at]),
+                              float(judged.z[at]), float(totals[at])))
+        return self.flags(data, flags)
+
+    def flags(self, data: Tables, flagged: list[tuple[str, int, float, float, float, float]]) -> list[dict[str, Any]]:
+        """Flagged windows as anomalies: ``(key, window, observed, expected, z, records)`` each."""
+        raise NotImplementedError
