@@ -114,3 +114,44 @@ def scrambled(rule: Rule, parts: list[Batch], rng: random.Random) -> list[dict[s
 
 def strip_samples(anomalies: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in a.items() if k != "samples"} for a in anomalies]
+
+
+#: Ten-minute windows: a day of them.
+DAY_WINDOWS = 144
+
+
+def daily_cycle(days: int = 3, low: float = 1.0, high: float = 6.0) -> "np.ndarray":
+    """Per ten-minute window over ``days``: a smooth daily shape from ``low`` at midnight to ``high`` at noon."""
+    import numpy as np
+
+    phase = np.arange(days * DAY_WINDOWS) % DAY_WINDOWS / DAY_WINDOWS
+    return low + (high - low) * (1 - np.cos(2 * np.pi * phase)) / 2
+
+
+def synthetic(rng: Any, counts: Any, *, failures: Any = None, service: str = "PaymentService",
+              users: Any = None, message: str = "User login successful", width_minutes: float = 10) -> list[str]:
+    """Records of ``service``: ``counts[i]`` of them at uniform times in window ``i`` (``width_minutes`` each
+    from BASE), of which ``failures[i]`` are FAILURE; ``users``, when given, names each record's user
+    (an array as long as the records), else users ``u0..u49`` at random. Whole-second stamps; unsorted."""
+    import numpy as np
+
+    counts = np.asarray(counts, dtype=np.int64)
+    window = np.repeat(np.arange(len(counts)), counts)
+    seconds = (window * width_minutes * 60 + rng.uniform(0, width_minutes * 60, len(window))).astype(np.int64)
+    base = np.datetime64(BASE.replace(tzinfo=None), "s")
+    stamps = np.datetime_as_string(base + seconds.astype("timedelta64[s]"), unit="s")
+    failed = np.zeros(len(window), dtype=bool)
+    if failures is not None:
+        failures = np.minimum(np.asarray(failures, dtype=np.int64), counts)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        rank = np.arange(len(window)) - starts[window]
+        failed = rank < failures[window]
+    status = np.where(failed, "FAILURE", "SUCCESS")
+    if users is None:
+        users = np.char.add("u", rng.integers(0, 50, len(window)).astype(str))
+    return [f"{t}Z {s} {service} {u} {message}" for t, s, u in zip(stamps, status, users)]
+
+
+def in_time_order(*parts: list[str]) -> list[str]:
+    """Lines of several ``synthetic`` calls merged in time order (the stamps sort as text)."""
+    return sorted(line for part in parts for line in part)
