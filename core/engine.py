@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
 import pluggy
@@ -24,7 +24,7 @@ from core import budget
 from core.checkpoint import Checkpoint
 from core.errors import RuleExecutionFailed
 from core.ledger import Work
-from core.parse import RECORD_COLUMNS, Batch, Chunk, parse_chunk
+from core.parse import RECORD_COLUMNS, SAMPLE_CHARS, Batch, Chunk, parse_chunk
 from core.profile import RunProfile
 from core.reader import ChunkReader
 from core.redact import Redactor
@@ -91,6 +91,7 @@ class Pipeline:
         for rule in rules:  # partials inherit the bound and the redactor through Rule.empty
             rule.limit_state(self.state_bytes)
             rule.use_redactor(self.redactor)
+            rule.data_dir = str(settings.data_dir)  # where sample lines are read back from
         self.columns = frozenset(column for rule in rules for column in rule.columns or RECORD_COLUMNS)
 
     def __enter__(self) -> Pipeline:
@@ -115,6 +116,7 @@ class Pipeline:
         for rule in checkpoint.state.rules.values():  # a checkpoint may come from a run with another cap
             rule.limit_state(self.state_bytes)
             rule.use_redactor(self.redactor)
+            rule.data_dir = str(self.settings.data_dir)
         self._checkpoint, self._queue, self._error = checkpoint, deque(), None
         for work in works:
             if self.stop.is_set():
@@ -170,6 +172,9 @@ class Pipeline:
         started = time.perf_counter()
         batch, stats = parse_chunk(chunk, self.settings.max_line_bytes, self.settings.malformed_samples,
                                    self.columns, samples)
+        if stats.samples:  # masked before they are kept anywhere, the checkpoint included
+            stats.samples = [replace(s, text=self.redactor.redact(s.text, cut=len(s.text) >= SAMPLE_CHARS))
+                             for s in stats.samples]
         outcome = ChunkOutcome(RunState.empty(self.rules), stats)
         if stats.lines:
             for rule in outcome.partial.rules.values():

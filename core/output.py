@@ -53,29 +53,45 @@ def rule_results(
 
 
 def build_anomalies(state: RunState, rules: list[Rule], generated_at: str) -> dict[str, Any]:
-    """The ``anomalies.json`` document: every detector's anomalies, stamped and in a stable order.
+    """The ``anomalies.json`` document: every detector's incidents, stamped, most severe first.
 
-    A detector returns a list of anomaly mappings; the engine adds ``rule``, ``type`` and an ``id``
-    derived from the rule, key and window, so the same anomaly is never listed twice.
+    A detector returns its listed incidents, and in its detail how many it found, listed and
+    suppressed; the engine adds ``rule``, ``type`` and an ``id`` derived from the rule, key and
+    start, so the same incident is never listed twice.
     """
     detectors = [rule for rule in rules if rule.output == "anomalies"]
-    values, _ = rule_results(state, detectors, "anomalies")
+    values, details = rule_results(state, detectors, "anomalies")
     found: dict[str, dict[str, Any]] = {}
     counts: dict[str, int] = {}
+    per_rule: dict[str, dict[str, Any]] = {}
     for rule in detectors:
         listed = values.get(rule.key, [])
         counts[rule.name] = len(listed)
+        told = (details.get(rule.key) or {}).get("incidents", {}) if isinstance(details.get(rule.key), dict) else {}
+        per_rule[rule.name] = {"type": rule.type_name, "found": told.get("found", len(listed)),
+                               "listed": len(listed), "suppressed": told.get("suppressed", 0)}
         for anomaly in listed:
             stamped = {"id": anomaly_id(rule.name, anomaly), "rule": rule.name, "type": rule.type_name, **anomaly}
             found[stamped["id"]] = stamped
-    ordered = sorted(found.values(), key=lambda a: (a["rule"], a["key"], a["window_start"] or "", a["id"]))
+    ordered = sorted(found.values(), key=_severity_order)
     names = {rule.name for rule in detectors}
     return {
         "generated_at": generated_at,
         "counts": counts,
+        "rules": per_rule,
         "rule_errors": [f.as_dict() for f in state.rule_failures() if f.rule in names],
         "anomalies": ordered,
     }
+
+
+_LEVELS = ("critical", "high", "medium", "low")
+
+
+def _severity_order(incident: dict[str, Any]) -> tuple[Any, ...]:
+    """Most severe first, then the highest score; ties in a stable order."""
+    level = _LEVELS.index(incident["severity"]) if incident.get("severity") in _LEVELS else len(_LEVELS)
+    return (level, -(incident.get("score") or 0.0), incident["rule"], incident["key"],
+            incident.get("window_start") or "", incident["id"])
 
 
 def anomaly_id(rule: str, anomaly: dict[str, Any]) -> str:
@@ -100,15 +116,15 @@ def build_summary(
     """
     # Here, not at the top: core.cli imports this module before the compiled parser, so that a
     # stale build of the parser is reported without a traceback (tests/test_cli.py).
-    from core.parse import _SAMPLE_CHARS
+    from core.parse import SAMPLE_CHARS
 
     values, details = rule_results(state, rules)
     files = [state.files[name] for name in sorted(state.files)]
     redactor = redactor or Redactor()
-    # A sample is cut at _SAMPLE_CHARS characters: digits at its end may be a card number's start.
+    # A sample is cut at SAMPLE_CHARS characters: digits at its end may be a card number's start.
     samples = [
         {"file": f.path, "line": s.line, "reason": s.reason,
-         "text": redactor.redact(s.text, cut=len(s.text) >= _SAMPLE_CHARS)}
+         "text": redactor.redact(s.text, cut=len(s.text) >= SAMPLE_CHARS)}
         for f in files for s in f.samples
     ]
     totals = {key: sum(getattr(f, key) for f in files) for key in ("lines", "records", "blank", "malformed", "bytes")}

@@ -49,7 +49,8 @@ _TIMESTAMP = (
 )
 _VALID_LINE = re.compile(rf"({_TIMESTAMP}) ({_TOKEN}) ({_TOKEN}) ({_TOKEN})(?: (.*))?\Z", re.DOTALL)
 _BAD_CHARS = re.compile(r"[\s\x00-\x1f\x7f]")
-_SAMPLE_CHARS = 200
+#: Characters of a malformed line kept as its sample.
+SAMPLE_CHARS = 200
 _NEWLINE = 0x0A
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 #: Every record column, for rules that do not say which they read.
@@ -154,7 +155,7 @@ def _int64s(native: bytes) -> memoryview:
 
 def _sample(data: bytes, start: int, end: int, code: int) -> str:
     """How a malformed line begins, as its sample says; nothing for one too long."""
-    return "" if REASONS[code] == "too_long" else _text(data[start:end])[:_SAMPLE_CHARS]
+    return "" if REASONS[code] == "too_long" else _text(data[start:end])[:SAMPLE_CHARS]
 
 
 def _text(raw: bytes) -> str:
@@ -184,7 +185,7 @@ def _undecided(
         elif line.isspace() or not line:
             blank += 1
         else:
-            malformed.append(MalformedLine(number, _reason(line), line[:_SAMPLE_CHARS]))
+            malformed.append(MalformedLine(number, _reason(line), line[:SAMPLE_CHARS]))
     return records, blank, malformed
 
 

@@ -51,6 +51,8 @@ class Rule:
     #: Masks card numbers, e-mail addresses and configured patterns in text a rule reports (an
     #: incident's sample lines, say); None until the engine sets it from the settings.
     redactor: Redactor | None = None
+    #: The data folder the records' ``file`` names are relative to (to read a sample line back).
+    data_dir: str | None = None
 
     def __init__(self, name: str, *, key: str | None = None, **params: Any) -> None:
         self.name = name

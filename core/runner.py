@@ -103,7 +103,6 @@ def _run_batch(
     with Pipeline(settings, rules, pm, profile=profile) as pipeline:
         pipeline.on_progress = on_progress
         pipeline.process(works, checkpoint, final=True)
-    checkpoints.save(settings, checkpoint)
     run = metrics(settings, started_at, time.perf_counter() - started, pipeline.lines_read, pipeline.bytes_read)
     return write_outputs(settings, pm, rules, checkpoint, run)
 
@@ -111,9 +110,17 @@ def _run_batch(
 def write_outputs(
     settings: Settings, pm: pluggy.PluginManager, rules: list[Rule], checkpoint: Checkpoint, run: dict[str, Any]
 ) -> RunReport:
-    """Build both documents from the checkpoint, check both, then write both atomically."""
-    summary = build_summary(checkpoint.state, rules, run, Redactor.from_settings(settings))
-    anomalies = build_anomalies(checkpoint.state, rules, run["started_at"])
+    """Build both documents from the checkpoint, commit the checkpoint, check both, then write both atomically.
+
+    Building reads every rule's result, and a rule may keep what it showed in its state (the text
+    of an incident's sample lines, read while the file is still there): the checkpoint is saved
+    after that, and saved whether or not building succeeds, as it was before.
+    """
+    try:
+        summary = build_summary(checkpoint.state, rules, run, Redactor.from_settings(settings))
+        anomalies = build_anomalies(checkpoint.state, rules, run["started_at"])
+    finally:
+        checkpoints.save(settings, checkpoint)
     check_output(summary, "summary")  # both are checked before either is written
     # summary.json last: whoever sees it count a file (a watcher's readers poll it) finds that
     # file in anomalies.json too.

@@ -203,7 +203,6 @@ class WatchLoop:
         present = [f for f in files if os.path.lexists(f.path) or _log_gone(f)]
         works = plan(present, self.checkpoint, self.pm)
         pipeline.process(works, self.checkpoint, final=False)
-        checkpoints.save(self.settings, self.checkpoint)
         elapsed = time.perf_counter() - self.started
         run = metrics(self.settings, self.started_at, elapsed, pipeline.lines_read, pipeline.bytes_read)
         write_outputs(self.settings, self.pm, self.rules, self.checkpoint, run)
