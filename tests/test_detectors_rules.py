@@ -189,19 +189,7 @@ def test_error_spike_daily_ramp_at_a_constant_rate_is_no_incident(days):
     assert run(ErrorSpike("spikes"), rate_traffic(2, days, volume)) == []
 
 
-RATE_BURST_3_DAYS = (
-    "3 days: of the 3 burst windows (~200 records each, 5x the 10 % rate) only the first is flagged (106 failures vs "
-    "18.3 expected, z 4.05 where the raw binomial z is ~15.8), so the incident scores 4.05 < min_score 15 and is not "
-    "listed. The daily model's residuals on day 1, computed while it had no expectation (NaN floored to half a "
-    "failure: residuals ~21), are half of its last week, so its dispersion on day 3 is ~524 (judged from the day's "
-    "start); on day 4 it is 6.9 (score 11 < 15), on day 5 3.5; from 6 days on the burst is one incident, score 17"
-)
-
-
-@pytest.mark.parametrize("days", [
-    pytest.param(3, marks=pytest.mark.xfail(strict=True, reason=RATE_BURST_3_DAYS)),
-    6,
-])
+@pytest.mark.parametrize("days", [3, 6])
 def test_error_spike_rate_burst_is_one_spike_incident_covering_it(days):
     start = (days - 1) * DAY_WINDOWS + 72  # noon of the last day, for 30 minutes
     found = run(ErrorSpike("spikes"), rate_traffic(3, days, rate=burst_rate(days, start, 3, 5.0)))
@@ -256,24 +244,7 @@ def test_flatline_end_of_a_burst_is_no_drop(days):
     assert [a for a in found if a["kind"] == "drop"] == []
 
 
-OUTAGE_3_DAYS = (
-    "3 days: the drop is 06:20-12:30, 35 windows, for silent windows 06:00-12:00 (36). The first two silent "
-    "windows (0 vs ~100 expected, raw Poisson z -14) are not flagged: the daily dispersion on day 3 is ~200 (the "
-    "day-1 residuals, see the error_spike xfail), and the slow 6-window scale reaches z<=-4 with ratio<=1/1.5 only "
-    "from the 3rd. After the outage, 12:20 (93 records vs 98.5 expected) is flagged a drop at score 10.6 and "
-    "joins the incident"
-)
-OUTAGE_6_DAYS = (
-    "6 days: the drop starts right (06:00) but is 06:00-12:30, 39 windows, for 36 silent ones: the three windows "
-    "after the outage, 12:00 (93 vs 102), 12:10 (103 vs 105), 12:20 (87 vs 101), are flagged drops at scores 24.1, "
-    "18.1, 13.6, because their slow 6-window sum still holds silent windows and their own z need only be < 0"
-)
-
-
-@pytest.mark.parametrize("days", [
-    pytest.param(3, marks=pytest.mark.xfail(strict=True, reason=OUTAGE_3_DAYS)),
-    pytest.param(6, marks=pytest.mark.xfail(strict=True, reason=OUTAGE_6_DAYS)),
-])
+@pytest.mark.parametrize("days", [3, 6])
 def test_flatline_outage_over_a_whole_band_is_one_drop_covering_every_silent_window(days):
     volume = np.full(days * DAY_WINDOWS, 100.0)
     start = (days - 1) * DAY_WINDOWS + 36  # 06:00-12:00 on the last day: one whole 6-hour band
@@ -288,7 +259,7 @@ def test_flatline_outage_over_a_whole_band_is_one_drop_covering_every_silent_win
 
 @pytest.mark.parametrize("days", [3, 6])
 def test_flatline_outage_is_one_drop_incident_on_the_silent_service(days):
-    # What does hold today (see the xfails above): one drop of PaymentService, peaking in the outage.
+    # One drop of the silent service, peaking in the outage, with nothing to sample.
     volume = np.full(days * DAY_WINDOWS, 100.0)
     start = (days - 1) * DAY_WINDOWS + 36
     volume[start:start + 36] = 0
