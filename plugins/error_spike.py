@@ -29,6 +29,15 @@ if TYPE_CHECKING:
     from core.tally import Tally
 
 _GROUP = {"key": pl.String(), "window": pl.Int64()}
+#: The key of all records judged together.
+ALL = "all"
+
+
+def _overall(counts: pl.DataFrame) -> pl.DataFrame:
+    """The counts of every group summed per window, as key ``all``: a batch spans a few windows."""
+    return (counts.group_by("window").agg(pl.col("count", "total").sum(), pl.col("first").min(),
+                                          pl.col("last").max())
+            .select(key=pl.lit(ALL), window="window", count="count", total="total", first="first", last="last"))
 
 
 class ErrorSpike(SeasonalDetector):
@@ -49,6 +58,7 @@ class ErrorSpike(SeasonalDetector):
         "max_gap": {"type": "integer", "minimum": 0, "maximum": 1000},
         "spike_type": {"enum": ["up", "down", "both"]},
         "by": {"enum": [None, *FIELDS]},
+        "overall": {"type": "boolean"},
         "retention": DURATION,
         "min_time": INSTANT,
         "max_future": DURATION,
@@ -76,6 +86,7 @@ class ErrorSpike(SeasonalDetector):
         max_gap: int = 6,
         spike_type: str = "up",
         by: str | None = None,
+        overall: bool = True,
         retention: int | str = "1d",
         min_time: str = MIN_TIME,
         max_future: int | str = MAX_FUTURE,
@@ -85,6 +96,9 @@ class ErrorSpike(SeasonalDetector):
         self.statuses = list(statuses)
         self.min_count = min_count
         self.by = by
+        # With ``by``, all records are also judged together (key ``all``): a spike spread over
+        # every service can be too thin in each to be surprising there.
+        self.overall = overall and by is not None
         self.init_windows(timeframe, retention, 0, min_time, max_future)
         self.init_model(z, ratio, spike_type in ("up", "both"), spike_type in ("down", "both"), min_score, max_gap)
 
@@ -95,21 +109,23 @@ class ErrorSpike(SeasonalDetector):
         return ("status", self.statuses)
 
     def subject(self, key: str) -> dict[str, Any]:
-        scope = {self.by: key} if self.by else {"records": "all"}
+        scope = {self.by: key} if self.by and not (self.overall and key == ALL) else {"records": "all"}
         return {**scope, "statuses": self.statuses}
 
     def batch_tables(self, batch: Batch, found: Tally) -> Tables:
         groups, samples = found.groups, found.samples
         counts = groups.frame(key=self._groups(groups), window="window", count="flagged", total="count",
                               first="first", last="last")
-        return {
-            "counts": counts,
-            "samples": samples.frame(key=self._groups(samples), window="window",
-                                     file=file_column(batch, samples.height), line="line"),
-        }
+        located = samples.frame(key=self._groups(samples), window="window",
+                                file=file_column(batch, samples.height), line="line")
+        if self.overall:
+            # Kept in window order, as a tally's tables are (see ``windows._bands``).
+            counts = pl.concat([counts, _overall(counts)]).sort("window", maintain_order=True)
+            located = pl.concat([located, located.with_columns(key=pl.lit(ALL))]).sort("window", maintain_order=True)
+        return {"counts": counts, "samples": located}
 
     def _groups(self, table: Columns) -> pl.Series:
-        return table[self.by] if self.by else constant("all", table.height, pl.String())
+        return table[self.by] if self.by else constant(ALL, table.height, pl.String())
 
     def flags(self, data: Tables, flagged: list[tuple[str, int, float, float, float, float]]) -> list[dict[str, Any]]:
         kept = [f for f in flagged if f[2] >= self.min_count or f[2] < f[3]]
