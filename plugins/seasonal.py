@@ -133,34 +133,43 @@ def judge(history: History | None, first: int, counts: np.ndarray, totals: np.nd
     otherwise it is left as it was (windows still open are judged again later).
     """
     work = _extend(history, first, counts, totals, commit=commit)
-    start = first - work.first
-    for lo in range(start, work.end - work.first, model.day):
-        hi = min(lo + model.day, work.end - work.first)
-        expected, z, residuals = _judge_span(work, lo, hi, model)
-        work.expected[lo:hi] = expected
-        slow = _slow(work, lo, hi, model)
-        work.residuals[:3, lo:hi] = residuals
-        work.residuals[3, lo:hi] = slow
-        slow_z = slow / math.sqrt(_dispersion(work, lo, 3, model.day)[0] or 1.0)
-        observed = work.counts[lo:hi]
-        ratio = _ratio(observed, expected)
-        slow_ratio = _ratio(_window_sums(work.counts, lo, hi), _window_sums(work.expected, lo, hi))
-        # The slow scale looks for sustained shortfalls only: a quiet service shows slowly at small
-        # counts, while a surge large enough to matter shows in its own window.
-        up = (z >= model.z) & (ratio >= model.ratio)
-        # On the slow scale the sum must be surprising, and the window itself as low as a drop
-        # must be: a normal window just after an outage still has the outage in its sum.
-        down = ((z <= -model.z) | (slow_z <= -model.z) & (slow_ratio <= 1 / model.ratio)) & (ratio <= 1 / model.ratio)
-        work.flags[lo:hi] = (up & model.up) | (down & model.down)
-        # A window flagged on the slow scale scores what that scale saw.
-        z_out = np.where((slow_z < 0) & (np.abs(slow_z) > np.abs(z)), slow_z, z)
-        work.expected[lo:hi] = expected
-        work.scores[lo:hi] = z_out
+    start, end, day = first - work.first, work.end - work.first, model.day
+    lo = start
+    while lo < end:
+        # A day at a time, from the start of the epoch day: what a window is judged with (flags,
+        # residuals) is what was known when its day began, so the verdicts do not depend on where
+        # earlier calls stopped (seals may come at any point in a day).
+        known = (work.first + lo) // day * day - work.first
+        hi = min(known + day, end)
+        _judge_day(work, lo, hi, known, model)
+        lo = hi
     judged = Judged(first, work.counts[start:], work.expected[start:].copy(), work.scores[start:].copy(),
                     work.flags[start:].copy())
     if commit:
         work.trim(model.keep)
     return work, judged
+
+
+def _judge_day(work: History, lo: int, hi: int, known: int, model: Model) -> None:
+    """Judge windows ``lo:hi`` of one day (indexes into ``work``); ``known`` is the day's first window."""
+    expected, z, residuals = _judge_span(work, lo, hi, known, model)
+    work.expected[lo:hi] = expected
+    slow = _slow(work, lo, hi, model)
+    work.residuals[:3, lo:hi] = residuals
+    work.residuals[3, lo:hi] = slow
+    slow_z = slow / math.sqrt(_dispersion(work, known, 3, model.day)[0] or 1.0)
+    ratio = _ratio(work.counts[lo:hi], expected)
+    slow_ratio = _ratio(_window_sums(work.counts, lo, hi), _window_sums(work.expected, lo, hi))
+    # The slow scale looks for sustained shortfalls only: a quiet service shows slowly at small
+    # counts, while a surge large enough to matter shows in its own window. On it the sum must be
+    # surprising, and the window itself as low as a drop must be: a normal window just after an
+    # outage still has the outage in its sum.
+    up = (z >= model.z) & (ratio >= model.ratio)
+    low = (z <= -model.z) | ((slow_z <= -model.z) & (slow_ratio <= 1 / model.ratio))
+    down = low & (ratio <= 1 / model.ratio)
+    work.flags[lo:hi] = (up & model.up) | (down & model.down)
+    # A window flagged on the slow scale scores what that scale saw.
+    work.scores[lo:hi] = np.where((slow_z < 0) & (np.abs(slow_z) > np.abs(z)), slow_z, z)
 
 
 def _ratio(observed: np.ndarray, expected: np.ndarray) -> np.ndarray:
@@ -208,14 +217,18 @@ def _extend(history: History | None, first: int, counts: np.ndarray, totals: np.
     return extended
 
 
-def _judge_span(work: History, lo: int, hi: int, model: Model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Expectation, z and each model's raw residual for windows ``lo:hi`` (indexes into ``work``)."""
+def _judge_span(work: History, lo: int, hi: int, known: int, model: Model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Expectation, z and each model's raw residual for windows ``lo:hi`` (indexes into ``work``).
+
+    Flags and residuals count only before ``known``, the first window of their day.
+    """
     at = np.arange(lo, hi)
     day = model.day
+    recent, recent_spread = _recent(work, at, known, model)
     candidates = [
-        _seasonal(work, at, day, DAYS, 1, model),
-        _seasonal(work, at, 7 * day, WEEKS, 2, model),
-        _recent(work, at, model),
+        _seasonal(work, at, known, day, DAYS, 1, model),
+        _seasonal(work, at, known, 7 * day, WEEKS, 2, model),
+        recent,
     ]
     residuals = np.full((3, hi - lo), np.nan, dtype=np.float32)  # the slow scale's row is filled later
     best_e, best_z = np.full(hi - lo, np.nan), np.zeros(hi - lo)
@@ -223,44 +236,57 @@ def _judge_span(work: History, lo: int, hi: int, model: Model) -> tuple[np.ndarr
     for index, expected in enumerate(candidates):
         raw = _z(work, at, expected, model)
         residuals[index] = np.where(np.isnan(expected), np.nan, raw)  # a model that could not judge has none
-        spread, fit = _dispersion(work, lo, index, day)
+        spread, fit = _dispersion(work, known, index, day)
         if index < 2 and (spread is None or fit is None):
             continue  # a seasonal model is used once its residuals can be trusted
         usable = ~np.isnan(expected)
         if index == 2:  # the fallback, only where no seasonal model could judge
             usable &= np.isnan(best_e)
-            spread = spread if spread is not None else _recent_spread(work, at, expected, model)
+            spread = spread if spread is not None else recent_spread
             fit = np.inf
         better = usable & (fit < best_fit) if index < 2 else usable
         best_e = np.where(better, expected, best_e)
-        best_z = np.where(better, raw / math.sqrt(spread), best_z)
+        best_z = np.where(better, raw / np.sqrt(spread), best_z)
         best_fit = np.where(better, fit, best_fit)
     judged = ~np.isnan(best_e)
     expected_counts = np.where(judged, _expected_count(work, at, best_e, model), 0.0)
     return expected_counts, np.where(judged, best_z, 0.0), residuals
 
 
-def _seasonal(work: History, at: np.ndarray, period: int, periods: int, needed: int, model: Model) -> np.ndarray:
+def _seasonal(work: History, at: np.ndarray, known: int, period: int, periods: int, needed: int,
+              model: Model) -> np.ndarray:
     """Median of the same windows (and neighbours) ``1..periods`` periods before; NaN with too little history."""
     lags = np.array([k * period - j for k in range(1, periods + 1) for j in SPREAD])
     index = at[:, None] - lags[None, :]
-    valid = index >= 0
-    safe = np.where(valid, index, 0)
-    valid &= ~work.flags[safe]
-    values = _values(work, safe, model)
-    values = np.where(valid & ~np.isnan(values), values, np.nan)
+    values = _values_before(work, index, known, model)
     enough = np.sum(~np.isnan(values), axis=1) >= needed * len(SPREAD)
     return np.where(enough, _nanmedian(values), np.nan)
 
 
-def _recent(work: History, at: np.ndarray, model: Model) -> np.ndarray:
-    """Median of the ``RECENT`` windows before (flagged ones left out); NaN with fewer than half of them."""
+def _recent(work: History, at: np.ndarray, known: int, model: Model) -> tuple[np.ndarray, np.ndarray]:
+    """Median of the ``RECENT`` windows before (NaN with fewer than half of them), and their own dispersion."""
     index = at[:, None] - np.arange(1, RECENT + 1)[None, :]
+    values = _values_before(work, index, known, model)
+    enough = np.sum(~np.isnan(values), axis=1) >= RECENT // 2
+    middle = np.where(enough, _nanmedian(values), np.nan)
+    # Their spread around the median, in units of the noise model's at that level.
+    if model.rate:
+        seen = index >= 0
+        records = np.where(seen, work.totals[np.maximum(index, 0)], 0.0).sum(axis=1) / np.maximum(seen.sum(axis=1), 1)
+        scale = np.sqrt(np.maximum(middle * (1 - middle), 1e-9) / np.maximum(records, 1.0))
+    else:
+        scale = np.sqrt(np.maximum(middle, 0.5))
+    deviation = _nanmedian(np.abs(values - middle[:, None])) * _MAD / scale
+    return middle, np.maximum(1.0, np.nan_to_num(deviation, nan=1.0) ** 2)
+
+
+def _values_before(work: History, index: np.ndarray, known: int, model: Model) -> np.ndarray:
+    """The compared values at ``index`` (NaN before the history, or flagged before ``known``)."""
     valid = index >= 0
     safe = np.where(valid, index, 0)
-    values = np.where(valid & ~work.flags[safe], _values(work, safe, model), np.nan)
-    enough = np.sum(~np.isnan(values), axis=1) >= RECENT // 2
-    return np.where(enough, _nanmedian(values), np.nan)
+    valid &= ~(work.flags[safe] & (safe < known))  # a flag counts once its day is over
+    values = _values(work, safe, model)
+    return np.where(valid & ~np.isnan(values), values, np.nan)
 
 
 def _nanmedian(values: np.ndarray) -> np.ndarray:
@@ -296,34 +322,15 @@ def _z(work: History, at: np.ndarray, expected: np.ndarray, model: Model) -> np.
     return deviance_z(observed, np.maximum(np.nan_to_num(expected), 0.5))
 
 
-def _dispersion(work: History, lo: int, index: int, day: int) -> tuple[float | None, float | None]:
-    """A model's dispersion (>= 1) and fit (median |residual|) over the week before window ``lo``."""
-    past = work.residuals[index, max(0, lo - 7 * day):lo]
+def _dispersion(work: History, known: int, index: int, day: int) -> tuple[float | None, float | None]:
+    """A model's dispersion (>= 1) and fit (median |residual|) over the week before window ``known``."""
+    past = work.residuals[index, max(0, known - 7 * day):max(0, known)]
     past = past[~np.isnan(past)]
     if len(past) < MIN_RESIDUALS:
         return None, None
     middle = float(np.median(past))
     spread = float(np.quantile(np.abs(past - middle), TAIL)) / TAIL_Z
     return max(1.0, spread * spread), float(np.median(np.abs(past)))
-
-
-def _recent_spread(work: History, at: np.ndarray, expected: np.ndarray, model: Model) -> float:
-    """The dispersion of the recent windows around their median, for the fallback model (>= 1)."""
-    if len(at) == 0:
-        return 1.0
-    start = max(0, int(at[0]) - RECENT)
-    index = np.arange(start, int(at[0]))
-    if len(index) < RECENT // 2:
-        return 1.0
-    middle = np.full(len(index), np.nanmedian(expected) if not np.all(np.isnan(expected)) else np.nan)
-    if np.all(np.isnan(middle)):
-        return 1.0
-    raw = _z(work, index, middle, model)
-    raw = raw[~np.isnan(raw)]
-    if len(raw) < 3:
-        return 1.0
-    spread = _MAD * float(np.median(np.abs(raw - np.median(raw))))
-    return max(1.0, spread * spread)
 
 
 class SeasonalDetector(WindowedDetector):
