@@ -138,6 +138,7 @@ def test_sealing_between_merges_in_read_order_gives_the_result_of_one_read():
     lines = _bursty_days()
     rule = Flatline("quiet", retention="1d")
     once = evaluate(rule, batches(lines))
+    assert once, "the data must give flatline something to find"
     sealed = rule.empty()
     for batch in batches(lines, sizes=random_sizes(len(lines), random.Random(1), 30)):
         sealed.merge(_updated(rule, batch))
