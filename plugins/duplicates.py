@@ -1,11 +1,17 @@
 """``duplicate_event``: the same payment event (timestamp, status, service, user, message) recorded more than once.
 
-Only records whose message carries an identifier or an amount (``id_pattern``: by default a word
-with three digits or more, such as ``ord-8f3a2c`` or ``12.34``) are compared. Two such lines
-that are equal to the second are the same event written twice: a payment or an order is not
-repeated by chance. Lines without one (``User login successful``) repeat by chance as soon as a
-user is busy and stamps have whole seconds, so their repeats are not reported (``ids_only: false``
-compares every record, as earlier versions did).
+Records whose message carries an identifier or an amount (``id_pattern``: by default a word with
+three digits or more, such as ``ord-8f3a2c`` or ``12.34``) are compared exactly, across every
+batch within ``retention``. Two such lines that are equal to the second are the same event written
+twice: a payment or an order is not repeated by chance.
+
+Lines without one (``User login successful``) repeat by chance as soon as a user is busy and
+stamps have whole seconds. Their repeats are counted per service and day, and a repeat is
+reported (at low severity for two copies) only where such repeats are *rare*: no other repeat of an
+id-less line in that service within a day either side. In a log where they happen all the time,
+none is. Those are compared within one batch (a chunk of the file), so copies of an id-less line
+that a chunk boundary separates are not compared. ``ids_only: false`` compares every record
+exactly, as earlier versions did.
 
 Each record is reduced to a 64-bit hash of its five fields, the ``record_hash`` column the
 compiled scan makes as it reads the line (``core/_scan.c``). The state keeps, per hash, how many
@@ -25,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from core import hookimpl
-from plugins.detection import DURATION, INSTANT, SAMPLE_LIMIT, file_column, params_schema, sample_locations
+from plugins.detection import DURATION, INSTANT, SAMPLE_LIMIT, file_column, now_us, params_schema, sample_locations
 from plugins.windows import MAX_FUTURE, MIN_TIME, Table, Tables, WindowedDetector, in_range
 
 if TYPE_CHECKING:
@@ -37,8 +43,11 @@ _FIELDS = ("ts", "status", "service", "user", "message")
 ID_PATTERN = r"[0-9][^\s]*[0-9][^\s]*[0-9]"
 #: The score of one duplicated event: an incident of k of them scores 10 x sqrt(k) (medium, high at 4).
 DUPLICATE_SCORE = 10.0
+#: The score of a rare repeat of an id-less line, per copy beyond the first (low for two copies).
+LOOSE_SCORE = 5.0
 #: Eviction granularity; the anomaly's window is the duplicated instant itself.
 _BUCKET = "1m"
+_DAY = 86_400_000_000
 
 
 class Copies(Table):
@@ -108,13 +117,75 @@ class DuplicateEvent(WindowedDetector):
         self.id_pattern = id_pattern
         self.max_gap = max_gap
         self.init_windows(_BUCKET, retention, 0, min_time, max_future)
+        #: Id-less lines repeated within a batch: hash -> [service, instant, copies, smallest locations].
+        self.loose: dict[int, list[Any]] = {}
+        #: How many such repeats each (service, epoch day) had.
+        self.loose_days: dict[tuple[str, int], int] = {}
 
     def update(self, batch: Batch) -> None:
         if self.ids_only:  # only events that carry an id can be told from a chance repeat
-            batch = replace(batch, frame=batch.frame.filter(pl.col("message").str.contains(self.id_pattern)))
+            carries = batch.frame["message"].str.contains(self.id_pattern)
+            self._note_loose(batch, batch.frame.filter(~carries))
+            batch = replace(batch, frame=batch.frame.filter(carries))
             if not batch.frame.height:
                 return
         super().update(batch)
+
+    def _note_loose(self, batch: Batch, frame: pl.DataFrame) -> None:
+        """Count the id-less lines this batch holds more than once (a handful; usually none)."""
+        if frame.height < 2:
+            return
+        repeated = frame.filter(frame["record_hash"].is_duplicated())
+        if not repeated.height:
+            return
+        us = pl.col("ts").dt.epoch("us")
+        groups = (repeated.filter((us >= self.min_time) & (us <= now_us() + self.max_future))
+                  .group_by("record_hash").agg(pl.col("service").first(), us.first().alias("us"), pl.len().alias("n"),
+                                               pl.col("line").sort().head(SAMPLE_LIMIT)))
+        for digest, service, at, n, lines in groups.iter_rows():
+            self._add_loose(digest, [service, at, n, [(batch.path, line) for line in lines]])
+
+    def _add_loose(self, digest: int, group: list[Any]) -> None:
+        if digest in self.loose:
+            kept = self.loose[digest]
+            kept[2] += group[2]
+            kept[3] = sorted({*kept[3], *group[3]})[:SAMPLE_LIMIT]
+            return
+        self.loose[digest] = [group[0], group[1], group[2], list(group[3])]
+        day = (group[0], group[1] // _DAY)
+        self.loose_days[day] = self.loose_days.get(day, 0) + 1
+
+    def merge(self, other: WindowedDetector) -> None:
+        super().merge(other)
+        for digest, group in other.loose.items():
+            self._add_loose(digest, [group[0], group[1], group[2], list(group[3])])
+
+    def seal(self) -> None:
+        super().seal()
+        if not self.newest:
+            return
+        # Repeats are judged against a day either side: older ones can no longer change a verdict.
+        oldest = self.newest[0] - 3 * _DAY
+        self.loose = {digest: group for digest, group in self.loose.items() if group[1] >= oldest}
+        self.loose_days = {key: n for key, n in self.loose_days.items() if key[1] >= oldest // _DAY - 1}
+
+    def extra_flags(self) -> list[dict[str, Any]]:
+        """Rare repeats of id-less lines (see the module docstring), as flagged instants."""
+        flags = []
+        for digest, (service, at, n, where) in sorted(self.loose.items(), key=lambda item: (item[1][1], item[0])):
+            day = at // _DAY
+            others = sum(self.loose_days.get((service, d), 0) for d in (day - 1, day, day + 1)) - 1
+            if others > 0 or n < 2:
+                continue
+            flags.append(self.anomaly(
+                key=service, kind="duplicate", score=LOOSE_SCORE * (n - 1), window=(at, at), count=n, observed=n,
+                expected=1, samples=[f"{file}:{line}" for file, line in where], first_seen=at, last_seen=at,
+                _w=at // self.width,
+                detail={"copies": n, "record_hash": f"{digest:016x}", "compared_fields": list(_FIELDS),
+                        "carries_id": False,
+                        "why": "no other repeat of a line without an id in this service within a day either side"},
+            ))
+        return flags
 
     def tally_keys(self) -> list[str]:
         return ["record_hash", "service"]
@@ -149,7 +220,8 @@ class DuplicateEvent(WindowedDetector):
                 first_seen=us,
                 last_seen=us,
                 _w=window,
-                detail={"copies": n, "record_hash": f"{digest:016x}", "compared_fields": list(_FIELDS)},
+                detail={"copies": n, "record_hash": f"{digest:016x}", "compared_fields": list(_FIELDS),
+                        "carries_id": self.ids_only},
             )
             for digest, service, n, us, window in counts.sort("us", "hash").iter_rows()
         ]

@@ -328,11 +328,16 @@ class WindowedDetector(Detector):
         finally:
             if history is not None:
                 self.history = history
+        flags += self.extra_flags()
         newest = self.newest[0] // self.width if self.newest else None
         found = self.windowed_incidents(flags, newest, self.max_gap, self.min_score)
         if self.late:
             found += self.as_incidents([self._late_anomaly()])
         return self.publish(found, {"late_events": self.late, "closed_before": iso(self._horizon_us())})
+
+    def extra_flags(self) -> list[dict[str, Any]]:
+        """Flagged windows the rule keeps outside its tables (none by default), joined into incidents too."""
+        return []
 
     def __getstate__(self) -> dict[str, Any]:
         # A checkpoint holds one folded table set per band, not the parts it came from.

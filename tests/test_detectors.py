@@ -345,26 +345,6 @@ def _generate(folder: Path, *args: str) -> tuple[Path, dict[str, Any]]:
     return log, json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
 
 
-def _misses(report: dict[str, Any]) -> list[tuple[str, str, str]]:
-    return [(p["kind"], p["key"], p["start"]) for p in report["missed"]]
-
-
-#: What the shipped rules miss of ``generate.py --lines 200000 --seed 7`` (see the xfail below).
-MISSED_SEED_7 = [
-    ("duplicate_event", "2025-07-21T16:27:44Z SUCCESS AuthenticationService user22375 Session token issued, "
-                        "expires in 30 min", "2025-07-21T16:27:44Z"),
-]
-#: ... and of ``--lines 150000 --seed 11 --long-every 0`` (the watch-mode test).
-MISSED_SEED_11 = [
-    ("duplicate_event", "2025-07-22T14:07:00Z WARN AuthenticationService user13443 Login from unusual location: BR",
-     "2025-07-22T14:07:00Z"),
-]
-MISSED_REASON = (
-    "duplicate_event (ids_only) ignores generate.py's id-less duplicates: seed 7 plants 'Session token issued, "
-    "expires in 30 min' x3 at 2025-07-21T16:27:44Z, with no 3-digit id (every other planted anomaly is found)"
-)
-
-
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The default rules over ``generate.py --lines 200000 --seed 7``: the quality report and the incidents."""
@@ -377,17 +357,14 @@ def generated(tmp_path_factory) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return quality.evaluate(manifest, found, quality.sample_lines(log, found)), found
 
 
-@pytest.mark.xfail(strict=True, reason=MISSED_REASON)
 def test_default_rules_find_every_planted_anomaly_in_a_generated_log(generated):
     report, _ = generated
     assert report["missed"] == []
     assert all(found == total for found, total in report["recall"].values())
 
 
-def test_default_rules_find_every_other_planted_anomaly_in_a_generated_log(generated):
-    """Until the xfail above is fixed: nothing is missed beyond what it names, and no incident is listed twice."""
-    report, found = generated
-    assert [m for m in _misses(report) if m not in MISSED_SEED_7] == []
+def test_no_incident_is_listed_twice_in_a_generated_log(generated):
+    _, found = generated
     assert len({a["id"] for a in found}) == len(found)
 
 
@@ -469,15 +446,9 @@ def test_watch_mode_incidents_growing_across_files_keep_their_ids(watched):
         assert after["window_end"] > middle + ":00Z"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "duplicate_event (ids_only) ignores generate.py's id-less duplicates: seed 11 plants 'Login from unusual "
-    "location: BR' x4 at 2025-07-22T14:07:00Z, with no 3-digit id (every other planted anomaly is found)"))
 def test_watch_mode_finds_every_planted_anomaly_with_windows_spanning_files(watched):
     """Three parts of a generated log dropped one by one into a watched folder: every planted anomaly found."""
     report = watched["report"]
     assert report["missed"] == []
     assert all(hit == total for hit, total in report["recall"].values())
 
-
-def test_watch_mode_finds_every_other_planted_anomaly(watched):
-    assert [m for m in _misses(watched["report"]) if m not in MISSED_SEED_11] == []

@@ -328,6 +328,26 @@ def test_duplicate_event_planted_copies_of_an_order_line_are_one_incident_with_t
     assert found[0]["window_start"] == found[0]["first_seen"] == at(123)
 
 
+def test_duplicate_event_a_rare_repeat_of_an_id_less_line_is_one_low_incident():
+    """Where id-less lines never repeat by chance (no busy user), a line logged twice is reported, at low severity."""
+    lines = in_time_order(user_traffic(9, days=1, volume=200.0, heavy_share=0.0))
+    line = f"{at(600)} SUCCESS AuthenticationService u5 User login successful"
+    lines[3000:3000] = [line, line]
+    found = run(DuplicateEvent("dup"), lines)
+    assert [(a["key"], a["kind"], a["count"], a["severity"]) for a in found] == [
+        ("AuthenticationService", "duplicate", 2, "low")]
+    assert locations(found[0]) == ["a.txt:3001", "a.txt:3002"]
+    assert found[0]["detail"]["carries_id"] is False
+
+
+def test_duplicate_event_an_id_less_repeat_among_chance_repeats_is_nothing():
+    """The same planted pair in a log where a busy user repeats lines by chance all day: not reported."""
+    lines = in_time_order(user_traffic(8, days=1))
+    line = f"{at(600)} SUCCESS PaymentService u5 User login successful"  # the busy user's service
+    lines[3000:3000] = [line, line]
+    assert run(DuplicateEvent("dup"), lines) == []
+
+
 @pytest.mark.parametrize("rule", [Flatline("q"), ErrorSpike("s"), Frequency("f"), DuplicateEvent("d")])
 def test_windowed_detectors_ignore_implausible_timestamps(rule):
     # A record from 2099 must not open windows nor move the watermark; one from 1970 neither.
