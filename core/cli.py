@@ -197,13 +197,30 @@ def human_summary(report: RunReport, settings: Settings) -> str:
             lines.append(f"{rule['key']}: {_short(summary[rule['key']])}")
     found = {name: n for name, n in report.anomalies["counts"].items() if n}
     if report.anomalies["counts"]:
-        lines.append(f"anomalies: {sum(found.values()):,}" + (f" ({_short(found)})" if found else ""))
+        hidden = sum(rule.get("suppressed", 0) for rule in report.anomalies.get("rules", {}).values())
+        lines.append(f"incidents: {sum(found.values()):,}" + (f" ({_short(found)})" if found else "")
+                     + (f", {hidden:,} more suppressed" if hidden else ""))
+        lines += [f"  {_incident_line(incident)}" for incident in report.anomalies["anomalies"][:SHOWN_INCIDENTS]]
     lines.append(
         f"{run['elapsed_seconds']:.2f} s, {run['lines_per_second']:,} lines/s, "
         f"{run['bytes_per_second'] / 1e6:.1f} MB/s, peak RSS {run['peak_rss_mb']:.0f} MB"
     )
     lines.append(f"wrote {settings.output_dir / 'summary.json'} and anomalies.json")
     return "\n".join(lines)
+
+
+#: Incidents the console summary shows, most severe first (anomalies.json has them all).
+SHOWN_INCIDENTS = 3
+
+
+def _incident_line(incident: dict[str, Any]) -> str:
+    """``high silent-services: drop NotificationService 2025-07-23T15:00:00Z..16:30:00Z (0, expected 9)``."""
+    start, end = incident.get("window_start"), incident.get("window_end")
+    when = "" if not start else f" {start}" + (f"..{end[11:]}" if end and end[:10] == start[:10] else f"..{end}")
+    kind = f"{incident['kind']} " if incident.get("kind") else ""
+    expected = incident.get("expected")
+    seen = f" ({incident['observed']}" + (f", expected {expected}" if isinstance(expected, (int, float)) else "") + ")"
+    return f"{incident['severity']} {incident['rule']}: {kind}{incident['key']}{when}{seen}"
 
 
 def _short(value: Any) -> str:

@@ -6,10 +6,10 @@ batch within ``retention``. Two such lines that are equal to the second are the 
 twice: a payment or an order is not repeated by chance.
 
 Lines without one (``User login successful``) repeat by chance as soon as a user is busy and
-stamps have whole seconds. Their repeats are counted per service and day, and a repeat is
-reported (at low severity for two copies) only where such repeats are *rare*: no other repeat of an
-id-less line in that service within a day either side. In a log where they happen all the time,
-none is. Those are compared within one batch (a chunk of the file), so copies of an id-less line
+stamps have whole seconds. Their repeats are counted per day over the whole log, and a repeat is
+reported (at low severity for two copies) only where such repeats are *rare*: at most
+``LOOSE_OTHERS`` other repeats of an id-less line within a day either side. In a log where they
+happen all the time (a busy user, in whatever service), none is. Those are compared within one batch (a chunk of the file), so copies of an id-less line
 that a chunk boundary separates are not compared. ``ids_only: false`` compares every record
 exactly, as earlier versions did.
 
@@ -45,6 +45,8 @@ ID_PATTERN = r"[0-9][^\s]*[0-9][^\s]*[0-9]"
 DUPLICATE_SCORE = 10.0
 #: The score of a rare repeat of an id-less line, per copy beyond the first (low for two copies).
 LOOSE_SCORE = 5.0
+#: A repeat of an id-less line is rare with at most this many others within a day either side.
+LOOSE_OTHERS = 3
 #: Eviction granularity; the anomaly's window is the duplicated instant itself.
 _BUCKET = "1m"
 _DAY = 86_400_000_000
@@ -119,8 +121,8 @@ class DuplicateEvent(WindowedDetector):
         self.init_windows(_BUCKET, retention, 0, min_time, max_future)
         #: Id-less lines repeated within a batch: hash -> [service, instant, copies, smallest locations].
         self.loose: dict[int, list[Any]] = {}
-        #: How many such repeats each (service, epoch day) had.
-        self.loose_days: dict[tuple[str, int], int] = {}
+        #: How many such repeats each epoch day had.
+        self.loose_days: dict[int, int] = {}
 
     def update(self, batch: Batch) -> None:
         if self.ids_only:  # only events that carry an id can be told from a chance repeat
@@ -152,7 +154,7 @@ class DuplicateEvent(WindowedDetector):
             kept[3] = sorted({*kept[3], *group[3]})[:SAMPLE_LIMIT]
             return
         self.loose[digest] = [group[0], group[1], group[2], list(group[3])]
-        day = (group[0], group[1] // _DAY)
+        day = group[1] // _DAY
         self.loose_days[day] = self.loose_days.get(day, 0) + 1
 
     def merge(self, other: WindowedDetector) -> None:
@@ -167,15 +169,15 @@ class DuplicateEvent(WindowedDetector):
         # Repeats are judged against a day either side: older ones can no longer change a verdict.
         oldest = self.newest[0] - 3 * _DAY
         self.loose = {digest: group for digest, group in self.loose.items() if group[1] >= oldest}
-        self.loose_days = {key: n for key, n in self.loose_days.items() if key[1] >= oldest // _DAY - 1}
+        self.loose_days = {day: n for day, n in self.loose_days.items() if day >= oldest // _DAY - 1}
 
     def extra_flags(self) -> list[dict[str, Any]]:
         """Rare repeats of id-less lines (see the module docstring), as flagged instants."""
         flags = []
         for digest, (service, at, n, where) in sorted(self.loose.items(), key=lambda item: (item[1][1], item[0])):
             day = at // _DAY
-            others = sum(self.loose_days.get((service, d), 0) for d in (day - 1, day, day + 1)) - 1
-            if others > 0 or n < 2:
+            others = sum(self.loose_days.get(d, 0) for d in (day - 1, day, day + 1)) - 1
+            if others > LOOSE_OTHERS or n < 2:
                 continue
             flags.append(self.anomaly(
                 key=service, kind="duplicate", score=LOOSE_SCORE * (n - 1), window=(at, at), count=n, observed=n,
@@ -183,7 +185,8 @@ class DuplicateEvent(WindowedDetector):
                 _w=at // self.width,
                 detail={"copies": n, "record_hash": f"{digest:016x}", "compared_fields": list(_FIELDS),
                         "carries_id": False,
-                        "why": "no other repeat of a line without an id in this service within a day either side"},
+                        "why": f"{others} other repeats of lines without an id within a day either side: "
+                               "too few to be chance"},
             ))
         return flags
 
