@@ -330,7 +330,10 @@ def test_duplicate_event_planted_copies_of_an_order_line_are_one_incident_with_t
 
 def test_duplicate_event_a_rare_repeat_of_an_id_less_line_is_one_low_incident():
     """Where id-less lines never repeat by chance (no busy user), a line logged twice is reported, at low severity."""
-    lines = in_time_order(user_traffic(9, days=1, volume=200.0, heavy_share=0.0))
+    rng = np.random.default_rng(9)
+    counts = rng.poisson(np.full(DAY_WINDOWS, 200.0))
+    users = np.char.add("u", rng.integers(0, 10_000_000, int(counts.sum())).astype(str))
+    lines = in_time_order(synthetic(rng, counts, users=users))
     line = f"{at(600)} SUCCESS AuthenticationService u5 User login successful"
     lines[3000:3000] = [line, line]
     found = run(DuplicateEvent("dup"), lines)
