@@ -1,17 +1,16 @@
 """``duplicate_event``: the same payment event (timestamp, status, service, user, message) recorded more than once.
 
-Records whose message carries an identifier or an amount (``id_pattern``: by default a word with
-three digits or more, such as ``ord-8f3a2c`` or ``12.34``) are compared exactly, across every
-batch within ``retention``. Two such lines that are equal to the second are the same event written
-twice: a payment or an order is not repeated by chance.
+Every record is compared, exactly and across batches, files and restarts, within ``retention``.
+What a repeat means depends on the line:
 
-Lines without one (``User login successful``) repeat by chance as soon as a user is busy and
-stamps have whole seconds. Their repeats are counted per day over the whole log, and a repeat is
-reported (at low severity for two copies) only where such repeats are *rare*: at most
-``LOOSE_OTHERS`` other repeats of an id-less line within a day either side. In a log where they
-happen all the time (a busy user, in whatever service), none is. Those are compared within one batch (a chunk of the file), so copies of an id-less line
-that a chunk boundary separates are not compared. ``ids_only: false`` compares every record
-exactly, as earlier versions did.
+- A line whose message carries an identifier or an amount (``id_pattern``: by default a word with
+  three digits or more, such as ``ord-8f3a2c`` or ``12.34``) is not repeated by chance: an order is
+  not paid twice in the same second. Every repeat of one is reported.
+- A line without one (``User login successful``) repeats by chance as soon as a user is busy and
+  stamps have whole seconds. Such repeats are judged at the rate they are observed: one is reported
+  (at low severity for two copies) only where they are *rare*, with at most ``LOOSE_OTHERS`` others
+  in the whole log within a day either side. In a log where they happen all the time (a busy user,
+  in whatever service), none is. ``ids_only: false`` reports every repeat, as earlier versions did.
 
 Each record is reduced to a 64-bit hash of its five fields, the ``record_hash`` column the
 compiled scan makes as it reads the line (``core/_scan.c``). The state keeps, per hash, how many
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from core import hookimpl
-from plugins.detection import DURATION, INSTANT, SAMPLE_LIMIT, file_column, now_us, params_schema, sample_locations
+from plugins.detection import DURATION, INSTANT, SAMPLE_LIMIT, file_column, params_schema, sample_locations
 from plugins.windows import MAX_FUTURE, MIN_TIME, Table, Tables, WindowedDetector, in_range
 
 if TYPE_CHECKING:
@@ -94,8 +93,8 @@ class DuplicateEvent(WindowedDetector):
     })
     tables = {
         "copies": Copies(
-            {"hash": pl.UInt64(), "service": pl.String(), "us": pl.Int64(), "window": pl.Int64(), "n": pl.UInt32(),
-             "file": pl.Categorical(), "line": pl.Int64()},
+            {"hash": pl.UInt64(), "service": pl.String(), "carries": pl.Int64(), "us": pl.Int64(),
+             "window": pl.Int64(), "n": pl.UInt32(), "file": pl.Categorical(), "line": pl.Int64()},
             keys=("hash",),
         ),
     }
@@ -119,70 +118,59 @@ class DuplicateEvent(WindowedDetector):
         self.id_pattern = id_pattern
         self.max_gap = max_gap
         self.init_windows(_BUCKET, retention, 0, min_time, max_future)
-        #: Id-less lines repeated within a batch: hash -> [service, instant, copies, smallest locations].
+        #: Repeated id-less lines judged so far: hash -> [service, instant, copies, sample locations].
         self.loose: dict[int, list[Any]] = {}
-        #: How many such repeats each epoch day had.
-        self.loose_days: dict[int, int] = {}
+        #: Repeats of id-less lines of busy days, counted but no longer kept one by one.
+        self.loose_overflow: dict[int, int] = {}
 
     def update(self, batch: Batch) -> None:
-        if self.ids_only:  # only events that carry an id can be told from a chance repeat
-            carries = batch.frame["message"].str.contains(self.id_pattern)
-            self._note_loose(batch, batch.frame.filter(~carries))
-            batch = replace(batch, frame=batch.frame.filter(carries))
-            if not batch.frame.height:
-                return
-        super().update(batch)
-
-    def _note_loose(self, batch: Batch, frame: pl.DataFrame) -> None:
-        """Count the id-less lines this batch holds more than once (a handful; usually none)."""
-        if frame.height < 2:
-            return
-        repeated = frame.filter(frame["record_hash"].is_duplicated())
-        if not repeated.height:
-            return
-        us = pl.col("ts").dt.epoch("us")
-        groups = (repeated.filter((us >= self.min_time) & (us <= now_us() + self.max_future))
-                  .group_by("record_hash").agg(pl.col("service").first(), us.first().alias("us"), pl.len().alias("n"),
-                                               pl.col("line").sort().head(SAMPLE_LIMIT)))
-        for digest, service, at, n, lines in groups.iter_rows():
-            self._add_loose(digest, [service, at, n, [(batch.path, line) for line in lines]])
-
-    def _add_loose(self, digest: int, group: list[Any]) -> None:
-        if digest in self.loose:
-            kept = self.loose[digest]
-            kept[2] += group[2]
-            kept[3] = sorted({*kept[3], *group[3]})[:SAMPLE_LIMIT]
-            return
-        self.loose[digest] = [group[0], group[1], group[2], list(group[3])]
-        day = group[1] // _DAY
-        self.loose_days[day] = self.loose_days.get(day, 0) + 1
+        carries = batch.frame["message"].str.contains(self.id_pattern).cast(pl.Int64).alias("carries")
+        super().update(replace(batch, frame=batch.frame.with_columns(carries)))
 
     def merge(self, other: WindowedDetector) -> None:
         super().merge(other)
-        for digest, group in other.loose.items():
-            self._add_loose(digest, [group[0], group[1], group[2], list(group[3])])
+        for digest, group in other.loose.items():  # only sealed states have any
+            self.loose.setdefault(digest, group)
+        for day, n in other.loose_overflow.items():
+            self.loose_overflow[day] = max(self.loose_overflow.get(day, 0), n)
 
     def seal(self) -> None:
         super().seal()
-        if not self.newest:
+        if not self.newest or self.horizon is None:
             return
         # Repeats are judged against a day either side: older ones can no longer change a verdict.
         oldest = self.newest[0] - 3 * _DAY
         self.loose = {digest: group for digest, group in self.loose.items() if group[1] >= oldest}
-        self.loose_days = {day: n for day, n in self.loose_days.items() if day >= oldest // _DAY - 1}
+        self.loose_overflow = {day: n for day, n in self.loose_overflow.items() if day >= oldest // _DAY - 1}
+        # A day with more repeats than any verdict tolerates is only counted: its closed repeats
+        # (no later record can reach them) need not be kept one by one.
+        closed = self.horizon * self.width
+        for day, n in self._loose_days().items():
+            if n > LOOSE_OTHERS + 1:
+                gone = [d for d, g in self.loose.items() if g[1] // _DAY == day and g[1] < closed]
+                for digest in gone:
+                    del self.loose[digest]
+                self.loose_overflow[day] = self.loose_overflow.get(day, 0) + len(gone)
+
+    def _loose_days(self) -> dict[int, int]:
+        """Repeats of id-less lines per epoch day: those kept one by one and those only counted."""
+        days = dict(self.loose_overflow)
+        for _, at, _, _ in self.loose.values():
+            days[at // _DAY] = days.get(at // _DAY, 0) + 1
+        return days
 
     def extra_flags(self) -> list[dict[str, Any]]:
         """Rare repeats of id-less lines (see the module docstring), as flagged instants."""
+        days = self._loose_days()
         flags = []
         for digest, (service, at, n, where) in sorted(self.loose.items(), key=lambda item: (item[1][1], item[0])):
             day = at // _DAY
-            others = sum(self.loose_days.get(d, 0) for d in (day - 1, day, day + 1)) - 1
-            if others > LOOSE_OTHERS or n < 2:
+            others = sum(days.get(d, 0) for d in (day - 1, day, day + 1)) - 1
+            if others > LOOSE_OTHERS:
                 continue
             flags.append(self.anomaly(
                 key=service, kind="duplicate", score=LOOSE_SCORE * (n - 1), window=(at, at), count=n, observed=n,
-                expected=1, samples=[f"{file}:{line}" for file, line in where], first_seen=at, last_seen=at,
-                _w=at // self.width,
+                expected=1, samples=where, first_seen=at, last_seen=at, _w=at // self.width,
                 detail={"copies": n, "record_hash": f"{digest:016x}", "compared_fields": list(_FIELDS),
                         "carries_id": False,
                         "why": f"{others} other repeats of lines without an id within a day either side: "
@@ -191,43 +179,51 @@ class DuplicateEvent(WindowedDetector):
         return flags
 
     def tally_keys(self) -> list[str]:
-        return ["record_hash", "service"]
+        return ["record_hash", "service", "carries"]
 
     def subject(self, key: str) -> dict[str, Any]:
         return {"service": key}
 
     def batch_tables(self, batch: Batch, found: Tally) -> Tables:
         samples = found.samples
-        copies = samples.frame(hash="record_hash", service="service", us="us", window="window",
+        copies = samples.frame(hash="record_hash", service="service", carries="carries", us="us", window="window",
                                n=samples["n"].cast(pl.UInt32), file=file_column(batch, samples.height), line="line")
         return {"copies": copies}
 
     def verdicts(self, data: Tables, lo: int | None, hi: int | None) -> list[dict[str, Any]]:
         copies = data["copies"]
         # Folded, each hash's copies are counted on its first row (see Copies).
-        counts = copies.filter((pl.col("n") > 1) & in_range(lo, hi)).select("hash", "service", "n", "us", "window")
+        counts = copies.filter((pl.col("n") > 1) & in_range(lo, hi)).select("hash", "service", "carries", "n", "us",
+                                                                          "window")
         if counts.is_empty():
             return []
         samples = sample_locations(copies.join(counts.select("hash"), on="hash"), ["hash"])
-        return [
-            self.anomaly(
-                key=service,
-                kind="duplicate",
-                # Not a chance repeat (see the module docstring): every duplicated event weighs the same.
-                score=DUPLICATE_SCORE,
-                window=(us, us),
-                count=n,
-                observed=n,
-                expected=1,
-                samples=samples.get((digest,), []),
-                first_seen=us,
-                last_seen=us,
-                _w=window,
-                detail={"copies": n, "record_hash": f"{digest:016x}", "compared_fields": list(_FIELDS),
-                        "carries_id": self.ids_only},
-            )
-            for digest, service, n, us, window in counts.sort("us", "hash").iter_rows()
-        ]
+        flags = []
+        for digest, service, carries, n, us, window in counts.sort("us", "hash").iter_rows():
+            if carries or not self.ids_only:
+                flags.append(self._flag(digest, service, n, us, window, samples.get((digest,), []), bool(carries)))
+            else:  # judged with the day either side, when results are read (``extra_flags``)
+                self.loose[digest] = [service, us, n, samples.get((digest,), [])]
+        return flags
+
+    def _flag(self, digest: int, service: str, n: int, us: int, window: int, samples: list[str],
+              carries: bool) -> dict[str, Any]:
+        return self.anomaly(
+            key=service,
+            kind="duplicate",
+            # Not a chance repeat (see the module docstring): every duplicated event weighs the same.
+            score=DUPLICATE_SCORE,
+            window=(us, us),
+            count=n,
+            observed=n,
+            expected=1,
+            samples=samples,
+            first_seen=us,
+            last_seen=us,
+            _w=window,
+            detail={"copies": n, "record_hash": f"{digest:016x}", "compared_fields": list(_FIELDS),
+                    "carries_id": carries},
+        )
 
 
 @hookimpl

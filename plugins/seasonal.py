@@ -372,11 +372,20 @@ class SeasonalDetector(WindowedDetector):
         rows: dict[str, list[tuple[int, int, int]]] = {}
         for key, window, count, total in columns:
             rows.setdefault(key, []).append((window, count, total))
+        # A stray record years before the rest must not make every window since worth judging:
+        # nothing older than the history a key keeps can change a verdict.
+        floor = stop - self.model.keep
         for key in set(rows) | set(self.history):
             past = self.history.get(key)
+            if past is not None and past.end < floor:
+                del self.history[key]  # too old to be a baseline: start again
+                past = None
+            if past is None and key not in rows:
+                continue
             start = past.end if past is not None else min(w for w, _, _ in rows[key])
             if lo is not None and past is None:
                 start = max(start, lo)
+            start = max(start, floor)
             if stop <= start:
                 continue
             values = np.zeros(stop - start)
