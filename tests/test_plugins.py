@@ -309,9 +309,13 @@ def test_readme_detector_plugin_works_as_printed(workspace):
     assert result.returncode == 0, result.stderr
     anomalies = json.loads((workspace.output / "anomalies.json").read_text())
     assert anomalies["counts"] == {"banned-users": 2}
-    assert [(a["id"], a["count"], a["samples"], a["first_seen"]) for a in anomalies["anomalies"]] == [
-        ("banned-users:mallory", 1, ["a.log:1"], "2025-07-22T12:00:09Z"),
-        ("banned-users:trudy", 2, ["a.log:2", "b.log:1"], "2025-07-22T12:00:03Z"),
+    assert [(a["id"], a["severity"], a["count"], a["samples"], a["first_seen"], a["subject"])
+            for a in anomalies["anomalies"]] == [
+        ("banned-users:mallory", "high", 1, [{"location": "a.log:1", "text": "2025-07-22T12:00:09Z INFO S mallory z"}],
+         "2025-07-22T12:00:09Z", {"user": "mallory"}),
+        ("banned-users:trudy", "high", 2, [{"location": "a.log:2", "text": "2025-07-22T12:00:03Z FAILURE S trudy w"},
+                                           {"location": "b.log:1", "text": "2025-07-22T12:00:05Z INFO S trudy x"}],
+         "2025-07-22T12:00:03Z", {"user": "trudy"}),
     ]
 
 
