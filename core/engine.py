@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 
 import pluggy
 
-from core import budget
+from core import budget, lines
 from core.checkpoint import Checkpoint
 from core.errors import RuleExecutionFailed
 from core.ledger import Work
@@ -140,6 +140,7 @@ class Pipeline:
         )
         try:
             for chunk in reader:
+                lines.remember(work.path, chunk.first_line, chunk.start)  # to read sample lines back later
                 chunk = Chunk(work.name, chunk.data, chunk.first_line, chunk.start, chunk.end, chunk.overlong)
                 self._acquire_slot()
                 # Once the file's earliest malformed lines are in, later chunks have none to add.

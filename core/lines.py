@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
@@ -18,6 +19,30 @@ BLOCK_BYTES = 8 * 1024 * 1024
 _STRIDE = 64 * 1024
 #: Bytes kept of a line beyond ``max_bytes``: enough to finish a UTF-8 character cut at the limit.
 _SLACK = 4
+#: Files whose line starts are remembered, and starts kept per file (the engine notes one per chunk).
+_FILES = 1024
+_STARTS_PER_FILE = 65536
+
+#: Known line starts, per file (device, inode): line number -> byte offset. A cache the engine
+#: fills as it reads chunks, so that a sample line near the end of a large file is read by
+#: seeking close to it rather than by counting every newline before it.
+_starts: OrderedDict[tuple[int, int], dict[int, int]] = OrderedDict()
+
+
+def remember(path: str | Path, line: int, offset: int) -> None:
+    """Note that line ``line`` of ``path`` starts at byte ``offset`` (best effort; never raises)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return
+    key = (info.st_dev, info.st_ino)
+    known = _starts.get(key)
+    if known is None:
+        known = _starts[key] = {}
+        while len(_starts) > _FILES:
+            _starts.popitem(last=False)
+    if len(known) < _STARTS_PER_FILE:
+        known[line] = offset
 
 
 def read_lines(
@@ -36,7 +61,11 @@ def read_lines(
     scan = _LineScan(wanted, max(0, max_bytes))
     try:
         with _open_regular(Path(path)) as handle:
-            _read_blocks(handle, scan, max(1, block_bytes))
+            info = os.fstat(handle.fileno())
+            known = _starts.get((info.st_dev, info.st_ino), {})
+            # Only starts within the file as it is now: a file cut shorter may have moved its lines.
+            jumps = sorted((line, offset) for line, offset in known.items() if offset <= info.st_size)
+            _read_blocks(handle, scan, max(1, block_bytes), jumps)
     except OSError:
         pass  # what was found before the error stands; the rest has no entry
     return scan.found
@@ -57,14 +86,36 @@ def _open_regular(path: Path) -> BinaryIO:
         raise
 
 
-def _read_blocks(handle: BinaryIO, scan: _LineScan, block_bytes: int) -> None:
+def _read_blocks(handle: BinaryIO, scan: _LineScan, block_bytes: int,
+                 jumps: list[tuple[int, int]] = ()) -> None:
+    """Feed the file to ``scan`` block by block, seeking past lines it does not want where a start is known."""
     buffer = bytearray(block_bytes)  # one buffer for every read: no new pages to fault in per block
+    position, at = 0, 0
     while not scan.done:
+        if scan.pending is None:
+            target = scan.wanted[scan.next]
+            while at + 1 < len(jumps) and jumps[at + 1][0] <= target:
+                at += 1
+            if at < len(jumps) and scan.line < jumps[at][0] <= target and jumps[at][1] > position:
+                if _starts_a_line(handle, jumps[at][1]):
+                    scan.line, position = jumps[at]
+                else:  # the file changed since: count its lines instead
+                    jumps = []
+                handle.seek(position)
         size = handle.readinto(buffer)
+        position += size
         if not size:
             break
         scan.feed(buffer, size)
     scan.end_of_file()
+
+
+def _starts_a_line(handle: BinaryIO, offset: int) -> bool:
+    """Whether a line starts at ``offset``: the file's start, or just after a newline."""
+    if offset == 0:
+        return True
+    handle.seek(offset - 1)
+    return handle.read(1) == b"\n"
 
 
 class _LineScan:

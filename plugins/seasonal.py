@@ -22,7 +22,6 @@ enough to matter (a ratio to the expectation of at least ``ratio``).
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -290,10 +289,15 @@ def _values_before(work: History, index: np.ndarray, known: int, model: Model) -
 
 
 def _nanmedian(values: np.ndarray) -> np.ndarray:
-    """Row medians ignoring NaN; NaN (without a warning) for a row of NaN only."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmedian(values, axis=1) if values.shape[1] else np.full(len(values), np.nan)
+    """Row medians ignoring NaN; NaN for a row of NaN only. A sort: numpy's nanmedian is ~20x slower here."""
+    if not values.shape[1]:
+        return np.full(len(values), np.nan)
+    ordered = np.sort(values, axis=1)  # NaN last
+    valid = np.sum(~np.isnan(values), axis=1)
+    rows = np.arange(len(values))
+    low, high = np.maximum((valid - 1) // 2, 0), np.maximum(valid // 2, 0)
+    middle = (ordered[rows, low] + ordered[rows, high]) / 2
+    return np.where(valid > 0, middle, np.nan)
 
 
 def _values(work: History, index: np.ndarray, model: Model) -> np.ndarray:
@@ -323,7 +327,20 @@ def _z(work: History, at: np.ndarray, expected: np.ndarray, model: Model) -> np.
 
 
 def _dispersion(work: History, known: int, index: int, day: int) -> tuple[float | None, float | None]:
-    """A model's dispersion (>= 1) and fit (median |residual|) over the week before window ``known``."""
+    """A model's dispersion (>= 1) and fit (median |residual|) over the week before window ``known``.
+
+    The residuals before a day's first window do not change once it has begun: kept per day.
+    """
+    cache = work.__dict__.setdefault("_spread", {})
+    at = (work.first + known, index)
+    if at not in cache:
+        if len(cache) > 16:
+            cache.clear()
+        cache[at] = _spread(work, known, index, day)
+    return cache[at]
+
+
+def _spread(work: History, known: int, index: int, day: int) -> tuple[float | None, float | None]:
     past = work.residuals[index, max(0, known - 7 * day):max(0, known)]
     past = past[~np.isnan(past)]
     if len(past) < MIN_RESIDUALS:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.cli import main
+from core import lines
 from core.lines import read_lines
 
 LINES = [f"2025-07-22T10:00:{s:02d}Z SUCCESS checkout user{s} paid {s}.00 EUR" for s in range(40)]
@@ -142,3 +143,15 @@ def test_line_numbers_agree_with_the_engines_malformed_samples(workspace, capsys
     assert [s["line"] for s in samples] == [3, 7]
     texts = read_lines(workspace.data / "a.log", [s["line"] for s in samples])
     assert texts == {s["line"]: s["text"] for s in samples}
+
+
+def test_remembered_line_starts_are_used_and_a_stale_one_is_not_trusted(tmp_path):
+    path = tmp_path / "big.log"
+    path.write_bytes(b"".join(b"line %d\n" % n for n in range(1, 2001)))
+    offset = path.read_bytes().index(b"line 1500\n")
+    lines.remember(path, 1500, offset)
+    assert read_lines(path, [1500, 1501, 3], block_bytes=64) == {3: "line 3", 1500: "line 1500", 1501: "line 1501"}
+    # Rewritten in place (same inode) with longer lines: the remembered offset is mid-line now.
+    with open(path, "r+b") as out:
+        out.write(b"".join(b"longer line %d\n" % n for n in range(1, 2001)))
+    assert read_lines(path, [1500], block_bytes=64) == {1500: "longer line 1500"}
