@@ -198,6 +198,9 @@ class Detector(Rule):
         """What an incident of ``key`` is about, in the log's own terms (e.g. ``{"service": key}``)."""
         return {}
 
+    def describe(self, incident: dict[str, Any]) -> None:
+        """Complete a listed incident once its samples have their text (e.g. its ``subject``); optional."""
+
     def windowed_incidents(self, flags: list[dict[str, Any]], newest: int | None, gap: int,
                            min_score: float) -> list[dict[str, Any]]:
         """Join flagged windows into incidents and keep those that reach ``min_score``."""
@@ -225,6 +228,7 @@ class Detector(Rule):
         listed = kept[: self.params.get("max_incidents", MAX_INCIDENTS)]
         for found in listed:
             found["samples"] = self.sample_texts(found["samples"])
+            self.describe(found)
         counts = {"found": len(ordered), "listed": len(listed), "suppressed": len(ordered) - len(listed)}
         return Result(listed, {**(detail or {}), "incidents": counts})
 

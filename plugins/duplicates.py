@@ -42,6 +42,8 @@ _FIELDS = ("ts", "status", "service", "user", "message")
 ID_PATTERN = r"[0-9][^\s]*[0-9][^\s]*[0-9]"
 #: The score of one duplicated event: an incident of k of them scores 10 x sqrt(k) (medium, high at 4).
 DUPLICATE_SCORE = 10.0
+#: The key of every duplicate incident: consecutive duplicates are one incident, whatever the record.
+KEY = "events"
 #: The score of a rare repeat of an id-less line, per copy beyond the first (low for two copies).
 LOOSE_SCORE = 5.0
 #: A repeat of an id-less line is rare with at most this many others within a day either side.
@@ -49,6 +51,7 @@ LOOSE_OTHERS = 3
 #: Eviction granularity; the anomaly's window is the duplicated instant itself.
 _BUCKET = "1m"
 _DAY = 86_400_000_000
+_NOT_LOWEST = pl.lit(0xFFFF_FFFF_FFFF_FFFE, pl.UInt64)
 
 
 class Copies(Table):
@@ -79,7 +82,7 @@ class DuplicateEvent(WindowedDetector):
 
     #: The message is part of the event, but only through the record's hash: the scan hashes it
     #: as it reads the line, which costs less than building the message column.
-    columns = ("ts", "service", "message", "record_hash", "file", "line")
+    columns = ("ts", "message", "record_hash", "file", "line")
 
     type_name = "duplicate_event"
     description = "The same event (all five fields equal) logged more than once."
@@ -93,8 +96,8 @@ class DuplicateEvent(WindowedDetector):
     })
     tables = {
         "copies": Copies(
-            {"hash": pl.UInt64(), "service": pl.String(), "carries": pl.Int64(), "us": pl.Int64(),
-             "window": pl.Int64(), "n": pl.UInt32(), "file": pl.Categorical(), "line": pl.Int64()},
+            {"hash": pl.UInt64(), "us": pl.Int64(), "window": pl.Int64(), "n": pl.UInt32(),
+             "file": pl.Categorical(), "line": pl.Int64()},
             keys=("hash",),
         ),
     }
@@ -118,14 +121,17 @@ class DuplicateEvent(WindowedDetector):
         self.id_pattern = id_pattern
         self.max_gap = max_gap
         self.init_windows(_BUCKET, retention, 0, min_time, max_future)
-        #: Repeated id-less lines judged so far: hash -> [service, instant, copies, sample locations].
+        #: Repeated id-less lines judged so far: hash -> [instant, copies, sample locations].
         self.loose: dict[int, list[Any]] = {}
         #: Repeats of id-less lines of busy days, counted but no longer kept one by one.
         self.loose_overflow: dict[int, int] = {}
 
     def update(self, batch: Batch) -> None:
-        carries = batch.frame["message"].str.contains(self.id_pattern).cast(pl.Int64).alias("carries")
-        super().update(replace(batch, frame=batch.frame.with_columns(carries)))
+        # Whether the line carries an id rides in the hash's lowest bit: copies agree on it (their
+        # messages are equal), and the state needs no column more per record.
+        carries = pl.col("message").str.contains(self.id_pattern).cast(pl.UInt64)
+        marked = ((pl.col("record_hash") & _NOT_LOWEST) | carries).alias("record_hash")
+        super().update(replace(batch, frame=batch.frame.with_columns(marked)))
 
     def merge(self, other: WindowedDetector) -> None:
         super().merge(other)
@@ -140,14 +146,14 @@ class DuplicateEvent(WindowedDetector):
             return
         # Repeats are judged against a day either side: older ones can no longer change a verdict.
         oldest = self.newest[0] - 3 * _DAY
-        self.loose = {digest: group for digest, group in self.loose.items() if group[1] >= oldest}
+        self.loose = {digest: group for digest, group in self.loose.items() if group[0] >= oldest}
         self.loose_overflow = {day: n for day, n in self.loose_overflow.items() if day >= oldest // _DAY - 1}
         # A day with more repeats than any verdict tolerates is only counted: its closed repeats
         # (no later record can reach them) need not be kept one by one.
         closed = self.horizon * self.width
         for day, n in self._loose_days().items():
             if n > LOOSE_OTHERS + 1:
-                gone = [d for d, g in self.loose.items() if g[1] // _DAY == day and g[1] < closed]
+                gone = [d for d, g in self.loose.items() if g[0] // _DAY == day and g[0] < closed]
                 for digest in gone:
                     del self.loose[digest]
                 self.loose_overflow[day] = self.loose_overflow.get(day, 0) + len(gone)
@@ -155,7 +161,7 @@ class DuplicateEvent(WindowedDetector):
     def _loose_days(self) -> dict[int, int]:
         """Repeats of id-less lines per epoch day: those kept one by one and those only counted."""
         days = dict(self.loose_overflow)
-        for _, at, _, _ in self.loose.values():
+        for at, _, _ in self.loose.values():
             days[at // _DAY] = days.get(at // _DAY, 0) + 1
         return days
 
@@ -163,15 +169,15 @@ class DuplicateEvent(WindowedDetector):
         """Rare repeats of id-less lines (see the module docstring), as flagged instants."""
         days = self._loose_days()
         flags = []
-        for digest, (service, at, n, where) in sorted(self.loose.items(), key=lambda item: (item[1][1], item[0])):
+        for digest, (at, n, where) in sorted(self.loose.items(), key=lambda item: (item[1][0], item[0])):
             day = at // _DAY
             others = sum(days.get(d, 0) for d in (day - 1, day, day + 1)) - 1
             if others > LOOSE_OTHERS:
                 continue
             flags.append(self.anomaly(
-                key=service, kind="duplicate", score=LOOSE_SCORE * (n - 1), window=(at, at), count=n, observed=n,
+                key=KEY, kind="duplicate", score=LOOSE_SCORE * (n - 1), window=(at, at), count=n, observed=n,
                 expected=1, samples=where, first_seen=at, last_seen=at, _w=at // self.width,
-                detail={"copies": n, "record_hash": f"{digest:016x}", "compared_fields": list(_FIELDS),
+                detail={"copies": n, "record_hash": f"{digest & ~1:016x}", "compared_fields": list(_FIELDS),
                         "carries_id": False,
                         "why": f"{others} other repeats of lines without an id within a day either side: "
                                "too few to be chance"},
@@ -179,37 +185,39 @@ class DuplicateEvent(WindowedDetector):
         return flags
 
     def tally_keys(self) -> list[str]:
-        return ["record_hash", "service", "carries"]
+        return ["record_hash"]
 
-    def subject(self, key: str) -> dict[str, Any]:
-        return {"service": key}
+    def describe(self, incident: dict[str, Any]) -> None:
+        """The duplicated record's fields, from its first sample line."""
+        text = next((s["text"] for s in incident["samples"] if s.get("text")), None)
+        if text is not None:
+            incident["subject"] = dict(zip(_FIELDS, text.split(" ", 4), strict=False))
 
     def batch_tables(self, batch: Batch, found: Tally) -> Tables:
         samples = found.samples
-        copies = samples.frame(hash="record_hash", service="service", carries="carries", us="us", window="window",
-                               n=samples["n"].cast(pl.UInt32), file=file_column(batch, samples.height), line="line")
+        copies = samples.frame(hash="record_hash", us="us", window="window", n=samples["n"].cast(pl.UInt32),
+                               file=file_column(batch, samples.height), line="line")
         return {"copies": copies}
 
     def verdicts(self, data: Tables, lo: int | None, hi: int | None) -> list[dict[str, Any]]:
         copies = data["copies"]
         # Folded, each hash's copies are counted on its first row (see Copies).
-        counts = copies.filter((pl.col("n") > 1) & in_range(lo, hi)).select("hash", "service", "carries", "n", "us",
-                                                                          "window")
+        counts = copies.filter((pl.col("n") > 1) & in_range(lo, hi)).select("hash", "n", "us", "window")
         if counts.is_empty():
             return []
         samples = sample_locations(copies.join(counts.select("hash"), on="hash"), ["hash"])
         flags = []
-        for digest, service, carries, n, us, window in counts.sort("us", "hash").iter_rows():
+        for digest, n, us, window in counts.sort("us", "hash").iter_rows():
+            carries = bool(digest & 1)
             if carries or not self.ids_only:
-                flags.append(self._flag(digest, service, n, us, window, samples.get((digest,), []), bool(carries)))
+                flags.append(self._flag(digest, n, us, window, samples.get((digest,), []), carries))
             else:  # judged with the day either side, when results are read (``extra_flags``)
-                self.loose[digest] = [service, us, n, samples.get((digest,), [])]
+                self.loose[digest] = [us, n, samples.get((digest,), [])]
         return flags
 
-    def _flag(self, digest: int, service: str, n: int, us: int, window: int, samples: list[str],
-              carries: bool) -> dict[str, Any]:
+    def _flag(self, digest: int, n: int, us: int, window: int, samples: list[str], carries: bool) -> dict[str, Any]:
         return self.anomaly(
-            key=service,
+            key=KEY,
             kind="duplicate",
             # Not a chance repeat (see the module docstring): every duplicated event weighs the same.
             score=DUPLICATE_SCORE,
@@ -221,7 +229,7 @@ class DuplicateEvent(WindowedDetector):
             first_seen=us,
             last_seen=us,
             _w=window,
-            detail={"copies": n, "record_hash": f"{digest:016x}", "compared_fields": list(_FIELDS),
+            detail={"copies": n, "record_hash": f"{digest & ~1:016x}", "compared_fields": list(_FIELDS),
                     "carries_id": carries},
         )
 

@@ -323,7 +323,7 @@ def test_duplicate_event_planted_copies_of_an_order_line_are_one_incident_with_t
     lines[5000:5000] = [line]
     lines.append(line)
     found = run(DuplicateEvent("dup"), lines)
-    assert [(a["key"], a["kind"], a["count"]) for a in found] == [("PaymentService", "duplicate", 3)]
+    assert [(a["key"], a["kind"], a["count"]) for a in found] == [("events", "duplicate", 3)]
     assert locations(found[0]) == ["a.txt:1001", "a.txt:5001", f"a.txt:{len(lines)}"]
     assert found[0]["window_start"] == found[0]["first_seen"] == at(123)
 
@@ -337,8 +337,7 @@ def test_duplicate_event_a_rare_repeat_of_an_id_less_line_is_one_low_incident():
     line = f"{at(600)} SUCCESS AuthenticationService u5 User login successful"
     lines[3000:3000] = [line, line]
     found = run(DuplicateEvent("dup"), lines)
-    assert [(a["key"], a["kind"], a["count"], a["severity"]) for a in found] == [
-        ("AuthenticationService", "duplicate", 2, "low")]
+    assert [(a["key"], a["kind"], a["count"], a["severity"]) for a in found] == [("events", "duplicate", 2, "low")]
     assert locations(found[0]) == ["a.txt:3001", "a.txt:3002"]
     assert found[0]["detail"]["carries_id"] is False
 

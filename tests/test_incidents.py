@@ -107,6 +107,9 @@ def test_a_card_number_in_a_sampled_line_never_reaches_an_output(workspace: Work
     texts = [s["text"] for s in duplicate[0]["samples"]]
     assert [s["location"] for s in duplicate[0]["samples"]] == ["pay.log:1", "pay.log:2"]
     assert all(t is not None and "[card ****1111]" in t and "ord-123456" in t for t in texts)
+    assert duplicate[0]["subject"] == {  # the duplicated record's fields, in the log's own terms
+        "ts": "2025-07-21T10:00:00Z", "status": "SUCCESS", "service": "PaymentService", "user": "u1",
+        "message": "Payment ord-123456 paid with card [card ****1111]"}
     for path in workspace.output.rglob("*"):
         if path.is_file():
             assert CARD.encode() not in path.read_bytes(), path
