@@ -365,6 +365,10 @@ class SeasonalDetector(WindowedDetector):
 
     def init_model(self, z: float, ratio: float, up: bool, down: bool, min_score: float, max_gap: int) -> None:
         self.model = Model(self.width, z=z, ratio=ratio, rate=self.rate, up=up, down=down)
+        # Windows are closed (and judged) a quarter of a day at a time: judging costs per call, not
+        # per window, and a seal comes every few windows. Verdicts do not depend on where seals
+        # fall (see ``judge``), so this changes only when, never what.
+        self.close_step = max(1, self.model.day // 4)
         self.min_score = min_score
         self.max_gap = max_gap
         self.history: dict[str, History] = {}

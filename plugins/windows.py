@@ -463,10 +463,14 @@ class WindowedDetector(Detector):
         self.late += int(data[name].filter(fresh & (window < horizon))[column].sum())
         return _window_filter(self.tables, data, window >= horizon)
 
+    #: Windows are closed this many at a time (the horizon moves in steps of it): the state holds
+    #: up to ``close_step - 1`` windows more than ``retention``.
+    close_step: int = 1
+
     def _target_horizon(self) -> int | None:
         if len(self.newest) < self.watermark_rank:
             return None
-        return (self.newest[-1] - self.retention) // self.width
+        return (self.newest[-1] - self.retention) // self.width // self.close_step * self.close_step
 
     def _horizon_us(self) -> int | None:
         return None if self.horizon is None else self.horizon * self.width
