@@ -17,7 +17,7 @@
 #include <Python.h>
 
 /* Raised with every change to what the module offers Python; core/parse.py checks it. */
-#define SCAN_VERSION 2
+#define SCAN_VERSION 3
 
 #include "arrow.h"
 
@@ -160,11 +160,33 @@ round64(uint64_t h, uint64_t word)
 /*
  * A record's hash: its time in microseconds and the UTF-8 text "STATUS SERVICE USER[ MESSAGE]"
  * (the space and message only if the message is not empty), which names the fields unambiguously
- * because the first three hold no space. Two lanes take alternate words, so that the multiplies
- * of a long message do not wait on each other; the last word is the text's last 8 bytes, which
+ * because the first three hold no space; its lowest bit is carries_id's answer. Two lanes take
+ * alternate words, so that the multiplies of a long message do not wait on each other; the last word is the text's last 8 bytes, which
  * may overlap words before (the length, in lane b, tells texts apart). It depends on the values
  * alone: every build, run and machine gives a record the same hash.
  */
+/*
+ * Whether the message of "STATUS SERVICE USER[ MESSAGE]" carries an identifier or an amount: a
+ * word (a run without ASCII whitespace) with three digits or more, such as ord-8f3a2c or 12.34.
+ * Duplicate detection tells a line logged twice from a chance repeat by it (plugins/duplicates.py,
+ * whose default id_pattern says the same as a regular expression).
+ */
+static inline int
+carries_id(const unsigned char *text, size_t n)
+{
+    size_t i = 0;
+    for (int spaces = 0; i < n && spaces < 3; i++)
+        spaces += text[i] == ' ';
+    for (int digits = 0; i < n; i++) {
+        unsigned char c = text[i];
+        if (c == ' ' || (c >= '\t' && c <= '\r'))
+            digits = 0;
+        else if (c >= '0' && c <= '9' && ++digits == 3)
+            return 1;
+    }
+    return 0;
+}
+
 static inline uint64_t
 record_hash(int64_t ts, const unsigned char *text, size_t n)
 {
@@ -192,7 +214,9 @@ record_hash(int64_t ts, const unsigned char *text, size_t n)
     h *= 0xff51afd7ed558ccdULL;
     h ^= h >> 33;
     h *= 0xc4ceb9fe1a85ec53ULL;
-    return h ^ (h >> 33);
+    h ^= h >> 33;
+    /* The lowest bit says whether the message carries an id (see carries_id); copies agree on it. */
+    return (h & ~1ULL) | (uint64_t)carries_id(text, n);
 }
 
 /* ---- Classifying a line ------------------------------------------------------------------- */

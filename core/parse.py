@@ -24,7 +24,7 @@ from core.columns import constant
 from core.stats import FileStats, MalformedLine
 
 #: The version of ``core/_scan.c`` this module is written for.
-SCAN_VERSION = 2
+SCAN_VERSION = 3
 _scan = compiled.load("_scan", SCAN_VERSION, "the compiled parser")
 
 #: Columns and types of every record batch handed to rules.

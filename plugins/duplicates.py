@@ -38,7 +38,9 @@ if TYPE_CHECKING:
     from core.tally import Tally
 
 _FIELDS = ("ts", "status", "service", "user", "message")
-#: A word with three digits or more (an order or payment id, a card's last digits, an amount).
+#: A word with three digits or more (an order or payment id, a card's last digits, an amount). The
+#: compiled scan answers it for every record as it hashes the line (``carries_id`` in core/_scan.c,
+#: where a word is a run without ASCII whitespace).
 ID_PATTERN = r"[0-9][^\s]*[0-9][^\s]*[0-9]"
 #: The score of one duplicated event: an incident of k of them scores 10 x sqrt(k) (medium, high at 4).
 DUPLICATE_SCORE = 10.0
@@ -81,8 +83,9 @@ class DuplicateEvent(WindowedDetector):
     """Flag every (timestamp, status, service, user, message) seen more than once, with where each copy is."""
 
     #: The message is part of the event, but only through the record's hash: the scan hashes it
-    #: as it reads the line, which costs less than building the message column.
-    columns = ("ts", "message", "record_hash", "file", "line")
+    #: as it reads the line, which costs less than building the message column. Only an
+    #: ``id_pattern`` other than the default needs the message itself (see ``setup``).
+    columns = ("ts", "record_hash", "file", "line")
 
     type_name = "duplicate_event"
     description = "The same event (all five fields equal) logged more than once."
@@ -119,6 +122,8 @@ class DuplicateEvent(WindowedDetector):
     ) -> None:
         self.ids_only = ids_only
         self.id_pattern = id_pattern
+        if id_pattern != ID_PATTERN:
+            self.columns = ("ts", "message", "record_hash", "file", "line")
         self.max_gap = max_gap
         self.init_windows(_BUCKET, retention, 0, min_time, max_future)
         #: Repeated id-less lines judged so far: hash -> [instant, copies, sample locations].
@@ -128,10 +133,13 @@ class DuplicateEvent(WindowedDetector):
 
     def update(self, batch: Batch) -> None:
         # Whether the line carries an id rides in the hash's lowest bit: copies agree on it (their
-        # messages are equal), and the state needs no column more per record.
-        carries = pl.col("message").str.contains(self.id_pattern).cast(pl.UInt64)
-        marked = ((pl.col("record_hash") & _NOT_LOWEST) | carries).alias("record_hash")
-        super().update(replace(batch, frame=batch.frame.with_columns(marked)))
+        # messages are equal), and the state needs no column more per record. The compiled scan
+        # sets it for the default pattern; another pattern needs the message and a regex.
+        if self.id_pattern != ID_PATTERN:
+            carries = pl.col("message").str.contains(self.id_pattern).cast(pl.UInt64)
+            marked = ((pl.col("record_hash") & _NOT_LOWEST) | carries).alias("record_hash")
+            batch = replace(batch, frame=batch.frame.with_columns(marked))
+        super().update(batch)
 
     def merge(self, other: WindowedDetector) -> None:
         super().merge(other)
