@@ -160,25 +160,59 @@ round64(uint64_t h, uint64_t word)
 /*
  * A record's hash: its time in microseconds and the UTF-8 text "STATUS SERVICE USER[ MESSAGE]"
  * (the space and message only if the message is not empty), which names the fields unambiguously
- * because the first three hold no space; its lowest bit is carries_id's answer. Two lanes take
+ * because the first three hold no space; its lowest bit is carries_id's answer for the message,
+ * which starts at message_at (n if there is none). Two lanes take
  * alternate words, so that the multiplies of a long message do not wait on each other; the last word is the text's last 8 bytes, which
  * may overlap words before (the length, in lane b, tells texts apart). It depends on the values
  * alone: every build, run and machine gives a record the same hash.
  */
+/* SWAR tests on 8 bytes at once (Bit Twiddling Hacks): does a byte lie strictly between m and n
+ * (m, n < 128), or equal v? */
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+static inline int
+any_between(uint64_t x, uint64_t m, uint64_t n)
+{
+    return ((ONES * (127 + n) - (x & ONES * 127)) & ~x & ((x & ONES * 127) + ONES * (127 - m)) & HIGHS) != 0;
+}
+
+static inline int
+any_equal(uint64_t x, unsigned char v)
+{
+    uint64_t y = x ^ (ONES * v);
+    return ((y - ONES) & ~y & HIGHS) != 0;
+}
+
 /*
- * Whether the message of "STATUS SERVICE USER[ MESSAGE]" carries an identifier or an amount: a
- * word (a run without ASCII whitespace) with three digits or more, such as ord-8f3a2c or 12.34.
- * Duplicate detection tells a line logged twice from a chance repeat by it (plugins/duplicates.py,
- * whose default id_pattern says the same as a regular expression).
+ * Whether a message carries an identifier or an amount: a word (a run without ASCII whitespace)
+ * with three digits or more, such as ord-8f3a2c or 12.34. Duplicate detection tells a line logged
+ * twice from a chance repeat by it (plugins/duplicates.py, whose default id_pattern says the same
+ * as a regular expression). Eight bytes without a digit only end the current word, if they hold
+ * whitespace, so they are passed over at once.
  */
 static inline int
-carries_id(const unsigned char *text, size_t n)
+carries_id(const unsigned char *message, size_t n)
 {
+    int digits = 0;
     size_t i = 0;
-    for (int spaces = 0; i < n && spaces < 3; i++)
-        spaces += text[i] == ' ';
-    for (int digits = 0; i < n; i++) {
-        unsigned char c = text[i];
+    for (; i + 8 <= n; i += 8) {
+        uint64_t word;
+        memcpy(&word, message + i, 8);
+        if (!any_between(word, '0' - 1, '9' + 1)) {
+            if (any_equal(word, ' ') || any_between(word, '\t' - 1, '\r' + 1))
+                digits = 0;
+            continue;
+        }
+        for (size_t j = i; j < i + 8; j++) {
+            unsigned char c = message[j];
+            if (c == ' ' || (c >= '\t' && c <= '\r'))
+                digits = 0;
+            else if (c >= '0' && c <= '9' && ++digits == 3)
+                return 1;
+        }
+    }
+    for (; i < n; i++) {
+        unsigned char c = message[i];
         if (c == ' ' || (c >= '\t' && c <= '\r'))
             digits = 0;
         else if (c >= '0' && c <= '9' && ++digits == 3)
@@ -188,7 +222,7 @@ carries_id(const unsigned char *text, size_t n)
 }
 
 static inline uint64_t
-record_hash(int64_t ts, const unsigned char *text, size_t n)
+record_hash(int64_t ts, const unsigned char *text, size_t n, size_t message_at)
 {
     uint64_t a = round64(0x0DDBA11ULL, (uint64_t)ts), b = round64(P3, (uint64_t)n), word = 0;
     if (n < 8) {
@@ -216,7 +250,7 @@ record_hash(int64_t ts, const unsigned char *text, size_t n)
     h *= 0xc4ceb9fe1a85ec53ULL;
     h ^= h >> 33;
     /* The lowest bit says whether the message carries an id (see carries_id); copies agree on it. */
-    return (h & ~1ULL) | (uint64_t)carries_id(text, n);
+    return (h & ~1ULL) | (uint64_t)(message_at < n && carries_id(text + message_at, n - message_at));
 }
 
 /* ---- Classifying a line ------------------------------------------------------------------- */
@@ -571,7 +605,9 @@ add_hash(Scan *scan, const unsigned char *line, size_t content, const size_t spa
             to = scan->scratch.used;
         }
     }
-    uint64_t hash = record_hash(ts, text, to - from);
+    /* The message starts after the third space: in the line's own bytes, or in the decoded copy. */
+    size_t message_at = found == 4 ? spaces[3] + 1 - spaces[0] - 1 : to - from;
+    uint64_t hash = record_hash(ts, text, to - from, message_at);
     return append(&scan->values[RECORD_HASH], &hash, sizeof hash);
 }
 
@@ -814,13 +850,18 @@ py_record_hash(PyObject *Py_UNUSED(module), PyObject *args)
         return NULL;
     Buffer text = {0};
     int ok = 1;
+    size_t message_at = 0;
     for (int i = 0; i < 4 && ok; i++) {
         if (i == 3 && lengths[3] == 0)
             break;
         ok = (i == 0 || append(&text, " ", 1)) && append(&text, fields[i], (size_t)lengths[i]);
+        if (i == 2)
+            message_at = text.used + 1;
     }
-    PyObject *result = ok ? PyLong_FromUnsignedLongLong(record_hash(ts, (const unsigned char *)text.data, text.used))
-                          : PyErr_NoMemory();
+    if (message_at > text.used)
+        message_at = text.used;
+    uint64_t hash = ok ? record_hash(ts, (const unsigned char *)text.data, text.used, message_at) : 0;
+    PyObject *result = ok ? PyLong_FromUnsignedLongLong(hash) : PyErr_NoMemory();
     free(text.data);
     return result;
 }
