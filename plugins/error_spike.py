@@ -33,26 +33,6 @@ _GROUP = {"key": pl.String(), "window": pl.Int64()}
 ALL = "all"
 
 
-def _with_overall(counts: pl.DataFrame) -> pl.DataFrame:
-    """``counts`` and, per window, every group's counts summed as key ``all``, in window order.
-
-    A batch spans a few windows and a few dozen groups: folded in Python, where a Polars group-by
-    and sort cost more than the rows they fold.
-    """
-    rows = list(zip(*(counts[c].to_list() for c in ("key", "window", "count", "total", "first", "last")), strict=True))
-    total: dict[int, list[Any]] = {}
-    for _, window, count, records, first, last in rows:
-        got = total.setdefault(window, [0, 0, None, None])
-        got[0] += count
-        got[1] += records
-        if first is not None:
-            got[2] = first if got[2] is None else min(got[2], first)
-            got[3] = last if got[3] is None else max(got[3], last)
-    rows += [(ALL, window, *made) for window, made in total.items()]
-    rows.sort(key=lambda row: row[1])  # stable: the tally's order within a window stays
-    return pl.DataFrame(rows, schema=counts.schema, orient="row")
-
-
 class ErrorSpike(SeasonalDetector):
     """Flag windows whose failure rate is surprisingly far above its seasonal expectation."""
 
@@ -131,11 +111,16 @@ class ErrorSpike(SeasonalDetector):
                               first="first", last="last")
         located = samples.frame(key=self._groups(samples), window="window",
                                 file=file_column(batch, samples.height), line="line")
-        if self.overall:
-            # Kept in window order, as a tally's tables are (see ``windows._bands``).
-            counts = _with_overall(counts)
-            located = pl.concat([located, located.with_columns(key=pl.lit(ALL))]).sort("window", maintain_order=True)
         return {"counts": counts, "samples": located}
+
+    def verdicts(self, data: Tables, lo: int | None, hi: int | None) -> list[dict[str, Any]]:
+        if self.overall:  # all records together, as key ``all``: summed here, once per judged span
+            counts = data["counts"]
+            overall = counts.group_by("window").agg(pl.col("count", "total").sum(), pl.col("first").min(),
+                                                    pl.col("last").max()).with_columns(key=pl.lit(ALL))
+            data = {**data, "counts": pl.concat([counts, overall.select(counts.columns)]),
+                    "samples": pl.concat([data["samples"], data["samples"].with_columns(key=pl.lit(ALL))])}
+        return super().verdicts(data, lo, hi)
 
     def _groups(self, table: Columns) -> pl.Series:
         return table[self.by] if self.by else constant(ALL, table.height, pl.String())
