@@ -226,6 +226,7 @@ class Detector(Rule):
         kept = [found for i, found in enumerate(ordered)
                 if i not in hidden and SEVERITIES.index(found["severity"]) >= least]
         listed = kept[: self.params.get("max_incidents", MAX_INCIDENTS)]
+        self.forget_texts({s for found in ordered for s in found["samples"] if isinstance(s, str)})
         for found in listed:
             found["samples"] = self.sample_texts(found["samples"])
             self.describe(found)
