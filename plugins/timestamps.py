@@ -20,7 +20,16 @@ from core import Result, hookimpl
 from core.parse import Batch
 from core.tally import EVER, tally
 from plugins.detection import (
-    DURATION, INSTANT, SAMPLE_LIMIT, Detector, duration_us, epoch_us, instant_us, iso, now_us, params_schema,
+    DURATION,
+    INSTANT,
+    SAMPLE_LIMIT,
+    Detector,
+    duration_us,
+    epoch_us,
+    instant_us,
+    iso,
+    now_us,
+    params_schema,
     sample_locations,
 )
 from plugins.windows import Table
