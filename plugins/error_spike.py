@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 _GROUP = {"key": pl.String(), "window": pl.Int64()}
 #: The key of all records judged together.
 ALL = "all"
+#: A window of ``all`` is left to the values flagged in it when they hold this share of its excess failures.
+EXPLAINED = 0.5
 
 
 class ErrorSpike(SeasonalDetector):
@@ -127,6 +129,12 @@ class ErrorSpike(SeasonalDetector):
 
     def flags(self, data: Tables, flagged: list[tuple[str, int, float, float, float, float]]) -> list[dict[str, Any]]:
         kept = [f for f in flagged if f[2] >= self.min_count or f[2] < f[3]]
+        if self.overall:  # ``all`` is for a spike spread thin over many values: one that values explain is theirs
+            explained: dict[int, float] = {}
+            for key, window, failures, expected, *_ in kept:
+                if key != ALL:
+                    explained[window] = explained.get(window, 0.0) + failures - expected
+            kept = [f for f in kept if f[0] != ALL or explained.get(f[1], 0.0) < EXPLAINED * (f[2] - f[3])]
         if not kept:
             return []
         windows = {(key, window) for key, window, *_ in kept}

@@ -202,6 +202,20 @@ def test_error_spike_rate_burst_is_one_spike_incident_covering_it(days):
     assert spike["detail"]["failure_rate"] > 3 * RATE
 
 
+def test_error_spike_by_service_finds_a_spike_spread_thin_over_every_service_as_all():
+    """20 services, each failing three times as often for 30 minutes: too few failures in each to be surprising."""
+    days, start = 3, 2 * DAY_WINDOWS + 72
+    rng = np.random.default_rng(4)
+    rate = burst_rate(days, start, 3, 3.0)
+    parts = []
+    for index in range(20):
+        counts = rng.poisson(np.full(days * DAY_WINDOWS, 40.0))
+        parts.append(synthetic(rng, counts, failures=rng.binomial(counts, rate), service=f"Service{index}"))
+    found = run(ErrorSpike("spikes", by="service"), in_time_order(*parts))
+    assert [(a["key"], a["kind"], a["window_start"]) for a in found] == [("all", "spike", at(minute_of_window(start)))]
+    assert found[0]["subject"] == {"records": "all", "statuses": ["FAILURE", "ERROR"]}
+
+
 # -- merging: a state split any way gives the same incidents -----------------------------------------
 
 
