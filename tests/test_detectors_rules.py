@@ -18,7 +18,16 @@ from plugins.frequency import Frequency
 from plugins.timestamps import TimestampCheck
 from plugins.unknown_status import OTHERS, UnknownStatus
 from tests.detector_data import (
-    DAY_WINDOWS, at, background, batches, daily_cycle, evaluate, in_time_order, rec, scrambled, synthetic,
+    DAY_WINDOWS,
+    at,
+    background,
+    batches,
+    daily_cycle,
+    evaluate,
+    in_time_order,
+    rec,
+    scrambled,
+    synthetic,
 )
 
 NOW = "2026-01-01T00:00:00Z"
