@@ -151,7 +151,7 @@ def judge(history: History | None, first: int, counts: np.ndarray, totals: np.nd
 
 def _judge_day(work: History, lo: int, hi: int, known: int, model: Model) -> None:
     """Judge windows ``lo:hi`` of one day (indexes into ``work``); ``known`` is the day's first window."""
-    expected, z, residuals = _judge_span(work, lo, hi, known, model)
+    expected, z, residuals, seasonal = _judge_span(work, lo, hi, known, model)
     work.expected[lo:hi] = expected
     slow = _slow(work, lo, hi, model)
     work.residuals[:3, lo:hi] = residuals
@@ -163,9 +163,12 @@ def _judge_day(work: History, lo: int, hi: int, known: int, model: Model) -> Non
     # counts, while a surge large enough to matter shows in its own window. On it the sum must be
     # surprising, and the window itself as low as a drop must be: a normal window just after an
     # outage still has the outage in its sum.
-    up = (z >= model.z) & (ratio >= model.ratio)
-    low = (z <= -model.z) | ((slow_z <= -model.z) & (slow_ratio <= 1 / model.ratio))
-    down = low & (ratio <= 1 / model.ratio)
+    # Judged against the recent windows only (no seasonal history yet), a change must be twice as
+    # large to matter: those windows know nothing of the daily cycle, such as an evening's fall.
+    effect = np.where(seasonal, model.ratio, model.ratio * model.ratio)
+    up = (z >= model.z) & (ratio >= effect)
+    low = (z <= -model.z) | ((slow_z <= -model.z) & (slow_ratio <= 1 / effect))
+    down = low & (ratio <= 1 / effect)
     work.flags[lo:hi] = (up & model.up) | (down & model.down)
     # A window flagged on the slow scale scores what that scale saw.
     work.scores[lo:hi] = np.where((slow_z < 0) & (np.abs(slow_z) > np.abs(z)), slow_z, z)
@@ -216,8 +219,9 @@ def _extend(history: History | None, first: int, counts: np.ndarray, totals: np.
     return extended
 
 
-def _judge_span(work: History, lo: int, hi: int, known: int, model: Model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Expectation, z and each model's raw residual for windows ``lo:hi`` (indexes into ``work``).
+def _judge_span(work: History, lo: int, hi: int, known: int,
+                model: Model) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Expectation, z, each model's raw residual, and whether a seasonal model judged, for windows ``lo:hi``.
 
     Flags and residuals count only before ``known``, the first window of their day.
     """
@@ -249,7 +253,7 @@ def _judge_span(work: History, lo: int, hi: int, known: int, model: Model) -> tu
         best_fit = np.where(better, fit, best_fit)
     judged = ~np.isnan(best_e)
     expected_counts = np.where(judged, _expected_count(work, at, best_e, model), 0.0)
-    return expected_counts, np.where(judged, best_z, 0.0), residuals
+    return expected_counts, np.where(judged, best_z, 0.0), residuals, np.isfinite(best_fit)
 
 
 def _seasonal(work: History, at: np.ndarray, known: int, period: int, periods: int, needed: int,
