@@ -202,12 +202,14 @@ class Detector(Rule):
         """Complete a listed incident once its samples have their text (e.g. its ``subject``); optional."""
 
     def windowed_incidents(self, flags: list[dict[str, Any]], newest: int | None, gap: int,
-                           min_score: float) -> list[dict[str, Any]]:
-        """Join flagged windows into incidents and keep those that reach ``min_score``."""
+                           min_score: float | dict[str, float]) -> list[dict[str, Any]]:
+        """Join flagged windows into incidents and keep those that reach ``min_score`` (or, given a
+        mapping, the score of their kind, ``min_score[kind]``)."""
         found = []
         for run in incident_rules.join(flags, gap):
             made = incident_rules.incident(run, newest, gap, self.subject(run[0]["key"]))
-            if made["score"] >= min_score:
+            least = min_score.get(made["kind"], 0.0) if isinstance(min_score, dict) else min_score
+            if made["score"] >= least:
                 found.append(made)
         return found
 

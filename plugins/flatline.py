@@ -45,6 +45,7 @@ class Flatline(SeasonalDetector):
         "ratio": {"type": "number", "minimum": 1},
         "surge": {"type": "boolean"},
         "min_score": {"type": "number", "minimum": 0},
+        "surge_min_score": {"type": "number", "minimum": 0},
         "max_gap": {"type": "integer", "minimum": 0, "maximum": 1000},
         "retention": DURATION,
         "min_time": INSTANT,
@@ -66,6 +67,7 @@ class Flatline(SeasonalDetector):
         ratio: float = 1.5,
         surge: bool = True,
         min_score: float = 10.0,
+        surge_min_score: float = 20.0,
         max_gap: int = 6,
         retention: int | str = "1d",
         min_time: str = MIN_TIME,
@@ -76,6 +78,9 @@ class Flatline(SeasonalDetector):
         self.field = field
         self.init_windows(timeframe, retention, 0, min_time, max_future)
         self.init_model(z, ratio, surge, True, min_score, max_gap)
+        # A surge is more often benign (a campaign, a batch job) than a service going quiet: it is
+        # listed only when it is surprising enough to rank high.
+        self.min_score = {"drop": min_score, "surge": surge_min_score}
 
     def tally_keys(self) -> list[str]:
         return [self.field]

@@ -312,8 +312,8 @@ class WindowedDetector(Detector):
 
     #: Unflagged windows that may sit inside one incident (see ``plugins.incidents``).
     max_gap: int = 6
-    #: The combined score an incident needs to be listed.
-    min_score: float = 0.0
+    #: The combined score an incident needs to be listed (or, per kind, a mapping kind -> score).
+    min_score: float | dict[str, float] = 0.0
 
     def result(self) -> Result:
         self.seal()

@@ -126,7 +126,7 @@ def _bursty_days() -> list[str]:
     steadier WalletService: the noise the seasonal models' dispersion is for."""
     rng = np.random.default_rng(5)
     counts = rng.poisson(daily_cycle(3, 20, 60) * rng.gamma(4, 0.25, 432))
-    counts[400:404] = 0
+    counts[396:408] = 0  # two hours without a record on the last day
     return in_time_order(synthetic(rng, counts, failures=rng.binomial(counts, 0.05)),
                          synthetic(rng, rng.poisson(daily_cycle(3, 10, 30)), service="WalletService"))
 
