@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 _GROUP = {"key": pl.String(), "window": pl.Int64()}
 #: The key of all records judged together.
 ALL = "all"
-#: A window of ``all`` is left to the values flagged in it when they hold this share of its excess failures.
-EXPLAINED = 0.5
 
 
 class ErrorSpike(SeasonalDetector):
@@ -127,14 +125,19 @@ class ErrorSpike(SeasonalDetector):
     def _groups(self, table: Columns) -> pl.Series:
         return table[self.by] if self.by else constant(ALL, table.height, pl.String())
 
+    def windowed_incidents(self, flags: list[dict[str, Any]], newest: int | None, gap: int,
+                           min_score: float | dict[str, float]) -> list[dict[str, Any]]:
+        found = super().windowed_incidents(flags, newest, gap, min_score)
+        if not self.overall:
+            return found
+        # ``all`` is for a spike spread thin over many values: one that overlaps an incident of a
+        # value is that value's, and is not listed twice.
+        own = [(f["window_start"], f["window_end"]) for f in found if f["key"] != ALL]
+        return [f for f in found if f["key"] != ALL
+                or not any(start < f["window_end"] and f["window_start"] < end for start, end in own)]
+
     def flags(self, data: Tables, flagged: list[tuple[str, int, float, float, float, float]]) -> list[dict[str, Any]]:
         kept = [f for f in flagged if f[2] >= self.min_count or f[2] < f[3]]
-        if self.overall:  # ``all`` is for a spike spread thin over many values: one that values explain is theirs
-            explained: dict[int, float] = {}
-            for key, window, failures, expected, *_ in kept:
-                if key != ALL:
-                    explained[window] = explained.get(window, 0.0) + failures - expected
-            kept = [f for f in kept if f[0] != ALL or explained.get(f[1], 0.0) < EXPLAINED * (f[2] - f[3])]
         if not kept:
             return []
         windows = {(key, window) for key, window, *_ in kept}
