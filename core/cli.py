@@ -218,9 +218,13 @@ def _incident_line(incident: dict[str, Any]) -> str:
     start, end = incident.get("window_start"), incident.get("window_end")
     when = "" if not start else f" {start}" + (f"..{end[11:]}" if end and end[:10] == start[:10] else f"..{end}")
     kind = f"{incident['kind']} " if incident.get("kind") else ""
+    subject = incident.get("subject") or {}
+    what = incident["key"]
+    if "message" in subject:  # a record (a duplicate): who logged what
+        what = f"{subject.get('service', '')} {subject.get('user', '')} {subject['message'][:60]!r}"
     expected = incident.get("expected")
     seen = f" ({incident['observed']}" + (f", expected {expected}" if isinstance(expected, (int, float)) else "") + ")"
-    return f"{incident['severity']} {incident['rule']}: {kind}{incident['key']}{when}{seen}"
+    return f"{incident['severity']} {incident['rule']}: {kind}{what}{when}{seen}"
 
 
 def _short(value: Any) -> str:
