@@ -67,7 +67,7 @@ class Flatline(SeasonalDetector):
         ratio: float = 1.5,
         surge: bool = True,
         min_score: float = 10.0,
-        surge_min_score: float = 20.0,
+        surge_min_score: float = 15.0,
         max_gap: int = 6,
         retention: int | str = "1d",
         min_time: str = MIN_TIME,
