@@ -252,13 +252,18 @@ def generate_log(case: Case, log: Path) -> None:
     subprocess.run(command, check=True)
 
 
-def run_cli(log: Path, workdir: Path) -> tuple[dict[str, Any], dict[str, Any], float]:
-    """Run the shipped configuration on ``log`` with the real CLI; return (anomalies, summary, wall seconds)."""
+def shipped_workspace(log: Path, workdir: Path) -> dict[str, str]:
+    """``workdir`` with the shipped settings.yaml and rules/ and ``log`` in its data/; the CLI's environment."""
     shutil.copy(REPO / "settings.yaml", workdir / "settings.yaml")
     shutil.copytree(REPO / "rules", workdir / "rules")
     (workdir / "data").mkdir()
     os.symlink(log.resolve(), workdir / "data" / log.name)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def run_cli(log: Path, workdir: Path) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """Run the shipped configuration on ``log`` with the real CLI; return (anomalies, summary, wall seconds)."""
+    env = shipped_workspace(log, workdir)
     began = time.perf_counter()
     subprocess.run([sys.executable, "-m", "core.cli", "-q"], cwd=workdir, env=env, check=True)
     wall = time.perf_counter() - began

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -49,6 +48,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from anomaly_quality import (
+    shipped_workspace,  # bench/ is on the path of a script run from it
+)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_NAB = REPO.parent / "shared" / "nab"
@@ -250,11 +252,7 @@ def run_cli(log: Path, workdir: Path) -> tuple[dict[str, Any] | None, dict[str, 
     Returns (anomalies, summary, seconds, error). Exit code 3 (a rule failed, outputs written) is
     scored with the failure reported; any other failure scores nothing.
     """
-    shutil.copy(REPO / "settings.yaml", workdir / "settings.yaml")
-    shutil.copytree(REPO / "rules", workdir / "rules")
-    (workdir / "data").mkdir()
-    os.symlink(log.resolve(), workdir / "data" / log.name)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = shipped_workspace(log, workdir)
     began = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "core.cli", "-q"], cwd=workdir, env=env,
                           capture_output=True, text=True)
