@@ -2,22 +2,30 @@
 
 import json
 import re
+import subprocess
+import sys
 from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import load_bench
+from tests.conftest import REPO
 
-traffic = load_bench("traffic")
 LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (SUCCESS|INFO|WARN|FAILURE|ERROR) [A-Za-z]+Service user\d{6} \S.*")
 
 
 def run(tmp_path, *args, name="log.txt"):
-    """Run the generator with args; return (lines, manifest)."""
+    """Run the generator with args, as a script; return (lines, manifest).
+
+    In a subprocess: run inside the test process, the generator made the back-pressure test of
+    tests/test_watch_load.py, later in the same process, exceed its memory bound (the watcher's
+    peak RSS grew by 185 MB instead of 18; the same on the commit before this file existed). Why
+    is not established; the session note of issue 12 lists it.
+    """
     out = tmp_path / name
-    traffic.main(["--out", str(out), "--lines", "50000", *args])
+    subprocess.run([sys.executable, str(REPO / "bench" / "traffic.py"), "--out", str(out), "--lines", "50000",
+                    *args], check=True)
     lines = out.read_bytes().decode("utf-8").split("\n")
     assert lines[-1] == ""
     return lines[:-1], json.loads(Path(f"{out}.manifest.json").read_text())
