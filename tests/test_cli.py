@@ -574,3 +574,20 @@ def test_a_stale_build_of_a_compiled_module_is_named_without_a_traceback(module)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert f"{module} is a build of another version" in done.stderr and "make run" in done.stderr
+
+
+def test_peak_rss_is_this_run_s_own_not_that_of_the_process_that_started_it(workspace):
+    """A runpipeline forked from a large process reports its own peak, not the parent's size.
+
+    getrusage's maximum counts the forked parent's memory across the exec; VmHWM does not.
+    """
+    workspace.write("a.log", RECORDS)
+    ballast = bytearray(600 * 2**20)
+    ballast[::4096] = b"\x01" * len(ballast[::4096])  # touched: resident in this process
+    result = subprocess.run(  # preexec_fn: a real fork before the exec, as older launchers do
+        [sys.executable, "-m", "core.cli", "-q"], cwd=workspace.root, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, preexec_fn=lambda: None, timeout=120,
+    )
+    del ballast
+    assert result.returncode == 0, result.stderr
+    assert workspace.summary()["run"]["peak_rss_mb"] < 400

