@@ -579,15 +579,19 @@ def test_a_stale_build_of_a_compiled_module_is_named_without_a_traceback(module)
 def test_peak_rss_is_this_run_s_own_not_that_of_the_process_that_started_it(workspace):
     """A runpipeline forked from a large process reports its own peak, not the parent's size.
 
-    getrusage's maximum counts the forked parent's memory across the exec; VmHWM does not.
+    getrusage's maximum counts the forked parent's memory across the exec; VmHWM does not. The
+    large parent is a launcher process of its own, so that this test process stays small (its
+    high-water mark would follow every process it forks later).
     """
     workspace.write("a.log", RECORDS)
-    ballast = bytearray(600 * 2**20)
-    ballast[::4096] = b"\x01" * len(ballast[::4096])  # touched: resident in this process
-    result = subprocess.run(  # preexec_fn: a real fork before the exec, as older launchers do
-        [sys.executable, "-m", "core.cli", "-q"], cwd=workspace.root, env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True, text=True, preexec_fn=lambda: None, timeout=120,
-    )
-    del ballast
+    launcher = textwrap.dedent("""
+        import subprocess, sys
+        ballast = bytearray(600 * 2**20)
+        ballast[::4096] = b"\\x01" * len(ballast[::4096])  # touched: resident in the launcher
+        # preexec_fn: a real fork before the exec, as older launchers do
+        sys.exit(subprocess.run([sys.executable, "-m", "core.cli", "-q"], preexec_fn=lambda: None).returncode)
+    """)
+    result = subprocess.run([sys.executable, "-c", launcher], cwd=workspace.root, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert result.returncode == 0, result.stderr
     assert workspace.summary()["run"]["peak_rss_mb"] < 400
