@@ -7,7 +7,7 @@ import random
 import sys
 from bisect import bisect_right
 from datetime import datetime, timezone
-from itertools import accumulate
+from itertools import accumulate, pairwise
 from types import SimpleNamespace
 
 UTC = timezone.utc
@@ -39,6 +39,9 @@ OFFSETS = ((120, "+02:00"), (330, "+05:30"), (-240, "-04:00"), (-420, "-07:00"),
            (60, "+01:00"), (-180, "-03:00"), (0, "+00:00"), (600, "+10:00"), (-300, "-05:00"))
 FRACTION_DIGITS = (3, 3, 3, 3, 6, 6, 9, 1, 2)
 TWO_DIGITS = tuple(f"{i:02d}" for i in range(60))
+
+# Options added after manifests were first written, with their defaults (see given()).
+LATER_OPTIONS = {"seen_users": None, "user_tail": USER_TAIL, "message_bytes": 0}
 
 BLOCK_CHARS = 4 << 20
 LONG_LINE_BYTES = 70_000
@@ -134,8 +137,11 @@ def message_values(rng, service):
     }
 
 
-def build_events(rng, exclude=None):
-    """Return (events, cum_weights): every (\"STATUS SERVICE\", message) pair with its probability."""
+def build_events(rng, exclude=None, pad=None):
+    """Return (events, cum_weights): every (\"STATUS SERVICE\", message) pair with its probability.
+
+    `pad`, if given, lengthens each message (see message_padder).
+    """
     events, weights = [], []
     for rank, service in enumerate(SERVICES, 1):
         if service == exclude:
@@ -145,9 +151,42 @@ def build_events(rng, exclude=None):
             weight = status_weight / rank**SERVICE_ZIPF_S / MESSAGES_PER_EVENT
             for _ in range(MESSAGES_PER_EVENT):
                 message = rng.choice(templates[status]).format(**message_values(rng, service))
-                events.append((f"{status} {service}", message))
+                events.append((f"{status} {service}", pad(message) if pad else message))
                 weights.append(weight)
     return events, list(accumulate(weights))
+
+
+def request_context(rng):
+    """Request metadata as key=value pairs, the way services append it to a message."""
+    path = rng.choice(("/v1/payments", "/v1/refunds", "/v2/checkout/sessions", "/v1/customers", "/v1/payouts"))
+    return [
+        f"request_id=req_{rng.getrandbits(48):012x}", f"trace_id={rng.getrandbits(128):032x}",
+        f"span_id={rng.getrandbits(64):016x}", f"region={rng.choice(('eu-west-1', 'us-east-1', 'ap-south-1'))}",
+        f"client_ip=203.0.{rng.randrange(256)}.{rng.randrange(256)}", f"http={rng.choice(('GET', 'POST'))} {path}",
+        f"status_code={rng.choice((200, 200, 201, 400, 402, 502))}", f"latency_ms={rng.randint(3, 2500)}",
+        f"attempt={rng.randint(1, 3)}", f"pod=payments-{rng.getrandbits(24):06x}",
+        'user_agent="' + rng.choice(("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15",
+                                     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/126.0 Safari/537.36",
+                                     "okhttp/4.12.0", "python-requests/2.32.3")) + '"',
+    ]
+
+
+def message_padder(seed, mean_bytes):
+    """A function that lengthens a message with request context to `mean_bytes` on average.
+
+    It draws from its own random stream, so the traffic (who, when, which event) stays that of the
+    same seed without it; only the messages grow.
+    """
+    rng = random.Random(f"{seed}-message-bytes")
+
+    def pad(message):
+        target = int(mean_bytes * (0.5 + rng.random()))
+        context = message
+        while len(context) < target:
+            context += " | " + " ".join(request_context(rng))
+        return context[:max(target, len(message))].rstrip()
+
+    return pad
 
 
 def service_share(service):
@@ -156,26 +195,53 @@ def service_share(service):
     return 1 / (SERVICES.index(service) + 1) ** SERVICE_ZIPF_S / total
 
 
-def user_sampler(k):
-    """Return constants (tail_scale, a, b, inv, mult, shift) for drawing user ids over a population of k."""
+def user_sampler(k, tail=USER_TAIL):
+    """Return constants (tail, tail_scale, a, b, inv, mult, shift) for drawing user ids over a population of k."""
     mult = int(k * 0.618034) | 1  # golden-ratio stride: popular ranks land on unrelated-looking ids
     while math.gcd(mult, k) != 1:  # the rank -> id scramble must be a bijection modulo k
         mult += 2
     a = 1 + USER_ZIPF_Q
-    return k / USER_TAIL, a, (k + USER_ZIPF_Q) / a, 1 / (1 - USER_TAIL), mult, k // 3
+    return tail, k / tail, a, (k + USER_ZIPF_Q) / a, 1 / (1 - tail), mult, k // 3
 
 
 def user_id(idx, k, sampler):
     """The user name for a popularity rank (0 = most active)."""
-    return f"user{(idx * sampler[4] + sampler[5]) % k + USER_ID_BASE}"
+    return f"user{(idx * sampler[5] + sampler[6]) % k + USER_ID_BASE}"
 
 
 def draw_user(rand, k, sampler):
     """One user name; the slow path, used for anomaly lines (the hot loop inlines it)."""
-    tail_scale, a, b, inv, _, _ = sampler
+    tail, tail_scale, a, b, inv, _, _ = sampler
     u = rand()
-    idx = int(u * tail_scale) if u < USER_TAIL else int(a * b ** ((u - USER_TAIL) * inv) - USER_ZIPF_Q) - 1
+    idx = int(u * tail_scale) if u < tail else int(a * b ** ((u - tail) * inv) - USER_ZIPF_Q) - 1
     return user_id(idx, k, sampler)
+
+
+def expected_seen(k, draws, tail):
+    """Expected distinct users among `draws` draws of draw_user from a population of k."""
+    zipf = (1 - tail) / math.log((k + USER_ZIPF_Q) / (1 + USER_ZIPF_Q))
+
+    def seen(rank):  # the chance that a rank is drawn at least once
+        return -math.expm1(-draws * (tail / k + zipf * math.log1p(1 / (rank + 1 + USER_ZIPF_Q))))
+
+    exact = min(k, 1000)
+    total = math.fsum(seen(rank) for rank in range(exact))
+    if k > exact:  # smooth beyond the first ranks: a trapezoid sum on a geometric grid
+        xs = [exact * (k / exact) ** (j / 2000) for j in range(2001)]
+        total += math.fsum((seen(x0) + seen(x1)) / 2 * (x1 - x0) for x0, x1 in pairwise(xs))
+    return total
+
+
+def population_for(seen, draws, tail):
+    """The population size at which `draws` user draws see about `seen` distinct users."""
+    low, high = seen, 10**12
+    if seen >= draws or expected_seen(high, draws, tail) < seen:
+        sys.exit(f"{seen:,} distinct users are out of reach in {draws:,} lines; lower --seen-users "
+                 "or raise --user-tail")
+    while high > low * 1.0001 + 1:
+        middle = int((low * high) ** 0.5)
+        low, high = (middle, high) if expected_seen(middle, draws, tail) < seen else (low, middle)
+    return high
 
 
 def iso(t):
@@ -217,7 +283,7 @@ def clean_lines(g, minute, count):
     """Generate `count` clean record lines for one minute; return (lines, epoch seconds)."""
     rng, k = g.rng, g.users
     rand = rng.random
-    tail_scale, a, b, inv, mult, shift = g.sampler
+    tail, tail_scale, a, b, inv, mult, shift = g.sampler
     silent = g.silence[0] <= minute < g.silence[1]
     events, cum = (g.quiet_events, g.quiet_cum) if silent else (g.events, g.cum)
     base = g.start + minute * 60
@@ -233,7 +299,7 @@ def clean_lines(g, minute, count):
         x = rand()
         ts = prefix + TWO_DIGITS[t - base] + "Z" if x < TS_PLAIN else fancy_timestamp(g, t, x)
         u = rand()
-        idx = int(u * tail_scale) if u < USER_TAIL else int(a * b ** ((u - USER_TAIL) * inv) - USER_ZIPF_Q) - 1
+        idx = int(u * tail_scale) if u < tail else int(a * b ** ((u - tail) * inv) - USER_ZIPF_Q) - 1
         if t * k + idx in taken:
             idx = free_rank(taken, t, idx, k)
         taken.add(t * k + idx)
@@ -350,18 +416,24 @@ def expected_in(cum, total, first, stop, lines):
     return lines * (cum[stop - 1] - (cum[first - 1] if first else 0)) / total
 
 
+def fit(g, minute):
+    """A minute of the anomalies' whole-day layout, in this span (a span that ends within a day
+    compresses the layout of its whole days; durations too)."""
+    return minute * g.minutes // g.layout
+
+
 def spaced_times(rng, start, seconds, count):
     """`count` sorted random epoch seconds in [start, start + seconds)."""
     return sorted(start + int(rng.random() * seconds) for _ in range(count))
 
 
-def burst(g, start, count, events, user=None):
-    """(t, line) pairs: `count` records spread over the 10 minutes from `start`, one random event each.
+def burst(g, start, count, events, user=None, minutes=10):
+    """(t, line) pairs: `count` records spread over the `minutes` from `start`, one random event each.
 
     Each line gets its own millisecond, so a burst never creates accidental duplicate events.
     """
     lines = []
-    for ms in sorted(g.rng.sample(range(600_000), count)):
+    for ms in sorted(g.rng.sample(range(minutes * 60_000), count)):
         t = start + ms // 1000
         head, message = g.rng.choice(events)
         message = message.format(req=g.rng.getrandbits(40), ms=g.rng.randint(8, 40))
@@ -372,7 +444,8 @@ def burst(g, start, count, events, user=None):
 
 def plan_anomalies(g, n, weights_cum):
     """Build the extra (planted) lines and their manifest entries; return (extras, manifest_entries)."""
-    rng, total, span = g.rng, weights_cum[-1], g.days * 86400
+    rng, total, span = g.rng, weights_cum[-1], g.minutes * 60
+    whole, length = g.layout // 1440, max(1, fit(g, 10))  # days in the layout; minutes of a burst
     rand_user = lambda: draw_user(rng.random, g.users, g.sampler)
     entries, extras = [], []
 
@@ -381,24 +454,25 @@ def plan_anomalies(g, n, weights_cum):
 
     # A spamming user: a rarely seen user (mid-population rank) suddenly sends thousands of requests.
     spam_user = user_id(g.users * 3 // 5, g.users, g.sampler)
-    spam_start = 9 * 60 + rng.randrange(90)  # minute of day 0
+    spam_start = min(fit(g, 9 * 60 + rng.randrange(90)), g.minutes - length)  # minute of day 0
     spam_count = max(30, min(5000, n // 200))
     extras += burst(g, g.start + spam_start * 60, spam_count, (
         ("INFO AuthenticationService", "Session token refreshed (request req_{req:010x})"),
         ("SUCCESS WalletService", "Balance check completed in {ms} ms (request req_{req:010x})"),
-        ("SUCCESS PaymentService", "Payment of 1.00 USD authorized (request req_{req:010x})")), spam_user)
-    entry("spamming_user", spam_user, iso(g.start + spam_start * 60), iso(g.start + spam_start * 60 + 600),
-          records=spam_count)
+        ("SUCCESS PaymentService", "Payment of 1.00 USD authorized (request req_{req:010x})")), spam_user, length)
+    entry("spamming_user", spam_user, iso(g.start + spam_start * 60),
+          iso(g.start + (spam_start + length) * 60), records=spam_count)
 
     # A failure spike: PaymentService FAILURE/ERROR lines at ~10x the usual all-service rate.
-    spike_start = (g.days // 2) * 1440 + 12 * 60 + rng.randrange(60)
-    baseline = expected_in(weights_cum, total, spike_start, spike_start + 10, n) * FAILURE_SHARE
+    spike_start = min(fit(g, (whole // 2) * 1440 + 12 * 60 + rng.randrange(60)), g.minutes - length)
+    baseline = expected_in(weights_cum, total, spike_start, spike_start + length, n) * FAILURE_SHARE
     spike_count = max(20, round(10 * baseline))
     extras += burst(g, g.start + spike_start * 60, spike_count, (
         ("FAILURE PaymentService", "Payment declined: issuer unavailable"),
         ("FAILURE PaymentService", "Payment declined: do not honor"),
-        ("ERROR PaymentService", "Acquirer acquirer-eu-1 unreachable: circuit breaker open")))
-    entry("failure_spike", "PaymentService", iso(g.start + spike_start * 60), iso(g.start + spike_start * 60 + 600),
+        ("ERROR PaymentService", "Acquirer acquirer-eu-1 unreachable: circuit breaker open")), None, length)
+    entry("failure_spike", "PaymentService", iso(g.start + spike_start * 60),
+          iso(g.start + (spike_start + length) * 60),
           failure_error_planted=spike_count, failure_error_expected_all_services=round(baseline, 1))
 
     # Unknown statuses, scattered over the whole span.
@@ -422,8 +496,10 @@ def plan_anomalies(g, n, weights_cum):
 
     # A silent service: steady traffic, then nothing for 70-100 minutes, then back. The window is the
     # enforced silence; the real gap between two of its records is a little longer.
-    quiet_start = (g.days - 1) * 1440 + 14 * 60 + 30 + rng.randrange(45)
-    quiet_stop = quiet_start + rng.randint(70, 100)
+    quiet_start = fit(g, (whole - 1) * 1440 + 14 * 60 + 30 + rng.randrange(45))
+    quiet = min(max(1, fit(g, rng.randint(70, 100))), g.minutes - 1)
+    quiet_start = min(quiet_start, g.minutes - quiet)
+    quiet_stop = quiet_start + quiet
     g.silence = (quiet_start, quiet_stop)
     missing = expected_in(weights_cum, total, quiet_start, quiet_stop, n) * service_share(SILENT_SERVICE)
     entry("silent_service", SILENT_SERVICE, iso(g.start + quiet_start * 60), iso(g.start + quiet_stop * 60),
@@ -501,13 +577,15 @@ def generate(args):
     """Write the log file and return its manifest."""
     rng = random.Random(args.seed)
     start = int(datetime.fromisoformat(args.start.replace("Z", "+00:00")).timestamp())
-    minutes = args.days * 1440
-    g = SimpleNamespace(rng=rng, start=start, days=args.days, users=args.distinct_users,
-                        sampler=user_sampler(args.distinct_users), prefixes={}, deck=[], oddity_counts={},
+    minutes = max(2, round(args.days * 1440))
+    users = population_for(args.seen_users, args.lines, args.user_tail) if args.seen_users else args.distinct_users
+    g = SimpleNamespace(rng=rng, start=start, minutes=minutes, layout=math.ceil(args.days) * 1440, users=users,
+                        sampler=user_sampler(users, args.user_tail), prefixes={}, deck=[], oddity_counts={},
                         bad_rate=0.0 if args.no_bad else args.bad_rate, long_lines=0, silence=(0, 0),
                         duplicates={}, duplicate_entries=[], slot=0)
-    g.events, g.cum = build_events(rng)
-    g.quiet_events, g.quiet_cum = build_events(rng, exclude=SILENT_SERVICE)
+    pad = message_padder(args.seed, args.message_bytes) if args.message_bytes else None
+    g.events, g.cum = build_events(rng, pad=pad)
+    g.quiet_events, g.quiet_cum = build_events(rng, exclude=SILENT_SERVICE, pad=pad)
     weights_cum = list(accumulate(minute_weights(rng, minutes)))
     extras, entries = ([], []) if args.no_anomalies else plan_anomalies(g, args.lines, weights_cum)
     if len(extras) > args.lines // 2:
@@ -521,12 +599,26 @@ def generate(args):
     g.next_long = g.long_every // 4
     write_log(g, args.out, bounds, extras, not args.no_final_newline)
     return {
-        "generator": "bench/generate.py", "args": vars(args), "lines": args.lines,
+        "generator": "bench/generate.py", "args": given(args), "lines": args.lines,
         "span": {"start": iso(start), "end": iso(start + minutes * 60)},
-        "clean_slots": g.slots, "distinct_users_population": args.distinct_users,
+        "clean_slots": g.slots, "distinct_users_population": users,
         "oddities": dict(sorted(g.oddity_counts.items())), "long_lines": g.long_lines,
         "anomalies": entries + g.duplicate_entries,
     }
+
+
+def given(args):
+    """The arguments for the manifest; options added later appear only when used, so that the
+    manifest of earlier arguments stays byte for byte what it was."""
+    return {k: v for k, v in vars(args).items() if k not in LATER_OPTIONS or v != LATER_OPTIONS[k]}
+
+
+def span_days(text):
+    """--days: a whole number stays an int (as it always was), a fraction of a day is a float."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of days, found {text!r}")
+    return int(value) if value.is_integer() else value
 
 
 def parse_args(argv):
@@ -537,7 +629,15 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--distinct-users", type=int, default=20_000, help="size of the user population")
     p.add_argument("--manifest", help="manifest JSON path (default: OUT.manifest.json)")
-    p.add_argument("--days", type=int, default=3, help="length of the time span in days")
+    p.add_argument("--seen-users", type=int, metavar="N",
+                   help="about N distinct users in the file: sets the population size (instead of --distinct-users)")
+    p.add_argument("--user-tail", type=float, default=USER_TAIL,
+                   help="share of the user draws spread evenly over the population (one-off users); the rest "
+                        "is Zipf-like")
+    p.add_argument("--message-bytes", type=int, default=0, metavar="N",
+                   help="lengthen the messages with request context to N bytes on average (0: as they are)")
+    p.add_argument("--days", type=span_days, default=3,
+                   help="length of the time span in days (a fraction is fine: 0.25 is 6 hours)")
     p.add_argument("--start", default="2025-07-21T00:00:00Z",
                    help="UTC start of the span (keep it at midnight so traffic peaks at 14:00 UTC)")
     p.add_argument("--bad-rate", type=float, default=0.01, help="fraction of bad or unusual lines")
@@ -546,7 +646,10 @@ def parse_args(argv):
     p.add_argument("--no-bad", action="store_true", help="only clean lines (no oddities, no long lines)")
     p.add_argument("--no-anomalies", action="store_true", help="no planted anomalies")
     p.add_argument("--no-final-newline", action="store_true", help="end the file without a final newline")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not 0 < args.user_tail < 1:
+        p.error(f"--user-tail must be between 0 and 1, found {args.user_tail}")
+    return args
 
 
 def main(argv=None):

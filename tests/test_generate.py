@@ -106,3 +106,30 @@ def test_only_planted_duplicates(sample):
     repeated = {rec for rec, n in Counter(records(data)).items() if n > 1}
     planted = [e for e in manifest["anomalies"] if e["kind"] == "duplicate_event"]
     assert len(repeated) == len(planted) >= 3
+
+
+def test_seen_users_sets_the_population_for_that_many_distinct_users(tmp_path):
+    data, manifest = run(tmp_path, "--lines", "60000", "--days", "1", "--seen-users", "30000")
+    seen = len({r[3] for r in records(data)})
+    assert manifest["distinct_users_population"] > 30000 and abs(seen / 30000 - 1) < 0.03
+
+
+def test_a_fraction_of_a_day_holds_the_lines_and_the_anomalies(tmp_path):
+    data, manifest = run(tmp_path, "--lines", "30000", "--days", "0.25")
+    assert data.count(b"\n") == 30000 and manifest["span"]["end"] == "2025-07-21T06:00:00Z"
+    start, end = when(manifest["span"]["start"]), when(manifest["span"]["end"])
+    windows = [e for e in manifest["anomalies"] if e["kind"] not in ("future_timestamp", "epoch_timestamp")]
+    assert len(windows) >= 5 and all(start <= when(e["start"]) <= when(e["end"]) <= end for e in windows)
+    assert all(start <= r[0] < end for r in records(data) if r[0].year == 2025)
+
+
+def test_message_bytes_lengthens_messages_only(tmp_path):
+    plain, _ = run(tmp_path, "--lines", "20000", "--days", "1", "--no-bad", name="a.txt")
+    long, manifest = run(tmp_path, "--lines", "20000", "--days", "1", "--no-bad", "--message-bytes", "240",
+                         name="b.txt")
+    assert [r[:4] for r in records(plain)] == [r[:4] for r in records(long)]
+    assert 220 < sum(len(r[4]) for r in records(long)) / 20000 < 260 and manifest["args"]["message_bytes"] == 240
+
+
+def test_manifest_args_leave_out_later_options_at_their_defaults(sample):
+    assert not {"seen_users", "user_tail", "message_bytes"} & set(sample[1]["args"])
