@@ -10,7 +10,8 @@ from day to day, statuses in fixed proportions whatever the hour, and messages t
 without ids, so identical lines (same second, user, service and message) happen by chance.
 
 With --plant, the same traffic carries a spamming user, a failure spike, a silent service and four
-duplicated lines, listed in `OUT.manifest.json` in the manifest format of bench/generate.py.
+duplicated lines, listed in `OUT.manifest.json` in the manifest format of bench/generate.py. A span
+shorter than two days (--days 0.25 is fine) holds the two-day layout of the anomalies, compressed.
 Everything is drawn from one seeded numpy Generator: the same arguments give the same bytes.
 """
 
@@ -143,7 +144,7 @@ def build_tables(rng: np.random.Generator, args: argparse.Namespace, start: int)
     heads = [f"{status} {service}" for status in STATUSES for service in SERVICES]
     users, ids = user_table(rng, args.users)
     return SimpleNamespace(
-        seconds=second_table(start, args.days * 86400), users=users, user_ids=ids, heads=text_table(heads),
+        seconds=second_table(start, span_seconds(args.days)), users=users, user_ids=ids, heads=text_table(heads),
         messages=[text for status in STATUSES for text in MESSAGES[status]],
         message_cums=[np.cumsum(zipf_weights(len(MESSAGES[s]), MESSAGE_ZIPF_S)) for s in STATUSES],
         message_offsets=np.cumsum([0] + [len(MESSAGES[s]) for s in STATUSES])[:-1],
@@ -153,13 +154,18 @@ def build_tables(rng: np.random.Generator, args: argparse.Namespace, start: int)
 # ---- traffic: per-second volume, then one draw per field
 
 
-def intensity(rng: np.random.Generator, start: int, days: int) -> np.ndarray:
+def span_seconds(days: float) -> int:
+    """The span's length in seconds."""
+    return round(days * 86400)
+
+
+def intensity(rng: np.random.Generator, start: int, days: float) -> np.ndarray:
     """Relative traffic per second: a raised cosine over the UTC hour, from 1 at night to DAY_NIGHT
     at PEAK_HOUR, times a level per day that drifts smoothly from one noon to the next."""
-    t = np.arange(start, start + days * 86400, dtype=np.float64)
+    t = np.arange(start, start + span_seconds(days), dtype=np.float64)
     hour = (t % 86400) / 3600
     cycle = 1 + (DAY_NIGHT - 1) * (1 - np.cos(2 * np.pi * (hour - PEAK_HOUR + 12) / 24)) / 2
-    noons = np.arange(start - start % 86400 - 86400, start + (days + 1) * 86400, 86400) + 43200
+    noons = np.arange(start - start % 86400 - 86400, start + span_seconds(days) + 86400, 86400) + 43200
     levels = 1 + DAY_JITTER * (2 * rng.random(len(noons)) - 1)
     return cycle * np.interp(t, noons, levels)
 
@@ -203,7 +209,7 @@ def draw_rows(rng: np.random.Generator, tables: SimpleNamespace, weights: np.nda
 # ---- planted anomalies
 
 
-def plan_windows(rng: np.random.Generator, days: int, lengths: list[int], daytime: list[bool]) -> list[int]:
+def plan_windows(rng: np.random.Generator, days: float, lengths: list[int], daytime: list[bool]) -> list[int]:
     """Start seconds (from the span's start) for anomalies of the given lengths: all after the first
     day, GAP_SECONDS apart; whole minutes unless one second long; `daytime` ones start between
     SILENCE_START_HOURS. Rejection sampling."""
@@ -212,10 +218,10 @@ def plan_windows(rng: np.random.Generator, days: int, lengths: list[int], daytim
         for length, day in zip(lengths, daytime):
             step = 1 if length == 1 else 60
             if day:
-                first = int(rng.integers(1, days)) * 86400 + SILENCE_START_HOURS[0] * 3600
+                first = int(rng.integers(1, int(days))) * 86400 + SILENCE_START_HOURS[0] * 3600
                 stop = first + (SILENCE_START_HOURS[1] - SILENCE_START_HOURS[0]) * 3600
             else:
-                first, stop = 86400, days * 86400 - length
+                first, stop = 86400, span_seconds(days) - length
             starts.append(first + step * int(rng.integers(0, (stop - first) // step)))
         spans = sorted((s, s + length) for s, length in zip(starts, lengths))
         if all(b[0] - a[1] >= GAP_SECONDS for a, b in zip(spans, spans[1:])):
@@ -237,11 +243,12 @@ def spike(rng: np.random.Generator, tables: SimpleNamespace, rows: dict[str, np.
     return {"records": len(inside), "failure_error_before": before, "failure_error_planted": before + len(flip)}
 
 
-def spam_rows(rng: np.random.Generator, tables: SimpleNamespace, user: int, first: int) -> dict[str, np.ndarray]:
-    """SPAM_RECORDS ordinary-looking events of one user within the minute from `first`."""
+def spam_rows(rng: np.random.Generator, tables: SimpleNamespace, user: int, first: int,
+              seconds: int) -> dict[str, np.ndarray]:
+    """SPAM_RECORDS ordinary-looking events of one user within the `seconds` from `first`."""
     status = rng.choice(len(STATUSES), size=SPAM_RECORDS, p=STATUS_P).astype(np.int8)
     services = np.array([SERVICES.index(s) for s in SPAM_SERVICES], dtype=np.int16)
-    return {"second": np.sort(first + rng.integers(0, 60, SPAM_RECORDS)).astype(np.int32), "status": status,
+    return {"second": np.sort(first + rng.integers(0, seconds, SPAM_RECORDS)).astype(np.int32), "status": status,
             "service": rng.choice(services, size=SPAM_RECORDS), "user": np.full(SPAM_RECORDS, user, np.int32),
             "message": draw_status_messages(rng, tables, status)}
 
@@ -290,8 +297,10 @@ def plant(rng: np.random.Generator, tables: SimpleNamespace, args: argparse.Name
     copies = [int(rng.integers(DUPLICATE_COPIES[0], DUPLICATE_COPIES[1] + 1)) for _ in range(DUPLICATES)]
     silence_len = 60 * int(rng.integers(SILENCE_MINUTES[0], SILENCE_MINUTES[1] + 1))
     lengths = [60, SPIKE_MINUTES * 60, silence_len] + [1] * DUPLICATES
-    spam_at, spike_at, quiet_at, *dup_at = plan_windows(rng, args.days, lengths, [False, False, True]
-                                                        + [False] * DUPLICATES)
+    starts = plan_windows(rng, max(2, args.days), lengths, [False, False, True] + [False] * DUPLICATES)
+    squeeze = min(1.0, args.days / 2)  # under two days, the span holds the two-day layout, compressed
+    spam_at, spike_at, quiet_at, *dup_at = (int(first * squeeze) for first in starts)
+    spam_len, spike_len, silence_len = (max(1, int(length * squeeze)) for length in lengths[:3])
     mid = np.flatnonzero((tables.service_p >= SILENT_SHARE[0]) & (tables.service_p <= SILENT_SHARE[1]))
     quiet_service = int(rng.choice(mid))
     silence = (quiet_service, quiet_at, quiet_at + silence_len)
@@ -305,19 +314,19 @@ def plant(rng: np.random.Generator, tables: SimpleNamespace, args: argparse.Name
         entries.append({"kind": kind, "key": key, "start": iso(start + first), "end": iso(start + stop),
                         "counts": counts})
 
-    entry("failure_spike", "all", spike_at, spike_at + SPIKE_MINUTES * 60,
-          **spike(rng, tables, rows, spike_at, spike_at + SPIKE_MINUTES * 60))
+    entry("failure_spike", "all", spike_at, spike_at + spike_len,
+          **spike(rng, tables, rows, spike_at, spike_at + spike_len))
     window = weights[quiet_at:quiet_at + silence_len].sum() / weights.sum()
     entry("silent_service", SERVICES[quiet_service], quiet_at, quiet_at + silence_len, records=0,
           expected_records=round(float(base * window * tables.service_p[quiet_service]), 1),
           share_of_traffic=round(float(tables.service_p[quiet_service]), 4))
     spam_user = int(rng.integers(*SPAM_RANKS))
-    entry("spamming_user", f"user{tables.user_ids[spam_user]}", spam_at, spam_at + 60, records=SPAM_RECORDS,
+    entry("spamming_user", f"user{tables.user_ids[spam_user]}", spam_at, spam_at + spam_len, records=SPAM_RECORDS,
           popularity_rank=spam_user + 1)
     duplicates = [duplicate_rows(rng, tables, at, t, n) for at, t, n in zip(dup_at, DUPLICATE_LINES, copies)]
     for at, group, n in zip(dup_at, duplicates, copies):
         entry("duplicate_event", line_text(tables, group, 0), at, at, occurrences=n)
-    extras = [spam_rows(rng, tables, spam_user, spam_at), *duplicates]
+    extras = [spam_rows(rng, tables, spam_user, spam_at, spam_len), *duplicates]
     return insert_rows(rng, rows, extras, [False] + [True] * len(duplicates)), entries
 
 
@@ -382,11 +391,19 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
     top = np.bincount(rows["user"], minlength=1).max()
     return {
         "generator": "bench/traffic.py", "profile": args.profile, "args": vars(args), "lines": len(rows["second"]),
-        "span": {"start": iso(start), "end": iso(start + args.days * 86400)},
+        "span": {"start": iso(start), "end": iso(start + span_seconds(args.days))},
         "distinct_users_population": args.users, "services": len(SERVICES),
         "top_user_share": round(float(top) / len(rows["user"]), 4), "malformed_lines": malformed,
         "anomalies": sorted(entries, key=lambda e: (e["start"], e["kind"])),
     }
+
+
+def span_days(text: str) -> float:
+    """--days: a whole number stays an int (as it always was), a fraction of a day is a float."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of days, found {text!r}")
+    return int(value) if value.is_integer() else value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -395,17 +412,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lines", type=int, required=True, help="total number of lines to write")
     p.add_argument("--out", required=True, help="output log file")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--days", type=int, default=3, help="length of the time span in days")
+    p.add_argument("--days", type=span_days, default=3,
+                   help="length of the time span in days (a fraction is fine: 0.25 is 6 hours)")
     p.add_argument("--start", default="2025-07-21T00:00:00Z", help="UTC start of the span (midnight: whole days)")
     p.add_argument("--profile", choices=("heavy",), default="heavy", help="shape of the traffic")
     p.add_argument("--users", type=int, default=200_000, help="size of the user population")
-    p.add_argument("--plant", action="store_true", help="plant anomalies (default: none) in days 2 and later")
+    p.add_argument("--plant", action="store_true",
+                   help="plant anomalies (default: none) in days 2 and later (in the second half of a shorter span)")
     p.add_argument("--bad-rate", type=float, default=0.0, help="fraction of lines with a malformed timestamp")
     p.add_argument("--manifest", help="manifest JSON path (default: OUT.manifest.json)")
-    args = p.parse_args(argv)
-    if args.plant and args.days < 2:
-        p.error("--plant needs --days 2 or more: the first day is the detectors' warm-up")
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:

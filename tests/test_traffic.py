@@ -107,3 +107,13 @@ def test_planted_burst_silence_and_spike_are_in_the_log(planted):
     assert sum(line.split(" ")[2] == silent["key"] for line in lines) / len(lines) > 0.02
     spike = [line.split(" ")[1] for line in inside(entry["failure_spike"])]
     assert sum(status in ("FAILURE", "ERROR") for status in spike) / len(spike) > 0.15
+
+
+def test_a_span_under_two_days_holds_every_planted_kind(tmp_path):
+    lines, manifest = run(tmp_path, "--seed", "7", "--plant", "--days", "0.5")
+    assert len(lines) == manifest["lines"] == 50000 and manifest["span"]["end"] == "2025-07-21T12:00:00Z"
+    kinds = Counter(entry["kind"] for entry in manifest["anomalies"])
+    assert kinds == {"spamming_user": 1, "failure_spike": 1, "silent_service": 1, "duplicate_event": 4}
+    assert all("2025-07-21T06:00:00Z" <= e["start"] <= e["end"] <= manifest["span"]["end"]
+               for e in manifest["anomalies"])
+    assert max(line[:20] for line in lines) < manifest["span"]["end"]
