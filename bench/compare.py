@@ -1,4 +1,9 @@
-"""Time the project against mawk, plain Python and Polars on one generated file, and check its results."""
+"""Time the project against mawk, plain Python and Polars on one generated file, and check its results.
+
+    python bench/compare.py --lines 10000000                 # one file, every baseline
+    python bench/compare.py --matrix --scale 0.05 --rounds 1  # every traffic shape against mawk (bench/matrix.py)
+    python bench/compare.py --flatness --rounds 1             # peak RSS at 1M, 10M and 30M lines
+"""
 
 import argparse
 import json
@@ -10,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -19,6 +25,7 @@ RUNPIPELINE = shutil.which("runpipeline", path=str(Path(PYTHON).parent)) or shut
 AWK = shutil.which("mawk") or shutil.which("awk")
 TIER12_RULES = ["payment-statuses", "top-services", "top-users", "peak-hours"]
 TOP_LIMIT, PEAK_LIMIT = 10, 3  # as in rules/summary.yaml
+RUN_KEYS = ("tier12", "default", "awk", "python", "polars")  # short names of runs(), in its order
 
 # The one-liner people would write: whitespace-split fields, literal HH of the timestamp, no checks.
 AWK_PROGRAM = (
@@ -44,15 +51,29 @@ json.dump({k: dict(zip(map(str, d[k]), d["len"])) for k, d in zip(keys, out)}, s
 
 def parse_args(argv):
     """Command-line options."""
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--lines", type=int, required=True, help="lines in the generated file")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--lines", type=int, help="lines in the generated file (required unless --matrix or --flatness)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--rounds", type=int, default=3, help="timed rounds of each run (at least 3 for the issue)")
     p.add_argument("--distinct-users", type=int, default=20_000)
     p.add_argument("--cache-dir", type=Path, default=REPO / "bench" / ".cache")
     p.add_argument("--python-once-above", type=int, default=2_000_000, metavar="N",
                    help="above N lines, plain Python runs once (for the equality check), not every round")
-    return p.parse_args(argv)
+    p.add_argument("--matrix", action="store_true",
+                   help="time the engine against mawk on every cell of the traffic matrix; print one table")
+    p.add_argument("--flatness", action="store_true",
+                   help="peak RSS of all default rules at a tenth, once and three times a cell's size")
+    p.add_argument("--cells", help="with --matrix or --flatness: comma-separated cells (default: all; a,b)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="with --matrix or --flatness: multiply every cell's lines and span (0.05: a quick run)")
+    args = p.parse_args(argv)
+    if args.lines is None and not (args.matrix or args.flatness):
+        p.error("--lines is required, unless --matrix or --flatness")
+    if args.matrix and args.flatness:
+        p.error("--matrix and --flatness are two runs; pick one")
+    if not args.scale > 0:
+        p.error(f"--scale must be positive, found {args.scale}")
+    return args
 
 
 def cached_file(args):
@@ -108,18 +129,30 @@ def run_once(argv, stdout_path):
     return wall, usage.ru_maxrss / 1024
 
 
+def run_round(commands, tmp, r, times, once=(), label=""):
+    """Run every command once, the order rotated by round r; append (wall, rss) to times[name]."""
+    names = list(commands)
+    for name in names[r % len(names):] + names[:r % len(names)]:
+        if name in once and times[name]:
+            continue
+        times[name].append(run_once(commands[name], tmp / f"{name}.out"))
+        wall, rss = times[name][-1]
+        print(f"  round {r + 1}: {label}{name}: {wall:.2f} s, {rss:.0f} MB", flush=True)
+
+
 def time_runs(commands, tmp, rounds, once):
     """Time every run in alternation, rotating the order each round; return name -> [(wall, rss)]."""
-    names = list(commands)
-    times = {name: [] for name in names}
+    times = {name: [] for name in commands}
     for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            if name in once and times[name]:
-                continue
-            times[name].append(run_once(commands[name], tmp / f"{name}.out"))
-            wall, rss = times[name][-1]
-            print(f"  round {r + 1}: {name}: {wall:.2f} s, {rss:.0f} MB", flush=True)
+        run_round(commands, tmp, r, times, once)
     return times
+
+
+def warm(path):
+    """Read a file through, so that it is in the page cache before its first timed run."""
+    with open(path, "rb") as f:
+        while f.read(1 << 24):
+            pass
 
 
 def ranked(counts, limit=None):
@@ -164,35 +197,57 @@ def project_results(summary):
     }
 
 
-def within_bound(key, detail, true_counts):
-    """For a top list the project took from a sketch: is every listed count within [true, true + max_error]?"""
+class Verdict(NamedTuple):
+    """The project's Tier 1-2 results against reference.py's."""
+
+    expected: dict
+    actual: dict
+    bad: list  # the fields that differ, or whose sketched counts are outside the bound
+    approximate: dict  # top list -> (max_error, listed keys whose count is outside [true, true + max_error])
+
+
+def outside_bound(detail, true_counts):
+    """For a top list the project took from a sketch: the listed keys whose count is not within
+    [true, true + max_error]."""
     error = detail["max_error"]
-    off = [k for k, n in detail["counts"].items() if not true_counts.get(k, 0) <= n <= true_counts.get(k, 0) + error]
-    print(f"{key}: approximate (frequent items sketch, max error {error:,}), so not compared exactly; "
-          f"listed counts within the bound: {'yes' if not off else 'NO, ' + ', '.join(off[:5])}")
-    return not off
+    return [k for k, n in detail["counts"].items() if not true_counts.get(k, 0) <= n <= true_counts.get(k, 0) + error]
+
+
+def judge(ref, summary):
+    """Compare a summary.json's Tier 1-2 results with reference.py's output; return a Verdict."""
+    expected = json.loads(json.dumps(expected_results(ref)))  # tuples -> lists, as in the JSON read back
+    actual = json.loads(json.dumps(project_results(summary)))
+    approximate = {}
+    for key, field in (("top_services", "services"), ("top_users", "users")):
+        detail = summary["details"][key]
+        if detail.get("approximate"):
+            del expected[key], actual[key]
+            approximate[key] = (detail["max_error"], outside_bound(detail, ref[field]))
+    bad = [key for key, (_, off) in approximate.items() if off] + [key for key in expected if expected[key] != actual[key]]
+    return Verdict(expected, actual, bad, approximate)
+
+
+def print_differences(verdict, indent="  "):
+    """Print, for each field that differs, what reference.py says and what the project said."""
+    for key in verdict.bad:
+        if key in verdict.expected:
+            print(f"{indent}{key}: expected {str(verdict.expected[key])[:300]}\n"
+                  f"{indent}{key}: got      {str(verdict.actual[key])[:300]}")
 
 
 def check_equal(tmp, names):
     """Compare the project's Tier 1-2 results with reference.py's; print PASS/FAIL; return True on PASS."""
     ref = json.loads((tmp / f"{names['python']}.out").read_text())
-    summary = json.loads((tmp / "out-tier12" / "summary.json").read_text())
-    expected = json.loads(json.dumps(expected_results(ref)))  # tuples -> lists, as in the JSON read back
-    actual = json.loads(json.dumps(project_results(summary)))
-    bad = []
-    for key, field in (("top_services", "services"), ("top_users", "users")):
-        if summary["details"][key].get("approximate"):
-            del expected[key], actual[key]
-            bad += [] if within_bound(key, summary["details"][key], ref[field]) else [key]
-    bad += [key for key in expected if expected[key] != actual[key]]
-    if bad:
-        print(f"equality with plain Python: FAIL on {', '.join(bad)}")
-        for key in bad:
-            if key in expected:
-                print(f"  {key}: expected {str(expected[key])[:300]}\n  {key}: got      {str(actual[key])[:300]}")
+    verdict = judge(ref, json.loads((tmp / "out-tier12" / "summary.json").read_text()))
+    for key, (error, off) in verdict.approximate.items():
+        print(f"{key}: approximate (frequent items sketch, max error {error:,}), so not compared exactly; "
+              f"listed counts within the bound: {'yes' if not off else 'NO, ' + ', '.join(off[:5])}")
+    if verdict.bad:
+        print(f"equality with plain Python: FAIL on {', '.join(verdict.bad)}")
+        print_differences(verdict)
     else:
-        print(f"equality with plain Python ({', '.join(expected)}; top lists with counts): PASS")
-    return not bad
+        print(f"equality with plain Python ({', '.join(verdict.expected)}; top lists with counts): PASS")
+    return not verdict.bad
 
 
 def baseline_notes(tmp, names):
@@ -234,15 +289,17 @@ def print_targets(times, names):
 def main(argv=None):
     """Generate (or reuse) the file, time every run, print the table, the targets and the equality check."""
     args = parse_args(argv)
+    if args.matrix or args.flatness:
+        import matrix  # bench/matrix.py: bench/ is on sys.path when compare.py runs as a script
+
+        return matrix.main(args)
     data_file = cached_file(args)
     with tempfile.TemporaryDirectory(prefix="omp-compare-") as tmp_name:
         tmp = Path(tmp_name)
         commands = runs(data_file, tmp)
-        names = dict(zip(("tier12", "default", "awk", "python", "polars"), commands))
+        names = dict(zip(RUN_KEYS, commands))
         once = {names["python"]} if args.lines > args.python_once_above else set()
-        with open(data_file, "rb") as f:  # warm the page cache so round 1 is not the only cold read
-            while f.read(1 << 24):
-                pass
+        warm(data_file)  # so that round 1 is not the only cold read
         load_before = os.getloadavg()
         print(f"{args.lines:,} lines, {data_file.stat().st_size / 1e6:,.0f} MB, seed {args.seed}, "
               f"{args.distinct_users:,} distinct users; {os.cpu_count()} CPUs; {args.rounds} rounds, in alternation")
