@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 
 .PHONY: run test check clean
 
-$(BIN)/.installed: pyproject.toml setup.py core/_scan.c core/_tally.c core/arrow.h
+$(BIN)/.installed: pyproject.toml setup.py core/_scan.c core/_tally.c core/_count.c core/arrow.h core/column.h
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@

@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 
 import pluggy
 
-from core import budget, lines
+from core import budget, compiled, lines
 from core.checkpoint import Checkpoint
 from core.errors import RuleExecutionFailed
 from core.ledger import Work
@@ -85,14 +85,16 @@ class Pipeline:
         self._error: BaseException | None = None
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="omp-worker")
         budget.return_freed_buffers(settings.chunk_bytes)  # else glibc's heap grows with the lines read
-        self.state_bytes = budget.rule_state_bytes(
-            settings.memory_mb, settings.workers, settings.chunk_bytes, settings.queue_size, len(rules))
+        shares = budget.rule_state_bytes(settings.memory_mb, settings.workers, settings.chunk_bytes,
+                                         settings.queue_size, [rule.state_weight() for rule in rules])
+        self.state_bytes = {rule.name: share for rule, share in zip(rules, shares, strict=True)}
         self.redactor = Redactor.from_settings(settings)
         for rule in rules:  # partials inherit the bound and the redactor through Rule.empty
-            rule.limit_state(self.state_bytes)
+            rule.limit_state(self.state_bytes[rule.name])
             rule.use_redactor(self.redactor)
             rule.data_dir = str(settings.data_dir)  # where sample lines are read back from
         self.columns = frozenset(column for rule in rules for column in rule.columns or RECORD_COLUMNS)
+        compiled.warn_if_pure_python()  # once per process, at the start of its first run
 
     def __enter__(self) -> Pipeline:
         return self
@@ -114,7 +116,7 @@ class Pipeline:
         """
         self._failed = frozenset(checkpoint.state.failed_rules())
         for rule in checkpoint.state.rules.values():  # a checkpoint may come from a run with another cap
-            rule.limit_state(self.state_bytes)
+            rule.limit_state(self.state_bytes[rule.name])
             rule.use_redactor(self.redactor)
             rule.data_dir = str(self.settings.data_dir)
         self._checkpoint, self._queue, self._error = checkpoint, deque(), None

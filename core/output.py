@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from functools import cache
@@ -16,6 +17,7 @@ from core.rules import Rule
 from core.state import RunState
 from core.validation import SchemaCheck, field_path
 
+log = logging.getLogger(__name__)
 
 @cache
 def output_schema(name: str) -> SchemaCheck:
@@ -142,9 +144,33 @@ def build_summary(
         "malformed_samples": samples,
         "rule_errors": [f.as_dict() for f in state.rule_failures()],
         "file_errors": [f.as_dict() for f in sorted(state.failures) if f.kind == "file"],
-        "rules": {rule.name: {"type": rule.type_name, "key": rule.key} for rule in rules},
+        "rules": {rule.name: _rule_entry(state, rule) for rule in rules},
         "run": run,
     }
+
+
+def _rule_entry(state: RunState, rule: Rule) -> dict[str, Any]:
+    """A rule's entry in summary.json's ``rules``: its type and key, and how its state degraded to
+    stay within its share of ``limits.memory_mb`` (``Rule.degraded``; null while exact)."""
+    entry: dict[str, Any] = {"type": rule.type_name, "key": rule.key, "degraded": None}
+    held = state.rules.get(rule.name)
+    if held is not None:
+        try:
+            entry["degraded"] = held.degraded()
+        except Exception as exc:  # noqa: BLE001  (a plugin's bug must not lose the outputs)
+            log.warning("rule '%s': cannot say how its state degraded: %s: %s", rule.name, type(exc).__name__, exc)
+    return entry
+
+
+def state_memory(state: RunState) -> dict[str, dict[str, Any]]:
+    """Each rule's state memory for summary.json's ``run.rule_state`` (see ``Rule.state_report``)."""
+    report = {}
+    for name, rule in state.rules.items():
+        try:
+            report[name] = rule.state_report()
+        except Exception as exc:  # noqa: BLE001  (a plugin's bug must not lose the outputs)
+            log.warning("rule '%s': cannot report its state's memory: %s: %s", name, type(exc).__name__, exc)
+    return report
 
 
 def check_output(document: Any, schema: str) -> None:
@@ -157,6 +183,11 @@ def check_output(document: Any, schema: str) -> None:
 def write_validated(path: Path, document: Any, schema: str) -> None:
     """Check ``document`` against the shipped schema, then write it atomically; never a bad file."""
     check_output(document, schema)
+    write_checked(path, document)
+
+
+def write_checked(path: Path, document: Any) -> None:
+    """Write a document already checked (``check_output``) atomically, as JSON."""
     atomic_write_text(path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
 
 

@@ -48,6 +48,8 @@ class Rule:
     state_version: ClassVar[int] = 1
     #: Bytes of memory the state may hold, from ``limits.memory_mb``; None until the engine sets it.
     state_bytes: int | None = None
+    #: The largest ``state_size`` seen after a seal (see ``note_state_size``).
+    state_peak: int = 0
     #: Masks card numbers, e-mail addresses and configured patterns in text a rule reports (an
     #: incident's sample lines, say); None until the engine sets it from the settings.
     redactor: Redactor | None = None
@@ -79,6 +81,32 @@ class Rule:
         approximate form beyond it, and say so in its result; the default only records the bound.
         """
         self.state_bytes = max_bytes
+
+    def state_weight(self) -> float:
+        """This rule's share of the memory for rule states, relative to the others' (1 by default).
+
+        A rule whose state may grow with the data (per-user counts) asks for more than one that
+        stays small (a count per hour of the day).
+        """
+        return 1.0
+
+    def state_size(self) -> int:
+        """Bytes of memory the state holds now, about; summary.json reports it per rule."""
+        return 0
+
+    def degraded(self) -> str | None:
+        """How the state was made smaller than exact to stay within ``state_bytes``, if it was, in words
+        (summary.json reports it per rule); None while the rule is exact."""
+        return None
+
+    def note_state_size(self) -> None:
+        """Remember the largest ``state_size`` seen; the engine calls it after each seal."""
+        self.state_peak = max(self.state_peak, self.state_size())
+
+    def state_report(self) -> dict[str, Any]:
+        """The state's memory for summary.json: now, at its largest (after a seal), and its bound."""
+        size = self.state_size()
+        return {"bytes": size, "peak_bytes": max(size, self.state_peak), "limit_bytes": self.state_bytes}
 
     def use_redactor(self, redactor: Redactor) -> None:
         """Redact with ``redactor`` every text the result shows; the engine calls it before a run."""

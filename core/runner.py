@@ -16,7 +16,7 @@ from core.checkpoint import Checkpoint
 from core.discover import DataFile, discover
 from core.engine import Pipeline
 from core.ledger import Work
-from core.output import build_anomalies, build_summary, check_output, write_validated
+from core.output import build_anomalies, build_summary, check_output, state_memory, write_checked
 from core.profile import RunProfile
 from core.redact import Redactor
 from core.rules import Rule
@@ -128,16 +128,24 @@ def write_outputs(
     of an incident's sample lines, read while the file is still there): the checkpoint is saved
     after that, and saved whether or not building succeeds, as it was before.
     """
+    started = time.perf_counter()
     try:
         summary = build_summary(checkpoint.state, rules, run, Redactor.from_settings(settings))
         anomalies = build_anomalies(checkpoint.state, rules, run["started_at"])
     finally:
+        saving = time.perf_counter()
         checkpoints.save(settings, checkpoint)
-    check_output(summary, "summary")  # both are checked before either is written
+        run["checkpoint_seconds"] = round(time.perf_counter() - saving, 3)
+    built = saving - started
+    run["rule_state"] = state_memory(checkpoint.state)  # sealed and read: as large as it got
+    checking = time.perf_counter()
+    check_output(anomalies, "anomalies")  # both are checked before either is written
+    check_output(summary, "summary")
+    run["output_seconds"] = round(built + time.perf_counter() - checking, 3)  # the writes below add milliseconds
     # summary.json last: whoever sees it count a file (a watcher's readers poll it) finds that
     # file in anomalies.json too.
-    write_validated(settings.output_dir / "anomalies.json", anomalies, "anomalies")
-    write_validated(settings.output_dir / "summary.json", summary, "summary")
+    write_checked(settings.output_dir / "anomalies.json", anomalies)
+    write_checked(settings.output_dir / "summary.json", summary)
     pm.hook.after_run(summary=summary, anomalies=anomalies["anomalies"])
     return RunReport(summary, anomalies)
 
@@ -156,7 +164,7 @@ def _size(work: Work) -> int:
 
 def metrics(settings: Settings, started_at: datetime, elapsed: float, lines: int, nbytes: int) -> dict[str, Any]:
     """The ``run`` block of summary.json: what this run read, how fast, and at what memory."""
-    from core import __version__
+    from core import __version__, compiled
 
     seconds = max(elapsed, 1e-9)
     return {
@@ -167,6 +175,7 @@ def metrics(settings: Settings, started_at: datetime, elapsed: float, lines: int
         "lines_per_second": round(lines / seconds),
         "bytes_per_second": round(nbytes / seconds),
         "workers": settings.workers,
+        "compiled": compiled.all_compiled(),
         "chunk_bytes": settings.chunk_bytes,
         "lines_read": lines,
         "bytes_read": nbytes,

@@ -54,6 +54,7 @@ class RunState:
                 continue
             try:
                 rule.seal()
+                rule.note_state_size()
             except Exception as exc:  # a plugin's bug must not stop the other rules
                 self.failures.add(Failure("rule", "(seal)", name, f"{type(exc).__name__}: {exc}"))
 

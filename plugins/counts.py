@@ -12,9 +12,8 @@ class CountBy(FieldCounts):
     """Count records per value of ``field``; every value seen is reported while the counts fit.
 
     A field with more distinct values than the rule's share of ``limits.memory_mb`` holds (users,
-    in a large file) switches to a frequent items sketch: then only the values certainly more
-    frequent than the sketch's error bound are reported, with estimated counts, and the detail
-    says so.
+    in a large file) switches to a Misra-Gries summary: then only the values certainly more
+    frequent than any value it dropped are reported, with estimated counts, and the detail says so.
     """
 
     type_name = "count_by"
@@ -29,8 +28,8 @@ class CountBy(FieldCounts):
 
     def result(self) -> Result:
         if self.counts.approximate:
-            return Result(dict(self.counts.frequent(guaranteed=True)), self.counts.describe())
-        return Result(dict(self.counts.frame().iter_rows()))
+            return Result(dict(self.counts.certain()), self.counts.describe())
+        return Result(dict(self.counts.certain()))
 
 
 @hookimpl

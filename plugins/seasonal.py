@@ -87,6 +87,12 @@ class History:
             self.residuals, self.expected, self.scores = self.residuals[:, cut:], self.expected[cut:], self.scores[cut:]
 
 
+def history_bytes(history: History) -> int:
+    """Bytes of one key's judged history."""
+    arrays = (history.counts, history.totals, history.flags, history.residuals, history.expected, history.scores)
+    return sum(array.nbytes for array in arrays)
+
+
 @dataclass(frozen=True)
 class Model:
     """How windows are judged: the window width (for the seasonal lags) and what counts as surprising."""
@@ -376,6 +382,9 @@ class SeasonalDetector(WindowedDetector):
         self.min_score = min_score
         self.max_gap = max_gap
         self.history: dict[str, History] = {}
+
+    def extra_size(self) -> int:
+        return sum(history_bytes(series) for series in self.history.values())
 
     def merge(self, other: WindowedDetector) -> None:
         # Only a sealed state judges; of two that did, the one that judged further wins.

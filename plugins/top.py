@@ -12,8 +12,8 @@ class TopK(FieldCounts):
     """The ``limit`` values of ``field`` with the most records, ties broken by name ascending.
 
     Exact while the distinct values fit the rule's share of ``limits.memory_mb``; beyond it, a
-    frequent items sketch ranks them, and the detail says the list is approximate and by how much
-    a count may be off (see ``HeavyHitters``).
+    Misra-Gries summary ranks them, and the detail says the list is approximate and by how much
+    a count may be off (see ``core.counts.KeyCounts``).
     """
 
     type_name = "top_k"
@@ -34,11 +34,11 @@ class TopK(FieldCounts):
         self.limit = limit
 
     def result(self) -> Result:
+        top = self.counts.top(self.limit)
+        detail = {"counts": dict(top)}
         if self.counts.approximate:
-            top = self.counts.frequent()[: self.limit]
-            return Result([key for key, _ in top], {**self.counts.describe(), "counts": dict(top)})
-        top = self.counts.frame().head(self.limit)
-        return Result(top["key"].to_list(), dict(top.iter_rows()))
+            detail = {**self.counts.describe(), **detail}
+        return Result([key for key, _ in top], detail if self.counts.approximate else dict(top))
 
 
 @hookimpl

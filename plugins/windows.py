@@ -38,6 +38,13 @@ BAND = 6 * 3600 * 1_000_000
 #: A seal judges the windows it closes at once when they span at most this many bands (a few
 #: queries instead of a few per band); a longer stretch, such as a resumed backlog, band by band.
 JUDGED_AT_ONCE = 4
+#: The most halvings thinning makes (1 key in 2^20 kept).
+MAX_LEVEL = 20
+#: The seed of the hash by which string keys are thinned (Polars' ``hash``; a checkpoint is
+#: rebuilt when the Polars version changes, see ``core.checkpoint``).
+THIN_SEED = 0x0DDBA11
+#: Memory of one closed window's verdict (a dict of a dozen fields and its sample locations), about.
+FLAG_BYTES = 2048
 #: The plausible range windowed detectors accept by default (records outside it are the timestamp rule's business).
 MIN_TIME = "2000-01-01T00:00:00Z"
 MAX_FUTURE = "5m"
@@ -206,6 +213,19 @@ def _window_filter(tables: dict[str, Table], data: Tables, keep: pl.Expr) -> Tab
             if name in data}
 
 
+def _max_levels(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The level breaks of two states merged: at each window, the higher of their levels."""
+    def level(breaks: list[tuple[int, int]], window: int) -> int:
+        return max([step for start, step in breaks if start <= window] or [0])
+
+    merged: list[tuple[int, int]] = []
+    for window in sorted({w for w, _ in a} | {w for w, _ in b}):
+        step = max(level(a, window), level(b, window))
+        if step > (merged[-1][1] if merged else 0):
+            merged.append((window, step))
+    return merged
+
+
 def _newest(rank: int, kept: list[int], more: list[int]) -> list[int]:
     """The ``rank`` largest of two lists sorted largest first (a sort of two runs: linear, and in C)."""
     return sorted(kept + more, reverse=True)[:rank]
@@ -237,6 +257,16 @@ class WindowedDetector(Detector):
     sample_limit: ClassVar[int] = SAMPLE_LIMIT
     hash_keys: ClassVar[bool] = False
     tally_tables: ClassVar[tuple[str, ...]] = ("groups", "samples", "totals")
+    #: Thinning, the way a detector whose state grows with the records per window stays within its
+    #: share of ``limits.memory_mb`` (``state_bytes``): the column of its windowed tables that holds
+    #: the key (a UInt64 hash, or a string that is hashed), or None for a detector that never thins.
+    thin_by: ClassVar[str | None] = None
+    #: State memory per record of a window held, for the thinning level (see ``_thin``).
+    bytes_per_record: ClassVar[int] = 0
+    #: Whether ``thin_by`` holds a 64-bit hash already (else it is hashed with ``THIN_SEED``).
+    thin_hashed: ClassVar[bool] = False
+    #: What the thinned keys are, for the summary (``degraded``).
+    thin_noun: ClassVar[str] = "keys"
 
     def init_windows(self, width: int | str, retention: int | str, lookback: int, min_time: str,
                      max_future: int | str) -> None:
@@ -254,6 +284,9 @@ class WindowedDetector(Detector):
         self.closed: dict[str, dict[str, Any]] = {}
         self._bands: dict[int, list[tuple[int | None, Tables]]] = {}
         self._whole: list[Tables] = []
+        #: Thinning levels: (window, level) where the level rises, and the most records of a window evicted.
+        self._levels: list[tuple[int, int]] = []
+        self._densest_evicted = 0
 
     # -- what a subclass provides -----------------------------------------------------------
 
@@ -308,6 +341,9 @@ class WindowedDetector(Detector):
             self.horizon = other.horizon
         for key, anomaly in other.closed.items():
             self.closed[key] = _prefer(anomaly, self.closed[key]) if key in self.closed else anomaly
+        if other._levels or other._densest_evicted:  # only sealed states have any
+            self._levels = _max_levels(self._levels, other._levels)
+            self._densest_evicted = max(self._densest_evicted, other._densest_evicted)
         self._fold_crowded()
 
     #: Unflagged windows that may sit inside one incident (see ``plugins.incidents``).
@@ -338,6 +374,16 @@ class WindowedDetector(Detector):
     def extra_flags(self) -> list[dict[str, Any]]:
         """Flagged windows the rule keeps outside its tables (none by default), joined into incidents too."""
         return []
+
+    def state_size(self) -> int:
+        """Bytes of the window tables, the closed windows' verdicts and whatever a subclass keeps besides."""
+        frames = [frame for parts in self._bands.values() for _, data in parts for frame in data.values()]
+        frames += [frame for data in self._whole for frame in data.values()]
+        return sum(frame.estimated_size() for frame in frames) + FLAG_BYTES * len(self.closed) + self.extra_size()
+
+    def extra_size(self) -> int:
+        """Bytes a subclass keeps outside its tables (none by default)."""
+        return 0
 
     def __getstate__(self) -> dict[str, Any]:
         # A checkpoint holds one folded table set per band, not the parts it came from.
@@ -431,6 +477,7 @@ class WindowedDetector(Detector):
         # Bands are not folded for that: only the ones judged below are.
         for band, parts in self._bands.items():
             self._bands[band] = [(self.horizon, self._drop_late(tag, data, self.horizon)) for tag, data in parts]
+        self._thin()
         target = self._target_horizon()
         advance = target is not None and (self.horizon is None or target > self.horizon)
         if advance:
@@ -442,6 +489,9 @@ class WindowedDetector(Detector):
             return
         oldest = self.horizon - self.lookback
         keep = pl.col("window") >= oldest
+        if self.thin_by is not None:
+            evicted = self._window_totals().filter(pl.col("window") < oldest)["total"].max()
+            self._densest_evicted = max(self._densest_evicted, evicted or 0)
         for band, parts in list(self._bands.items()):
             if (band + 1) * self.band <= oldest:
                 del self._bands[band]
@@ -449,6 +499,84 @@ class WindowedDetector(Detector):
                 self._bands[band] = [(self.horizon, _window_filter(self.tables, data, keep)) for _, data in parts]
             elif advance:  # the whole band is kept
                 self._bands[band] = [(self.horizon, data) for _, data in parts]
+
+    # -- thinning ---------------------------------------------------------------------------
+
+    def _thin(self) -> None:
+        """Keep each window's rows only for the keys its thinning level keeps (see ``level_for``).
+
+        A window's level follows the most records any window up to it had, so it is a function of
+        the data alone: the same whatever the split, the order of merges or when seals came. It
+        only rises (a window still open may get more records), and a key kept at a level is kept
+        at every lower one, so thinning again never needs a row dropped before.
+        """
+        if self.thin_by is None or not self.state_bytes or not self._bands:
+            return
+        totals = self._window_totals()
+        if totals.is_empty():
+            return
+        self._levels = self._levels_from(totals)
+        if not any(level for _, level in self._levels):
+            return
+        keep = self.kept_keys()
+        thinned = {name for name, spec in self.tables.items() if spec.windowed and self.thin_by in spec.schema}
+        for band, parts in self._bands.items():
+            self._bands[band] = [(tag, {name: frame.filter(keep) if name in thinned and frame.height else frame
+                                        for name, frame in data.items()}) for tag, data in parts]
+
+    def _window_totals(self) -> pl.DataFrame:
+        """Records per window held (``events``: a table never thinned), summed over every part of every band."""
+        name, column = self.events
+        frames = [data[name].select("window", pl.col(column).cast(pl.Int64).alias("total"))
+                  for parts in self._bands.values() for _, data in parts if data[name].height]
+        if not frames:
+            return pl.DataFrame(schema={"window": pl.Int64(), "total": pl.Int64()})
+        return pl.concat(frames).group_by("window").agg(pl.col("total").sum()).sort("window")
+
+    def _levels_from(self, totals: pl.DataFrame) -> list[tuple[int, int]]:
+        """The level breaks: those of evicted windows, then, for the windows held, the level of the
+        most records of any window up to each."""
+        first = totals["window"][0]
+        breaks = [(window, level) for window, level in self._levels if window < first]
+        densest = self._densest_evicted
+        for window, total in totals.iter_rows():
+            densest = max(densest, total)
+            level = self.level_for(densest)
+            if level > (breaks[-1][1] if breaks else 0):
+                breaks.append((window, level))
+        return breaks
+
+    def level_for(self, records: int) -> int:
+        """How many halvings keep a state of windows of ``records`` records within ``state_bytes``."""
+        held = records * self.bytes_per_record * (self.retention // self.width + self.close_step + 1)
+        level = 0
+        while held > self.state_bytes << level and level < MAX_LEVEL:
+            level += 1
+        return level
+
+    def kept_keys(self) -> pl.Expr:
+        """The rows a window's level keeps: the top ``level`` bits of the key's hash are zero."""
+        column = pl.col(self.thin_by)
+        digest = column if self.thin_hashed else column.hash(seed=THIN_SEED)
+        limit = pl.lit(2**64 - 1, pl.UInt64)
+        for window, level in self._levels:
+            limit = pl.when(pl.col("window") >= window).then(pl.lit((1 << (64 - level)) - 1, pl.UInt64)).otherwise(limit)
+        return digest <= limit
+
+    def levels_of(self, windows: pl.Expr) -> pl.Expr:
+        """The thinning level of each window (0: every key kept)."""
+        level = pl.lit(0, pl.Int64)
+        for window, step in self._levels:
+            level = pl.when(windows >= window).then(pl.lit(step, pl.Int64)).otherwise(level)
+        return level
+
+    def degraded(self) -> str | None:
+        if not self._levels:
+            return None
+        window, level = self._levels[-1]
+        return (f"windows denser than its share of limits.memory_mb holds: {self.thin_noun} thinned to 1 in "
+                f"{2 ** level} (by a hash of the key, the same in every run) from {iso(window * self.width)}; "
+                f"the other {self.thin_noun} are not judged there")
 
     def _drop_late(self, tag: int | None, data: Tables, horizon: int | None) -> Tables:
         """Rows for windows the state had already closed when they came in are late: count and drop them."""

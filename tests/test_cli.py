@@ -359,7 +359,7 @@ def test_plugin_rule_type_can_be_used(workspace):
     summary = workspace.summary()
     assert summary["record_count"] == 3
     assert summary["payment_statuses"] == {"SUCCESS": 2, "FAILED": 1}
-    assert summary["rules"]["record-count"] == {"type": "count_records", "key": "record_count"}
+    assert summary["rules"]["record-count"] == {"type": "count_records", "key": "record_count", "degraded": None}
 
 
 EXPLODING = """\

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import REPO, Workspace, load_bench
 
 MEMORY_MB = 500  # the shipped default, written out so that the test says what it checks
-HIGH_CARDINALITY_LINES = 2_000_000  # ~1M distinct users: 20 times what top-users may hold exactly
+HIGH_CARDINALITY_LINES = 2_000_000  # ~935k distinct users
 
 
 def generate(workspace: Workspace, lines: int, *extra: str) -> Path:
@@ -51,21 +51,42 @@ def capped(workspace: Workspace) -> Workspace:
     return workspace
 
 
-def test_a_high_cardinality_file_stays_under_the_memory_cap_with_approximate_top_users(capped):
-    generate(capped, HIGH_CARDINALITY_LINES, "--distinct-users", "20000000")
+def test_a_high_cardinality_file_is_counted_exactly_under_the_default_cap(capped):
+    path = generate(capped, HIGH_CARDINALITY_LINES, "--distinct-users", "20000000")
     code, peak_mb = run_measured(capped)
     stderr = (capped.root / "stderr.txt").read_text(encoding="utf-8")
 
     assert code == 0, stderr
     assert peak_mb < MEMORY_MB, f"peak RSS {peak_mb:.0f} MB over the {MEMORY_MB} MB cap"
     summary = capped.summary()
-    assert summary["totals"]["lines"] == HIGH_CARDINALITY_LINES
+    users = load_bench("reference").summarize([str(path)])["users"]
+    assert len(users) > 900_000
+    expected = sorted(users.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+    assert summary["top_users"] == [user for user, _ in expected]
+    assert summary["details"]["top_users"] == dict(expected)  # exact: no "approximate"
+    assert summary["rules"]["top-users"]["degraded"] is None
+    state = summary["run"]["rule_state"]["top-users"]
+    assert 900_000 * 32 < state["bytes"] <= state["limit_bytes"]
+
+
+def test_a_high_cardinality_file_under_a_smaller_cap_is_approximate_within_its_bound(workspace):
+    cap = 320
+    workspace.configure(f"limits: {{memory_mb: {cap}}}\n")
+    path = generate(workspace, HIGH_CARDINALITY_LINES, "--distinct-users", "20000000")
+    code, peak_mb = run_measured(workspace)
+    assert code == 0, (workspace.root / "stderr.txt").read_text(encoding="utf-8")
+    assert peak_mb < cap, f"peak RSS {peak_mb:.0f} MB over the {cap} MB cap"
+    summary = workspace.summary()
     detail = summary["details"]["top_users"]
-    assert detail["approximate"] is True
-    assert detail["sketch"] == "frequent_items"
-    assert isinstance(detail["lg_max_map_size"], int)
+    assert detail["approximate"] is True and detail["sketch"] == "misra_gries"
     assert 0 <= detail["max_error"] < 0.001 * detail["total_weight"]
     assert len(summary["top_users"]) == 10 and list(detail["counts"]) == summary["top_users"]
+    users = load_bench("reference").summarize([str(path)])["users"]
+    for user, estimate in detail["counts"].items():
+        assert users[user] <= estimate <= users[user] + detail["max_error"]
+    assert "more than" in summary["rules"]["top-users"]["degraded"]
+    state = summary["run"]["rule_state"]["top-users"]
+    assert state["peak_bytes"] <= state["limit_bytes"]
     assert "approximate" not in summary["details"]["top_services"]  # 30 services: still exact
 
 

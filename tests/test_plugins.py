@@ -286,7 +286,7 @@ def test_readme_example_plugin_works_as_printed(workspace):
     assert result.returncode == 0, result.stderr
     summary = workspace.summary()
     assert summary["failure_rate"] == {"AuthenticationService": 0.0, "PaymentService": 0.5, "RefundService": 1.0}
-    assert summary["rules"]["failure-rate"] == {"type": "failure_rate", "key": "failure_rate"}
+    assert summary["rules"]["failure-rate"] == {"type": "failure_rate", "key": "failure_rate", "degraded": None}
 
 
 def test_readme_example_plugin_rejects_bad_parameters(workspace):

@@ -1,4 +1,4 @@
-"""top_k and count_by under a memory bound: exact while the counts fit, a frequent items sketch beyond."""
+"""top_k and count_by under a memory bound: exact while the counts fit, a Misra-Gries summary beyond."""
 
 from __future__ import annotations
 
@@ -11,16 +11,18 @@ from types import SimpleNamespace
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core import budget
+from core.counts import BYTES_PER_KEY, MIN_CAPACITY, OVERHEAD, KeyCounts
 from core.errors import ConfigError
 from core.settings import DEFAULTS, load_settings
-from plugins.counting import BYTES_PER_KEY, CountTable, HeavyHitters, sketch_size
 from plugins.counts import CountBy
 from plugins.top import TopK
 
-MAX_KEYS = 100
-BOUND = MAX_KEYS * BYTES_PER_KEY  # room for exactly MAX_KEYS distinct users
+BOUND = (MIN_CAPACITY + 76) * BYTES_PER_KEY + OVERHEAD
+MAX_KEYS = KeyCounts.capacity_for(BOUND)  # the distinct users that fit (a few more than the 1,100 asked for)
 HOT = {f"hot{i}": 1000 - 100 * i for i in range(5)}  # the true heavy hitters
 
 
@@ -53,7 +55,7 @@ def fed(users: list[str], bound: int | None = BOUND, limit: int = 5) -> TopK:
 def assert_within_bound(rule: TopK, truth: Counter) -> None:
     result = rule.result()
     detail = result.detail
-    assert detail["approximate"] is True and detail["sketch"] == "frequent_items"
+    assert detail["approximate"] is True and detail["sketch"] == "misra_gries"
     assert detail["total_weight"] == sum(truth.values())
     assert result.value == list(HOT)  # the true heavy hitters, in their true order
     for user, estimate in detail["counts"].items():  # never under, never over by more than the bound
@@ -86,7 +88,7 @@ def test_above_the_bound_the_list_is_approximate_with_its_error_bound_and_finds_
     users = traffic(1)
     rule = fed(users)
     assert rule.counts.approximate
-    assert rule.result().detail["lg_max_map_size"] == sketch_size(BOUND)
+    assert rule.result().detail["capacity"] == MAX_KEYS
     assert_within_bound(rule, Counter(users))
 
 
@@ -96,10 +98,18 @@ def test_once_approximate_a_state_stays_approximate():
     assert rule.counts.approximate
 
 
-def test_the_sketch_memory_follows_the_bound():
-    assert sketch_size(2**20 * 64) == 20
-    assert sketch_size(1) == 8  # never smaller than DataSketches' useful minimum
-    assert sketch_size(10**12) == 24
+def test_the_capacity_follows_the_bound():
+    assert MIN_CAPACITY + 76 <= MAX_KEYS < 2 * (MIN_CAPACITY + 76)
+    assert KeyCounts.capacity_for(2_000_000 * BYTES_PER_KEY + OVERHEAD) >= 2_000_000
+    assert KeyCounts.capacity_for(1) == MIN_CAPACITY  # never smaller than a useful summary
+
+
+def test_a_full_table_stays_within_the_bound_it_was_sized_for():
+    bound = 3_000_000
+    counts = KeyCounts(KeyCounts.capacity_for(bound))
+    counts.add(pl.Series([f"user{i}" for i in range(counts.capacity)]))
+    assert not counts.approximate and len(counts) == counts.capacity
+    assert counts.nbytes <= bound
 
 
 # --- merges ------------------------------------------------------------------------------------
@@ -112,12 +122,17 @@ def test_merge_of_exact_and_sketched_states_in_either_order(kinds):
     assert [s.counts.approximate for s in states] == [kind == "sketch" for kind in kinds]
     into, other = states
     into.merge(other)
-    assert_within_bound(into, Counter(parts[0] + parts[1]))
+    truth = Counter(parts[0] + parts[1])
+    if "sketch" in kinds:
+        assert_within_bound(into, truth)
+    else:  # 110 distinct users in all: the union fits, and stays exact
+        assert not into.counts.approximate
+        assert into.result() == (list(HOT), {user: truth[user] for user in HOT})
 
 
 def test_two_exact_states_whose_union_outgrows_the_bound_merge_into_a_sketch():
-    left = fed([f"a{i}" for i in range(80)] + ["hot"] * 9)
-    right = fed([f"b{i}" for i in range(80)] + ["hot"] * 9)
+    left = fed([f"a{i}" for i in range(MAX_KEYS - 10)] + ["hot"] * 9)
+    right = fed([f"b{i}" for i in range(MAX_KEYS - 10)] + ["hot"] * 9)
     assert not left.counts.approximate and not right.counts.approximate
     left.merge(right)
     assert left.counts.approximate
@@ -125,11 +140,11 @@ def test_two_exact_states_whose_union_outgrows_the_bound_merge_into_a_sketch():
 
 
 def test_overlapping_exact_states_whose_union_fits_stay_exact():
-    left = fed([f"u{i}" for i in range(80)])
-    right = fed([f"u{i}" for i in range(20, 100)])
+    left = fed([f"u{i}" for i in range(800)])
+    right = fed([f"u{i}" for i in range(200, 1000)])
     left.merge(right)
     assert not left.counts.approximate
-    assert left.result() == fed([f"u{i}" for i in range(80)] + [f"u{i}" for i in range(20, 100)]).result()
+    assert left.result() == fed([f"u{i}" for i in range(800)] + [f"u{i}" for i in range(200, 1000)]).result()
 
 
 def test_every_merge_order_of_mixed_partials_gives_the_same_mode_and_finds_the_heavy_hitters():
@@ -170,18 +185,20 @@ def test_pickle_round_trip_keeps_the_state(tail):
     assert copy.result() == rule.result()
 
 
-def test_a_state_pickled_before_the_memory_cap_still_loads():
-    old = TopK("top-users", field="user")
-    old.counts = CountTable(pl.String())  # what checkpoints held before HeavyHitters
-    old.counts.add_values(pl.Series(["a", "b", "a"]))
-    loaded = pickle.loads(pickle.dumps(old))
-    loaded.limit_state(BOUND)
-    assert isinstance(loaded.counts, HeavyHitters)
-    assert loaded.result() == (["a", "b"], {"a": 2, "b": 1})
+def test_the_pickled_state_is_the_tables_bytes_not_code():
+    state = fed(traffic(1, tail=50)).counts.__getstate__()
+    assert list(state) == ["table"] and isinstance(state["table"], bytes) and state["table"][:4] == b"OMPC"
+
+
+def test_a_corrupt_table_is_refused_with_a_clear_error():
+    data = bytearray(fed(traffic(1, tail=50)).counts.__getstate__()["table"])
+    for broken in (data[:-1], data[:20], b"junk" + data[4:], data + b"x"):
+        with pytest.raises(ValueError, match="not a serialised Counts table"):
+            KeyCounts.__new__(KeyCounts).__setstate__({"table": bytes(broken)})
 
 
 def test_partials_inherit_the_bound():
-    assert top().empty().counts.max_bytes == BOUND
+    assert top().empty().counts.capacity == MAX_KEYS
 
 
 # --- count_by ----------------------------------------------------------------------------------
@@ -207,6 +224,45 @@ def test_count_by_below_the_bound_is_exact_with_no_detail():
     assert rule.result() == ({"a": 2, "b": 1}, None)
 
 
+# --- the summary's bound, on any input and any split ---------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(st.integers(0, 400), max_size=3000),
+    capacity=st.integers(1, 64),
+    cuts=st.lists(st.integers(0, 3000), max_size=6),
+    seed=st.integers(0, 1000),
+)
+def test_any_split_merged_in_any_order_keeps_every_count_within_the_bound_it_reports(values, capacity, cuts, seed):
+    keys = [f"k{v % 37}" if v % 3 else f"rare{v}" for v in values]  # some heavy keys, many rare ones
+    truth = Counter(keys)
+    bounds = sorted({0, len(keys), *[c % (len(keys) + 1) for c in cuts]})
+    parts = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        part = KeyCounts(capacity)
+        part.add(pl.Series(keys[lo:hi], dtype=pl.String))
+        parts.append(part)
+    random.Random(seed).shuffle(parts)
+    merged = KeyCounts(capacity)
+    for part in parts:
+        merged.merge(part)
+    # Exact or not depends on the distinct keys alone, never on the split or the order.
+    assert merged.approximate == (len(truth) > capacity)
+    assert merged.total == len(keys) and len(merged) <= capacity
+    kept = dict(merged.top(capacity))
+    for key, count in truth.items():
+        if key in kept:
+            assert count <= kept[key] <= count + merged.max_error
+        else:
+            assert count <= merged.max_error
+    if not merged.approximate:
+        assert kept == dict(truth) and merged.max_error == 0
+    for key, estimate in merged.certain():  # certain: above every key the summary dropped
+        assert truth[key] > 0 and estimate - merged.max_error > max(
+            [n for k, n in truth.items() if k not in kept] or [0]) - merged.max_error
+
+
 # --- the budget --------------------------------------------------------------------------------
 
 
@@ -226,10 +282,10 @@ def test_input_beyond_the_cap_shrinks_queue_then_chunks():
     assert plan.queue_size == 2
 
 
-def test_rule_state_shares_what_the_input_leaves():
-    each = budget.rule_state_bytes(500, 2, 4 << 20, 4, 10)
+def test_rule_state_shares_what_the_input_leaves_by_weight():
+    shares = budget.rule_state_bytes(500, 2, 4 << 20, 4, [1, 6, 6, 1])
     left = (500 - budget.BASE_MB) * budget.MIB - budget.input_bytes(2, 4 << 20, 4)
-    assert each == int(left * budget.STATE_SHARE) // 10
+    assert shares == [int(left * budget.STATE_SHARE * w / 14) for w in (1, 6, 6, 1)]
 
 
 def test_settings_shrink_chunks_to_fit_the_cap_and_say_so(tmp_path, caplog):
