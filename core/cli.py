@@ -18,8 +18,8 @@ from typing import Any, Sequence
 # jemalloc reads this when Polars is loaded, so it is set before anything imports Polars; a value
 # the user set is kept.
 os.environ.setdefault("_RJEM_MALLOC_CONF", "narenas:2,background_thread:true,dirty_decay_ms:300,muzzy_decay_ms:0")
-# numpy (loaded with datasketches once a count table turns into a sketch) starts OpenBLAS threads
-# that spin on idle cores; nothing here does linear algebra.
+# numpy (the detectors' arithmetic) may start OpenBLAS threads that spin on idle cores; nothing
+# here does linear algebra.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # The workers already run chunks in parallel, and most Polars queries here are small: Polars' own
 # pool with a thread per CPU split each of them and made the threads wait on one another. Half
