@@ -87,7 +87,7 @@ class ErrorSpike(SeasonalDetector):
         **incident_params: Any,
     ) -> None:
         self.statuses = list(statuses)
-        self.min_count = min_count
+        self.min_count = self.least_flagged = min_count
         self.by = by
         # With ``by``, all records are also judged together (key ``all``): a spike spread over
         # every service can be too thin in each to be surprising there.

@@ -257,6 +257,8 @@ class WindowedDetector(Detector):
     sample_limit: ClassVar[int] = SAMPLE_LIMIT
     hash_keys: ClassVar[bool] = False
     tally_tables: ClassVar[tuple[str, ...]] = ("groups", "samples", "totals")
+    #: A seal (or a read) judges the windows it closes at once when they span at most this many bands.
+    judged_at_once: ClassVar[int] = JUDGED_AT_ONCE
     #: Thinning, the way a detector whose state grows with the records per window stays within its
     #: share of ``limits.memory_mb`` (``state_bytes``): the column of its windowed tables that holds
     #: the key (a UInt64 hash, or a string that is hashed), or None for a detector that never thins.
@@ -346,6 +348,9 @@ class WindowedDetector(Detector):
             self._densest_evicted = max(self._densest_evicted, other._densest_evicted)
         self._fold_crowded()
 
+    #: True while ``result`` judges the open windows (again at every read, never kept): a
+    #: subclass may skip what cannot be flagged there, where a seal must extend its history.
+    provisional: bool = False
     #: Unflagged windows that may sit inside one incident (see ``plugins.incidents``).
     max_gap: int = 6
     #: The combined score an incident needs to be listed (or, per kind, a mapping kind -> score).
@@ -359,9 +364,11 @@ class WindowedDetector(Detector):
         history = self.__dict__.get("history")
         if history is not None:
             self.history = {key: copy.deepcopy(series) for key, series in history.items()}
+        self.provisional = True
         try:
             flags += self._verdicts(self.horizon, None)
         finally:
+            self.provisional = False
             if history is not None:
                 self.history = history
         flags += self.extra_flags()
@@ -450,8 +457,9 @@ class WindowedDetector(Detector):
 
     def _verdicts(self, lo: int | None, hi: int | None) -> list[dict[str, Any]]:
         """The anomalies of windows ``[lo, hi)``, judged one band at a time, or at once if they span a few bands."""
-        if lo is not None and hi is not None and hi - lo <= JUDGED_AT_ONCE * self.band:
-            return self.verdicts(self._data(lo, hi), lo, hi) if hi > lo else []
+        end = hi if hi is not None else (max(self._bands) + 1) * self.band if self._bands else None
+        if lo is not None and end is not None and end - lo <= self.judged_at_once * self.band:
+            return self.verdicts(self._data(lo, hi), lo, hi) if end > lo else []
         found: list[dict[str, Any]] = []
         for band in sorted(self._bands):
             start, stop = band * self.band, (band + 1) * self.band
