@@ -35,8 +35,8 @@ from core.settings import Settings, load_settings
 
 try:
     from core.runner import RunReport, run_batch
-except ImportError as exc:  # a compiled module is missing or stale: say what to do, no traceback
-    if not str(exc).startswith(("core._scan", "core._tally")):
+except ImportError as exc:  # a compiled module's stand-in does not fit (core/compiled.py): say so, no traceback
+    if not str(exc).startswith("core._"):
         raise
     sys.exit(f"runpipeline: {exc}")
 

@@ -11,22 +11,26 @@ from collections.abc import Iterator, Mapping
 
 import polars as pl
 
+#: A column as a module hands it over: an (arrow_schema, arrow_array) pair of capsules from a
+#: compiled module, a Series from its pure Python stand-in (``core/fallback/``).
+ModuleColumn = tuple[object, object] | pl.Series
+
 
 class Columns(Mapping[str, pl.Series]):
-    """A table a compiled module made, as its named columns, each made a Series when first read.
+    """A table a compiled module (or its stand-in) made, as its named columns, each made a Series when first read.
 
     Picking and renaming columns runs no Polars query, and a column nobody reads is never
     imported (importing one holds the GIL).
     """
 
-    def __init__(self, height: int, names: list[str], arrays: tuple[tuple[object, object], ...]) -> None:
+    def __init__(self, height: int, names: list[str], arrays: tuple[ModuleColumn, ...]) -> None:
         self.height = height
         self._arrays = dict(zip(names, arrays, strict=True))
         self._series: dict[str, pl.Series] = {}
 
     def __getitem__(self, name: str) -> pl.Series:
         if name not in self._series:
-            self._series[name] = pl.Series(ArrowColumn(self._arrays[name])).alias(name)
+            self._series[name] = as_series(self._arrays[name]).alias(name)
         return self._series[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -40,6 +44,11 @@ class Columns(Mapping[str, pl.Series]):
         return pl.DataFrame([
             (self[source] if isinstance(source, str) else source).alias(name) for name, source in columns.items()
         ])
+
+
+def as_series(column: ModuleColumn) -> pl.Series:
+    """A column a compiled module or its stand-in made, as a Series (imported without a copy)."""
+    return column if isinstance(column, pl.Series) else pl.Series(ArrowColumn(column))
 
 
 class ArrowColumn:

@@ -5,7 +5,8 @@ path finds them: one compiled pass (``core/_scan.c``) over the chunk takes every
 printable ASCII with four non-empty fields and a timestamp of the accepted form naming a real
 instant, and hands those records over as Arrow columns. Every other line (a few per cent in dirty
 files) is classified the full way here, line by line in Python; ``tests/test_property.py`` checks
-that both ways agree on any input.
+that both ways agree on any input. Without the compiled scan, its stand-in
+(``core/fallback/_scan.py``) finds the plain records with Polars and leaves every other line here.
 """
 
 from __future__ import annotations
@@ -127,10 +128,12 @@ def parse_chunk(
     records = pl.DataFrame(compiled.series(plain))
     stats.count_malformed(*_decided(chunk, *decided, sample_limit if samples else 0))
     more, more_blank, malformed = _undecided(chunk, *undecided, max_line_bytes, with_message, with_hash)
-    if more:  # none unless the scan and this module disagree; tests/test_property.py checks they do not
+    # From the compiled scan, none unless it and this module disagree (tests/test_property.py checks
+    # they do not); its pure Python stand-in leaves the records with Unicode fields to this module.
+    if more:
         records = pl.concat([records, pl.DataFrame(more, schema=records.schema, orient="row")]).sort("line")
     stats.blank += more_blank
-    stats.add_malformed(malformed)
+    stats.count_malformed(Counter(m.reason for m in malformed), malformed if samples else [])
     stats.records = records.height
     return Batch(chunk.path, _with_file(records, chunk.path), dict(stats.reasons)), stats
 
