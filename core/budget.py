@@ -21,13 +21,14 @@ BASE_MB = 100
 #: A chunk being parsed costs this many times its size.
 PARSE_FACTOR = 9
 #: The part of the memory left after ``BASE_MB`` that the input in flight may take: the defaults
-#: (2 workers, 4 MiB chunks, queue_size 1) take 84 of 180 MiB under the default 500 MB cap.
-INPUT_SHARE = 0.45
-#: The part of the memory left after the base and the input that rule states may take, all
-#: together; the rest is headroom for merging, checkpoints and writing the outputs. With the
-#: defaults (4 MiB chunks, 500 MB) that is 268 MiB, of which top-users' weight gives it 89 MiB:
-#: 2.1M distinct users counted exactly (core/counts.py).
-STATE_SHARE = 0.85
+#: (2 workers, 4 MiB chunks, queue_size 1) take 84 of 120 MiB under the default 500 MB cap.
+INPUT_SHARE = 0.3
+#: The part of it that rule states may take, all together: the rest is headroom for merging,
+#: checkpoints and writing the outputs. It depends on ``limits.memory_mb`` alone, not on the
+#: workers or the chunks, so that how far a state stays exact (and how it degrades beyond) is the
+#: same however the input is split. With the default cap, 260 MiB, of which top-users' weight
+#: gives it 80 MiB: 2M distinct users counted exactly (core/counts.py).
+STATE_SHARE = 0.65
 #: Chunks are never made smaller than this (nor than two of the longest allowed lines).
 MIN_CHUNK_BYTES = 256 * 1024
 
@@ -92,11 +93,9 @@ def fit_input(memory_mb: int, workers: int, chunk_bytes: int, queue_size: int, m
     return InputPlan(chunk, queue, tuple(changes))
 
 
-def rule_state_bytes(memory_mb: int, workers: int, chunk_bytes: int, queue_size: int,
-                     weights: list[float]) -> list[int]:
-    """Bytes of state each rule may hold, in proportion to its weight, out of what the input leaves."""
-    left = (memory_mb - BASE_MB) * MIB - input_bytes(workers, chunk_bytes, queue_size)
-    pool, total = left * STATE_SHARE, sum(weights) or 1.0
+def rule_state_bytes(memory_mb: int, weights: list[float]) -> list[int]:
+    """Bytes of state each rule may hold: ``STATE_SHARE`` of the memory, in proportion to the weights."""
+    pool, total = (memory_mb - BASE_MB) * MIB * STATE_SHARE, sum(weights) or 1.0
     return [max(1 * MIB, int(pool * weight / total)) for weight in weights]
 
 

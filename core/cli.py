@@ -201,6 +201,9 @@ def human_summary(report: RunReport, settings: Settings) -> str:
         lines.append(f"incidents: {sum(found.values()):,}" + (f" ({_short(found)})" if found else "")
                      + (f", {hidden:,} more suppressed" if hidden else ""))
         lines += [f"  {_incident_line(incident)}" for incident in report.anomalies["anomalies"][:SHOWN_INCIDENTS]]
+    for name, rule in summary["rules"].items():
+        if rule.get("degraded"):  # the state outgrew its share of limits.memory_mb
+            lines.append(f"{name}: {rule['degraded']}")
     lines.append(
         f"{run['elapsed_seconds']:.2f} s, {run['lines_per_second']:,} lines/s, "
         f"{run['bytes_per_second'] / 1e6:.1f} MB/s, peak RSS {run['peak_rss_mb']:.0f} MB"

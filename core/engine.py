@@ -85,8 +85,7 @@ class Pipeline:
         self._error: BaseException | None = None
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="omp-worker")
         budget.return_freed_buffers(settings.chunk_bytes)  # else glibc's heap grows with the lines read
-        shares = budget.rule_state_bytes(settings.memory_mb, settings.workers, settings.chunk_bytes,
-                                         settings.queue_size, [rule.state_weight() for rule in rules])
+        shares = budget.rule_state_bytes(settings.memory_mb, [rule.state_weight() for rule in rules])
         self.state_bytes = {rule.name: share for rule, share in zip(rules, shares, strict=True)}
         self.redactor = Redactor.from_settings(settings)
         for rule in rules:  # partials inherit the bound and the redactor through Rule.empty

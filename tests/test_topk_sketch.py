@@ -18,6 +18,7 @@ from core import budget
 from core.counts import BYTES_PER_KEY, MIN_CAPACITY, OVERHEAD, KeyCounts
 from core.errors import ConfigError
 from core.settings import DEFAULTS, load_settings
+from tests.conftest import REPO
 from plugins.counts import CountBy
 from plugins.top import TopK
 
@@ -282,10 +283,21 @@ def test_input_beyond_the_cap_shrinks_queue_then_chunks():
     assert plan.queue_size == 2
 
 
-def test_rule_state_shares_what_the_input_leaves_by_weight():
-    shares = budget.rule_state_bytes(500, 2, 4 << 20, 4, [1, 6, 6, 1])
-    left = (500 - budget.BASE_MB) * budget.MIB - budget.input_bytes(2, 4 << 20, 4)
-    assert shares == [int(left * budget.STATE_SHARE * w / 14) for w in (1, 6, 6, 1)]
+def test_rule_states_share_their_part_of_the_cap_by_weight_whatever_the_input():
+    shares = budget.rule_state_bytes(500, [1, 6, 6, 1])
+    pool = (500 - budget.BASE_MB) * budget.MIB * budget.STATE_SHARE
+    assert shares == [int(pool * w / 14) for w in (1, 6, 6, 1)]
+    assert budget.input_cap(500) + sum(shares) < (500 - budget.BASE_MB) * budget.MIB
+
+
+def test_the_default_rules_count_two_million_users_exactly_under_the_default_cap(pm):
+    from core.plugins import rule_types
+    from core.ruleset import load_rules
+
+    rules = load_rules(load_settings(REPO / "settings.yaml"), rule_types(pm))
+    shares = dict(zip([r.name for r in rules], budget.rule_state_bytes(500, [r.state_weight() for r in rules])))
+    assert KeyCounts.capacity_for(shares["top-users"]) >= 2_000_000
+    assert KeyCounts.capacity_for(shares["top-services"]) >= 2_000_000
 
 
 def test_settings_shrink_chunks_to_fit_the_cap_and_say_so(tmp_path, caplog):
