@@ -147,11 +147,13 @@ def test_a_chunk_parses_the_same_with_either_scan(data, max_line_bytes, first_li
 
 @needs_scan
 @EXAMPLES
-@given(chunks, st.integers(0, 120), st.booleans(), st.booleans())
+@given(chunks, st.integers(0, 120), st.booleans(), st.booleans(), st.sampled_from([1, 64, 300, 1 << 19]))
 def test_the_stand_in_takes_plain_records_as_the_compiled_scan_does_and_leaves_the_rest(
-        data, max_line_bytes, with_message, with_hash):
+        data, max_line_bytes, with_message, with_hash, piece_bytes):
     found = SCAN.scan(data, len(data), max_line_bytes, 1, with_message, with_hash)
-    pure = pure_scan.scan(data, len(data), max_line_bytes, 1, with_message, with_hash)
+    with pytest.MonkeyPatch.context() as patch:  # lines taken a few at a time, or all at once
+        patch.setattr(pure_scan, "_PIECE_BYTES", piece_bytes)
+        pure = pure_scan.scan(data, len(data), max_line_bytes, 1, with_message, with_hash)
     assert pure[0] == found[0] and pure[1] == 0 and pure[3] == (b"", b"", b"", b"")
     records, pure_records = pl.DataFrame(compiled.series(found[2])), pl.DataFrame(compiled.series(pure[2]))
     assert_frame_equal(pure_records, records.filter(pl.col("line").is_in(pure_records["line"].implode())))
