@@ -17,10 +17,17 @@ from typing import Any
 
 import pytest
 
+from core import compiled, counts, tally  # noqa: F401  (loading them chooses each one's build or stand-in)
 from core.parse import _scan
 from core.plugins import get_plugin_manager
 
 REPO = Path(__file__).resolve().parent.parent
+#: Marks a test of a memory bound the compiled modules keep: their pure Python stand-ins hold the
+#: same keys and counts, in Python objects that take more memory.
+compiled_memory = pytest.mark.skipif(
+    not compiled.all_compiled(),
+    reason="a memory bound of the compiled modules, which are not in use here (no C compiler, or OMP_NO_COMPILED=1)",
+)
 #: What the warning says when the compiled modules are not in use (core/compiled.py).
 PURE_PYTHON = "running the pure Python path"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Workspace, load_bench
+from tests.conftest import REPO, Workspace, compiled_memory, load_bench
 
 MEMORY_MB = 500  # the shipped default, written out so that the test says what it checks
 HIGH_CARDINALITY_LINES = 2_000_000  # ~935k distinct users
@@ -69,6 +69,7 @@ def test_a_high_cardinality_file_is_counted_exactly_under_the_default_cap(capped
     assert 900_000 * 32 < state["bytes"] <= state["limit_bytes"]
 
 
+@compiled_memory
 def test_a_high_cardinality_file_under_a_smaller_cap_is_approximate_within_its_bound(workspace):
     cap = 320
     workspace.configure(f"limits: {{memory_mb: {cap}}}\n")

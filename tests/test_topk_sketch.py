@@ -18,7 +18,7 @@ from core import budget
 from core.counts import BYTES_PER_KEY, MIN_CAPACITY, OVERHEAD, KeyCounts
 from core.errors import ConfigError
 from core.settings import DEFAULTS, load_settings
-from tests.conftest import REPO
+from tests.conftest import REPO, compiled_memory
 from plugins.counts import CountBy
 from plugins.top import TopK
 
@@ -105,6 +105,7 @@ def test_the_capacity_follows_the_bound():
     assert KeyCounts.capacity_for(1) == MIN_CAPACITY  # never smaller than a useful summary
 
 
+@compiled_memory
 def test_a_full_table_stays_within_the_bound_it_was_sized_for():
     bound = 3_000_000
     counts = KeyCounts(KeyCounts.capacity_for(bound))
