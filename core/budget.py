@@ -1,9 +1,10 @@
-"""Share ``limits.memory_mb`` out: the input in flight (chunks and their parsing), then each rule's state.
+"""Share ``limits.memory_mb`` out: a fixed base, the input in flight (chunks and their parsing), rule states.
 
-The figures below were measured with the Tier 1-2 rules (Python 3.11, Polars 2.1, 2 cores, 10M
-lines; chunk_bytes 4 to 16 MiB, queue_size 1 and 4): peak RSS ~ 90 MB + each chunk being worked
-on ~10 times its size (its bytes, its columns, the tallies' arrays and Polars' scratch) + each
-chunk waiting in a slot ~1.3 times its size. An idle process with every plugin loaded holds ~70 MB.
+Measured with all default rules (Python 3.11, Polars 2.1, 2 cores; 2M and 10M lines, caps of
+250, 300 and 500 MB): peak RSS ~ 170 MB + each chunk being worked on ~10 times its size (its
+bytes, its columns, the tallies' arrays and Polars' scratch) + each chunk waiting in a slot ~1.3
+times its size + the rule states. An idle process with every plugin loaded holds ~70 MB; the
+rest of the base is the allocators' reserve and Polars' scratch, whatever the chunk size.
 """
 
 from __future__ import annotations
@@ -16,19 +17,19 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-#: The interpreter, Polars, the plugins and the allocator's own reserve (measured ~90 MB).
-BASE_MB = 100
+#: The interpreter, Polars, the plugins, the allocators' reserve and scratch (measured 168 to 171 MB).
+BASE_MB = 170
 #: A chunk being parsed costs this many times its size.
 PARSE_FACTOR = 9
 #: The part of the memory left after ``BASE_MB`` that the input in flight may take: the defaults
-#: (2 workers, 4 MiB chunks, queue_size 1) take 84 of 120 MiB under the default 500 MB cap.
+#: (2 workers, 4 MiB chunks, queue_size 1) take 84 of 99 MiB under the default 500 MB cap.
 INPUT_SHARE = 0.3
 #: The part of it that rule states may take, all together: the rest is headroom for merging,
 #: checkpoints and writing the outputs. It depends on ``limits.memory_mb`` alone, not on the
 #: workers or the chunks, so that how far a state stays exact (and how it degrades beyond) is the
-#: same however the input is split. With the default cap, 260 MiB, of which top-users' weight
-#: gives it 80 MiB: 2M distinct users counted exactly (core/counts.py).
-STATE_SHARE = 0.65
+#: same however the input is split. With the default cap, 221 MiB, of which top-users' weight
+#: gives it 82 MiB: 2M distinct users counted exactly (core/counts.py).
+STATE_SHARE = 0.67
 #: Chunks are never made smaller than this (nor than two of the longest allowed lines).
 MIN_CHUNK_BYTES = 256 * 1024
 

@@ -12,7 +12,7 @@ from core.rules import WITHOUT_MESSAGE
 FIELDS = ("status", "service", "user")
 #: A rule's share of the state memory, relative to other rules (see ``Rule.state_weight``): users
 #: and services can number millions; statuses are a handful.
-FIELD_WEIGHTS = {"status": 1, "service": 8, "user": 8}
+FIELD_WEIGHTS = {"status": 1, "service": 10, "user": 10}
 #: The capacity of a table before the engine sets a bound: every value is counted exactly.
 UNBOUNDED = 2**30 - 1
 

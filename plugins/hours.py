@@ -59,6 +59,9 @@ class PeakHours(Rule):
     def update(self, batch: Any) -> None:
         self.by_hour = [a + b for a, b in zip(self.by_hour, hour_counts(batch.frame), strict=True)]
 
+    def state_weight(self) -> float:
+        return 0.1  # a count per hour of the day: 24 numbers
+
     def merge(self, other: PeakHours) -> None:
         self.by_hour = [a + b for a, b in zip(self.by_hour, other.by_hour, strict=True)]
 

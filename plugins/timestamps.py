@@ -150,6 +150,9 @@ class TimestampCheck(Detector):
     def _add(self, odd: pl.DataFrame) -> None:
         self.stats, self.samples = _fold(self.stats, self.samples, odd)
 
+    def state_weight(self) -> float:
+        return 0.5  # a few runs of implausible records per file
+
     def merge(self, other: TimestampCheck) -> None:
         self.unparseable += other.unparseable
         self.inexact |= other.inexact

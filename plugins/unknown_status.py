@@ -63,6 +63,9 @@ class UnknownStatus(Detector):
                 samples.setdefault(status, []).append((batch.path, line))
         self._fold(stats, samples)
 
+    def state_weight(self) -> float:
+        return 0.5  # at most ``max_statuses`` statuses
+
     def merge(self, other: UnknownStatus) -> None:
         self.others += other.others
         self._fold(other.stats, other.samples)

@@ -71,7 +71,7 @@ def test_a_high_cardinality_file_is_counted_exactly_under_the_default_cap(capped
 
 @compiled_memory
 def test_a_high_cardinality_file_under_a_smaller_cap_is_approximate_within_its_bound(workspace):
-    cap = 320
+    cap = 250
     workspace.configure(f"limits: {{memory_mb: {cap}}}\n")
     path = generate(workspace, HIGH_CARDINALITY_LINES, "--distinct-users", "20000000")
     code, peak_mb = run_measured(workspace)
