@@ -91,7 +91,7 @@ class DuplicateEvent(WindowedDetector):
     type_name = "duplicate_event"
     description = "The same event (all five fields equal) logged more than once."
     default_severity = "medium"
-    state_version = 2
+    state_version = 3  # 2 had no thinning (records per window, levels)
     params_schema = params_schema({
         "ids_only": {"type": "boolean"},
         "id_pattern": {"type": "string", "minLength": 1, "format": "regex"},

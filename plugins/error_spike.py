@@ -39,7 +39,7 @@ class ErrorSpike(SeasonalDetector):
     type_name = "error_spike"
     description = "A burst of failures: a failure rate far above what the same time of day had, and not by chance."
     default_severity = "high"
-    state_version = 2
+    state_version = 3  # 2 had no thinning (records per window, levels)
     rate = True
     params_schema = params_schema({
         "statuses": STATUS_LIST,

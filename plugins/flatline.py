@@ -36,7 +36,7 @@ class Flatline(SeasonalDetector):
     type_name = "flatline"
     description = "A service whose volume falls far below (or surges far above) what the same time of day had."
     default_severity = "high"
-    state_version = 2
+    state_version = 3  # 2 had no thinning (records per window, levels)
     complete_only = True
     params_schema = params_schema({
         "field": {"enum": list(FIELDS)},

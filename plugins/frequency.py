@@ -35,7 +35,7 @@ class Frequency(WindowedDetector):
     type_name = "frequency"
     description = "One user (or service, or status) with far more records in a window than its own history."
     default_severity = "medium"
-    state_version = 2
+    state_version = 3  # 2 had no thinning (records per window, levels)
     params_schema = params_schema({
         "field": {"enum": list(FIELDS)},
         "timeframe": DURATION,

@@ -289,6 +289,8 @@ class WindowedDetector(Detector):
         #: Thinning levels: (window, level) where the level rises, and the most records of a window evicted.
         self._levels: list[tuple[int, int]] = []
         self._densest_evicted = 0
+        #: Records per window held, counted as batches come (only where the detector may thin).
+        self._records: dict[int, int] = {}
 
     # -- what a subclass provides -----------------------------------------------------------
 
@@ -328,6 +330,10 @@ class WindowedDetector(Detector):
         self.newest = _newest(self.watermark_rank, self.newest, found.newest)
         data = self.batch_tables(batch, found)
         data = {name: spec.conform(data[name]) for name, spec in self.tables.items()}
+        if self.thin_by is not None:
+            name, column = self.events
+            for window, records in zip(data[name]["window"].to_list(), data[name][column].to_list(), strict=True):
+                self._records[window] = self._records.get(window, 0) + records
         self._whole.append({name: data[name] for name, spec in self.tables.items() if not spec.windowed})
         for band, part in self._split(data).items():
             self._bands.setdefault(band, []).append((None, part))
@@ -343,6 +349,8 @@ class WindowedDetector(Detector):
             self.horizon = other.horizon
         for key, anomaly in other.closed.items():
             self.closed[key] = _prefer(anomaly, self.closed[key]) if key in self.closed else anomaly
+        for window, records in other._records.items():
+            self._records[window] = self._records.get(window, 0) + records
         if other._levels or other._densest_evicted:  # only sealed states have any
             self._levels = _max_levels(self._levels, other._levels)
             self._densest_evicted = max(self._densest_evicted, other._densest_evicted)
@@ -498,8 +506,8 @@ class WindowedDetector(Detector):
         oldest = self.horizon - self.lookback
         keep = pl.col("window") >= oldest
         if self.thin_by is not None:
-            evicted = self._window_totals().filter(pl.col("window") < oldest)["total"].max()
-            self._densest_evicted = max(self._densest_evicted, evicted or 0)
+            evicted = [window for window in self._records if window < oldest]
+            self._densest_evicted = max([self._densest_evicted, *(self._records.pop(w) for w in evicted)])
         for band, parts in list(self._bands.items()):
             if (band + 1) * self.band <= oldest:
                 del self._bands[band]
@@ -533,13 +541,10 @@ class WindowedDetector(Detector):
                                         for name, frame in data.items()}) for tag, data in parts]
 
     def _window_totals(self) -> pl.DataFrame:
-        """Records per window held (``events``: a table never thinned), summed over every part of every band."""
-        name, column = self.events
-        frames = [data[name].select("window", pl.col(column).cast(pl.Int64).alias("total"))
-                  for parts in self._bands.values() for _, data in parts if data[name].height]
-        if not frames:
-            return pl.DataFrame(schema={"window": pl.Int64(), "total": pl.Int64()})
-        return pl.concat(frames).group_by("window").agg(pl.col("total").sum()).sort("window")
+        """Records per window held, in window order."""
+        windows = sorted(self._records)
+        return pl.DataFrame({"window": windows, "total": [self._records[w] for w in windows]},
+                            schema={"window": pl.Int64(), "total": pl.Int64()})
 
     def _levels_from(self, totals: pl.DataFrame) -> list[tuple[int, int]]:
         """The level breaks: those of evicted windows, then, for the windows held, the level of the
