@@ -22,9 +22,10 @@ log = logging.getLogger(__name__)
 #: The environment variable that makes every module load its pure Python stand-in.
 NO_COMPILED = "OMP_NO_COMPILED"
 #: How many times longer a run takes on the pure Python path: runpipeline with the shipped
-#: settings on bench/generate.py's 1M lines, 2 CPUs, 2.9 s against 0.72 s (the run's own time,
-#: medians of 8; with the start-up, 3.8 s against 1.5 s). README, "Without a C compiler".
-SLOWDOWN = 4
+#: settings on bench/generate.py's 1M lines, 2 CPUs, 3.5 s against 0.53 s (the run's own time,
+#: medians of 6; with the start-up, 4.3 s against 1.2 s). The scan's and the tally's stand-ins
+#: take 2.6 s of it, the counts' 1.4 s. README, "Without a C compiler".
+SLOWDOWN = 7
 
 # Why each module that runs its stand-in does, by module name. Per process, as imports are:
 # the warning at the start of a run and summary.json's run block read it.
