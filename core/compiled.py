@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 NO_COMPILED = "OMP_NO_COMPILED"
 #: How many times longer a run takes on the pure Python path: runpipeline with the shipped
 #: settings on bench/generate.py's 1M lines, 2 CPUs, 3.5 s against 0.53 s (the run's own time,
-#: medians of 6; with the start-up, 4.3 s against 1.2 s). The scan's and the tally's stand-ins
-#: take 2.6 s of it, the counts' 1.4 s. README, "Without a C compiler".
+#: medians of 6; with the start-up, 4.3 s against 1.2 s). With only the scan's and the tally's
+#: stand-ins, 2.6 s; with only the counts', 1.4 s. README, "Without a C compiler".
 SLOWDOWN = 7
 
 # Why each module that runs its stand-in does, by module name. Per process, as imports are:
