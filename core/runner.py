@@ -130,8 +130,10 @@ def write_outputs(
     """
     started = time.perf_counter()
     try:
-        summary = build_summary(checkpoint.state, rules, run, Redactor.from_settings(settings))
+        # Anomalies first: reading a detector's result seals it, and the summary says how each
+        # state degraded (a seal may thin a detector's windows).
         anomalies = build_anomalies(checkpoint.state, rules, run["started_at"])
+        summary = build_summary(checkpoint.state, rules, run, Redactor.from_settings(settings))
     finally:
         saving = time.perf_counter()
         checkpoints.save(settings, checkpoint)

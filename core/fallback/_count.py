@@ -19,8 +19,8 @@ _FORMAT_VERSION = 1
 # The compiled table's header: magic, version, approximate, reserved, capacity, offset, total, n.
 _HEADER = struct.Struct("<4sIII4q")
 _ENTRY = struct.Struct("<qI")
-#: Bytes per key the compiled table takes, for ``nbytes`` (see core/counts.py).
-_BYTES_PER_KEY = 48
+#: The compiled table's entry and slot sizes, for ``nbytes`` (see core/counts.py).
+_ENTRY_BYTES, _SLOT_BYTES = 32, 4
 _MAX_CAPACITY = 0xFFFFFFFF // 4
 
 
@@ -55,7 +55,12 @@ class Counts:
 
     @property
     def nbytes(self) -> int:
-        return _BYTES_PER_KEY * len(self._counts)
+        """What the compiled table would hold for these keys: entries, and slots at most 3/4 full."""
+        keys = len(self._counts)
+        slots = 2048
+        while 4 * keys > 3 * slots:
+            slots *= 2
+        return _ENTRY_BYTES * keys + _SLOT_BYTES * slots
 
     def add(self, stream: object) -> None:
         for key in _values(stream):
