@@ -63,10 +63,18 @@ class Counts:
         return _ENTRY_BYTES * keys + _SLOT_BYTES * slots
 
     def add(self, stream: object) -> None:
-        for key in _values(stream):
-            if key is not None:
-                self.total += 1
-                self._add(key, 1)
+        values = pl.Series(_Stream(stream)).drop_nulls()
+        # Each distinct value once, in order of first appearance, with its count: the same keys in
+        # the same order as adding the values one by one, as long as no purge comes in between.
+        grouped = values.to_frame("key").group_by("key", maintain_order=True).len()
+        self.total += len(values)
+        if len(self._counts) + grouped.height <= self.capacity:
+            counts = self._counts
+            for key, n in grouped.iter_rows():
+                counts[key] = counts.get(key, 0) + n
+            return
+        for key in values.to_list():
+            self._add(key, 1)
 
     def add_weighted(self, keys: object, weights: object) -> None:
         keys, weights = _values(keys), _values(weights)
