@@ -251,5 +251,19 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def run() -> None:
+    """The ``runpipeline`` command: ``main``, then exit without tearing the interpreter down.
+
+    Everything is written and synced by then (outputs and checkpoint are atomic replaces); what
+    is left is freeing every object one by one, 0.15 to 0.2 s after a run of 10M lines. Tests
+    call ``main`` in-process, where the interpreter must live on.
+    """
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
