@@ -22,7 +22,7 @@ BASE_MB = 170
 #: A chunk being parsed costs this many times its size.
 PARSE_FACTOR = 9
 #: The part of the memory left after ``BASE_MB`` that the input in flight may take: the defaults
-#: (2 workers, 4 MiB chunks, queue_size 1) take 84 of 99 MiB under the default 500 MB cap.
+#: (2 workers, 4 MiB chunks, queue_size 2) take 88 of 99 MiB under the default 500 MB cap.
 INPUT_SHARE = 0.3
 #: The part of it that rule states may take, all together: the rest is headroom for merging,
 #: checkpoints and writing the outputs. It depends on ``limits.memory_mb`` alone, not on the

@@ -26,7 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "recursive": False,
     "workers": 0,
     "chunk_bytes": 4 * 1024 * 1024,
-    "queue_size": 1,
+    "queue_size": 2,
     "watch": {"settle_ms": 500, "poll_interval_ms": 500, "rescan_seconds": 30, "status_seconds": 30},
     "limits": {"max_line_bytes": 65536, "malformed_samples": 100, "memory_mb": 500},
     "redact": {"cards": True, "emails": True, "patterns": []},
