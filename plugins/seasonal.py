@@ -406,10 +406,12 @@ class SeasonalDetector(WindowedDetector):
         stop = newest if self.complete_only else newest + 1
         stop = stop if hi is None else min(hi, stop)
         found: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
-        columns = counts.select("key", "window", "count", "total").rows() if counts.height else []
-        rows: dict[str, list[tuple[int, int, int]]] = {}
-        for key, window, count, total in columns:
-            rows.setdefault(key, []).append((window, count, total))
+        # Each key's windows as numpy arrays: one partition per key rather than a tuple per row.
+        rows: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        if counts.height:
+            for (key,), part in counts.select("key", "window", "count", "total").partition_by(
+                    "key", as_dict=True, maintain_order=False).items():
+                rows[key] = (part["window"].to_numpy(), part["count"].to_numpy(), part["total"].to_numpy())
         # A stray record years before the rest must not make every window since worth judging:
         # nothing older than the history a key keeps can change a verdict.
         floor = stop - self.model.keep
@@ -420,7 +422,7 @@ class SeasonalDetector(WindowedDetector):
                 past = None
             if past is None and key not in rows:
                 continue
-            start = past.end if past is not None else min(w for w, _, _ in rows[key])
+            start = past.end if past is not None else int(rows[key][0].min())
             if lo is not None and past is None:
                 start = max(start, lo)
             start = max(start, floor)
@@ -428,10 +430,11 @@ class SeasonalDetector(WindowedDetector):
                 continue
             values = np.zeros(stop - start)
             totals = np.zeros(stop - start)
-            for window, count, total in rows.get(key, []):
-                if start <= window < stop:
-                    values[window - start] += count
-                    totals[window - start] += total
+            if key in rows:
+                windows, count, total = rows[key]
+                inside = (windows >= start) & (windows < stop)
+                np.add.at(values, windows[inside] - start, count[inside])
+                np.add.at(totals, windows[inside] - start, total[inside])
             if past is not None and not values.any() and not past.counts.any():
                 del self.history[key]  # quiet for the whole history: nothing is expected of it any more
                 continue
