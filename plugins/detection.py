@@ -229,6 +229,7 @@ class Detector(Rule):
                 if i not in hidden and SEVERITIES.index(found["severity"]) >= least]
         listed = kept[: self.params.get("max_incidents", MAX_INCIDENTS)]
         self.forget_texts({s for found in ordered for s in found["samples"] if isinstance(s, str)})
+        self.sample_texts([s for found in listed for s in found["samples"]])  # every file read once, not per incident
         for found in listed:
             found["samples"] = self.sample_texts(found["samples"])
             self.describe(found)
