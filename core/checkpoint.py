@@ -111,5 +111,5 @@ def _mismatch(stored: Any, settings: Settings, rules: list[Rule]) -> str:
 def save(settings: Settings, checkpoint: Checkpoint) -> None:
     """Seal the rule states, then write the checkpoint in one atomic replace (state and ledger agree)."""
     checkpoint.state.seal()
-    data = pickle.dumps({"format": FORMAT, "checkpoint": checkpoint}, protocol=pickle.HIGHEST_PROTOCOL)
-    atomic_write(state_dir(settings) / FILE_NAME, data)
+    stored = {"format": FORMAT, "checkpoint": checkpoint}
+    atomic_write(state_dir(settings) / FILE_NAME, lambda out: pickle.dump(stored, out, protocol=pickle.HIGHEST_PROTOCOL))

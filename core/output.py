@@ -9,7 +9,7 @@ import tempfile
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 from core.errors import OutputValidationError
 from core.redact import Redactor
@@ -195,9 +195,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, text.encode("utf-8"), shared=True)
 
 
-def atomic_write(path: Path, data: bytes, *, shared: bool = False) -> None:
+def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None], *, shared: bool = False) -> None:
     """Write through a temp file in the same folder, fsync, then ``os.replace``: readers see old or new.
 
+    ``data`` is the bytes, or a function that writes them to the open file (a checkpoint is
+    pickled straight into it: as bytes first, it was held twice at the end of a run).
     ``shared`` files get the usual permissions (0666 less the umask) rather than the temp file's
     0600, so that other users can read the outputs.
     """
@@ -207,7 +209,10 @@ def atomic_write(path: Path, data: bytes, *, shared: bool = False) -> None:
         if shared:
             os.fchmod(handle, 0o666 & ~_UMASK)
         with os.fdopen(handle, "wb") as out:
-            out.write(data)
+            if callable(data):
+                data(out)
+            else:
+                out.write(data)
             out.flush()
             os.fsync(out.fileno())
         os.replace(temp, path)
