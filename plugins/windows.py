@@ -263,7 +263,10 @@ class WindowedDetector(Detector):
     #: share of ``limits.memory_mb`` (``state_bytes``): the column of its windowed tables that holds
     #: the key (a UInt64 hash, or a string that is hashed), or None for a detector that never thins.
     thin_by: ClassVar[str | None] = None
-    #: State memory per record of a window held, for the thinning level (see ``_thin``).
+    #: What a window's size is counted in, for the thinning level: ``(table, column)`` summed, or
+    #: ``(table, None)`` for its rows per window; None: ``events``, the records.
+    thin_measure: ClassVar[tuple[str, str | None] | None] = None
+    #: State memory per record (or row, see ``thin_measure``) of a window held, for the level.
     bytes_per_record: ClassVar[int] = 0
     #: Whether ``thin_by`` holds a 64-bit hash already (else it is hashed with ``THIN_SEED``).
     thin_hashed: ClassVar[bool] = False
@@ -286,10 +289,11 @@ class WindowedDetector(Detector):
         self.closed: dict[str, dict[str, Any]] = {}
         self._bands: dict[int, list[tuple[int | None, Tables]]] = {}
         self._whole: list[Tables] = []
-        #: Thinning levels: (window, level) where the level rises, and the most records of a window evicted.
+        #: Thinning levels: (window, level) where the level rises; the most records any closed
+        #: window's span held (see ``_span_records``); records per window, as batches come, kept
+        #: from ``span`` windows before the horizon on (only where the detector may thin).
         self._levels: list[tuple[int, int]] = []
-        self._densest_evicted = 0
-        #: Records per window held, counted as batches come (only where the detector may thin).
+        self._densest_closed = 0
         self._records: dict[int, int] = {}
 
     # -- what a subclass provides -----------------------------------------------------------
@@ -331,8 +335,9 @@ class WindowedDetector(Detector):
         data = self.batch_tables(batch, found)
         data = {name: spec.conform(data[name]) for name, spec in self.tables.items()}
         if self.thin_by is not None:
-            name, column = self.events
-            for window, records in zip(data[name]["window"].to_list(), data[name][column].to_list(), strict=True):
+            name, column = self.thin_measure or self.events
+            frame = data[name] if column else data[name]["window"].value_counts(name="rows")
+            for window, records in zip(frame["window"].to_list(), frame[column or "rows"].to_list(), strict=True):
                 self._records[window] = self._records.get(window, 0) + records
         self._whole.append({name: data[name] for name, spec in self.tables.items() if not spec.windowed})
         for band, part in self._split(data).items():
@@ -350,10 +355,11 @@ class WindowedDetector(Detector):
         for key, anomaly in other.closed.items():
             self.closed[key] = _prefer(anomaly, self.closed[key]) if key in self.closed else anomaly
         for window, records in other._records.items():
-            self._records[window] = self._records.get(window, 0) + records
-        if other._levels or other._densest_evicted:  # only sealed states have any
+            if self.horizon is None or window >= self.horizon:  # a closed window's are late: not counted
+                self._records[window] = self._records.get(window, 0) + records
+        if other._levels or other._densest_closed:  # only sealed states have any
             self._levels = _max_levels(self._levels, other._levels)
-            self._densest_evicted = max(self._densest_evicted, other._densest_evicted)
+            self._densest_closed = max(self._densest_closed, other._densest_closed)
         self._fold_crowded()
 
     #: True while ``result`` judges the open windows (again at every read, never kept): a
@@ -436,6 +442,10 @@ class WindowedDetector(Detector):
         if len(parts) == 1 and parts[0][0] == self.horizon:  # folded already, and nothing came since
             return parts[0][1]
         kept = [self._drop_late(tag, data, self.horizon) for tag, data in parts]
+        if self._levels and any(tag is None for tag, _ in parts):  # rows not thinned yet: a partial's
+            keep = self.kept_keys()
+            kept = [{name: frame.filter(keep) if self.thin_by in frame.columns and frame.height else frame
+                     for name, frame in data.items()} for data in kept]
         data = {name: spec.reduce([d[name] for d in kept]) for name, spec in self.tables.items() if spec.windowed}
         self._bands[band] = [(self.horizon, data)]
         return data
@@ -491,9 +501,10 @@ class WindowedDetector(Detector):
         # Rows for windows closed before they came are counted as late and dropped here, also
         # when the watermark stays put: a backlog older than the watermark must not pile up.
         # Bands are not folded for that: only the ones judged below are.
+        self._thin()  # first: the parts merged since the last seal are the ones without a tag
         for band, parts in self._bands.items():
             self._bands[band] = [(self.horizon, self._drop_late(tag, data, self.horizon)) for tag, data in parts]
-        self._thin()
+        closed_from = self.horizon
         target = self._target_horizon()
         advance = target is not None and (self.horizon is None or target > self.horizon)
         if advance:
@@ -505,9 +516,8 @@ class WindowedDetector(Detector):
             return
         oldest = self.horizon - self.lookback
         keep = pl.col("window") >= oldest
-        if self.thin_by is not None:
-            evicted = [window for window in self._records if window < oldest]
-            self._densest_evicted = max([self._densest_evicted, *(self._records.pop(w) for w in evicted)])
+        if self.thin_by is not None and advance:
+            self._close_records(closed_from, self.horizon)
         for band, parts in list(self._bands.items()):
             if (band + 1) * self.band <= oldest:
                 del self._bands[band]
@@ -521,47 +531,63 @@ class WindowedDetector(Detector):
     def _thin(self) -> None:
         """Keep each window's rows only for the keys its thinning level keeps (see ``level_for``).
 
-        A window's level follows the most records any window up to it had, so it is a function of
-        the data alone: the same whatever the split, the order of merges or when seals came. It
-        only rises (a window still open may get more records), and a key kept at a level is kept
-        at every lower one, so thinning again never needs a row dropped before.
+        A window's level follows the most records the state held over any span of windows ending
+        at or before it (``_span_records``), so it is a function of the data alone: the same
+        whatever the split, the order of merges or when seals came. It only rises (a window still
+        open may get more records), and a key kept at a level is kept at every lower one, so
+        thinning again never needs a row dropped before.
         """
-        if self.thin_by is None or not self.state_bytes or not self._bands:
+        if self.thin_by is None or not self.state_bytes or not self._records:
             return
-        totals = self._window_totals()
-        if totals.is_empty():
-            return
-        self._levels = self._levels_from(totals)
-        if not any(level for _, level in self._levels):
-            return
-        keep = self.kept_keys()
-        thinned = {name for name, spec in self.tables.items() if spec.windowed and self.thin_by in spec.schema}
-        for band, parts in self._bands.items():
-            self._bands[band] = [(tag, {name: frame.filter(keep) if name in thinned and frame.height else frame
-                                        for name, frame in data.items()}) for tag, data in parts]
-
-    def _window_totals(self) -> pl.DataFrame:
-        """Records per window held, in window order."""
-        windows = sorted(self._records)
-        return pl.DataFrame({"window": windows, "total": [self._records[w] for w in windows]},
-                            schema={"window": pl.Int64(), "total": pl.Int64()})
-
-    def _levels_from(self, totals: pl.DataFrame) -> list[tuple[int, int]]:
-        """The level breaks: those of evicted windows, then, for the windows held, the level of the
-        most records of any window up to each."""
-        first = totals["window"][0]
-        breaks = [(window, level) for window, level in self._levels if window < first]
-        densest = self._densest_evicted
-        for window, total in totals.iter_rows():
-            densest = max(densest, total)
+        before = self._levels
+        horizon = self.horizon if self.horizon is not None else min(self._records)
+        breaks = [(window, level) for window, level in before if window < horizon]
+        densest = self._densest_closed
+        for window, held in self._span_records(horizon, max(self._records) + 1):  # the open windows
+            densest = max(densest, held)
             level = self.level_for(densest)
             if level > (breaks[-1][1] if breaks else 0):
                 breaks.append((window, level))
-        return breaks
+        self._levels = _max_levels(before, breaks)
+        if not self._levels:
+            return
+        keep = self.kept_keys()
+        thinned = {name for name, spec in self.tables.items() if spec.windowed and self.thin_by in spec.schema}
+        changed = self._levels != before
+        for band, parts in self._bands.items():  # parts thinned at these levels already are left alone
+            self._bands[band] = [(tag, data if tag is not None and not changed else
+                                  {name: frame.filter(keep) if name in thinned and frame.height else frame
+                                   for name, frame in data.items()}) for tag, data in parts]
+
+    def _span_records(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """For each window ``lo <= w < hi`` with records: the records of the ``span`` windows ending at it.
+
+        (A window without records holds no more than the last one with records before it.)
+        """
+        span = self.retention // self.width + self.close_step + 1
+        windows = sorted(self._records)
+        out, held, first = [], 0, 0
+        for window in windows:
+            held += self._records[window]
+            while windows[first] <= window - span:
+                held -= self._records[windows[first]]
+                first += 1
+            if lo <= window < hi:
+                out.append((window, held))
+        return out
+
+    def _close_records(self, lo: int | None, hi: int) -> None:
+        """Windows ``lo <= w < hi`` closed: their spans' records count for good; older counts go."""
+        if lo is not None:
+            for _, held in self._span_records(lo, hi):
+                self._densest_closed = max(self._densest_closed, held)
+        span = self.retention // self.width + self.close_step + 1
+        for window in [w for w in self._records if w < hi - span]:
+            del self._records[window]
 
     def level_for(self, records: int) -> int:
-        """How many halvings keep a state of windows of ``records`` records within ``state_bytes``."""
-        held = records * self.bytes_per_record * (self.retention // self.width + self.close_step + 1)
+        """How many halvings keep ``records`` records held within ``state_bytes``."""
+        held = records * self.bytes_per_record
         level = 0
         while held > self.state_bytes << level and level < MAX_LEVEL:
             level += 1
