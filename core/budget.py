@@ -28,7 +28,7 @@ INPUT_SHARE = 0.3
 #: checkpoints and writing the outputs. It depends on ``limits.memory_mb`` alone, not on the
 #: workers or the chunks, so that how far a state stays exact (and how it degrades beyond) is the
 #: same however the input is split. With the default cap, 221 MiB, of which top-users' weight
-#: gives it 82 MiB: 2M distinct users counted exactly (core/counts.py).
+#: gives it 79 MiB: 2.05M distinct users counted exactly (core/counts.py).
 STATE_SHARE = 0.67
 #: Chunks are never made smaller than this (nor than two of the longest allowed lines).
 MIN_CHUNK_BYTES = 256 * 1024
