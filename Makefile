@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test check clean
+.PHONY: run test test-quick check clean
 
 $(BIN)/.installed: pyproject.toml setup.py core/_scan.c core/_tally.c core/_count.c core/arrow.h core/column.h
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,14 @@ check: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
+
+# The fast part, for the edit-test loop: leaves out the tests that generate millions of lines,
+# kill watchers at random points, run the suite again on the pure Python path, or search inputs
+# with hypothesis; `make test` (what CI runs) has them all.
+QUICK_SKIP := test_memory_cap test_watch_load test_fallback test_exactly_once test_degrade test_compare test_traffic \
+              test_property test_watch test_generate
+test-quick: $(BIN)/.installed
+	$(BIN)/python -m pytest -q $(foreach t,$(QUICK_SKIP),--ignore=tests/$(t).py)
 
 clean:
 	rm -rf $(VENV) output/*.json output/.state
