@@ -90,10 +90,6 @@ class KeyCounts:
         """Count each value once (nulls are skipped)."""
         self.table.add(_stream(values))
 
-    def add_weighted(self, keys: pl.Series, weights: pl.Series) -> None:
-        """Add each weight to its key, in row order."""
-        self.table.add_weighted(_stream(keys), _stream(weights.cast(pl.Int64)))
-
     def merge(self, other: KeyCounts) -> None:
         """Add every count of ``other``."""
         self.table.merge(other.table)
@@ -111,10 +107,6 @@ class KeyCounts:
         """
         offset = self.max_error
         return [(key, count + offset) for key, count in self.table.top(len(self.table)) if count > offset]
-
-    def frame(self) -> pl.DataFrame:
-        """Every key kept and its count (exact ones only mean exact counts), in no order."""
-        return pl.DataFrame(compiled.series(self.table.items()))
 
     def describe(self) -> dict[str, Any]:
         """What a reader needs to judge approximate counts: the summary and its error bound."""

@@ -263,10 +263,7 @@ class WindowedDetector(Detector):
     #: share of ``limits.memory_mb`` (``state_bytes``): the column of its windowed tables that holds
     #: the key (a UInt64 hash, or a string that is hashed), or None for a detector that never thins.
     thin_by: ClassVar[str | None] = None
-    #: What a window's size is counted in, for the thinning level: ``(table, column)`` summed, or
-    #: ``(table, None)`` for its rows per window; None: ``events``, the records.
-    thin_measure: ClassVar[tuple[str, str | None] | None] = None
-    #: State memory per record (or row, see ``thin_measure``) of a window held, for the level.
+    #: State memory per record of a window held (counted by ``events``), for the thinning level.
     bytes_per_record: ClassVar[int] = 0
     #: Whether ``thin_by`` holds a 64-bit hash already (else it is hashed with ``THIN_SEED``).
     thin_hashed: ClassVar[bool] = False
@@ -335,9 +332,9 @@ class WindowedDetector(Detector):
         data = self.batch_tables(batch, found)
         data = {name: spec.conform(data[name]) for name, spec in self.tables.items()}
         if self.thin_by is not None:
-            name, column = self.thin_measure or self.events
-            frame = data[name] if column else data[name]["window"].value_counts(name="rows")
-            for window, records in zip(frame["window"].to_list(), frame[column or "rows"].to_list(), strict=True):
+            name, column = self.events
+            frame = data[name]
+            for window, records in zip(frame["window"].to_list(), frame[column].to_list(), strict=True):
                 self._records[window] = self._records.get(window, 0) + records
         self._whole.append({name: data[name] for name, spec in self.tables.items() if not spec.windowed})
         for band, part in self._split(data).items():
@@ -599,7 +596,8 @@ class WindowedDetector(Detector):
         digest = column if self.thin_hashed else column.hash(seed=THIN_SEED)
         limit = pl.lit(2**64 - 1, pl.UInt64)
         for window, level in self._levels:
-            limit = pl.when(pl.col("window") >= window).then(pl.lit((1 << (64 - level)) - 1, pl.UInt64)).otherwise(limit)
+            top = pl.lit((1 << (64 - level)) - 1, pl.UInt64)
+            limit = pl.when(pl.col("window") >= window).then(top).otherwise(limit)
         return digest <= limit
 
     def levels_of(self, windows: pl.Expr) -> pl.Expr:
