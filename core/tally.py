@@ -48,13 +48,16 @@ class Tally:
       ``hash``), ``window``, ``us``, ``line``, and ``n``, the group's flagged count on its first
       sample and 0 on the others (so that summing ``n`` gives the flagged records);
     - ``totals``: ``window``, ``count``, ``flagged``, per window;
-    - ``newest``: the largest times counted, largest first.
+    - ``newest``: the largest times counted, largest first;
+    - ``lo``, ``hi``: the range of times counted.
     """
 
     groups: Columns
     samples: Columns
     totals: Columns
     newest: list[int]
+    lo: int = -EVER
+    hi: int = EVER
 
 
 def tally(
@@ -97,6 +100,8 @@ def tally(
         samples=_table(samples, [*names, "window", "us", "line", "n"]),
         totals=_table(totals, ["window", "count", "flagged"]),
         newest=newest,
+        lo=lo,
+        hi=hi,
     )
 
 

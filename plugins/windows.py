@@ -32,7 +32,7 @@ from core.tally import EVER, Tally, Weights, tally
 from plugins.detection import SAMPLE_LIMIT, Detector, duration_us, instant_us, iso, now_us
 
 #: Fold a band's parts into one table set after this many parts.
-COMPACT_AFTER = 4
+COMPACT_AFTER = 12
 #: Windows are kept in bands of this much event time (in microseconds): 6 hours.
 BAND = 6 * 3600 * 1_000_000
 #: A seal judges the windows it closes at once when they span at most this many bands (a few
@@ -79,6 +79,9 @@ class Table:
     #: Which columns hold counts, flagged counts, first and last times: such a table is folded by
     #: the compiled tally (``core.tally``), not by a Polars group-by.
     tallied: Weights | None = None
+    #: Fold only the rows of windows that two tables share (``split_shared``); a table whose fold
+    #: costs less than finding them (``Copies``) folds them all.
+    split: bool = True
     _aggs: list[pl.Expr] = field(init=False, repr=False, compare=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -117,6 +120,8 @@ class Table:
             return frames[0]
         if self.samples and self.keep_all:
             return pl.concat(frames, how="vertical")
+        if not self.split:
+            return self.fold(pl.concat(frames, how="vertical"))
         alone, shared = split_shared(frames)
         return pl.concat([*alone, self.fold(shared)] if shared is not None else alone, how="vertical")
 

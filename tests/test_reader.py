@@ -334,3 +334,17 @@ def test_single_200mb_line_is_read_in_bounded_memory(tmp_path):
     assert summary["malformed_samples"] == [{"file": "app.log", "line": 1, "reason": "too_long", "text": ""}]
     assert peak_mb - baseline_mb < 60, f"peak RSS {peak_mb:.0f} MiB vs {baseline_mb:.0f} MiB on a tiny file"
     assert summary["run"]["peak_rss_mb"] - baseline_mb < 60
+
+
+def test_long_lines_make_larger_chunks_up_to_twice_the_size(tmp_path: Path) -> None:
+    # Chunks hold about as many lines as chunk_bytes of 96-byte lines: 300-byte lines make chunks
+    # twice as large (no more), 40-byte lines chunks of chunk_bytes. Either way they tile the file.
+    for width, low, high in ((300, 1.5, 2.0), (40, 0.5, 1.0)):
+        line = f"{TS} INFO Svc user1 " + "m" * (width - len(TS) - 18) + "\n"
+        content = line.encode() * 2000
+        path = tmp_path / f"w{width}.log"
+        path.write_bytes(content)
+        chunks, _ = read(path, 16384, max_line_bytes=1000)
+        check_chunks(content, chunks, max_line_bytes=1000)
+        sizes = [c.end - c.start for c in chunks[1:-1]]
+        assert low * 16384 <= min(sizes) and max(sizes) <= high * 16384, (width, sizes)
