@@ -130,7 +130,11 @@ class Pipeline:
         while self._queue:
             self._wait_for_head()
         with self._merging:  # the last entry may still be merging in a worker
-            pass
+            if self._unsealed and self._error is None:
+                # Sealed here, with the rest of the merging, not when results are first read: the
+                # checkpoint holds the smaller state, and the outputs only judge the open windows.
+                checkpoint.state.seal()
+                self._unsealed = 0
         self._raise_error()
 
     def _read(self, run: _FileRun, final: bool) -> None:

@@ -20,7 +20,6 @@ the input is split, ordered or merged; a closed window had every record read bef
 from __future__ import annotations
 
 import bisect
-import copy
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -365,7 +364,8 @@ class WindowedDetector(Detector):
         self._fold_crowded()
 
     #: True while ``result`` judges the open windows (again at every read, never kept): a
-    #: subclass may skip what cannot be flagged there, where a seal must extend its history.
+    #: subclass must leave its state as it was, and may skip what cannot be flagged there,
+    #: where a seal must extend its history.
     provisional: bool = False
     #: Unflagged windows that may sit inside one incident (see ``plugins.incidents``).
     max_gap: int = 6
@@ -375,18 +375,13 @@ class WindowedDetector(Detector):
     def result(self) -> Result:
         self.seal()
         flags = list(self.closed.values())
-        # Open windows are judged again at every read: on a copy of the judged history, which
-        # only a seal extends.
-        history = self.__dict__.get("history")
-        if history is not None:
-            self.history = {key: copy.deepcopy(series) for key, series in history.items()}
+        # Open windows are judged again at every read, leaving the state as it was: only a seal
+        # extends what was judged (``provisional``).
         self.provisional = True
         try:
             flags += self._verdicts(self.horizon, None)
         finally:
             self.provisional = False
-            if history is not None:
-                self.history = history
         flags += self.extra_flags()
         newest = self.newest[0] // self.width if self.newest else None
         found = self.windowed_incidents(flags, newest, self.max_gap, self.min_score)

@@ -146,6 +146,25 @@ def test_sealing_between_merges_in_read_order_gives_the_result_of_one_read():
     assert sealed.result().value == once
 
 
+@pytest.mark.parametrize("make", [lambda: Flatline("quiet", retention="1d"), lambda: ErrorSpike("spike", by="service")])
+def test_reading_results_between_merges_changes_nothing(make):
+    """A read judges the open windows without keeping anything (watch mode reads after every commit):
+    reads after every merge and seal leave the same state, and the same last read, as none."""
+    lines = _bursty_days()
+    rule = make()
+    read, unread = rule.empty(), rule.empty()
+    reads = []
+    for batch in batches(lines, sizes=random_sizes(len(lines), random.Random(2), 30)):
+        for state in (read, unread):
+            state.merge(_updated(rule, batch))
+            state.seal()
+        reads.append(read.result().value)
+        assert read.result().value == reads[-1]
+    assert unread.result().value == reads[-1]
+    assert {k: (h.first, h.counts.tolist(), h.flags.tolist()) for k, h in read.history.items()} == {
+        k: (h.first, h.counts.tolist(), h.flags.tolist()) for k, h in unread.history.items()}
+
+
 @pytest.mark.parametrize("kind", ["error_spike", "frequency", "duplicate_event", "flatline"])
 def test_in_order_eviction_keeps_results_exact_and_state_small(kind):
     lines = mixed()
@@ -452,3 +471,19 @@ def test_watch_mode_finds_every_planted_anomaly_with_windows_spanning_files(watc
     assert report["missed"] == []
     assert all(hit == total for hit, total in report["recall"].values())
 
+
+
+def test_sorted_median_and_quantile_are_numpys_to_the_bit() -> None:
+    # The seasonal model reads its residuals' spread with these instead of np.median / np.quantile:
+    # the same numbers in the same dtype, for odd and even lengths, ties and a lone value.
+    from plugins.seasonal import TAIL, sorted_median, sorted_quantile
+
+    rng = np.random.default_rng(7)
+    for dtype in (np.float32, np.float64):
+        for n in [*range(1, 40), 36, 1008]:
+            for values in (rng.standard_t(3, n), rng.integers(-3, 4, n).astype(float)):
+                past = values.astype(dtype)
+                ordered = np.sort(past)
+                for got, want in ((sorted_median(ordered), np.median(past)),
+                                  *((sorted_quantile(ordered, q), np.quantile(past, q)) for q in (TAIL, 0.5, 0.25))):
+                    assert got.dtype == want.dtype and float(got) == float(want), (dtype, n, got, want)
