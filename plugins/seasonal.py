@@ -137,33 +137,81 @@ def judge(history: History | None, first: int, counts: np.ndarray, totals: np.nd
     judged (and its flag known) when it is used. With ``commit`` the history is extended in place;
     otherwise it is left as it was (windows still open are judged again later).
     """
-    work = _extend(history, first, counts, totals, commit=commit)
-    start, end, day = first - work.first, work.end - work.first, model.day
-    lo = start
-    while lo < end:
-        # A day at a time, from the start of the epoch day: what a window is judged with (flags,
-        # residuals) is what was known when its day began, so the verdicts do not depend on where
-        # earlier calls stopped (seals may come at any point in a day).
-        known = (work.first + lo) // day * day - work.first
-        hi = min(known + day, end)
-        _judge_day(work, lo, hi, known, model)
-        lo = hi
-    judged = Judged(first, work.counts[start:], work.expected[start:].copy(), work.scores[start:].copy(),
-                    work.flags[start:].copy())
-    if commit:
-        work.trim(model.keep)
-    return work, judged
+    return judge_many([(history, first, counts, totals)], model, commit=commit)[0]
 
 
-def _judge_day(work: History, lo: int, hi: int, known: int, model: Model) -> None:
+def judge_many(series: list[tuple[History | None, int, np.ndarray, np.ndarray]], model: Model,
+               *, commit: bool) -> list[tuple[History, Judged]]:
+    """``judge`` for many keys: ``(history, first, counts, totals)`` each, judged as one per set of alike keys.
+
+    Keys whose histories start and end at the same windows (every key a seal judged, usually)
+    are stacked and judged in one pass of numpy calls per day rather than one per key: the
+    calls, not the arithmetic, are what a key's day costs (~1 ms).
+    """
+    works = [_extend(history, first, counts, totals, commit=commit) for history, first, counts, totals in series]
+    alike: dict[tuple[int, int, int], list[int]] = {}
+    for i, (work, (_, first, _, _)) in enumerate(zip(works, series, strict=True)):
+        alike.setdefault((work.first, work.end, first), []).append(i)
+    for (work_first, work_end, first), members in alike.items():
+        stack = _Stack.of([works[i] for i in members])
+        start, end, day = first - work_first, work_end - work_first, model.day
+        lo = start
+        while lo < end:
+            # A day at a time, from the start of the epoch day: what a window is judged with
+            # (flags, residuals) is what was known when its day began, so the verdicts do not
+            # depend on where earlier calls stopped (seals may come at any point in a day).
+            known = (work_first + lo) // day * day - work_first
+            hi = min(known + day, end)
+            _judge_day(stack, lo, hi, known, model)
+            lo = hi
+        stack.write_back([works[i] for i in members], start)
+    found = []
+    for work, (_, first, _, _) in zip(works, series, strict=True):
+        start = first - work.first
+        judged = Judged(first, work.counts[start:], work.expected[start:].copy(), work.scores[start:].copy(),
+                        work.flags[start:].copy())
+        if commit:
+            work.trim(model.keep)
+        found.append((work, judged))
+    return found
+
+
+@dataclass
+class _Stack:
+    """The histories of keys with the same windows, one row each (what ``_judge_day`` judges)."""
+
+    first: int
+    counts: np.ndarray
+    totals: np.ndarray
+    flags: np.ndarray
+    residuals: np.ndarray  # (keys, ROWS, windows)
+    expected: np.ndarray
+    scores: np.ndarray
+
+    @classmethod
+    def of(cls, works: list[History]) -> _Stack:
+        return cls(works[0].first, *(np.stack([getattr(w, name) for w in works])
+                                     for name in ("counts", "totals", "flags", "residuals", "expected", "scores")))
+
+    def write_back(self, works: list[History], start: int) -> None:
+        """What judging wrote (from window ``start`` on, and the residuals before it stay) back into each history."""
+        for row, work in enumerate(works):
+            work.flags[start:] = self.flags[row, start:]
+            work.residuals[:, start:] = self.residuals[row, :, start:]
+            work.expected[start:] = self.expected[row, start:]
+            work.scores[start:] = self.scores[row, start:]
+
+
+def _judge_day(work: _Stack, lo: int, hi: int, known: int, model: Model) -> None:
     """Judge windows ``lo:hi`` of one day (indexes into ``work``); ``known`` is the day's first window."""
     expected, z, residuals, seasonal = _judge_span(work, lo, hi, known, model)
-    work.expected[lo:hi] = expected
+    work.expected[:, lo:hi] = expected
     slow = _slow(work, lo, hi, model)
-    work.residuals[:3, lo:hi] = residuals
-    work.residuals[3, lo:hi] = slow
-    slow_z = slow / math.sqrt(_dispersion(work, known, 3, model.day)[0] or 1.0)
-    ratio = _ratio(work.counts[lo:hi], expected)
+    work.residuals[:, :3, lo:hi] = residuals
+    work.residuals[:, 3, lo:hi] = slow
+    spread = _dispersion(work, known, 3, model.day)[0]
+    slow_z = slow / np.sqrt(np.where(np.isnan(spread), 1.0, spread))[:, None]
+    ratio = _ratio(work.counts[:, lo:hi], expected)
     slow_ratio = _ratio(_window_sums(work.counts, lo, hi), _window_sums(work.expected, lo, hi))
     # The slow scale looks for sustained shortfalls only: a quiet service shows slowly at small
     # counts, while a surge large enough to matter shows in its own window. On it the sum must be
@@ -175,9 +223,9 @@ def _judge_day(work: History, lo: int, hi: int, known: int, model: Model) -> Non
     up = (z >= model.z) & (ratio >= effect)
     low = (z <= -model.z) | ((slow_z <= -model.z) & (slow_ratio <= 1 / effect))
     down = low & (ratio <= 1 / effect)
-    work.flags[lo:hi] = (up & model.up) | (down & model.down)
+    work.flags[:, lo:hi] = (up & model.up) | (down & model.down)
     # A window flagged on the slow scale scores what that scale saw.
-    work.scores[lo:hi] = np.where((slow_z < 0) & (np.abs(slow_z) > np.abs(z)), slow_z, z)
+    work.scores[:, lo:hi] = np.where((slow_z < 0) & (np.abs(slow_z) > np.abs(z)), slow_z, z)
 
 
 def _nan_to(values: np.ndarray, value: float) -> np.ndarray:
@@ -190,19 +238,19 @@ def _ratio(observed: np.ndarray, expected: np.ndarray) -> np.ndarray:
 
 
 def _window_sums(values: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """For each window ``lo:hi``, the sum of it and the ``SLOW - 1`` before it."""
-    padded = np.concatenate([np.zeros(SLOW), _nan_to(values[:hi], 0.0)])
-    total = np.cumsum(padded)
+    """For each window ``lo:hi`` (of each row), the sum of it and the ``SLOW - 1`` before it."""
+    padded = np.concatenate([np.zeros((len(values), SLOW)), _nan_to(values[:, :hi], 0.0)], axis=1)
+    total = np.cumsum(padded, axis=1)
     ends = np.arange(lo, hi) + SLOW
-    return total[ends] - total[ends - SLOW]
+    return total[:, ends] - total[:, ends - SLOW]
 
 
-def _slow(work: History, lo: int, hi: int, model: Model) -> np.ndarray:
+def _slow(work: _Stack, lo: int, hi: int, model: Model) -> np.ndarray:
     """The raw z of each window's sum with the ``SLOW - 1`` before it, against the sum of their expectations."""
     observed, expected = _window_sums(work.counts, lo, hi), _window_sums(work.expected, lo, hi)
     if model.rate:
         totals = _window_sums(work.totals, lo, hi)
-        rate = np.minimum(np.divide(expected, totals, out=np.zeros(hi - lo), where=totals > 0), 1 - 1e-9)
+        rate = np.minimum(np.divide(expected, totals, out=np.zeros(totals.shape), where=totals > 0), 1 - 1e-9)
         return np.where(totals > 0, deviance_z(observed, rate * totals, totals), 0.0)
     return np.where(expected > 0, deviance_z(observed, np.maximum(expected, 0.5)), 0.0)
 
@@ -230,7 +278,7 @@ def _extend(history: History | None, first: int, counts: np.ndarray, totals: np.
     return extended
 
 
-def _judge_span(work: History, lo: int, hi: int, known: int,
+def _judge_span(work: _Stack, lo: int, hi: int, known: int,
                 model: Model) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Expectation, z, each model's raw residual, and whether a seasonal model judged, for windows ``lo:hi``.
 
@@ -244,93 +292,96 @@ def _judge_span(work: History, lo: int, hi: int, known: int,
         _seasonal(work, at, known, 7 * day, WEEKS, 2, model),
         recent,
     ]
-    residuals = np.full((3, hi - lo), np.nan, dtype=np.float32)  # the slow scale's row is filled later
-    best_e, best_z = np.full(hi - lo, np.nan), np.zeros(hi - lo)
-    best_fit = np.full(hi - lo, np.inf)
+    keys = len(work.counts)
+    residuals = np.full((keys, 3, hi - lo), np.nan, dtype=np.float32)  # the slow scale's row is filled later
+    best_e, best_z = np.full((keys, hi - lo), np.nan), np.zeros((keys, hi - lo))
+    best_fit = np.full((keys, hi - lo), np.inf)
     for index, expected in enumerate(candidates):
         raw = _z(work, at, expected, model)
-        residuals[index] = np.where(np.isnan(expected), np.nan, raw)  # a model that could not judge has none
+        residuals[:, index] = np.where(np.isnan(expected), np.nan, raw)  # a model that could not judge has none
         spread, fit = _dispersion(work, known, index, day)
-        if index < 2 and (spread is None or fit is None):
-            continue  # a seasonal model is used once its residuals can be trusted
         usable = ~np.isnan(expected)
-        if index == 2:  # the fallback, only where no seasonal model could judge
-            usable &= np.isnan(best_e)
-            spread = spread if spread is not None else recent_spread
-            fit = np.inf
-        better = usable & (fit < best_fit) if index < 2 else usable
+        if index < 2:  # a seasonal model is used once its residuals can be trusted
+            usable &= ~np.isnan(spread)[:, None]
+            better = usable & (fit[:, None] < best_fit)
+            spread = spread[:, None]
+        else:  # the fallback, only where no seasonal model could judge
+            better = usable & np.isnan(best_e)
+            spread = np.where(np.isnan(spread)[:, None], recent_spread, spread[:, None])
+            fit = np.full(keys, np.inf)
         best_e = np.where(better, expected, best_e)
         best_z = np.where(better, raw / np.sqrt(spread), best_z)
-        best_fit = np.where(better, fit, best_fit)
+        best_fit = np.where(better, fit[:, None], best_fit)
     judged = ~np.isnan(best_e)
     expected_counts = np.where(judged, _expected_count(work, at, best_e, model), 0.0)
     return expected_counts, np.where(judged, best_z, 0.0), residuals, np.isfinite(best_fit)
 
 
-def _seasonal(work: History, at: np.ndarray, known: int, period: int, periods: int, needed: int,
+def _seasonal(work: _Stack, at: np.ndarray, known: int, period: int, periods: int, needed: int,
               model: Model) -> np.ndarray:
     """Median of the same windows (and neighbours) ``1..periods`` periods before; NaN with too little history."""
     lags = np.array([k * period - j for k in range(1, periods + 1) for j in SPREAD])
     index = at[:, None] - lags[None, :]
     values = _values_before(work, index, known, model)
-    enough = np.sum(~np.isnan(values), axis=1) >= needed * len(SPREAD)
+    enough = np.sum(~np.isnan(values), axis=-1) >= needed * len(SPREAD)
     return np.where(enough, _nanmedian(values), np.nan)
 
 
-def _recent(work: History, at: np.ndarray, known: int, model: Model) -> tuple[np.ndarray, np.ndarray]:
+def _recent(work: _Stack, at: np.ndarray, known: int, model: Model) -> tuple[np.ndarray, np.ndarray]:
     """Median of the ``RECENT`` windows before (NaN with fewer than half of them), and their own dispersion."""
     index = at[:, None] - np.arange(1, RECENT + 1)[None, :]
     values = _values_before(work, index, known, model)
-    enough = np.sum(~np.isnan(values), axis=1) >= RECENT // 2
+    enough = np.sum(~np.isnan(values), axis=-1) >= RECENT // 2
     middle = np.where(enough, _nanmedian(values), np.nan)
     # Their spread around the median, in units of the noise model's at that level.
     if model.rate:
         seen = index >= 0
-        records = np.where(seen, work.totals[np.maximum(index, 0)], 0.0).sum(axis=1) / np.maximum(seen.sum(axis=1), 1)
+        records = (np.where(seen, work.totals[:, np.maximum(index, 0)], 0.0).sum(axis=-1)
+                   / np.maximum(seen.sum(axis=-1), 1))
         scale = np.sqrt(np.maximum(middle * (1 - middle), 1e-9) / np.maximum(records, 1.0))
     else:
         scale = np.sqrt(np.maximum(middle, 0.5))
-    deviation = _nanmedian(np.abs(values - middle[:, None])) * _MAD / scale
+    deviation = _nanmedian(np.abs(values - middle[..., None])) * _MAD / scale
     return middle, np.maximum(1.0, _nan_to(deviation, 1.0) ** 2)
 
 
-def _values_before(work: History, index: np.ndarray, known: int, model: Model) -> np.ndarray:
+def _values_before(work: _Stack, index: np.ndarray, known: int, model: Model) -> np.ndarray:
     """The compared values at ``index`` (NaN before the history, or flagged before ``known``)."""
     valid = index >= 0
     safe = np.where(valid, index, 0)
-    valid &= ~(work.flags[safe] & (safe < known))  # a flag counts once its day is over
+    valid = valid & ~(work.flags[:, safe] & (safe < known))  # a flag counts once its day is over
     values = _values(work, safe, model)
     return np.where(valid & ~np.isnan(values), values, np.nan)
 
 
 def _nanmedian(values: np.ndarray) -> np.ndarray:
-    """Row medians ignoring NaN; NaN for a row of NaN only. A sort: numpy's nanmedian is ~20x slower here."""
-    if not values.shape[1]:
-        return np.full(len(values), np.nan)
-    ordered = np.sort(values, axis=1)  # NaN last
-    valid = np.sum(~np.isnan(values), axis=1)
-    rows = np.arange(len(values))
+    """Medians along the last axis ignoring NaN; NaN where all are. A sort: numpy's nanmedian is ~20x slower here."""
+    if not values.shape[-1]:
+        return np.full(values.shape[:-1], np.nan)
+    ordered = np.sort(values, axis=-1)  # NaN last
+    valid = np.sum(~np.isnan(values), axis=-1)
     low, high = np.maximum((valid - 1) // 2, 0), np.maximum(valid // 2, 0)
-    middle = (ordered[rows, low] + ordered[rows, high]) / 2
+    middle = (np.take_along_axis(ordered, low[..., None], -1)[..., 0]
+              + np.take_along_axis(ordered, high[..., None], -1)[..., 0]) / 2
     return np.where(valid > 0, middle, np.nan)
 
 
-def _values(work: History, index: np.ndarray, model: Model) -> np.ndarray:
+def _values(work: _Stack, index: np.ndarray, model: Model) -> np.ndarray:
     """What is compared: the count, or the failure rate (NaN for a window without records)."""
     if not model.rate:
-        return work.counts[index]
-    totals = work.totals[index]
-    return np.divide(work.counts[index], totals, out=np.full(index.shape, np.nan), where=totals > 0)
+        return work.counts[:, index]
+    totals = work.totals[:, index]
+    return np.divide(work.counts[:, index], totals, out=np.full(totals.shape, np.nan), where=totals > 0)
 
 
-def _expected_count(work: History, at: np.ndarray, expected: np.ndarray, model: Model) -> np.ndarray:
-    return expected * work.totals[at] if model.rate else expected
+def _expected_count(work: _Stack, at: np.ndarray, expected: np.ndarray, model: Model) -> np.ndarray:
+    return expected * work.totals[:, at] if model.rate else expected
 
 
-def _z(work: History, at: np.ndarray, expected: np.ndarray, model: Model) -> np.ndarray:
-    observed = work.counts[at]
+def _z(work: _Stack, at: np.ndarray, expected: np.ndarray, model: Model) -> np.ndarray:
+    observed = work.counts[:, at]
     if model.rate:
-        totals = work.totals[at]
+        totals = work.totals[:, at]
         # A rate of 0 expected would make any failure infinitely surprising: floor it at half a
         # failure in the window's records.
         rate = np.where(np.isnan(expected), np.nan, np.maximum(expected, 0.5 / np.maximum(totals, 1)))
@@ -341,47 +392,44 @@ def _z(work: History, at: np.ndarray, expected: np.ndarray, model: Model) -> np.
     return deviance_z(observed, np.maximum(_nan_to(expected, 0.0), 0.5))
 
 
-def _dispersion(work: History, known: int, index: int, day: int) -> tuple[float | None, float | None]:
-    """A model's dispersion (>= 1) and fit (median |residual|) over the week before window ``known``.
+def _dispersion(work: _Stack, known: int, index: int, day: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's dispersion (>= 1) and fit (median |residual|) of a model over the week before window ``known``.
 
-    The residuals before a day's first window do not change once it has begun: kept per day.
+    NaN for a row with fewer than ``MIN_RESIDUALS`` residuals there (the model is not used yet).
     """
-    cache = work.__dict__.setdefault("_spread", {})
-    at = (work.first + known, index)
-    if at not in cache:
-        if len(cache) > 16:
-            cache.clear()
-        cache[at] = _spread(work, known, index, day)
-    return cache[at]
+    past = work.residuals[:, index, max(0, known - 7 * day):max(0, known)]
+    count = np.sum(~np.isnan(past), axis=1)
+    middle = sorted_median(np.sort(past, axis=1), count)
+    spread = sorted_quantile(np.sort(np.abs(past - middle[:, None]), axis=1), count, TAIL).astype(np.float64) / TAIL_Z
+    fit = sorted_median(np.sort(np.abs(past), axis=1), count).astype(np.float64)
+    trusted = count >= MIN_RESIDUALS
+    return np.where(trusted, np.maximum(1.0, spread * spread), np.nan), np.where(trusted, fit, np.nan)
 
 
-def _spread(work: History, known: int, index: int, day: int) -> tuple[float | None, float | None]:
-    past = work.residuals[index, max(0, known - 7 * day):max(0, known)]
-    past = past[~np.isnan(past)]
-    if len(past) < MIN_RESIDUALS:
-        return None, None
-    middle = float(sorted_median(np.sort(past)))
-    spread = float(sorted_quantile(np.sort(np.abs(past - middle)), TAIL)) / TAIL_Z
-    return max(1.0, spread * spread), float(sorted_median(np.sort(np.abs(past))))
+# numpy's median and (linear) quantile, of each row of an array sorted already (NaN last, ``count``
+# of each row not NaN), in its own dtype: the same numbers as np.median / np.quantile of each row's
+# values, without their fixed cost (tests/test_detectors.py checks them against numpy).
+def sorted_median(ordered: np.ndarray, count: np.ndarray) -> np.ndarray:
+    low, high = np.maximum((count - 1) // 2, 0), np.maximum(count // 2, 0)
+    a, b = (np.take_along_axis(ordered, i[:, None], 1)[:, 0] if ordered.shape[1] else np.zeros(len(i), ordered.dtype)
+            for i in (low, high))
+    return np.where(count % 2 == 1, b, (a + b) / ordered.dtype.type(2))
 
 
-# numpy's median and (linear) quantile, of an array sorted already and without NaN, in its own
-# dtype: the same numbers, without the fixed cost of the general functions (~40 us a call, and a
-# read judges a few hundred spans of a key's day; tests/test_seasonal.py checks them against numpy).
-def sorted_median(ordered: np.ndarray) -> np.floating:
-    n = len(ordered)
-    return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
-
-
-def sorted_quantile(ordered: np.ndarray, q: float) -> np.floating:
-    virtual = (len(ordered) - 1) * q
-    if virtual >= len(ordered) - 1:
-        return ordered[-1]
-    below = math.floor(virtual)
-    gamma = virtual - below
-    low, high = ordered[below], ordered[below + 1]
+def sorted_quantile(ordered: np.ndarray, count: np.ndarray, q: float) -> np.ndarray:
+    virtual = (count - 1) * q
+    below = np.clip(np.floor(virtual).astype(np.intp), 0, None)
+    above = np.minimum(below + 1, np.maximum(count - 1, 0))
+    if not ordered.shape[1]:
+        return np.zeros(len(count), ordered.dtype)
+    low = np.take_along_axis(ordered, below[:, None], 1)[:, 0]
+    high = np.take_along_axis(ordered, above[:, None], 1)[:, 0]
+    gamma = virtual - np.floor(virtual)
     step = high - low
-    return high - step * (1 - gamma) if gamma >= 0.5 else low + step * gamma
+    dtype = ordered.dtype.type
+    lerp = np.where(gamma >= 0.5, high - step * (1 - gamma).astype(dtype), low + step * gamma.astype(dtype))
+    return np.where(virtual >= count - 1, np.take_along_axis(ordered, np.maximum(count - 1, 0)[:, None], 1)[:, 0],
+                    lerp)
 
 
 class SeasonalDetector(WindowedDetector):
@@ -478,13 +526,15 @@ class SeasonalDetector(WindowedDetector):
         flags = []
         found = self.series(data, lo, hi)
         stale = self.__dict__.pop("_stale", set())  # not kept: a read's, for this call only
-        for key, (first, counts, totals) in sorted(found.items()):
-            if self.provisional and not self.model.down and counts.max(initial=0) < self.least_flagged:
-                continue
-            past = None if key in stale else self.history.get(key)
-            history, judged = judge(past, first, counts, totals, self.model, commit=not self.provisional)
+        keys = [key for key, (_, counts, _) in sorted(found.items())
+                if not (self.provisional and not self.model.down and counts.max(initial=0) < self.least_flagged)]
+        series = [(None if key in stale else self.history.get(key), *found[key]) for key in keys]
+        for key, (history, judged) in zip(keys, judge_many(series, self.model, commit=not self.provisional),
+                                          strict=True):
             if not self.provisional:
                 self.history[key] = history
+            totals = found[key][2]
+            first = judged.first
             for at in np.nonzero(judged.flagged)[0]:
                 flags.append((key, first + int(at), float(judged.observed[at]), float(judged.expected[at]),
                               float(judged.z[at]), float(totals[at])))

@@ -30,7 +30,11 @@ from core import Result
 from core.tally import EVER, Tally, Weights, tally
 from plugins.detection import SAMPLE_LIMIT, Detector, duration_us, instant_us, iso, now_us
 
-#: Fold a band's parts into one table set after this many parts.
+#: Fold a band's parts into one table set after this many parts: a fold has a fixed cost of a few
+#: Polars calls per table, most of the work for small tables (10M lines, all rules: 3.6 -> 1.0 ms
+#: of merging a chunk, against every 4 parts). Folding every 4 parts where they hold many rows
+#: (a row per user and window) did not lower peak RSS measurably (30M lines, 20M users: 455-499 MB
+#: run to run either way).
 COMPACT_AFTER = 12
 #: Windows are kept in bands of this much event time (in microseconds): 6 hours.
 BAND = 6 * 3600 * 1_000_000

@@ -474,16 +474,66 @@ def test_watch_mode_finds_every_planted_anomaly_with_windows_spanning_files(watc
 
 
 def test_sorted_median_and_quantile_are_numpys_to_the_bit() -> None:
-    # The seasonal model reads its residuals' spread with these instead of np.median / np.quantile:
-    # the same numbers in the same dtype, for odd and even lengths, ties and a lone value.
+    # The seasonal model reads its residuals' spread with these instead of np.median / np.quantile
+    # on each row's values: the same numbers in the same dtype, for odd and even lengths, ties, a
+    # lone value, and rows padded with NaN (sorted last) to the width of the longest.
     from plugins.seasonal import TAIL, sorted_median, sorted_quantile
 
     rng = np.random.default_rng(7)
     for dtype in (np.float32, np.float64):
-        for n in [*range(1, 40), 36, 1008]:
-            for values in (rng.standard_t(3, n), rng.integers(-3, 4, n).astype(float)):
-                past = values.astype(dtype)
-                ordered = np.sort(past)
-                for got, want in ((sorted_median(ordered), np.median(past)),
-                                  *((sorted_quantile(ordered, q), np.quantile(past, q)) for q in (TAIL, 0.5, 0.25))):
-                    assert got.dtype == want.dtype and float(got) == float(want), (dtype, n, got, want)
+        rows = [values.astype(dtype) for n in [*range(1, 40), 1008]
+                for values in (rng.standard_t(3, n), rng.integers(-3, 4, n).astype(float))]
+        width = max(len(row) for row in rows)
+        padded = np.full((len(rows), width), np.nan, dtype=dtype)
+        for i, row in enumerate(rows):
+            padded[i, :len(row)] = row
+        ordered, count = np.sort(padded, axis=1), np.array([len(row) for row in rows])
+        checks = [(sorted_median(ordered, count), [np.median(row) for row in rows])]
+        checks += [(sorted_quantile(ordered, count, q), [np.quantile(row, q) for row in rows]) for q in (TAIL, 0.5, 0.25)]
+        for got, want in checks:
+            assert got.dtype == want[0].dtype
+            assert [float(g) for g in got] == [float(w) for w in want]
+
+@pytest.mark.parametrize("rate", [False, True])
+def test_keys_judged_together_get_the_verdicts_each_gets_alone(rate):
+    # Alike keys (histories over the same windows) are stacked and judged in one pass per day: each
+    # key's verdicts, expectations, scores and kept history must be what judging it alone gives,
+    # bit for bit, whatever the other keys hold (quiet, bursty, gaps, a key without history).
+    from plugins.seasonal import Model, judge, judge_many
+
+    rng = np.random.default_rng(11)
+    model = Model(600_000_000, rate=rate)
+    day = model.day
+
+    def series(level: float, days: int) -> tuple[np.ndarray, np.ndarray]:
+        totals = rng.poisson(level * (1.5 + np.sin(np.arange(days * day) * 2 * np.pi / day))).astype(float)
+        counts = rng.binomial(totals.astype(int), 0.05).astype(float) if rate else totals.copy()
+        counts[rng.integers(0, len(counts), 5)] *= 6  # a few bursts
+        return counts, totals
+
+    keys = []
+    for level in (0.0, 0.5, 3.0, 40.0, 40.0, 200.0):
+        counts, totals = series(level, 22)  # three weeks: the weekly model competes with the daily one
+        if level == 3.0:
+            counts[day * 4: day * 5], totals[day * 4: day * 5] = 0, 0  # a silent day
+        keys.append((counts, totals))
+
+    def run(together: bool) -> list:
+        histories: list = [None] * len(keys)
+        found = []
+        for lo, hi in ((0, 8 * day), (8 * day, 21 * day + 37), (21 * day + 37, 22 * day)):  # seals, then a read
+            commit = hi < 22 * day
+            batch = [(histories[i], lo, c[lo:hi], t[lo:hi]) for i, (c, t) in enumerate(keys)]
+            if not together:
+                done = [judge(*entry, model, commit=commit) for entry in batch]
+            else:
+                done = judge_many(batch, model, commit=commit)
+            if commit:
+                histories = [history for history, _ in done]
+            found.append([(j.first, j.flagged.tolist(), j.expected.tolist(), j.z.tolist()) for _, j in done])
+        found.append([(h.first, h.flags.tolist(), np.nan_to_num(h.residuals, nan=-9).tolist()) for h in histories])
+        return found
+
+    alone = run(False)
+    assert any(any(flags) for step in alone[:3] for _, flags, _, _ in step), "something must be flagged"
+    assert run(True) == alone
