@@ -12,6 +12,7 @@ that both ways agree on any input. Without the compiled scan, its stand-in
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -98,6 +99,11 @@ class Batch:
     path: str
     frame: pl.DataFrame
     malformed: Mapping[str, int] = field(default_factory=dict)
+    #: Processing time (microseconds since the epoch), taken once when the batch is made: every
+    #: rule that bounds times by "now" (``max_future``) bounds this batch's alike.
+    now: int = field(default_factory=lambda: time.time_ns() // 1000)
+    #: Tallies rules made of this batch, shared by rules that ask for the same (``core.tally.shared``).
+    tallies: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __len__(self) -> int:
         return self.frame.height

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import polars as pl
 
 from core import compiled
 from core.columns import Columns
+
+if TYPE_CHECKING:
+    from core.parse import Batch
 
 #: The version of ``core/_tally.c`` this module is written for.
 TALLY_VERSION = 5
@@ -103,6 +106,39 @@ def tally(
         lo=lo,
         hi=hi,
     )
+
+
+def shared(batch: Batch, *, counts_only: bool = False, **options: Any) -> Tally:
+    """``tally(batch.frame, **options)``, made once per batch for the rules that ask for the same.
+
+    With ``counts_only`` the caller reads only the groups' ``count`` column (and ``newest``,
+    ``totals``' ``count``): then a tally of the same keys, windows and range made with any
+    ``flag`` (which changes only ``flagged``, the times and the samples) serves it too. Error
+    spikes and silent services both tally services by ten minutes, for instance.
+    """
+    key = tuple(sorted((name, _hashable(value)) for name, value in options.items()))
+    found = batch.tallies.get(key)
+    if found is None and counts_only:
+        loose = tuple(item for item in key if item[0] not in ("flag", "sample_limit", "tables"))
+        wanted = set(options.get("tables", TABLES))
+        for (made_key, made_tables), made in batch.tallies.get("by_counts", {}).items():
+            if made_key == loose and wanted <= made_tables:
+                found = made
+                break
+    if found is None:
+        found = tally(batch.frame, **options)
+        batch.tallies[key] = found
+        loose = tuple(item for item in key if item[0] not in ("flag", "sample_limit", "tables"))
+        batch.tallies.setdefault("by_counts", {})[(loose, frozenset(options.get("tables", TABLES)))] = found
+    return found
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return tuple(sorted(value))
+    return value
 
 
 def _table(made: tuple[int, tuple[tuple[object, object], ...]], names: list[str]) -> Columns:

@@ -58,6 +58,7 @@ class Flatline(SeasonalDetector):
     events = ("counts", "count")
     sample_limit = 0  # a quiet window has no line to point at
     tally_tables = ("groups",)
+    tally_counts_only = True  # every record counts: the tally error spikes make of services serves
 
     def setup(
         self,
@@ -89,7 +90,7 @@ class Flatline(SeasonalDetector):
         return {self.field: key}
 
     def batch_tables(self, batch: Batch, found: Tally) -> Tables:
-        counts = found.groups.frame(key=self.field, window="window", count="count", total="flagged")
+        counts = found.groups.frame(key=self.field, window="window", count="count", total="count")
         return {"counts": counts}
 
     def flags(self, data: Tables, flagged: list[tuple[str, int, float, float, float, float]]) -> list[dict[str, Any]]:

@@ -21,7 +21,6 @@ enough to matter (a ratio to the expectation of at least ``ratio``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 

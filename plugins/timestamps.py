@@ -28,7 +28,6 @@ from plugins.detection import (
     epoch_us,
     instant_us,
     iso,
-    now_us,
     params_schema,
     sample_locations,
 )
@@ -97,7 +96,7 @@ class TimestampCheck(Detector):
         self.unparseable += int(batch.malformed.get("bad_timestamp", 0))
         if batch.frame.is_empty():
             return
-        limit = (self.now if self.now is not None else now_us()) + self.max_future
+        limit = (self.now if self.now is not None else batch.now) + self.max_future
         us = batch.frame["ts"].to_physical()  # microseconds; min and max of a Series run no query
         if self.max_lateness is None and us.min() >= self.min_time and us.max() <= limit:
             return  # no timestamp out of range

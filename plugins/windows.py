@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import polars as pl
 
 from core import Result
-from core.tally import EVER, Tally, Weights, tally
-from plugins.detection import SAMPLE_LIMIT, Detector, duration_us, instant_us, iso, now_us
+from core.tally import EVER, Tally, Weights, shared, tally
+from plugins.detection import SAMPLE_LIMIT, Detector, duration_us, instant_us, iso
 
 #: Fold a band's parts into one table set after this many parts: a fold has a fixed cost of a few
 #: Polars calls per table, most of the work for small tables (10M lines, all rules: 3.6 -> 1.0 ms
@@ -265,6 +265,8 @@ class WindowedDetector(Detector):
     sample_limit: ClassVar[int] = SAMPLE_LIMIT
     hash_keys: ClassVar[bool] = False
     tally_tables: ClassVar[tuple[str, ...]] = ("groups", "samples", "totals")
+    #: Whether ``batch_tables`` reads only the tally's counts (see ``core.tally.shared``).
+    tally_counts_only: ClassVar[bool] = False
     #: A seal (or a read) judges the windows it closes at once when they span at most this many bands.
     judged_at_once: ClassVar[int] = JUDGED_AT_ONCE
     #: Thinning, the way a detector whose state grows with the records per window stays within its
@@ -329,10 +331,10 @@ class WindowedDetector(Detector):
         return None
 
     def update(self, batch: Batch) -> None:
-        found = tally(
-            batch.frame, width=self.width, lo=self.min_time, hi=now_us() + self.max_future, keys=self.tally_keys(),
-            flag=self.tally_flag(), sample_limit=self.sample_limit, top=self.watermark_rank, hash_keys=self.hash_keys,
-            tables=self.tally_tables,
+        found = shared(
+            batch, counts_only=self.tally_counts_only, width=self.width, lo=self.min_time,
+            hi=batch.now + self.max_future, keys=self.tally_keys(), flag=self.tally_flag(),
+            sample_limit=self.sample_limit, top=self.watermark_rank, hash_keys=self.hash_keys, tables=self.tally_tables,
         )
         if not found.newest:  # no plausible record
             return

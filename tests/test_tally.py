@@ -227,3 +227,27 @@ def test_small_tables_folded_in_python_equal_the_polars_fold(stat_parts, locatio
 
 def _nulls_first(row: tuple) -> tuple:
     return tuple((value is not None, value) if value is not None else (False, 0) for value in row)
+
+
+def test_rules_that_read_the_same_counts_share_one_tally_of_a_batch():
+    # Error spikes and silent services both count services by ten minutes: the second reads the
+    # first's tally (made with the failure flag, which changes nothing it reads) and gets the
+    # state it would get alone.
+    from plugins.error_spike import ErrorSpike
+    from plugins.flatline import Flatline
+    from tests.detector_data import batches, mixed
+
+    lines = mixed()
+    spike, quiet = ErrorSpike("spike", by="service"), Flatline("quiet")
+    [batch] = batches(lines)
+    spike.empty().update(batch)
+    together = quiet.empty()
+    together.update(batch)
+    assert len([key for key in batch.tallies if key != "by_counts"]) == 1  # one tally made, for both
+    alone = quiet.empty()
+    alone.update(batches(lines)[0])
+    assert together.result().value == alone.result().value
+    assert together._bands.keys() == alone._bands.keys()
+    for band, [(_, mine)] in together._bands.items():
+        [(_, theirs)] = alone._bands[band]
+        assert all(mine[name].equals(theirs[name]) for name in mine)
