@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from core.errors import OutputValidationError
+from core.plugins import shipped
 from core.redact import Redactor
 from core.rules import Rule
 from core.state import RunState
@@ -28,7 +29,7 @@ def output_schema(name: str) -> SchemaCheck:
 
 @cache
 def _result_check(cls: type[Rule]) -> SchemaCheck | None:
-    return SchemaCheck(cls.result_schema) if cls.result_schema else None
+    return SchemaCheck(cls.result_schema, shipped=shipped(cls)) if cls.result_schema else None
 
 
 def rule_results(

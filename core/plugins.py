@@ -93,3 +93,8 @@ def rule_types(pm: pluggy.PluginManager) -> dict[str, type[Rule]]:
     if problems:
         raise ConfigError(problems)
     return found
+
+
+def shipped(cls: type) -> bool:
+    """Whether a rule type comes with the project (a default plugin): its schemas are checked by the tests."""
+    return cls.__module__ in DEFAULT_PLUGINS

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from core.errors import ConfigError
+from core.plugins import shipped
 from core.rules import Rule
 from core.settings import Settings
 from core.validation import SchemaCheck, found
@@ -39,7 +40,7 @@ class RuleDef:
 def load_rules(settings: Settings, types: dict[str, type[Rule]]) -> list[Rule]:
     """The enabled rules, in the order ``settings.rules`` lists them; every problem is reported at once."""
     defs, problems = _read_rule_files(settings)
-    checks = {name: SchemaCheck(cls.params_schema) for name, cls in types.items()}
+    checks = {name: SchemaCheck(cls.params_schema, shipped=shipped(cls)) for name, cls in types.items()}
     rules: dict[str, Rule] = {}
     for rule_def in defs.values():
         rule, found_problems = _build(rule_def, types, checks)

@@ -74,3 +74,15 @@ def test_the_shipped_schemas_are_valid_json_schema(name):
     else:
         schema = json.loads((REPO / "core" / "schemas" / f"{name}.schema.json").read_text())
     jsonschema.validators.validator_for(schema).check_schema(schema)
+
+
+def test_the_default_plugins_rule_type_schemas_are_valid_json_schema():
+    # Their params and result schemas are not checked on every start (core.plugins.shipped): this does.
+    from core.plugins import get_plugin_manager, rule_types, shipped
+
+    types = rule_types(get_plugin_manager([]))
+    assert types and all(shipped(cls) for cls in types.values())
+    for cls in types.values():
+        for schema in (cls.params_schema, cls.result_schema):
+            if schema:
+                jsonschema.validators.validator_for(schema).check_schema(schema)
