@@ -103,7 +103,7 @@ class Batch:
     #: rule that bounds times by "now" (``max_future``) bounds this batch's alike.
     now: int = field(default_factory=lambda: time.time_ns() // 1000)
     #: Tallies rules made of this batch, shared by rules that ask for the same (``core.tally.shared``).
-    tallies: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    tallies: list[Any] = field(default_factory=list, compare=False, repr=False)
 
     def __len__(self) -> int:
         return self.frame.height

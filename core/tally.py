@@ -117,20 +117,18 @@ def shared(batch: Batch, *, counts_only: bool = False, **options: Any) -> Tally:
     spikes and silent services both tally services by ten minutes, for instance.
     """
     key = tuple(sorted((name, _hashable(value)) for name, value in options.items()))
-    found = batch.tallies.get(key)
-    if found is None and counts_only:
-        loose = tuple(item for item in key if item[0] not in ("flag", "sample_limit", "tables"))
-        wanted = set(options.get("tables", TABLES))
-        for (made_key, made_tables), made in batch.tallies.get("by_counts", {}).items():
-            if made_key == loose and wanted <= made_tables:
-                found = made
-                break
-    if found is None:
-        found = tally(batch.frame, **options)
-        batch.tallies[key] = found
-        loose = tuple(item for item in key if item[0] not in ("flag", "sample_limit", "tables"))
-        batch.tallies.setdefault("by_counts", {})[(loose, frozenset(options.get("tables", TABLES)))] = found
+    counted = tuple(item for item in key if item[0] not in _NOT_COUNTS)  # what the counts depend on
+    tables = frozenset(options.get("tables", TABLES))
+    for made_key, made_counted, made_tables, made in batch.tallies:
+        if made_key == key or (counts_only and made_counted == counted and tables <= made_tables):
+            return made
+    found = tally(batch.frame, **options)
+    batch.tallies.append((key, counted, tables, found))
     return found
+
+
+#: Options that change a tally's flagged counts, times and samples, never its counts.
+_NOT_COUNTS = ("flag", "sample_limit", "tables")
 
 
 def _hashable(value: Any) -> Any:
