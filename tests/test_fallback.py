@@ -373,3 +373,24 @@ def test_a_run_on_the_stand_ins_writes_what_a_compiled_run_writes(dirty_log, tmp
 def _without_times(text: str) -> str:
     """anomalies.json as written, but for when it was written."""
     return "\n".join(line for line in text.splitlines() if '"generated_at"' not in line)
+
+
+COUNT = built("_count", importlib.import_module("core.counts").COUNT_VERSION)
+
+
+@pytest.mark.skipif(COUNT is None, reason="core._count is not built: nothing to compare the stand-in with")
+@pytest.mark.parametrize("capacity", [1_000_000, 40])  # exact, and past its capacity (purged)
+def test_a_count_table_serialises_to_the_bytes_of_the_compiled_one(capacity):
+    # Checkpoints written by either path must read back in the other: the same bytes.
+    from core.fallback import _count as pure_count
+
+    keys = pl.Series([f"user{i % 97}{'x' * (i % 17)}" for i in range(5000)] + ["é" * 20] * 3)
+    tables = []
+    for module in (COUNT, pure_count):
+        table = module.Counts(capacity)
+        for part in (keys[:2000], keys[2000:]):
+            table.add(part.__arrow_c_stream__())
+        tables.append(table)
+    compiled_bytes, pure_bytes = (table.to_bytes() for table in tables)
+    assert compiled_bytes == pure_bytes
+    assert COUNT.Counts.from_bytes(pure_bytes).to_bytes() == compiled_bytes
