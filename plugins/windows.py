@@ -82,9 +82,6 @@ class Table:
     #: Which columns hold counts, flagged counts, first and last times: such a table is folded by
     #: the compiled tally (``core.tally``), not by a Polars group-by.
     tallied: Weights | None = None
-    #: Fold only the rows of windows that two tables share (``split_shared``); a table whose fold
-    #: costs less than finding them (``Copies``) folds them all.
-    split: bool = True
     _aggs: list[pl.Expr] = field(init=False, repr=False, compare=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -123,8 +120,6 @@ class Table:
             return frames[0]
         if self.samples and self.keep_all:
             return pl.concat(frames, how="vertical")
-        if not self.split:
-            return self.fold(pl.concat(frames, how="vertical"))
         alone, shared = split_shared(frames)
         return pl.concat([*alone, self.fold(shared)] if shared is not None else alone, how="vertical")
 
