@@ -128,10 +128,13 @@ set_key(Entry *e, Buffer *arena, const Key *k)
     return append(arena, k->text, k->length);
 }
 
+/* Slots of `size` for the entries, in their order; a table of the same size is cleared and reused
+ * (a purge's: a second table of slots would be 16 MB more at the default cap). */
 static int
 rehash(Counts *c, int64_t size)
 {
-    uint32_t *slots = calloc((size_t)size, sizeof *slots);
+    int reuse = c->slots && size == c->mask + 1;
+    uint32_t *slots = reuse ? memset(c->slots, 0, sizeof *slots * (size_t)size) : calloc((size_t)size, sizeof *slots);
     if (!slots)
         return 0;
     for (int64_t i = 0; i < c->n; i++) {
@@ -140,7 +143,8 @@ rehash(Counts *c, int64_t size)
             slot = (slot + 1) & (uint64_t)(size - 1);
         slots[slot] = (uint32_t)(i + 1);
     }
-    free(c->slots);
+    if (!reuse)
+        free(c->slots);
     c->slots = slots;
     c->mask = size - 1;
     return 1;
@@ -170,11 +174,31 @@ reserve_entries(Counts *c, int64_t want)
     return !c->slots || size != c->mask + 1 ? rehash(c, size) : 1;
 }
 
-/* The median of the counts (the lower one of an even number): quickselect on a copy. */
+/* Counts below this are ranked by a histogram to find the median (see median_count). */
+#define MEDIAN_BINS 4096
+
+/*
+ * The median of the counts (the lower one of an even number). A histogram of the counts finds it
+ * without copying them when it is below MEDIAN_BINS, as it is when most keys are rare (the reason
+ * a table is purged); else quickselect on a copy (15 MB at the default cap).
+ */
 static int
 median_count(const Counts *c, int64_t *median)
 {
     int64_t n = c->n, k = (n - 1) / 2, lo = 0, hi = n - 1;
+    int64_t bins[MEDIAN_BINS] = {0}, below = 0, negative = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t count = c->entries[i].count;
+        negative |= count < 0;
+        bins[count < 0 || count >= MEDIAN_BINS ? MEDIAN_BINS - 1 : count]++;
+    }
+    for (int64_t b = 0; b < MEDIAN_BINS - 1 && !negative; b++) {
+        below += bins[b];
+        if (below > k) {
+            *median = b;
+            return 1;
+        }
+    }
     int64_t *v = malloc(sizeof *v * (size_t)(n ? n : 1));
     if (!v)
         return 0;

@@ -12,6 +12,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,11 @@ MMAP_THRESHOLD_CHUNKS = 4
 MIN_MMAP_THRESHOLD = 1024 * 1024
 #: glibc refuses a threshold above this on 64-bit systems (and would keep its default).
 MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
+#: Past this part of ``limits.memory_mb`` of resident memory, glibc's free heap is given back (see
+#: ``HeapTrimmer``); below it, never, so that runs well inside the cap pay nothing for it.
+TRIM_SHARE = 0.7
+#: After a trim, the next waits until resident memory has grown by this much again.
+TRIM_STEP = 32 * MIB
 
 
 class MemoryTooSmall(ValueError):
@@ -123,3 +130,57 @@ def return_freed_buffers(chunk_bytes: int) -> bool:
     # is kept (10M lines, all rules: about half the page faults, and 0.1 s, for 10-20 MB of RSS;
     # twice that saved no more time and cost as much RSS again).
     return bool(mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, threshold))
+
+
+class HeapTrimmer:
+    """Gives the free memory inside glibc's heap back to the system when the process nears its cap.
+
+    glibc returns memory only from the top of its heap; a buffer that outlives the ones around it
+    (a column a rule keeps) holds every free page below it resident. Over a run, most of the heap
+    ends up free and resident: 30M lines with 20M distinct users, all rules, had 190 MB free in a
+    heap of 250 MB, and ``malloc_trim`` gave back 60 to 80 MB of peak RSS for about 7 ms a call.
+    ``check`` costs a read of ``/proc/self/statm``; it trims once resident memory passes
+    ``trim_above``, and again only after it has grown by ``TRIM_STEP`` since.
+    """
+
+    def __init__(self, trim_above: int) -> None:
+        self.trim_above = trim_above
+        self.trims = 0
+        self._next = trim_above
+        self._trim = _malloc_trim()
+
+    @classmethod
+    def for_cap(cls, memory_mb: int) -> HeapTrimmer:
+        return cls(int(memory_mb * TRIM_SHARE) * MIB)
+
+    def check(self) -> None:
+        if self._trim is None:
+            return
+        resident = resident_bytes()
+        if resident < self._next:
+            return
+        self._trim(0)
+        self.trims += 1
+        after = resident_bytes()
+        self._next = max(self.trim_above, after + TRIM_STEP)
+        log.debug("resident memory %d MB, %d MB after giving glibc's free heap back", resident >> 20, after >> 20)
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (0 where ``/proc`` has no ``statm``)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_BYTES
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None (another C library)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None

@@ -85,6 +85,7 @@ class Pipeline:
         self._error: BaseException | None = None
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="omp-worker")
         budget.return_freed_buffers(settings.chunk_bytes)  # else glibc's heap grows with the lines read
+        self.trimmer = budget.HeapTrimmer.for_cap(settings.memory_mb)
         shares = budget.rule_state_bytes(settings.memory_mb, [rule.state_weight() for rule in rules])
         self.state_bytes = {rule.name: share for rule, share in zip(rules, shares, strict=True)}
         self.redactor = Redactor.from_settings(settings)
@@ -135,6 +136,7 @@ class Pipeline:
                 # checkpoint holds the smaller state, and the outputs only judge the open windows.
                 checkpoint.state.seal()
                 self._unsealed = 0
+        self.trimmer.check()  # before the outputs and the checkpoint are written
         self._raise_error()
 
     def _read(self, run: _FileRun, final: bool) -> None:
@@ -278,6 +280,7 @@ class Pipeline:
         if self._unsealed >= SEAL_EVERY_BYTES:
             checkpoint.state.seal()  # bounds rule state within a long run, not only between runs
             self._unsealed = 0
+        self.trimmer.check()
         merge_file_stats(checkpoint.state.files, {run.work.name: outcome.stats})
         run.stats.merge(outcome.stats)
         for error in outcome.failures:

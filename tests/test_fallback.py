@@ -394,3 +394,19 @@ def test_a_count_table_serialises_to_the_bytes_of_the_compiled_one(capacity):
     compiled_bytes, pure_bytes = (table.to_bytes() for table in tables)
     assert compiled_bytes == pure_bytes
     assert COUNT.Counts.from_bytes(pure_bytes).to_bytes() == compiled_bytes
+
+
+@pytest.mark.skipif(COUNT is None, reason="core._count is not built: nothing to compare the stand-in with")
+@pytest.mark.parametrize("repeats", [4094, 4095, 4096, 5000])  # a purge's median on both sides of the histogram's reach
+def test_a_purge_of_frequent_keys_subtracts_the_median_the_compiled_and_the_pure_python_path_agree_on(repeats):
+    from core.fallback import _count as pure_count
+
+    keys = pl.Series([f"user{k}" for k in range(41) for _ in range(repeats)] + ["user0", "new"])
+    tables = []
+    for module in (COUNT, pure_count):
+        table = module.Counts(40)  # the 41st key purges 40 keys counted `repeats` times and one counted once
+        table.add(keys.__arrow_c_stream__())
+        tables.append(table)
+    compiled_bytes, pure_bytes = (table.to_bytes() for table in tables)
+    assert compiled_bytes == pure_bytes
+    assert COUNT.Counts.from_bytes(compiled_bytes).to_bytes() == compiled_bytes
