@@ -1,31 +1,42 @@
-"""The state folder: rule states and the ledger committed together, in one atomic replace."""
+"""The state folder: rule states and the ledger committed together, in one atomic replace.
+
+The checkpoint is written in ``core.safestate``'s format: plain values, Arrow IPC frames and
+objects of known classes only, with a SHA-256 over all of it. Reading it never runs code. A
+checkpoint that fails its checksum or cannot be read is set aside (renamed) and everything is
+rebuilt from the files still in the data folder, with a warning; the counts of files no longer
+there are lost. A rule whose state holds something the format cannot store is left out of the
+checkpoint and rebuilt from the data folder at each start, and the log says so.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import pickle
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from core import safestate
 from core.ledger import Ledger
 from core.output import atomic_write
 from core.parse import SCAN_VERSION
 from core.rules import Rule
 from core.settings import Settings
-from core.state import RunState
+from core.state import Failure, RunState
+from core.stats import FileStats
 from core.tally import TALLY_VERSION
 
 log = logging.getLogger(__name__)
 
-#: Bumped when the pickled layout changes; an older checkpoint is rebuilt rather than misread.
-FORMAT = 1
-FILE_NAME = "checkpoint.pickle"
-
+#: Bumped when the stored layout changes; an older checkpoint is rebuilt rather than misread.
+FORMAT = 2  # 1 was a pickle
+FILE_NAME = "checkpoint.omp"
+#: Where checkpoints were pickled before: never read, only set aside (a pickle can run code).
+PICKLED = "checkpoint.pickle"
 
 def rule_fingerprint(rule: Rule) -> str:
     """What a rule's state depends on: its type, key and parameters, and the layout of its state."""
@@ -37,7 +48,7 @@ def parse_fingerprint(settings: Settings) -> str:
     """What every count depends on: how lines are cut and classified, and how many samples are kept.
 
     The scan's and the tally's versions are part of it because rule state keeps the hashes they
-    make (duplicate detection), and the Polars version because rule state is pickled Polars frames.
+    make (duplicate detection), and the Polars version because thinning keeps keys by Polars' hash.
     """
     # The per-file samples are cut to the limit as they are counted; a new limit needs a recount.
     return (
@@ -72,20 +83,28 @@ def load(settings: Settings, rules: list[Rule], reset: bool = False) -> Checkpoi
     whose parameters changed, or a change in how lines are parsed, cannot be reconciled with state
     built before: then everything is rebuilt from the files still present, and a warning says why.
     """
-    path = state_dir(settings) / FILE_NAME
+    folder = state_dir(settings)
+    path = folder / FILE_NAME
+    if (folder / PICKLED).exists():
+        kept = _set_aside(folder / PICKLED)
+        log.warning("%s is in the old pickled format, which is never read (it could run code); moved to %s",
+                    folder / PICKLED, kept.name)
     if reset or not path.exists():
         return Checkpoint.fresh(settings, rules)
     try:
-        with open(path, "rb") as handle:
-            stored = pickle.load(handle)
-    except Exception as exc:  # a torn or foreign file must not stop the service; say so and rebuild
-        log.warning("cannot read checkpoint %s (%s); rebuilding from the data folder", path, exc)
+        stored = safestate.loads(path.read_bytes(), safestate.classes(type(rule) for rule in rules))
+        if not isinstance(stored, dict) or stored.get("format") != FORMAT:
+            raise safestate.StateError("written by another version")
+        checkpoint = _checkpoint(stored)
+    except (OSError, safestate.StateError) as exc:  # a torn, altered or foreign file must not stop the service
+        kept = _set_aside(path)
+        log.warning("cannot read checkpoint %s (%s); moved it to %s and rebuilding all counts from the data "
+                    "folder: the counts of files no longer there are lost", path, exc, kept.name)
         return Checkpoint.fresh(settings, rules)
-    reason = _mismatch(stored, settings, rules)
+    reason = _mismatch(checkpoint, settings, rules)
     if reason:
         log.warning("configuration changed (%s); rebuilding all counts from the files still present", reason)
         return Checkpoint.fresh(settings, rules)
-    checkpoint: Checkpoint = stored["checkpoint"]
     for name in set(checkpoint.state.rules) - {r.name for r in rules}:
         log.info("rule '%s' is no longer enabled; dropping its state", name)
         checkpoint.state.rules.pop(name)
@@ -93,23 +112,56 @@ def load(settings: Settings, rules: list[Rule], reset: bool = False) -> Checkpoi
     return checkpoint
 
 
-def _mismatch(stored: Any, settings: Settings, rules: list[Rule]) -> str:
-    if not isinstance(stored, dict) or stored.get("format") != FORMAT:
-        return "checkpoint written by another version"
-    checkpoint: Checkpoint = stored["checkpoint"]
+def _checkpoint(stored: dict[str, Any]) -> Checkpoint:
+    """The checkpoint a stored mapping describes; ``StateError`` if its parts are not what they must be."""
+    states, files, failures = stored.get("states"), stored.get("files"), stored.get("failures")
+    ledger, fingerprints, parsing = stored.get("ledger"), stored.get("rules"), stored.get("parsing")
+    if not (isinstance(states, dict) and all(isinstance(rule, Rule) for rule in states.values())
+            and isinstance(files, dict) and all(isinstance(f, FileStats) for f in files.values())
+            and isinstance(failures, set) and all(isinstance(f, Failure) for f in failures)
+            and isinstance(ledger, Ledger) and isinstance(fingerprints, dict) and isinstance(parsing, str)):
+        raise safestate.StateError("its parts are not of the expected kinds")
+    return Checkpoint(RunState(states, files, failures), ledger, fingerprints, parsing)
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename ``path`` out of the way (never deleted: someone may want to look at it)."""
+    kept = path.with_name(f"{path.name}.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.unread")
+    path.replace(kept)
+    return kept
+
+
+def _mismatch(checkpoint: Checkpoint, settings: Settings, rules: list[Rule]) -> str:
     if checkpoint.parsing != parse_fingerprint(settings):
         return f"parsing settings were {checkpoint.parsing}, now {parse_fingerprint(settings)}"
     for rule in rules:
         was = checkpoint.rules.get(rule.name)
         if was is None:
-            return f"rule '{rule.name}' is newly enabled"
+            return f"rule '{rule.name}' is newly enabled, or its state could not be saved"
         if was != rule_fingerprint(rule):
             return f"rule '{rule.name}' has new parameters or keeps its state differently"
     return ""
 
 
 def save(settings: Settings, checkpoint: Checkpoint) -> None:
-    """Seal the rule states, then write the checkpoint in one atomic replace (state and ledger agree)."""
+    """Seal the rule states, then write the checkpoint in one atomic replace (state and ledger agree).
+
+    A rule whose state cannot be stored safely is left out, with a warning: it is rebuilt from
+    the data folder at the next start (as a rule newly enabled is).
+    """
     checkpoint.state.seal()
-    stored = {"format": FORMAT, "checkpoint": checkpoint}
-    atomic_write(state_dir(settings) / FILE_NAME, lambda out: pickle.dump(stored, out, protocol=pickle.HIGHEST_PROTOCOL))
+    known = safestate.classes(type(rule) for rule in checkpoint.state.rules.values())
+    states, fingerprints = {}, {}
+    for name, rule in checkpoint.state.rules.items():
+        try:
+            safestate.check(rule, known, f"rule '{name}'")
+        except safestate.UnsafeValue as exc:
+            log.warning("rule '%s' (%s) keeps state the checkpoint cannot store safely (%s); it is rebuilt from "
+                        "the data folder at each start", name, safestate.class_name(type(rule)), exc)
+            continue
+        states[name] = rule
+        if name in checkpoint.rules:
+            fingerprints[name] = checkpoint.rules[name]
+    stored = {"format": FORMAT, "parsing": checkpoint.parsing, "rules": fingerprints, "states": states,
+              "files": checkpoint.state.files, "failures": checkpoint.state.failures, "ledger": checkpoint.ledger}
+    atomic_write(state_dir(settings) / FILE_NAME, lambda out: safestate.dump(stored, out, known))

@@ -11,7 +11,7 @@ from typing import Any
 
 import polars as pl
 
-from core import compiled
+from core import compiled, safestate
 
 #: The version of ``core/_count.c`` this module is written for.
 COUNT_VERSION = 1
@@ -30,6 +30,7 @@ OVERHEAD = 4096
 MIN_CAPACITY = 1024
 
 
+@safestate.register
 class KeyCounts:
     """Counts of the values of String columns; see ``core/_count.c``.
 

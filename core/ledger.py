@@ -8,12 +8,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import safestate
+
 log = logging.getLogger(__name__)
 
 #: How many leading bytes identify a file's content, so a reused inode is still caught.
 FINGERPRINT_BYTES = 1024
 
 
+@safestate.register
 @dataclass(frozen=True)
 class LedgerEntry:
     """A file as last committed: who it is (device, inode, first bytes) and how far it is counted.
@@ -53,6 +56,7 @@ def fingerprint(path: Path, length: int) -> str:
         return hashlib.blake2b(handle.read(length), digest_size=16).hexdigest()
 
 
+@safestate.register
 class Ledger:
     """File name (relative to the data folder) -> ``LedgerEntry``; a plain, picklable mapping."""
 

@@ -200,7 +200,7 @@ def atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None], *, shared
     """Write through a temp file in the same folder, fsync, then ``os.replace``: readers see old or new.
 
     ``data`` is the bytes, or a function that writes them to the open file (a checkpoint is
-    pickled straight into it: as bytes first, it was held twice at the end of a run).
+    written straight into it: as bytes first, it was held twice at the end of a run).
     ``shared`` files get the usual permissions (0666 less the umask) rather than the temp file's
     0600, so that other users can read the outputs.
     """

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from core import safestate
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -69,6 +71,7 @@ def _pattern_problem(pattern: str) -> str:
     return ""
 
 
+@safestate.register
 @dataclass(frozen=True)
 class Redactor:
     """The one redaction step: card numbers, e-mail addresses, then each extra pattern.
@@ -86,6 +89,15 @@ class Redactor:
     def __post_init__(self) -> None:
         object.__setattr__(self, "patterns", tuple(self.patterns))  # a list would make it unhashable
         object.__setattr__(self, "_compiled", tuple(re.compile(p) for p in self.patterns))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Its settings: the compiled patterns are made again from them (see ``core.safestate``)."""
+        return {"cards": self.cards, "emails": self.emails, "patterns": self.patterns}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name in ("cards", "emails", "patterns"):
+            object.__setattr__(self, name, state[name])
+        self.__post_init__()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Redactor:

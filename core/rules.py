@@ -29,7 +29,8 @@ class Rule:
     ``result``. The
     instance holds the rule's state: ``update`` folds in a batch, ``merge`` folds in another
     partial state of the same rule (associative and commutative), ``result`` reads it out. The
-    state must pickle, so that partials can move between threads, processes and machines.
+    state must pickle, so that partials can move between threads, processes and machines, and it is
+    saved to disk through ``core.safestate`` (plain values, frames, arrays and registered classes).
     """
 
     type_name: ClassVar[str] = ""

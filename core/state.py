@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from core import safestate
 from core.rules import Rule
 from core.stats import FileStats, merge_file_stats
 
 
+@safestate.register
 @dataclass(frozen=True, order=True)
 class Failure:
     """A rule or a file that failed; the run went on without it."""

@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
+from core import safestate
 
+
+@safestate.register
 @dataclass(frozen=True, order=True)
 class MalformedLine:
     """One malformed line kept as a sample: where it is, why it was rejected, how it began."""
@@ -18,6 +21,7 @@ class MalformedLine:
     text: str
 
 
+@safestate.register
 @dataclass
 class FileStats:
     """Counts for one file, or part of one; ``merge`` adds parts in any order."""

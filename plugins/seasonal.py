@@ -26,6 +26,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
+from core import safestate
 from plugins.windows import Tables, WindowedDetector, in_range
 
 #: Seasonal history kept per key: the same time of day on this many days, of the week on this many weeks.
@@ -61,6 +62,7 @@ class Judged(NamedTuple):
     flagged: np.ndarray
 
 
+@safestate.register
 @dataclass
 class History:
     """One key's judged windows, from ``first`` on: counts (and totals, for rates), flags and residuals."""
@@ -92,6 +94,7 @@ def history_bytes(history: History) -> int:
     return sum(array.nbytes for array in arrays)
 
 
+@safestate.register
 @dataclass(frozen=True)
 class Model:
     """How windows are judged: the window width (for the seasonal lags) and what counts as surprising."""

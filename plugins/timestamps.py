@@ -16,7 +16,7 @@ from typing import Any
 
 import polars as pl
 
-from core import Result, hookimpl
+from core import Result, hookimpl, safestate
 from core.parse import Batch
 from core.tally import EVER, tally
 from plugins.detection import (
@@ -44,6 +44,7 @@ CANDIDATES = 1000
 _SEVERITY = {"future": "high", "before_min_time": "high", "late": "medium", "unparseable": "low"}
 
 
+@safestate.register
 @dataclass
 class Run:
     """A stretch of one file's lines, for lateness: its newest timestamp and its open candidates.

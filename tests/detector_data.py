@@ -7,6 +7,7 @@ import random
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from core import safestate
 from core.parse import Batch, Chunk, parse_chunk
 from core.rules import Rule
 
@@ -99,11 +100,14 @@ def evaluate(rule: Rule, parts: list[Batch]) -> list[dict[str, Any]]:
 
 
 def scrambled(rule: Rule, parts: list[Batch], rng: random.Random) -> list[dict[str, Any]]:
-    """Spread batches over a few partials at random, pickle them, and merge them in a random tree."""
+    """Spread batches over a few partials at random, pickle them (or save them as a checkpoint does), and merge
+    them in a random tree."""
     partials = [rule.empty() for _ in range(rng.randint(1, 4))]
     for batch in parts:
         rng.choice(partials).update(batch)
-    partials = [pickle.loads(pickle.dumps(p)) for p in partials]
+    known = safestate.classes([type(rule)])
+    partials = [pickle.loads(pickle.dumps(p)) if rng.random() < 0.5
+                else safestate.loads(safestate.dumps(p, known), known) for p in partials]
     while len(partials) > 1:
         rng.shuffle(partials)
         left, right = partials.pop(), partials.pop()

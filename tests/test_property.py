@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +24,9 @@ from core.ruleset import load_rules
 from core.settings import load_settings
 from core.state import RunState
 from core.stats import FileStats, merge_file_stats
-from tests.conftest import every_line_the_full_way, load_bench
+from tests.conftest import Workspace, every_line_the_full_way, load_bench
+from tests.test_state_file import run, state_file
+from tests.test_watch import log_lines, outputs
 
 REPO = Path(__file__).resolve().parent.parent
 MAX = 256
@@ -318,3 +321,33 @@ def test_engine_totals_agree_with_reference(drawn, final_newline, chunk_bytes, p
 def test_rules_of_the_shipped_settings_are_all_exercised():
     # The properties above stand for every enabled rule; make sure there are some, of each type.
     assert {rule.type_name for rule in RULES} >= {"count_by", "top_k", "peak_hours"}
+
+
+# -- the saved state, damaged ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def counted(tmp_path_factory):
+    """A workspace counted once, its saved state, and what a fresh batch run makes of it."""
+    root = tmp_path_factory.mktemp("counted")
+    shutil.copy(REPO / "settings.yaml", root)
+    shutil.copytree(REPO / "rules", root / "rules")
+    workspace = Workspace(root)
+    workspace.write("a.log", log_lines(4, 300))
+    workspace.write("b.log", log_lines(5, 200) + "2025-07-22T12:00:00Z INFO S u1 no newline at the end")
+    assert run(workspace) == 0
+    return workspace, state_file(workspace).read_bytes(), outputs(workspace.output)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(1, 255)), min_size=1, max_size=4))
+def test_random_flipped_bytes_in_the_saved_state_never_give_a_wrong_result_or_an_internal_error(counted, flips):
+    workspace, saved, expected = counted
+    data = bytearray(saved)
+    for where, mask in flips:
+        data[int(where * len(data))] ^= mask
+    shutil.rmtree(workspace.output)
+    state_file(workspace).parent.mkdir(parents=True)
+    state_file(workspace).write_bytes(bytes(data))
+    assert run(workspace) == 0
+    assert outputs(workspace.output) == expected
