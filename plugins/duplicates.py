@@ -76,7 +76,8 @@ class Copies(Table):
         # Where some repeat (a busy user's chance repeats: about 1% of a heavy-tailed log's
         # records), only their rows are sorted and ranked, and the table keeps its row order (by
         # window, as a batch's is: what a band split reads fastest).
-        twice = np.unique(ordered[1:][same])
+        repeated = ordered[1:][same]  # sorted: each repeated hash once, without np.unique's sort
+        twice = repeated[np.r_[True, repeated[1:] != repeated[:-1]]]
         rows = np.flatnonzero(frame["hash"].is_in(pl.Series(twice).implode()).to_numpy())  # hashed: 6x a search
         multi = frame[rows]
         digests = hashes[rows]
