@@ -202,7 +202,11 @@ class WatchLoop:
         self._forget_file_errors(None if catch_up else {f.name for f in files})
         present = [f for f in files if os.path.lexists(f.path) or _log_gone(f)]
         works = plan(present, self.checkpoint, self.pm)
-        pipeline.process(works, self.checkpoint, final=False)
+        # A file taken from the change set is closed after writing, renamed into place or settled:
+        # its last line counts even without a newline, as in a batch run. The catch-up reads what
+        # was there at the start, which may be mid-write: complete lines only, and the rescan
+        # that follows it notes the files with a tail left, which settle like any other.
+        pipeline.process(works, self.checkpoint, final=not catch_up)
         elapsed = time.perf_counter() - self.started
         run = metrics(self.settings, self.started_at, elapsed, pipeline.lines_read, pipeline.bytes_read)
         write_outputs(self.settings, self.pm, self.rules, self.checkpoint, run)

@@ -268,20 +268,57 @@ def test_temporary_hidden_and_partial_names_are_ignored(watched, tmp_path):
 
 
 def test_growth_reads_only_new_complete_lines_and_a_partial_line_waits_for_its_newline(watched, tmp_path):
+    # settle_ms far above the writer's pause, and the file kept open: it is still being written,
+    # so its partial last line waits for its newline.
+    watched.configure("watch: {settle_ms: 5000, status_seconds: 0.2}\n")
     path = watched.write("grow.log", log_lines(7, 5))
     with Watcher(watched) as watcher:
         watcher.wait_for_lines(5)
-        with open(path, "a", encoding="utf-8") as out:  # one write: three lines and half of a fourth
-            out.write(log_lines(8, 3) + "2025-07-22T10:00:00Z SUCCESS PaymentSer")
-        summary = watcher.wait_for_lines(8)
-        assert summary["totals"]["malformed"] == 0
         with open(path, "a", encoding="utf-8") as out:
+            out.write(log_lines(8, 3) + "2025-07-22T10:00:00Z SUCCESS PaymentSer")  # three lines and half a fourth
+            out.flush()
+            time.sleep(1.0)  # the writer's pause, well within settle_ms
             out.write("vice user7 paid 5 EUR\n")
         summary = watcher.wait_for_lines(9)
         assert summary["totals"]["malformed"] == 0
         assert summary["payment_statuses"]["SUCCESS"] >= 1
-        assert file_lines(watcher.log, "grow.log") == [5, 3, 1]
+        assert file_lines(watcher.log, "grow.log") == [5, 4]
         assert_same_as_batch(watched, tmp_path)
+
+
+def test_a_file_ending_without_a_newline_counts_its_last_line_as_a_batch_run_does(watched, tmp_path):
+    # The shipped sample file has no final newline: copied into a watched folder, every line counts.
+    sample = (REPO / "data" / "example_input.txt").read_bytes()
+    assert not sample.endswith(b"\n")
+    with Watcher(watched) as watcher:
+        watcher.wait_started()
+        watched.write("copied.txt", sample)
+        summary = watcher.wait_for_lines(sample.count(b"\n") + 1)
+        assert file_lines(watcher.log, "copied.txt") == [sample.count(b"\n") + 1]
+        assert_same_as_batch(watched, tmp_path)
+        assert watcher.stop() == 0
+    assert without_run(watched.summary()) == without_run(summary)
+
+
+def test_a_last_line_present_at_start_is_counted_once_it_settles(watched, tmp_path):
+    watched.write("there.log", log_lines(10, 20) + "2025-07-22T10:00:00Z INFO AuthService u9 last line")
+    with Watcher(watched) as watcher:
+        summary = watcher.wait_for_lines(21)
+        assert summary["totals"]["malformed"] == counts_of(summary, "there.log")["malformed"]
+        assert file_lines(watcher.log, "there.log") == [20, 1]
+        assert_same_as_batch(watched, tmp_path)
+
+
+def test_a_line_counted_without_its_newline_and_then_extended_adds_no_fragment(watched, tmp_path):
+    path = watched.write("ext.log", log_lines(11, 10) + "2025-07-22T10:00:00Z INFO AuthService u9 first part")
+    with Watcher(watched) as watcher:
+        watcher.wait_for_lines(11)
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(" and the rest\n" + log_lines(12, 4))
+        summary = watcher.wait_for_lines(15)
+        assert summary["totals"]["malformed"] == counts_of(summary, "ext.log")["malformed"]
+        assert "ext.log: line 11 grew after it was counted; the added text is not counted" in watcher.log
+        assert file_lines(watcher.log, "ext.log") == [10, 1, 4]  # the catch-up, the settled last line, the rest
 
 
 def test_replaced_or_truncated_file_is_read_again_as_new_and_earlier_counts_stay(watched):
