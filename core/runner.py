@@ -69,6 +69,12 @@ def plan(files: list[DataFile], checkpoint: Checkpoint, pm: pluggy.PluginManager
             continue
         if work is not None:
             works.append(work)
+    for old, new in checkpoint.ledger.renamed:  # a renamed file's counts go with it
+        if old in checkpoint.state.files:
+            stats = checkpoint.state.files.pop(old)
+            stats.path = new
+            checkpoint.state.files[new] = stats
+    checkpoint.ledger.renamed.clear()
     return works
 
 

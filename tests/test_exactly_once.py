@@ -7,6 +7,7 @@ with what one batch run from nothing writes into a fresh output folder.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -14,9 +15,10 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 
-from tests.conftest import REPO, Workspace, run_cli
+from tests.conftest import REPO, Workspace, run_cli, without_run
 from tests.test_watch import log_lines, newlines, outputs
 
 EXTRA_RULE = "- name: top-statuses\n  type: top_k\n  field: status\n  limit: {limit}\n"
@@ -147,3 +149,86 @@ def test_a_batch_run_killed_at_random_points_loses_and_doubles_nothing(workspace
             proc.wait(timeout=30)
     batch(workspace)
     assert outputs(workspace.output) == fresh_outputs(workspace)
+
+
+# -- one file under several names, and rewrites (issue 14, items 4-6) --------------------------------
+
+
+def _batch_in_process(workspace: Workspace, caplog) -> dict:
+    from core.cli import main
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert main(["--settings", str(workspace.settings), "--quiet"]) == 0
+    return workspace.summary()
+
+
+def test_a_file_renamed_to_a_name_that_still_matches_is_not_counted_again(workspace, caplog):
+    workspace.write("x.log", log_lines(20, 100))
+    _batch_in_process(workspace, caplog)
+    os.rename(workspace.data / "x.log", workspace.data / "x-20250722.log")  # rotated
+    workspace.write("x.log", log_lines(21, 40))  # and a new x.log
+    summary = _batch_in_process(workspace, caplog)
+    assert "x.log was renamed to x-20250722.log: counting on from byte" in caplog.text
+    assert summary["totals"]["lines"] == 140
+    assert summary["run"]["lines_read"] == 40
+    fresh_summary, _ = fresh_outputs(workspace)
+    by_path = sorted(summary["files"], key=lambda f: f["path"])
+    assert by_path == sorted(fresh_summary["files"], key=lambda f: f["path"])
+    assert {**without_run(summary), "files": by_path} == {**fresh_summary, "files": by_path}
+
+
+def test_a_renamed_file_that_grew_is_counted_on_from_its_offset(workspace, caplog):
+    path = workspace.write("app.log", log_lines(22, 50))
+    _batch_in_process(workspace, caplog)
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(log_lines(23, 7))
+    os.rename(path, workspace.data / "app.log.1.log")
+    summary = _batch_in_process(workspace, caplog)
+    assert summary["run"]["lines_read"] == 7
+    assert summary["totals"]["lines"] == 57
+
+
+@pytest.mark.parametrize("link", ["hard", "symbolic"])
+def test_a_link_to_a_counted_file_added_later_is_not_counted_again(workspace, caplog, link):
+    target = workspace.write("b.log", log_lines(24, 100))
+    _batch_in_process(workspace, caplog)
+    made = workspace.data / "a-link.log"  # sorts before its target
+    os.link(target, made) if link == "hard" else made.symlink_to(target)
+    summary = _batch_in_process(workspace, caplog)
+    assert "a-link.log is the same file as b.log, which is counted: read once" in caplog.text
+    assert summary["totals"]["lines"] == 100
+    assert summary["run"]["lines_read"] == 0
+
+
+def test_a_file_rewritten_in_place_longer_with_the_same_first_bytes_is_read_again_from_the_start(workspace, caplog):
+    head = log_lines(25, 30)  # more than the 1 KiB fingerprint
+    assert len(head.encode()) > 1024
+    path = workspace.write("r.log", head + log_lines(26, 20))
+    _batch_in_process(workspace, caplog)
+    path.write_text(head + log_lines(27, 40), encoding="utf-8")  # same inode, same first KiB, longer
+    summary = _batch_in_process(workspace, caplog)
+    assert "r.log was replaced, rewritten or truncated; reading it again as a new file" in caplog.text
+    assert summary["run"]["lines_read"] == 70
+    assert summary["totals"]["lines"] == 50 + 70  # what was counted stays counted, the new content is all read
+    assert summary["totals"]["malformed"] == newlines_malformed(head + log_lines(26, 20)) + newlines_malformed(
+        head + log_lines(27, 40))
+
+
+def newlines_malformed(text: str) -> int:
+    """Malformed lines of ``log_lines`` text (one in 23 is prose)."""
+    return sum(1 for line in text.splitlines() if line.startswith("not a payment line"))
+
+
+def test_a_rotated_file_found_after_its_old_name_was_reused_is_not_counted_again(workspace, caplog):
+    # "app.log" sorts before "app.log.1.log": the new app.log is met first and replaces the old
+    # one's entry; the ledger still knows the old file when it turns up under its new name.
+    path = workspace.write("app.log", log_lines(32, 100))
+    _batch_in_process(workspace, caplog)
+    os.rename(path, workspace.data / "app.log.1.log")
+    workspace.write("app.log", log_lines(33, 40))
+    summary = _batch_in_process(workspace, caplog)
+    assert "app.log was renamed to app.log.1.log: counting on from byte" in caplog.text
+    assert summary["totals"]["lines"] == 140
+    assert summary["run"]["lines_read"] == 40
+    assert _batch_in_process(workspace, caplog)["run"]["lines_read"] == 0  # and it stays known

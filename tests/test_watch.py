@@ -337,8 +337,20 @@ def test_replaced_or_truncated_file_is_read_again_as_new_and_earlier_counts_stay
         assert {f["path"]: f["lines"] for f in summary["files"]} == {
             "replaced.log": 6 + 3, "truncated.log": 8 + 2, "rewritten.log": 4 + 9,
         }
-        assert watcher.log.count("was replaced or truncated; reading it again as a new file") == 3
+        assert watcher.log.count("was replaced, rewritten or truncated; reading it again as a new file") == 3
         assert watcher.stop() == 0
+
+
+def test_a_rotated_file_is_not_counted_again_under_its_new_name(watched, tmp_path):
+    path = watched.write("x.log", log_lines(30, 100))
+    with Watcher(watched) as watcher:
+        watcher.wait_for_lines(100)
+        os.rename(path, watched.data / "x-20250722.log")
+        watched.write("x.log", log_lines(31, 40))
+        summary = watcher.wait_for_lines(140)
+        assert sorted(f["path"] for f in summary["files"]) == ["x-20250722.log", "x.log"]
+        assert "x.log was renamed to x-20250722.log" in watcher.log
+        assert_same_as_batch(watched, tmp_path)
 
 
 def test_file_deleted_before_its_turn_is_skipped_with_a_log_line(watched, tmp_path):
