@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.discover import check_regular, open_regular
+
 log = logging.getLogger(__name__)
 
 #: How many leading bytes identify a file's content, so a reused inode is still caught.
@@ -48,8 +50,8 @@ class Work:
 
 
 def fingerprint(path: Path, length: int) -> str:
-    """A hash of the first ``length`` bytes of a file."""
-    with open(path, "rb") as handle:
+    """A hash of the first ``length`` bytes of a regular file."""
+    with open_regular(path) as handle:
         return hashlib.blake2b(handle.read(length), digest_size=16).hexdigest()
 
 
@@ -63,8 +65,10 @@ class Ledger:
         """What is left to read of a file, or None when it is fully counted. Raises ``OSError``.
 
         A file never seen is always planned, even empty, so that it is listed among the files.
+        Anything but a regular file raises ``NotRegularFile``: it is never read.
         """
         info = os.stat(path)
+        check_regular(path, info)
         entry = self.entries.get(name)
         if entry is not None and self._replaced(entry, path, info):
             log.warning("%s was replaced or truncated; reading it again as a new file", name)
