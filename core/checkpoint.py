@@ -12,6 +12,7 @@ from typing import Any
 
 import polars as pl
 
+from core.errors import ForeignState
 from core.ledger import Ledger
 from core.output import atomic_write
 from core.parse import SCAN_VERSION
@@ -54,15 +55,40 @@ class Checkpoint:
     ledger: Ledger = field(default_factory=Ledger)
     rules: dict[str, str] = field(default_factory=dict)  # rule name -> rule_fingerprint
     parsing: str = ""
+    #: The data folder counted, resolved; "" in checkpoints written before it was kept.
+    data_dir: str = ""
 
     @classmethod
     def fresh(cls, settings: Settings, rules: list[Rule]) -> Checkpoint:
         return cls(RunState.empty(rules), Ledger(), {r.name: rule_fingerprint(r) for r in rules},
-                   parse_fingerprint(settings))
+                   parse_fingerprint(settings), data_folder(settings))
 
 
 def state_dir(settings: Settings) -> Path:
     return settings.output_dir / ".state"
+
+
+def data_folder(settings: Settings) -> str:
+    """The data folder as the state knows it: resolved, so that another spelling of it is the same."""
+    return str(settings.data_dir.resolve())
+
+
+#: The files ``atomic_write`` replaces, by folder: a kill during a write leaves ``.<name>.<random>.tmp``.
+_WRITTEN = ((".state", FILE_NAME), ("", "summary.json"), ("", "anomalies.json"))
+
+
+def remove_temp_files(settings: Settings) -> None:
+    """Remove the temp files a killed run left behind (the caller holds the state lock: none is in use)."""
+    removed = 0
+    for folder, name in _WRITTEN:
+        for temp in (settings.output_dir / folder).glob(f".{name}.*.tmp"):
+            try:
+                temp.unlink()
+                removed += 1
+            except OSError as exc:
+                log.warning("cannot remove %s, left by an interrupted run: %s", temp, exc.strerror or exc)
+    if removed:
+        log.info("removed %d temporary file%s left by an interrupted run", removed, "s" if removed > 1 else "")
 
 
 def load(settings: Settings, rules: list[Rule], reset: bool = False) -> Checkpoint:
@@ -71,7 +97,9 @@ def load(settings: Settings, rules: list[Rule], reset: bool = False) -> Checkpoi
     Rules removed from the configuration are dropped and the others kept. A rule that is new or
     whose parameters changed, or a change in how lines are parsed, cannot be reconciled with state
     built before: then everything is rebuilt from the files still present, and a warning says why.
+    A state built from another data folder raises ``ForeignState``: counts of two folders never mix.
     """
+    remove_temp_files(settings)
     path = state_dir(settings) / FILE_NAME
     if reset or not path.exists():
         return Checkpoint.fresh(settings, rules)
@@ -81,16 +109,26 @@ def load(settings: Settings, rules: list[Rule], reset: bool = False) -> Checkpoi
     except Exception as exc:  # a torn or foreign file must not stop the service; say so and rebuild
         log.warning("cannot read checkpoint %s (%s); rebuilding from the data folder", path, exc)
         return Checkpoint.fresh(settings, rules)
+    _check_data_folder(stored, settings)
     reason = _mismatch(stored, settings, rules)
     if reason:
         log.warning("configuration changed (%s); rebuilding all counts from the files still present", reason)
         return Checkpoint.fresh(settings, rules)
     checkpoint: Checkpoint = stored["checkpoint"]
+    checkpoint.data_dir = data_folder(settings)  # binds a checkpoint from before data_dir was kept
     for name in set(checkpoint.state.rules) - {r.name for r in rules}:
         log.info("rule '%s' is no longer enabled; dropping its state", name)
         checkpoint.state.rules.pop(name)
         checkpoint.rules.pop(name, None)
     return checkpoint
+
+
+def _check_data_folder(stored: Any, settings: Settings) -> None:
+    """Refuse a state of another data folder, before any rebuild could silently drop its counts."""
+    checkpoint = stored.get("checkpoint") if isinstance(stored, dict) else None
+    bound_to = getattr(checkpoint, "data_dir", "")
+    if isinstance(bound_to, str) and bound_to and bound_to != data_folder(settings):
+        raise ForeignState(settings.output_dir, bound_to, data_folder(settings))
 
 
 def _mismatch(stored: Any, settings: Settings, rules: list[Rule]) -> str:

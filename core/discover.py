@@ -94,10 +94,7 @@ def discover(
     Symlinks to files are followed; one file reached twice (a link and its target) is read once.
     Subfolders are read only with ``recursive``; symlinked folders never, so no link loops.
     """
-    if not data_dir.exists():
-        raise DataDirError(f"data folder '{data_dir}' does not exist")
-    if not data_dir.is_dir():
-        raise DataDirError(f"data folder '{data_dir}' is not a folder")
+    check_data_dir(data_dir)
     files: list[DataFile] = []
     skipped: list[Skipped] = []
     seen: dict[tuple[int, int], str] = {}
@@ -116,6 +113,14 @@ def discover(
         seen[(info.st_dev, info.st_ino)] = name
         files.append(DataFile(path, name))
     return files, skipped
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """Raise ``DataDirError`` unless the data folder exists and is a folder."""
+    if not data_dir.exists():
+        raise DataDirError(f"data folder '{data_dir}' does not exist")
+    if not data_dir.is_dir():
+        raise DataDirError(f"data folder '{data_dir}' is not a folder")
 
 
 def _walk(folder: Path, recursive: bool, skipped: list[Skipped]) -> list[Path]:
