@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 
 from tests.conftest import REPO, Workspace, run_cli
@@ -279,3 +280,63 @@ def test_temporary_files_left_by_a_kill_are_removed_at_the_next_start(workspace)
     assert mine.read_text(encoding="utf-8") == "a user's file\n"
     assert "removed 3 temporary files left by an interrupted run" in result.stderr
     assert outputs(workspace.output) == fresh_outputs(workspace)
+
+
+STUCK = '''\
+"""stuck: a rule whose update never returns, as a plugin's bug may do."""
+
+import pathlib
+import time
+
+from core import Result, Rule, hookimpl
+
+
+class Stuck(Rule):
+    type_name = "stuck"
+
+    def update(self, batch):
+        pathlib.Path("stuck.marker").touch()  # in the run's folder: the test waits for it
+        time.sleep(3600)
+
+    def merge(self, other):
+        pass
+
+    def result(self):
+        return Result(0)
+
+
+@hookimpl
+def register_rule_types(register):
+    register(Stuck)
+'''
+
+
+def test_a_second_sigterm_stops_at_once_even_when_a_chunk_never_finishes(workspace):
+    # The first signal waits for the chunks in flight; a plugin that never returns kept the run
+    # (or a watcher) alive through any number of signals.
+    (workspace.root / "stuck.py").write_text(STUCK, encoding="utf-8")
+    workspace.rules_file("stuck.yaml", "- {name: stuck-rule, type: stuck}\n")
+    workspace.configure("plugins: [stuck]\nrules: [payment-statuses, stuck-rule]\n")
+    workspace.write("a.log", log_lines(24, 20))
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli"], cwd=workspace.root,
+                            env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (workspace.root / "stuck.marker").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        with pytest.raises(subprocess.TimeoutExpired):  # the first one waits for the chunk in flight
+            proc.wait(timeout=1)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "runpipeline: interrupted; the last commit stands, and the next run goes on from it" in stderr
+    assert not (workspace.output / "summary.json").exists()  # nothing was committed: nothing written
+    assert [p.name for p in workspace.output.rglob("*.tmp")] == []
