@@ -6,6 +6,7 @@ import fcntl
 import json
 import logging
 import os
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from core.errors import StateLocked
 log = logging.getLogger(__name__)
 
 FILE_NAME = "lock"
+#: How often ``--wait-lock`` tries again; the lock's holder is a run of seconds to days.
+WAIT_POLL_SECONDS = 0.2
 
 
 class StateLock:
@@ -42,7 +45,7 @@ class StateLock:
                     raise StateLocked(self.output_dir, holder)
                 log.warning("output folder '%s' is in use by %s; waiting for it to finish (--wait-lock)",
                             self.output_dir, holder)
-                fcntl.flock(fd, fcntl.LOCK_EX)  # Ctrl-C interrupts the wait, SIGTERM ends the process
+                _wait_for_lock(fd)
             self._note_holder(fd)
         except BaseException:
             os.close(fd)
@@ -74,6 +77,13 @@ class StateLock:
         noted = json.dumps({"pid": os.getpid(), "command": self.command, "since": since}).encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, noted + b"\n", 0)
+
+
+def _wait_for_lock(fd: int) -> None:
+    """Poll for the lock rather than block in ``flock``: a blocked ``flock`` was not interrupted by
+    Ctrl-C (the kernel restarts it), and a poll lets the signal handlers run between tries."""
+    while not _try_lock(fd):
+        time.sleep(WAIT_POLL_SECONDS)
 
 
 def _try_lock(fd: int) -> bool:

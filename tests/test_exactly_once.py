@@ -170,6 +170,20 @@ def test_a_second_run_on_an_output_folder_in_use_is_refused_at_once_naming_the_h
                 f"pid {watcher.proc.pid} (runpipeline --watch)") in result.stderr
         assert "--wait-lock" in result.stderr
         assert (workspace.output / "summary.json").read_bytes() == before
+        # Ctrl-C ends a --wait-lock wait at once (SIGINT as a terminal delivers it: not ignored).
+        waiting = subprocess.Popen([sys.executable, "-m", "core.cli", "--wait-lock"], cwd=workspace.root,
+                                   env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            assert "waiting for it to finish (--wait-lock)" in waiting.stderr.readline()
+            waiting.send_signal(signal.SIGINT)
+            assert waiting.wait(timeout=5) == 130
+            assert "runpipeline: interrupted" in waiting.stderr.read()
+        finally:
+            if waiting.poll() is None:
+                waiting.kill()
+                waiting.wait(timeout=30)
+        assert (workspace.output / "summary.json").read_bytes() == before
         assert watcher.stop() == 0
 
 
