@@ -52,8 +52,9 @@ EXIT_CONFIG = 2
 EXIT_PARTIAL = 3
 #: sysexits' EX_TEMPFAIL: the output folder is busy; the same command may succeed later.
 EXIT_LOCKED = 75
-EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130
-EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
+#: A run stopped by a signal exits 128 + its number, as the shell reports one it ended: 130 for
+#: SIGINT, 143 for SIGTERM (a batch run; a watcher stopped by a signal has done its job: 0).
+EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 EPILOG = """\
 exit codes:
