@@ -21,6 +21,7 @@ from typing import Any
 import polars as pl
 
 from core import safestate
+from core.errors import ForeignState
 from core.ledger import Ledger
 from core.output import atomic_write
 from core.parse import SCAN_VERSION
@@ -65,15 +66,40 @@ class Checkpoint:
     ledger: Ledger = field(default_factory=Ledger)
     rules: dict[str, str] = field(default_factory=dict)  # rule name -> rule_fingerprint
     parsing: str = ""
+    #: The data folder counted, resolved; "" in checkpoints written before it was kept.
+    data_dir: str = ""
 
     @classmethod
     def fresh(cls, settings: Settings, rules: list[Rule]) -> Checkpoint:
         return cls(RunState.empty(rules), Ledger(), {r.name: rule_fingerprint(r) for r in rules},
-                   parse_fingerprint(settings))
+                   parse_fingerprint(settings), data_folder(settings))
 
 
 def state_dir(settings: Settings) -> Path:
     return settings.output_dir / ".state"
+
+
+def data_folder(settings: Settings) -> str:
+    """The data folder as the state knows it: resolved, so that another spelling of it is the same."""
+    return str(settings.data_dir.resolve())
+
+
+#: The files ``atomic_write`` replaces, by folder: a kill during a write leaves ``.<name>.<random>.tmp``.
+_WRITTEN = ((".state", FILE_NAME), (".state", PICKLED), ("", "summary.json"), ("", "anomalies.json"))
+
+
+def remove_temp_files(settings: Settings) -> None:
+    """Remove the temp files a killed run left behind (the caller holds the state lock: none is in use)."""
+    removed = 0
+    for folder, name in _WRITTEN:
+        for temp in (settings.output_dir / folder).glob(f".{name}.*.tmp"):
+            try:
+                temp.unlink()
+                removed += 1
+            except OSError as exc:
+                log.warning("cannot remove %s, left by an interrupted run: %s", temp, exc.strerror or exc)
+    if removed:
+        log.info("removed %d temporary file%s left by an interrupted run", removed, "s" if removed > 1 else "")
 
 
 def load(settings: Settings, rules: list[Rule], reset: bool = False) -> Checkpoint:
@@ -82,7 +108,9 @@ def load(settings: Settings, rules: list[Rule], reset: bool = False) -> Checkpoi
     Rules removed from the configuration are dropped and the others kept. A rule that is new or
     whose parameters changed, or a change in how lines are parsed, cannot be reconciled with state
     built before: then everything is rebuilt from the files still present, and a warning says why.
+    A state built from another data folder raises ``ForeignState``: counts of two folders never mix.
     """
+    remove_temp_files(settings)
     folder = state_dir(settings)
     path = folder / FILE_NAME
     if (folder / PICKLED).exists():
@@ -101,10 +129,13 @@ def load(settings: Settings, rules: list[Rule], reset: bool = False) -> Checkpoi
         log.warning("cannot read checkpoint %s (%s); moved it to %s and rebuilding all counts from the data "
                     "folder: the counts of files no longer there are lost", path, exc, kept.name)
         return Checkpoint.fresh(settings, rules)
+    if checkpoint.data_dir and checkpoint.data_dir != data_folder(settings):  # before any rebuild could drop its counts
+        raise ForeignState(settings.output_dir, checkpoint.data_dir, data_folder(settings))
     reason = _mismatch(checkpoint, settings, rules)
     if reason:
         log.warning("configuration changed (%s); rebuilding all counts from the files still present", reason)
         return Checkpoint.fresh(settings, rules)
+    checkpoint.data_dir = data_folder(settings)
     for name in set(checkpoint.state.rules) - {r.name for r in rules}:
         log.info("rule '%s' is no longer enabled; dropping its state", name)
         checkpoint.state.rules.pop(name)
@@ -116,12 +147,14 @@ def _checkpoint(stored: dict[str, Any]) -> Checkpoint:
     """The checkpoint a stored mapping describes; ``StateError`` if its parts are not what they must be."""
     states, files, failures = stored.get("states"), stored.get("files"), stored.get("failures")
     ledger, fingerprints, parsing = stored.get("ledger"), stored.get("rules"), stored.get("parsing")
+    data_dir = stored.get("data_dir")
     if not (isinstance(states, dict) and all(isinstance(rule, Rule) for rule in states.values())
             and isinstance(files, dict) and all(isinstance(f, FileStats) for f in files.values())
             and isinstance(failures, set) and all(isinstance(f, Failure) for f in failures)
-            and isinstance(ledger, Ledger) and isinstance(fingerprints, dict) and isinstance(parsing, str)):
+            and isinstance(ledger, Ledger) and isinstance(fingerprints, dict) and isinstance(parsing, str)
+            and isinstance(data_dir, str)):
         raise safestate.StateError("its parts are not of the expected kinds")
-    return Checkpoint(RunState(states, files, failures), ledger, fingerprints, parsing)
+    return Checkpoint(RunState(states, files, failures), ledger, fingerprints, parsing, data_dir)
 
 
 def _set_aside(path: Path) -> Path:
@@ -163,5 +196,6 @@ def save(settings: Settings, checkpoint: Checkpoint) -> None:
         if name in checkpoint.rules:
             fingerprints[name] = checkpoint.rules[name]
     stored = {"format": FORMAT, "parsing": checkpoint.parsing, "rules": fingerprints, "states": states,
-              "files": checkpoint.state.files, "failures": checkpoint.state.failures, "ledger": checkpoint.ledger}
+              "files": checkpoint.state.files, "failures": checkpoint.state.failures, "ledger": checkpoint.ledger,
+              "data_dir": checkpoint.data_dir}
     atomic_write(state_dir(settings) / FILE_NAME, lambda out: safestate.dump(stored, out, known))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,13 +30,16 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("POLARS_MAX_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
 
 from core import __version__  # noqa: E402  (after the allocator setting above)
-from core.errors import ConfigError, DataDirError, OutputValidationError, PipelineError
+from core.discover import check_data_dir
+from core.errors import ConfigError, DataDirError, ForeignState, OutputValidationError, PipelineError, StateLocked
+from core.lock import StateLock
 from core.plugins import get_plugin_manager, rule_types
 from core.profile import RunProfile
 from core.ruleset import load_rules
 from core.settings import Settings, load_settings
 
 try:
+    from core.checkpoint import state_dir
     from core.runner import RunReport, run_batch
 except ImportError as exc:  # a compiled module's stand-in does not fit (core/compiled.py): say so, no traceback
     if not str(exc).startswith("core._"):
@@ -44,15 +50,22 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
 EXIT_PARTIAL = 3
-EXIT_INTERRUPTED = 130
+#: sysexits' EX_TEMPFAIL: the output folder is busy; the same command may succeed later.
+EXIT_LOCKED = 75
+#: A run stopped by a signal exits 128 + its number, as the shell reports one it ended: 130 for
+#: SIGINT, 143 for SIGTERM (a batch run; a watcher stopped by a signal has done its job: 0).
+EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 EPILOG = """\
 exit codes:
-  0    every file and every rule was processed; outputs written
+  0    every file and every rule was processed; outputs written (--watch: stopped by a signal)
   1    the run could not finish (an output failed its schema, or an internal error)
-  2    configuration problem: settings, rule files, plugins or the data folder
+  2    configuration problem: settings, rule files, plugins, the data folder, or an output folder
+       that holds the counts of another data folder
   3    outputs written, but a rule failed or a file could not be read (see summary.json)
-  130  interrupted
+  75   another run holds the output folder (its pid and command are named); see --wait-lock
+  130  interrupted by Ctrl-C (SIGINT): what was read is committed and the outputs are written
+  143  stopped by SIGTERM: what was read is committed and the outputs are written
 """
 
 
@@ -76,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --watch: poll the folder instead of using native file events")
     parser.add_argument("--reset", action="store_true",
                         help="forget what earlier runs counted (output/.state) and start from nothing")
+    parser.add_argument("--wait-lock", action="store_true",
+                        help="if another run holds the output folder, wait for it to finish instead of "
+                        "exiting with code 75")
     parser.add_argument("--profile", action="store_true",
                         help="profile the run on every thread; write profile.txt and profile.pstats to the "
                         "output folder (batch runs only)")
@@ -91,8 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose, args.quiet)
+    command = shlex.join(["runpipeline", *(sys.argv[1:] if argv is None else argv)])
     try:
-        return _run(args)
+        return _run(args, command)
+    except StateLocked as exc:
+        print(f"runpipeline: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    except ForeignState as exc:
+        print(f"runpipeline: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except ConfigError as exc:
         _say_problems("configuration error", exc.problems)
         return EXIT_CONFIG
@@ -105,8 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineError as exc:
         print(f"runpipeline: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("runpipeline: interrupted; outputs from before this run are unchanged", file=sys.stderr)
+    except KeyboardInterrupt:  # a second signal, or one before the run began: stop at once
+        print("runpipeline: interrupted; the last commit stands, and the next run goes on from it",
+              file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as exc:  # the file system refused (output folder is a file, disk full, read-only): say where
         where = f"{exc.filename}: " if exc.filename else ""
@@ -121,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, command: str) -> int:
     settings = load_settings(args.settings, _overrides(args))
     pm = get_plugin_manager(settings.plugins, search_path=settings.source.parent)
     rules = load_rules(settings, rule_types(pm))
@@ -130,13 +154,22 @@ def _run(args: argparse.Namespace) -> int:
             names = ", ".join(rule.name for rule in rules) or "none"
             print(f"{settings.source}: configuration is valid; {len(rules)} rules enabled: {names}")
         return EXIT_OK
-    if args.watch:
-        if args.profile:
-            raise ConfigError(["--profile: expected a batch run, got --watch; profile one batch run instead"])
-        return _watch(settings, pm, rules, args)
+    if args.watch and args.profile:
+        raise ConfigError(["--profile: expected a batch run, got --watch; profile one batch run instead"])
+    check_data_dir(settings.data_dir)  # a missing data folder is refused before the output folder is made
+    # One process per output folder, from before the state is read until after it is last written.
+    with StateLock(state_dir(settings), settings.output_dir, command) as lock:
+        lock.acquire(wait=args.wait_lock)
+        with _graceful_stop() as stop:
+            if args.watch:
+                return _watch(settings, pm, rules, args, stop.event)
+            return _batch(settings, pm, rules, args, stop)
+
+
+def _batch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespace, stop: _Stop) -> int:
     profile = RunProfile() if args.profile else None
     report = _run_with_progress(settings, pm, rules, show=not args.quiet and sys.stderr.isatty(),
-                               reset=args.reset, profile=profile)
+                               reset=args.reset, profile=profile, stop=stop.event)
     if profile is not None:
         written = profile.write(settings.output_dir)
         if not args.quiet:
@@ -144,21 +177,48 @@ def _run(args: argparse.Namespace) -> int:
     # Rule and file failures were logged as they happened; summary.json lists them again.
     if not args.quiet:
         print(human_summary(report, settings))
+    if stop.signum is not None:
+        print(f"runpipeline: stopped by {signal.Signals(stop.signum).name}: what was read is committed and the "
+              "outputs are written; run again to read the rest", file=sys.stderr)
+        return 128 + stop.signum
     return EXIT_PARTIAL if report.failed else EXIT_OK
 
 
-def _watch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespace) -> int:
+def _watch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespace, stop: threading.Event) -> int:
     from core.watch import WatchLoop
 
     if not args.quiet and not args.verbose:
         logging.getLogger().setLevel(logging.INFO)  # a service logs each file and a status line
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     loop = WatchLoop(settings, pm, rules, stop, poll=args.poll, reset=args.reset)
     loop.run()
     logging.getLogger(__name__).info("stopped after %d commits; outputs are complete", loop.commits)
     return EXIT_OK
+
+
+class _Stop:
+    """A signal handler: the first SIGINT or SIGTERM asks for a graceful stop, a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt  # main() says so; the last commit stands
+        self.signum = signum
+        self.event.set()
+
+
+@contextlib.contextmanager
+def _graceful_stop() -> Iterator[_Stop]:
+    """SIGINT and SIGTERM set ``stop.event`` while the block runs; the earlier handlers come back after it."""
+    stop = _Stop()
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -170,16 +230,16 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_with_progress(settings: Settings, pm: Any, rules: list[Any], show: bool, reset: bool,
-                       profile: RunProfile | None = None) -> RunReport:
+                       profile: RunProfile | None = None, stop: threading.Event | None = None) -> RunReport:
     if not show:
-        return run_batch(settings, pm, rules, reset=reset, profile=profile)
+        return run_batch(settings, pm, rules, reset=reset, profile=profile, stop=stop)
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
     columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
     with Progress("[progress.description]{task.description}", *columns, transient=True) as bar:
         task = bar.add_task("reading", total=None)
         return run_batch(
-            settings, pm, rules, reset=reset, profile=profile,
+            settings, pm, rules, reset=reset, profile=profile, stop=stop,
             on_progress=lambda n: bar.advance(task, n),
             on_start=lambda total: bar.update(task, total=total),
         )

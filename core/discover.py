@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import fnmatch
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from core.errors import DataDirError
 
@@ -26,6 +30,54 @@ class Skipped:
     reason: str
 
 
+class NotRegularFile(OSError):
+    """A path that is not a regular file (a FIFO, a device, a socket): never opened for reading.
+
+    Reading one may never end (``/dev/zero``) or never start (a FIFO waits for a writer in
+    ``open``), so only regular files are read; ``strerror`` says what the path is.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], mode: int) -> None:
+        super().__init__(errno.EINVAL, f"is {file_kind(mode)}, not a regular file; only regular files are read",
+                         os.fspath(path))
+
+
+_KINDS = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a folder"),
+)
+
+
+def file_kind(mode: int) -> str:
+    """What a file of this ``st_mode`` is, in words."""
+    return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
+
+
+def check_regular(path: str | os.PathLike[str], info: os.stat_result) -> None:
+    """Raise ``NotRegularFile`` unless ``info`` (``os.stat`` of ``path``) is that of a regular file."""
+    if not stat.S_ISREG(info.st_mode):
+        raise NotRegularFile(path, info.st_mode)
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open a regular file for reading, unbuffered; raise ``NotRegularFile`` for anything else.
+
+    The open itself never waits: ``O_NONBLOCK`` makes a FIFO (were the path swapped for one after
+    a check) open at once, and the check is made on the open file, so no swap can slip past it.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        check_regular(path, os.fstat(fd))
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def wanted(name: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
     """Whether a file name matches an include glob and no exclude glob."""
     base = os.path.basename(name)
@@ -42,10 +94,7 @@ def discover(
     Symlinks to files are followed; one file reached twice (a link and its target) is read once.
     Subfolders are read only with ``recursive``; symlinked folders never, so no link loops.
     """
-    if not data_dir.exists():
-        raise DataDirError(f"data folder '{data_dir}' does not exist")
-    if not data_dir.is_dir():
-        raise DataDirError(f"data folder '{data_dir}' is not a folder")
+    check_data_dir(data_dir)
     files: list[DataFile] = []
     skipped: list[Skipped] = []
     seen: dict[tuple[int, int], str] = {}
@@ -66,6 +115,14 @@ def discover(
     return files, skipped
 
 
+def check_data_dir(data_dir: Path) -> None:
+    """Raise ``DataDirError`` unless the data folder exists and is a folder."""
+    if not data_dir.exists():
+        raise DataDirError(f"data folder '{data_dir}' does not exist")
+    if not data_dir.is_dir():
+        raise DataDirError(f"data folder '{data_dir}' is not a folder")
+
+
 def _walk(folder: Path, recursive: bool, skipped: list[Skipped]) -> list[Path]:
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
@@ -81,6 +138,7 @@ def _walk(folder: Path, recursive: bool, skipped: list[Skipped]) -> list[Path]:
                 skipped.append(Skipped(str(path), "is a subfolder (set 'recursive: true' to read subfolders)"))
         elif entry.is_dir():
             skipped.append(Skipped(str(path), "is a symlink to a folder, which is never followed"))
-        elif entry.is_file() or entry.is_symlink():
-            found.append(path)  # a dangling link is reported when it cannot be opened
+        else:
+            # A dangling link, a FIFO or a device is reported when it is planned, never opened.
+            found.append(path)
     return found

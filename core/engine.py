@@ -99,8 +99,11 @@ class Pipeline:
     def __enter__(self) -> Pipeline:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._pool.shutdown(wait=True)
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        # Stopping at once (a second signal, as KeyboardInterrupt) must not wait for a chunk that a
+        # plugin never finishes: the process exits, and the last commit stands.
+        at_once = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        self._pool.shutdown(wait=not at_once, cancel_futures=at_once)
 
     @property
     def in_flight(self) -> int:

@@ -44,3 +44,25 @@ class RuleExecutionFailed(PipelineError):
         self.path = path
         self.exc = exc
         super().__init__(f"rule '{rule}' failed on {path}: {type(exc).__name__}: {exc}")
+
+
+class StateLocked(PipelineError):
+    """Another process holds the output folder's state lock (a watcher, another batch run)."""
+
+    def __init__(self, output_dir: object, holder: str) -> None:
+        self.holder = holder
+        super().__init__(
+            f"output folder '{output_dir}' is in use by another run: {holder}; stop it, run with "
+            "--wait-lock to wait for it to finish, or choose another --output-dir"
+        )
+
+
+class ForeignState(PipelineError):
+    """The output folder holds the counts of another data folder; mixing them would merge both."""
+
+    def __init__(self, output_dir: object, bound_to: str, data_dir: str) -> None:
+        super().__init__(
+            f"output folder '{output_dir}' holds the counts of data folder '{bound_to}', not of "
+            f"'{data_dir}'; run with --reset to count '{data_dir}' from nothing there, or choose "
+            "another --output-dir"
+        )

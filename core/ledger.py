@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from core import safestate
+from core.discover import check_regular, open_regular
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,8 @@ class Work:
 
 
 def fingerprint(path: Path, length: int, start: int = 0) -> str:
-    """A hash of ``length`` bytes of a file from ``start`` (its first bytes by default)."""
-    with open(path, "rb") as handle:
+    """A hash of ``length`` bytes of a regular file from ``start`` (its first bytes by default)."""
+    with open_regular(path) as handle:
         return hashlib.blake2b(os.pread(handle.fileno(), length, start), digest_size=16).hexdigest()
 
 
@@ -93,9 +94,11 @@ class Ledger:
         A file never seen is always planned, even empty, so that it is listed among the files.
         A name new to the ledger for a file it knows under another name (same device, inode and
         first bytes) is that file: renamed, if the other name is gone, and counted on from its
-        offset; a link to it otherwise, and not read at all.
+        offset; a link to it otherwise, and not read at all. Anything but a regular file raises
+        ``NotRegularFile``: it is never read.
         """
         info = os.stat(path)
+        check_regular(path, info)
         entry = self.entries.get(name)
         if entry is None:
             known = self._known_as(path, info)

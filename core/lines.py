@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import stat
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
+from core.discover import open_regular
 from core.parse import _text, count_newlines
 
 #: Bytes read at a time. A block with no wanted line in it costs one read and one count of its
@@ -60,7 +60,7 @@ def read_lines(
         return {}
     scan = _LineScan(wanted, max(0, max_bytes))
     try:
-        with _open_regular(Path(path)) as handle:
+        with open_regular(path) as handle:
             info = os.fstat(handle.fileno())
             known = _starts.get((info.st_dev, info.st_ino), {})
             # Only starts within the file as it is now: a file cut shorter may have moved its lines.
@@ -69,21 +69,6 @@ def read_lines(
     except OSError:
         pass  # what was found before the error stands; the rest has no entry
     return scan.found
-
-
-def _open_regular(path: Path) -> BinaryIO:
-    """Open a regular file for reading; refuse anything else before it could block or have effects."""
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise OSError(f"{path}: not a regular file")
-    # O_NONBLOCK: were the path swapped for a FIFO after the check, the open must not wait for a writer.
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path}: not a regular file")
-        return os.fdopen(fd, "rb", buffering=0)
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def _read_blocks(handle: BinaryIO, scan: _LineScan, block_bytes: int,

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Generator, Iterator
 from typing import BinaryIO
 
+from core.discover import open_regular
 from core.parse import Chunk, count_newlines
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class ChunkReader:
         self._sized = (0, 0)  # lines and bytes handed over in chunks (not over-long ones): their mean length
 
     def __iter__(self) -> Iterator[Chunk]:
-        with open(self.path, "rb", buffering=0) as handle:  # reads go straight into each chunk's bytes
+        with open_regular(self.path) as handle:  # unbuffered: reads go straight into each chunk's bytes
             handle.seek(self.offset)
             if self.skip_partial and not (yield from self._skip_continuation(handle)):
                 return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import resource
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -87,15 +88,18 @@ def run_batch(
     on_progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     profile: RunProfile | None = None,
+    stop: threading.Event | None = None,
 ) -> RunReport:
     """Count what is new in the data folder since the last commit, commit, and write the outputs.
 
-    With ``profile``, every thread's work is profiled into it (``runpipeline --profile``).
+    With ``profile``, every thread's work is profiled into it (``runpipeline --profile``). Once
+    ``stop`` is set, no new chunk is read: what was read is merged, committed and written, and the
+    rest is left for the next run.
     """
     if profile is None:
-        return _run_batch(settings, pm, rules, reset, on_progress, on_start, None)
+        return _run_batch(settings, pm, rules, reset, on_progress, on_start, None, stop)
     with profile.thread():
-        return _run_batch(settings, pm, rules, reset, on_progress, on_start, profile)
+        return _run_batch(settings, pm, rules, reset, on_progress, on_start, profile, stop)
 
 
 def _run_batch(
@@ -106,6 +110,7 @@ def _run_batch(
     on_progress: Callable[[int], None] | None,
     on_start: Callable[[int], None] | None,
     profile: RunProfile | None,
+    stop: threading.Event | None,
 ) -> RunReport:
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
@@ -118,7 +123,7 @@ def _run_batch(
     if on_start is not None:
         on_start(sum(_size(w) for w in works))
     pm.hook.before_run(paths=[w.name for w in works], settings=settings.as_dict())
-    with Pipeline(settings, rules, pm, profile=profile) as pipeline:
+    with Pipeline(settings, rules, pm, stop=stop, profile=profile) as pipeline:
         pipeline.on_progress = on_progress
         pipeline.process(works, checkpoint, final=True)
     run = metrics(settings, started_at, time.perf_counter() - started, pipeline.lines_read, pipeline.bytes_read)

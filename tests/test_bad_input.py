@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,9 @@ def hours(**counts: int) -> dict[str, int]:
     return histogram
 
 
-def run(workspace, *args: str, code: int = 0) -> dict[str, Any]:
+def run(workspace, *args: str, code: int = 0, timeout: float = 120) -> dict[str, Any]:
     """Run the CLI, check the exit code, the absence of tracebacks and temp files; return the valid summary."""
-    result = workspace.run(*args)
+    result = workspace.run(*args, timeout=timeout)
     assert result.returncode == code, f"exit {result.returncode}\n{result.stderr}"
     assert "Traceback" not in result.stderr
     assert [p.name for p in workspace.output.rglob("*.tmp")] == []  # e.g. .summary.json.x1y2.tmp
@@ -517,6 +518,48 @@ def test_symlinked_folder_is_never_followed(workspace):
     workspace.configure("recursive: true\n")
     summary = run(workspace)
     assert [f["path"] for f in summary["files"]] == ["a.log"]
+
+
+def run_bounded(workspace, code: int) -> dict[str, Any]:
+    """``run``, but a run that hangs fails the test after 20 s instead of hanging the suite."""
+    try:
+        return run(workspace, code=code, timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the run hung: it was still running after 20 s")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_a_symlink_to_a_device_is_reported_and_the_other_files_are_read(workspace):
+    # /dev/zero never ends: read as a file, it spins for ever and no output is written.
+    workspace.write("a.log", f"{rec('alice')}\n{rec('bob')}\n")
+    os.symlink("/dev/zero", workspace.data / "zero.log")
+    summary = run_bounded(workspace, code=3)
+    assert summary["file_errors"] == [
+        {"file": "zero.log", "error": f"cannot read {workspace.data / 'zero.log'}: "
+                                      "is a character device, not a regular file; only regular files are read"},
+    ]
+    assert [f["path"] for f in summary["files"]] == ["a.log"]
+    assert counts(summary) == {"files": 1, "lines": 2, "records": 2, "blank": 0, "malformed": 0}
+
+
+def test_a_named_pipe_or_a_symlink_to_one_is_reported_and_the_other_files_are_read(workspace):
+    # Opening a FIFO for reading waits for a writer, for ever if none comes.
+    workspace.write("a.log", f"{rec('alice')}\n")
+    os.mkfifo(workspace.root / "pipe")
+    os.symlink(workspace.root / "pipe", workspace.data / "linked.log")
+    os.mkfifo(workspace.data / "fifo.log")
+    os.mkfifo(workspace.data / "fifo.csv")  # not an included name: passed over, as any such file
+    summary = run_bounded(workspace, code=3)
+    reason = "is a named pipe (FIFO), not a regular file; only regular files are read"
+    assert summary["file_errors"] == [
+        {"file": "fifo.log", "error": f"cannot read {workspace.data / 'fifo.log'}: {reason}"},
+        {"file": "linked.log", "error": f"cannot read {workspace.data / 'linked.log'}: {reason}"},
+    ]
+    assert [f["path"] for f in summary["files"]] == ["a.log"]
+    assert summary["top_users"] == ["alice"]
+    summary = run_bounded(workspace, code=3)  # and again: reported on every run, never read
+    assert [e["file"] for e in summary["file_errors"]] == ["fifo.log", "linked.log"]
+    assert summary["totals"]["lines"] == 1
 
 
 # -- malformed samples -----------------------------------------------------------------------

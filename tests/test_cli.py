@@ -61,11 +61,12 @@ def test_help_mentions_every_option_and_exit_code(workspace):
     assert result.returncode == 0
     text = result.stdout
     for option in ("--settings", "--data-dir", "--output-dir", "--check", "--version", "-v, --verbose",
-                   "-q, --quiet", "--profile", "--watch", "--poll", "--reset"):
+                   "-q, --quiet", "--profile", "--watch", "--poll", "--reset", "--wait-lock"):
         assert option in text, option
     assert "exit codes:" in text
     for code, words in [("0", "outputs written"), ("1", "could not finish"), ("2", "configuration problem"),
-                        ("3", "could not be read"), ("130", "interrupted")]:
+                        ("3", "could not be read"), ("75", "holds the output folder"), ("130", "interrupted"),
+                        ("143", "stopped by SIGTERM")]:
         assert re.search(rf"^\s+{code}\s+.*{words}", text, re.MULTILINE), code
     assert not workspace.output.exists()
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, Workspace, run_cli, without_run
-from tests.test_watch import log_lines, newlines, outputs
+from tests.test_watch import Watcher, log_lines, newlines, outputs
 
 EXTRA_RULE = "- name: top-statuses\n  type: top_k\n  field: status\n  limit: {limit}\n"
 
@@ -232,3 +232,209 @@ def test_a_rotated_file_found_after_its_old_name_was_reused_is_not_counted_again
     assert summary["totals"]["lines"] == 140
     assert summary["run"]["lines_read"] == 40
     assert _batch_in_process(workspace, caplog)["run"]["lines_read"] == 0  # and it stays known
+
+
+# -- one process per output folder ------------------------------------------------------------
+
+
+def test_a_second_run_on_an_output_folder_in_use_is_refused_at_once_naming_the_holder(workspace):
+    # A batch run beside a watcher overwrote the watcher's commit: a whole file's records vanished.
+    workspace.configure("watch: {settle_ms: 200, status_seconds: 30}\n")
+    workspace.write("a.log", log_lines(16, 80))
+    with Watcher(workspace) as watcher:
+        watcher.wait_for_lines(80)
+        before = (workspace.output / "summary.json").read_bytes()
+        started = time.monotonic()
+        result = workspace.run()
+        took = time.monotonic() - started
+        assert result.returncode == 75, result.stderr
+        assert took < 10, f"refused after {took:.1f} s, not at once"
+        assert "Traceback" not in result.stderr
+        assert (f"runpipeline: output folder '{workspace.output.resolve()}' is in use by another run: "
+                f"pid {watcher.proc.pid} (runpipeline --watch)") in result.stderr
+        assert "--wait-lock" in result.stderr
+        assert (workspace.output / "summary.json").read_bytes() == before
+        # Ctrl-C ends a --wait-lock wait at once (SIGINT as a terminal delivers it: not ignored).
+        waiting = subprocess.Popen([sys.executable, "-m", "core.cli", "--wait-lock"], cwd=workspace.root,
+                                   env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            assert "waiting for it to finish (--wait-lock)" in waiting.stderr.readline()
+            waiting.send_signal(signal.SIGINT)
+            assert waiting.wait(timeout=5) == 130
+            assert "runpipeline: interrupted" in waiting.stderr.read()
+        finally:
+            if waiting.poll() is None:
+                waiting.kill()
+                waiting.wait(timeout=30)
+        assert (workspace.output / "summary.json").read_bytes() == before
+        assert watcher.stop() == 0
+
+
+def test_wait_lock_waits_for_the_holder_to_stop_then_runs_and_nothing_is_lost(workspace):
+    workspace.configure("watch: {settle_ms: 200, status_seconds: 30}\n")
+    workspace.write("a.log", log_lines(17, 60))
+    log_path = workspace.root / "waiting.log"
+    with Watcher(workspace) as watcher:
+        watcher.wait_for_lines(60)
+        with open(log_path, "wb") as log:
+            waiting = subprocess.Popen([sys.executable, "-m", "core.cli", "--wait-lock"], cwd=workspace.root,
+                                       env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log, stderr=log)
+        try:
+            watcher.wait_for(lambda: "waiting for it to finish" in log_path.read_text(encoding="utf-8"),
+                             "the waiting run's message", timeout=30)
+            assert f"pid {watcher.proc.pid} (runpipeline --watch)" in log_path.read_text(encoding="utf-8")
+            workspace.write("b.log", log_lines(18, 40))  # counted by the watcher, while the other run waits
+            watcher.wait_for_lines(100)
+            assert waiting.poll() is None, log_path.read_text(encoding="utf-8")
+            assert watcher.stop() == 0
+            assert waiting.wait(timeout=60) == 0, log_path.read_text(encoding="utf-8")
+        finally:
+            if waiting.poll() is None:
+                waiting.kill()
+                waiting.wait(timeout=30)
+    assert workspace.summary()["totals"]["lines"] == 100
+    assert workspace.summary()["run"]["lines_read"] == 0
+    assert outputs(workspace.output) == fresh_outputs(workspace)
+
+
+# -- one data folder per output folder --------------------------------------------------------
+
+
+def test_an_output_folder_of_another_data_folder_is_refused_until_reset(workspace):
+    # Reused with another --data-dir, the counts of both folders were silently merged.
+    workspace.write("a.log", log_lines(19, 70))
+    other = workspace.root / "other"
+    other.mkdir()
+    (other / "b.log").write_text(log_lines(20, 30), encoding="utf-8")
+    batch(workspace)
+    before = (workspace.output / "summary.json").read_bytes()
+    result = workspace.run("--data-dir", "other")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert (f"runpipeline: output folder '{workspace.output.resolve()}' holds the counts of data folder "
+            f"'{workspace.data.resolve()}', not of '{other.resolve()}'; run with --reset to count "
+            f"'{other.resolve()}' from nothing there, or choose another --output-dir") in result.stderr
+    assert (workspace.output / "summary.json").read_bytes() == before
+    # The same folder by another spelling (a path through a symlink) is the same folder.
+    (workspace.root / "alias").symlink_to(workspace.data)
+    assert batch(workspace, "--data-dir", "alias").returncode == 0
+    assert workspace.summary()["totals"]["lines"] == 70
+    batch(workspace, "--data-dir", "other", "--reset")
+    assert workspace.summary()["totals"]["lines"] == 30
+    assert [f["path"] for f in workspace.summary()["files"]] == ["b.log"]
+    assert workspace.run().returncode == 2  # bound to 'other' now
+
+
+# -- SIGTERM during a batch run ---------------------------------------------------------------
+
+
+def test_sigterm_during_a_batch_run_commits_writes_the_outputs_and_exits_143(workspace):
+    # It exited 143 with no message and no outputs.
+    workspace.configure("chunk_bytes: 65536\nlimits: {max_line_bytes: 8192}\n")
+    workspace.write("a.log", log_lines(21, 50))
+    big = workspace.write("big.log", log_lines(22, 100_000))
+    log_path = workspace.root / "batch.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "core.cli", "-v"], cwd=workspace.root,
+                                env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while "core.engine: a.log: 50 lines" not in log_path.read_text(encoding="utf-8"):
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text(encoding="utf-8")
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)  # while big.log is read
+        code = proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    text = log_path.read_text(encoding="utf-8")
+    assert code == 143, text
+    assert "Traceback" not in text
+    assert ("runpipeline: stopped by SIGTERM: what was read is committed and the outputs are written; "
+            "run again to read the rest") in text
+    summary = workspace.summary()
+    assert 50 < summary["totals"]["lines"] < 50 + newlines(big), "the signal did not land mid-file"
+    assert [f["path"] for f in summary["files"]] == ["a.log", "big.log"]
+    assert outputs(workspace.output)[0]["totals"] == summary["totals"]  # anomalies.json written too
+    batch(workspace)  # reads the rest, and only the rest
+    assert workspace.summary()["run"]["lines_read"] == 50 + newlines(big) - summary["totals"]["lines"]
+    assert outputs(workspace.output) == fresh_outputs(workspace)
+
+
+def test_temporary_files_left_by_a_kill_are_removed_at_the_next_start(workspace):
+    workspace.write("a.log", log_lines(23, 40))
+    batch(workspace)
+    # What a kill -9 during an atomic write leaves (core/output.py: atomic_write's temp names).
+    left = [workspace.output / ".state" / ".checkpoint.pickle.k1ll3d.tmp",
+            workspace.output / ".summary.json.x7q2.tmp", workspace.output / ".anomalies.json.abc_9.tmp"]
+    for path in left:
+        path.write_bytes(b"half a write")
+    mine = workspace.output / "notes.tmp"  # not ours: kept
+    mine.write_text("a user's file\n", encoding="utf-8")
+    result = batch(workspace, "-v")
+    assert [path for path in left if path.exists()] == []
+    assert mine.read_text(encoding="utf-8") == "a user's file\n"
+    assert "removed 3 temporary files left by an interrupted run" in result.stderr
+    assert outputs(workspace.output) == fresh_outputs(workspace)
+
+
+STUCK = '''\
+"""stuck: a rule whose update never returns, as a plugin's bug may do."""
+
+import pathlib
+import time
+
+from core import Result, Rule, hookimpl
+
+
+class Stuck(Rule):
+    type_name = "stuck"
+
+    def update(self, batch):
+        pathlib.Path("stuck.marker").touch()  # in the run's folder: the test waits for it
+        time.sleep(3600)
+
+    def merge(self, other):
+        pass
+
+    def result(self):
+        return Result(0)
+
+
+@hookimpl
+def register_rule_types(register):
+    register(Stuck)
+'''
+
+
+def test_a_second_sigterm_stops_at_once_even_when_a_chunk_never_finishes(workspace):
+    # The first signal waits for the chunks in flight; a plugin that never returns kept the run
+    # (or a watcher) alive through any number of signals.
+    (workspace.root / "stuck.py").write_text(STUCK, encoding="utf-8")
+    workspace.rules_file("stuck.yaml", "- {name: stuck-rule, type: stuck}\n")
+    workspace.configure("plugins: [stuck]\nrules: [payment-statuses, stuck-rule]\n")
+    workspace.write("a.log", log_lines(24, 20))
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli"], cwd=workspace.root,
+                            env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (workspace.root / "stuck.marker").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        with pytest.raises(subprocess.TimeoutExpired):  # the first one waits for the chunk in flight
+            proc.wait(timeout=1)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "runpipeline: interrupted; the last commit stands, and the next run goes on from it" in stderr
+    assert not (workspace.output / "summary.json").exists()  # nothing was committed: nothing written
+    assert [p.name for p in workspace.output.rglob("*.tmp")] == []

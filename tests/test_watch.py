@@ -132,14 +132,14 @@ class Watcher:
                 pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\nwatcher log:\n{self.history}")
             time.sleep(0.02)
 
-    def wait_for_lines(self, expected: int) -> dict[str, Any]:
+    def wait_for_lines(self, expected: int, timeout: float = DEADLINE) -> dict[str, Any]:
         """Wait until summary.json counts ``expected`` lines; fail at once if it counts more."""
         def reached() -> dict[str, Any] | None:
             summary = summary_of(self.workspace)
             lines = -1 if summary is None else summary["totals"]["lines"]
             assert lines <= expected, f"counted {lines} lines, more than the {expected} written\n{self.history}"
             return summary if lines == expected else None
-        return self.wait_for(reached, f"summary.json to count {expected} lines")
+        return self.wait_for(reached, f"summary.json to count {expected} lines", timeout)
 
     def wait_started(self) -> dict[str, Any]:
         """Wait for the first commit (the catch-up writes outputs even when there is nothing to read)."""
@@ -387,6 +387,26 @@ def test_unreadable_files_are_reported_and_the_watcher_goes_on(watched, tmp_path
         assert "cannot read" in watcher.log
         assert watcher.stop() == 0
     assert_same_as_batch(watched, tmp_path)
+
+
+def test_a_named_pipe_dropped_in_is_reported_and_the_watcher_goes_on_and_stops_on_sigterm(watched, tmp_path):
+    # Opening a FIFO for reading waits for a writer: the watcher stopped reading and ignored SIGTERM.
+    with Watcher(watched) as watcher:
+        watcher.wait_started()
+        os.mkfifo(watched.data / "f.log")
+        summary = watcher.wait_for(lambda: (s := summary_of(watched)) and s["file_errors"] and s,
+                                   "the named pipe's file error in summary.json", timeout=15)
+        assert summary["file_errors"] == [{
+            "file": "f.log",
+            "error": f"cannot read {watched.data / 'f.log'}: is a named pipe (FIFO), not a regular file; "
+                     "only regular files are read",
+        }]
+        watched.write("after.log", log_lines(25, 13))
+        summary = watcher.wait_for_lines(13, timeout=15)
+        assert [f["path"] for f in summary["files"]] == ["after.log"]
+        assert watcher.stop(timeout=5) == 0
+    assert_valid_outputs(watched.output)
+    assert outputs(watched.output)[0]["files"] == batch_outputs(watched, tmp_path / "batch-output")[0]["files"]
 
 
 def test_poll_mode_follows_drops_renames_and_growth(watched, tmp_path):
