@@ -139,26 +139,20 @@ def test_a_batch_run_killed_at_random_points_loses_and_doubles_nothing(workspace
     workspace.configure("chunk_bytes: 65536\nlimits: {max_line_bytes: 8192}\n")
     workspace.write("big.log", log_lines(14, 60_000))
     workspace.write("small.log", log_lines(15, 500))
-    for _ in range(3):
-        proc = subprocess.Popen([sys.executable, "-m", "core.cli"], cwd=workspace.root,
-                                env={**os.environ, "PYTHONPATH": str(REPO)},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            time.sleep(rng.uniform(0.3, 1.5))  # the random point of the kill
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
+    _killed_at_random(workspace, rng, 3, 0.3, 1.5)
     batch(workspace)
     assert outputs(workspace.output) == fresh_outputs(workspace)
 
 
-def _killed_at_random(workspace: Workspace, rng: random.Random, times: int) -> None:
+def _killed_at_random(workspace: Workspace, rng: random.Random, times: int, earliest: float = 0.2,
+                      latest: float = 1.2) -> None:
+    """Start a batch run ``times`` times, each killed with SIGKILL ``earliest`` to ``latest`` seconds in."""
     for _ in range(times):
         proc = subprocess.Popen([sys.executable, "-m", "core.cli"], cwd=workspace.root,
                                 env={**os.environ, "PYTHONPATH": str(REPO)},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            time.sleep(rng.uniform(0.2, 1.2))  # the random point of the kill
+            time.sleep(rng.uniform(earliest, latest))  # the random point of the kill
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
