@@ -28,8 +28,10 @@ os.environ.setdefault("POLARS_MAX_THREADS", str(max(1, (os.cpu_count() or 2) // 
 
 from core import __version__  # noqa: E402  (after the allocator setting above)
 from core.errors import ConfigError, DataDirError, OutputValidationError, PipelineError
+from core.guard import plugin_of
 from core.plugins import get_plugin_manager, rule_types
 from core.profile import RunProfile
+from core.rules import Rule
 from core.ruleset import load_rules
 from core.settings import Settings, load_settings
 
@@ -51,7 +53,7 @@ exit codes:
   0    every file and every rule was processed; outputs written
   1    the run could not finish (an output failed its schema, or an internal error)
   2    configuration problem: settings, rule files, plugins or the data folder
-  3    outputs written, but a rule failed or a file could not be read (see summary.json)
+  3    outputs written, but a rule or a plugin's hook raised, or a file could not be read (see summary.json)
   130  interrupted
 """
 
@@ -126,6 +128,7 @@ def _run(args: argparse.Namespace) -> int:
     pm = get_plugin_manager(settings.plugins, search_path=settings.source.parent)
     rules = load_rules(settings, rule_types(pm))
     if args.check:
+        _check_setups(rules)
         if not args.quiet:
             names = ", ".join(rule.name for rule in rules) or "none"
             print(f"{settings.source}: configuration is valid; {len(rules)} rules enabled: {names}")
@@ -145,6 +148,17 @@ def _run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(human_summary(report, settings))
     return EXIT_PARTIAL if report.failed else EXIT_OK
+
+
+def _check_setups(rules: list[Rule]) -> None:
+    """--check is stricter than a run: a rule whose setup raised is a problem, not a rule left out."""
+    problems = [
+        f"rule '{rule.name}' (plugin '{plugin_of(rule)}'): setup raised {rule.setup_error}; a run would go on "
+        "without this rule and exit 3"
+        for rule in rules if rule.setup_error is not None
+    ]
+    if problems:
+        raise ConfigError(problems)
 
 
 def _watch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ import pluggy
 
 from core import hookspecs
 from core.errors import ConfigError, FailedToLoadPlugin
+from core.guard import each_plugin
 from core.rules import Rule
 
 #: The rule types the product ships, loaded by dotted name like any third-party plugin.
@@ -74,11 +75,16 @@ def register_module(pm: pluggy.PluginManager, dotted: str) -> None:
 
 
 def rule_types(pm: pluggy.PluginManager) -> dict[str, type[Rule]]:
-    """Every rule type the registered plugins provide, by ``type_name``."""
+    """Every rule type the registered plugins provide, by ``type_name``.
+
+    Each plugin's ``register_rule_types`` is called on its own, so that a type is known by the
+    plugin that registered it (``Rule.plugin``, named when one of its rules fails) and a hook
+    that raises is a configuration error naming that plugin.
+    """
     found: dict[str, type[Rule]] = {}
     problems: list[str] = []
 
-    def register(cls: type[Rule]) -> None:
+    def register(cls: type[Rule], plugin: str) -> None:
         if not (isinstance(cls, type) and issubclass(cls, Rule)) or not cls.type_name:
             problems.append(f"rule type {cls!r}: expected a subclass of core.Rule with a type_name")
         elif cls.type_name in found and found[cls.type_name] is not cls:
@@ -88,8 +94,14 @@ def rule_types(pm: pluggy.PluginManager) -> dict[str, type[Rule]]:
             )
         else:
             found[cls.type_name] = cls
+            if "plugin" not in cls.__dict__:  # the first plugin to register a class names it
+                cls.plugin = plugin
 
-    pm.hook.register_rule_types(register=register)
+    for plugin, call in each_plugin(pm, "register_rule_types"):
+        try:
+            call(register=lambda cls, plugin=plugin: register(cls, plugin))
+        except Exception as exc:  # a plugin's bug at start-up: a configuration error that names it
+            problems.append(f"plugin '{plugin}': register_rule_types raised {type(exc).__name__}: {exc}")
     if problems:
         raise ConfigError(problems)
     return found

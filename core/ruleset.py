@@ -150,8 +150,11 @@ def _build(
         return None, problems
     try:
         rule = cls(rule_def.name, key=rule_def.key, **rule_def.params)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError) as exc:  # by convention, setup's word on its parameters
         return None, [f"{where}: {exc}"]
+    except Exception as exc:  # a plugin's bug: a run goes on without this rule (core.guard), --check says so
+        error = f"{type(exc).__name__}: {exc}"
+        return cls.failed_setup(rule_def.name, key=rule_def.key, error=error, **rule_def.params), []
     return rule, []
 
 

@@ -405,9 +405,11 @@ def test_rule_failing_at_run_time_gives_exit_3_and_the_other_rules_still_count(w
     result = workspace.run(env=env)
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr
-    assert "rule 'boom' failed on a.log: RuntimeError: kaboom in update" in result.stderr
+    assert ("rule 'boom' (plugin 'exploding') failed in update on a.log: RuntimeError: kaboom in update"
+            in result.stderr)
     summary = workspace.summary()
-    assert summary["rule_errors"] == [{"rule": "boom", "file": "a.log", "error": "RuntimeError: kaboom in update"}]
+    assert summary["rule_errors"] == [{"rule": "boom", "plugin": "exploding", "phase": "update", "file": "a.log",
+                                       "error": "RuntimeError: kaboom in update"}]
     assert "boom" not in summary
     assert summary["payment_statuses"] == {"SUCCESS": 2, "FAILED": 1}
     assert summary["totals"]["records"] == 3
