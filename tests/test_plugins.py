@@ -7,6 +7,7 @@ import inspect
 import json
 import os
 import re
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -388,6 +389,102 @@ def test_an_after_run_hook_that_raises_gives_exit_3_once_the_outputs_are_written
     assert assert_other_rules_written(workspace)["fragile"] == 3
     logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert any("plugin 'fragile_after_run' failed in after_run" in m for m in logged), logged
+
+
+# -- what may be imported from the settings folder ----------------------------------------------
+
+
+def test_a_folder_beside_settings_never_stands_in_for_a_library(workspace, monkeypatch):
+    # A run imports watchdog only for --watch, after the plugins are loaded: a folder of that name
+    # beside settings.yaml must not be what it gets, whatever plugins lists. `python -m` (how the
+    # tests start the command) would put the current folder first on sys.path by itself; the
+    # installed `runpipeline` script does not, and PYTHONSAFEPATH makes `python -m` do the same.
+    monkeypatch.setenv("PYTHONSAFEPATH", "1")
+    fake = workspace.root / "watchdog"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise RuntimeError('the watchdog/ beside settings.yaml was imported')\n")
+    (workspace.root / "beside.py").write_text(CountingPlugin)
+    workspace.write("a.log", "2025-07-22T12:00:00Z INFO S u1 ok\n")
+    from tests.test_watch import Watcher
+
+    for settings in ("plugins: []\nrules: [payment-statuses]\n",
+                     "plugins: [beside]\nrules: [payment-statuses, record-count]\n"):
+        workspace.configure(settings)
+        if "beside" in settings:
+            workspace.rules_file("beside.yaml", "- {name: record-count, type: count_records}\n")
+        shutil.rmtree(workspace.output, ignore_errors=True)  # so that the first summary.json is this watcher's
+        with Watcher(workspace) as watcher:
+            summary = watcher.wait_started()
+            assert summary["payment_statuses"] == {"INFO": 1}
+            assert watcher.stop() == 0, watcher.log
+        assert "watchdog/ beside settings.yaml was imported" not in watcher.log
+    assert summary["record_count"] == 1
+
+
+CountingPlugin = '''\
+from core import Result, Rule, hookimpl
+
+
+class CountRecords(Rule):
+    type_name = "count_records"
+
+    def setup(self):
+        self.n = 0
+
+    def update(self, batch):
+        self.n += len(batch)
+
+    def merge(self, other):
+        self.n += other.n
+
+    def result(self):
+        return Result(self.n)
+
+
+@hookimpl
+def register_rule_types(register):
+    register(CountRecords)
+'''
+
+
+@pytest.mark.parametrize("name, what", [
+    ("os", "a module of Python's standard library"), ("json.decoder", "a module of Python's standard library"),
+    ("yaml", "a module of a library Oh My Payments depends on (PyYAML)"),
+    ("watchdog.observers", "a module of a library Oh My Payments depends on (watchdog)"),
+    ("attr", "a module of a library Oh My Payments depends on (attrs)"),  # one of jsonschema's
+    ("core", "Oh My Payments' own engine"),
+])
+def test_a_library_module_named_as_a_plugin_is_refused(workspace, capsys, name, what):
+    workspace.configure(f"plugins: [{name}]\n")
+    assert workspace.main("--check") == 2
+    err = capsys.readouterr().err
+    assert f"plugin '{name}' is refused: it is {what}, not a plugin" in err
+    assert not workspace.output.exists()
+
+
+def test_an_installed_plugin_package_still_loads(workspace, tmp_path, monkeypatch, capsys):
+    site = tmp_path / "site"
+    (site / "omp_installed_rules").mkdir(parents=True)
+    (site / "omp_installed_rules" / "__init__.py").write_text(CountingPlugin)
+    monkeypatch.syspath_prepend(str(site))
+    workspace.rules_file("count.yaml", "- {name: record-count, type: count_records}\n")
+    workspace.configure("plugins: [omp_installed_rules]\nrules: [payment-statuses, record-count]\n")
+    workspace.write("a.log", "2025-07-22T12:00:00Z INFO S u1 ok\n2025-07-22T12:00:01Z INFO S u2 ok\n")
+    assert workspace.main() == 0, capsys.readouterr().err
+    assert workspace.summary()["record_count"] == 2
+
+
+def test_a_plugin_package_beside_settings_loads_with_its_own_modules(workspace, capsys):
+    package = workspace.root / "omp_beside_pkg"
+    package.mkdir()
+    (package / "rules.py").write_text(CountingPlugin.replace("@hookimpl\ndef", "def"))
+    (package / "__init__.py").write_text("from core import hookimpl\nfrom omp_beside_pkg.rules import CountRecords\n"
+                                         "\n@hookimpl\ndef register_rule_types(register):\n    register(CountRecords)\n")
+    workspace.rules_file("count.yaml", "- {name: record-count, type: count_records}\n")
+    workspace.configure("plugins: [omp_beside_pkg]\nrules: [record-count]\n")
+    workspace.write("a.log", "2025-07-22T12:00:00Z INFO S u1 ok\n")
+    assert workspace.main() == 0, capsys.readouterr().err
+    assert workspace.summary()["record_count"] == 1
 
 
 # -- the README's example plugin works as printed --------------------------------------------------
