@@ -27,6 +27,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("POLARS_MAX_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
 
 from core import __version__  # noqa: E402  (after the allocator setting above)
+from core.discover import check_data_dir
 from core.errors import ConfigError, DataDirError, OutputValidationError, PipelineError
 from core.guard import plugin_of
 from core.plugins import get_plugin_manager, rule_types
@@ -82,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="profile the run on every thread; write profile.txt and profile.pstats to the "
                         "output folder (batch runs only)")
     parser.add_argument("--check", action="store_true",
-                        help="validate settings, rule files and plugins, report every problem, and exit")
+                        help="validate settings, rule files, plugins and the data folder, report every problem, "
+                        "and exit")
     parser.add_argument("--version", action="version", version=f"runpipeline (Oh My Payments) {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log more: -v one line per file, -vv debug detail")
@@ -129,6 +131,7 @@ def _run(args: argparse.Namespace) -> int:
     rules = load_rules(settings, rule_types(pm))
     if args.check:
         _check_setups(rules)
+        check_data_dir(settings.data_dir)  # what the run needs first, checked without reading a file
         if not args.quiet:
             names = ", ".join(rule.name for rule in rules) or "none"
             print(f"{settings.source}: configuration is valid; {len(rules)} rules enabled: {names}")

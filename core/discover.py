@@ -42,10 +42,7 @@ def discover(
     Symlinks to files are followed; one file reached twice (a link and its target) is read once.
     Subfolders are read only with ``recursive``; symlinked folders never, so no link loops.
     """
-    if not data_dir.exists():
-        raise DataDirError(f"data folder '{data_dir}' does not exist")
-    if not data_dir.is_dir():
-        raise DataDirError(f"data folder '{data_dir}' is not a folder")
+    check_data_dir(data_dir)
     files: list[DataFile] = []
     skipped: list[Skipped] = []
     seen: dict[tuple[int, int], str] = {}
@@ -64,6 +61,16 @@ def discover(
         seen[(info.st_dev, info.st_ino)] = name
         files.append(DataFile(path, name))
     return files, skipped
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """Raise ``DataDirError`` unless ``data_dir`` is a folder that can be listed (``--check`` asks too)."""
+    if not data_dir.exists():
+        raise DataDirError(f"data folder '{data_dir}' does not exist")
+    if not data_dir.is_dir():
+        raise DataDirError(f"data folder '{data_dir}' is not a folder")
+    if not os.access(data_dir, os.R_OK | os.X_OK):
+        raise DataDirError(f"data folder '{data_dir}' cannot be listed: permission denied")
 
 
 def _walk(folder: Path, recursive: bool, skipped: list[Skipped]) -> list[Path]:

@@ -191,14 +191,35 @@ def rule_types(pm: pluggy.PluginManager) -> dict[str, type[Rule]]:
             if "plugin" not in cls.__dict__:  # the first plugin to register a class names it
                 cls.plugin = plugin
 
+    registered: dict[str, int] = {}
     for plugin, call in each_plugin(pm, "register_rule_types"):
+        registered[plugin] = 0
         try:
-            call(register=lambda cls, plugin=plugin: register(cls, plugin))
+            call(register=lambda cls, plugin=plugin: (registered.update({plugin: registered[plugin] + 1}),
+                                                      register(cls, plugin)))
         except Exception as exc:  # a plugin's bug at start-up: a configuration error that names it
             problems.append(f"plugin '{plugin}': register_rule_types raised {type(exc).__name__}: {exc}")
+            registered[plugin] = -1  # said already
+    problems += _registering_nothing(pm, registered)
     if problems:
         raise ConfigError(problems)
     return found
+
+
+def _registering_nothing(pm: pluggy.PluginManager, registered: dict[str, int]) -> list[str]:
+    """A plugin that would be loaded for nothing: most likely a hook without its ``@hookimpl`` mark."""
+    problems = []
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:  # a blocked name
+            continue
+        hooks = pm.get_hookcallers(plugin) or []
+        if not hooks:
+            problems.append(f"plugin '{name}' registers nothing: it implements no hook; hint: mark each hook "
+                            "function with @core.hookimpl")
+        elif registered.get(name) == 0 and len(hooks) == 1:
+            problems.append(f"plugin '{name}' registers nothing: its register_rule_types registered no rule "
+                            "type and it implements no other hook; hint: call register(YourRule) in it")
+    return problems
 
 
 def shipped(cls: type) -> bool:
