@@ -32,7 +32,6 @@ from core.errors import ConfigError, DataDirError, OutputValidationError, Pipeli
 from core.guard import plugin_of
 from core.plugins import get_plugin_manager, rule_types
 from core.profile import RunProfile
-from core.rules import Rule
 from core.ruleset import load_rules
 from core.settings import Settings, load_settings
 
@@ -127,15 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     settings = load_settings(args.settings, _overrides(args))
+    if args.check:
+        return _check(settings, quiet=args.quiet)
     pm = get_plugin_manager(settings.plugins, search_path=settings.source.parent)
     rules = load_rules(settings, rule_types(pm))
-    if args.check:
-        _check_setups(rules)
-        check_data_dir(settings.data_dir)  # what the run needs first, checked without reading a file
-        if not args.quiet:
-            names = ", ".join(rule.name for rule in rules) or "none"
-            print(f"{settings.source}: configuration is valid; {len(rules)} rules enabled: {names}")
-        return EXIT_OK
     if args.watch:
         if args.profile:
             raise ConfigError(["--profile: expected a batch run, got --watch; profile one batch run instead"])
@@ -153,15 +147,32 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if report.failed else EXIT_OK
 
 
-def _check_setups(rules: list[Rule]) -> None:
-    """--check is stricter than a run: a rule whose setup raised is a problem, not a rule left out."""
+def _check(settings: Settings, quiet: bool) -> int:
+    """``--check``: what a run checks at start-up, the data folder included, every problem at once.
+
+    Stricter than a run: a rule whose setup raised is a problem, not a rule left out.
+    """
+    try:
+        check_data_dir(settings.data_dir)  # what the run needs first, checked without reading a file
+        folder_problems = []
+    except DataDirError as exc:
+        folder_problems = [f"{settings.source.name}: data_dir: {exc}"]
+    try:
+        pm = get_plugin_manager(settings.plugins, search_path=settings.source.parent)
+        rules = load_rules(settings, rule_types(pm))
+    except ConfigError as exc:
+        raise ConfigError(exc.problems + folder_problems) from None
     problems = [
         f"rule '{rule.name}' (plugin '{plugin_of(rule)}'): setup raised {rule.setup_error}; a run would go on "
         "without this rule and exit 3"
         for rule in rules if rule.setup_error is not None
     ]
-    if problems:
-        raise ConfigError(problems)
+    if problems + folder_problems:
+        raise ConfigError(problems + folder_problems)
+    if not quiet:
+        names = ", ".join(rule.name for rule in rules) or "none"
+        print(f"{settings.source}: configuration is valid; {len(rules)} rules enabled: {names}")
+    return EXIT_OK
 
 
 def _watch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespace) -> int:

@@ -69,8 +69,11 @@ def check_data_dir(data_dir: Path) -> None:
         raise DataDirError(f"data folder '{data_dir}' does not exist")
     if not data_dir.is_dir():
         raise DataDirError(f"data folder '{data_dir}' is not a folder")
-    if not os.access(data_dir, os.R_OK | os.X_OK):
-        raise DataDirError(f"data folder '{data_dir}' cannot be listed: permission denied")
+    try:
+        with os.scandir(data_dir):
+            pass
+    except OSError as exc:
+        raise DataDirError(f"data folder '{data_dir}' cannot be listed: {exc.strerror or exc}") from None
 
 
 def _walk(folder: Path, recursive: bool, skipped: list[Skipped]) -> list[Path]:

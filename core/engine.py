@@ -76,6 +76,7 @@ class Pipeline:
         self.files_done = 0
         self.on_progress: Callable[[int], None] | None = None
         self._failed: frozenset[str] = frozenset()
+        self._told_earlier_failures = False
         self._unsealed = 0  # bytes merged since the last seal
         self._slots = threading.BoundedSemaphore(settings.workers + settings.queue_size)
         self._merging = threading.Lock()  # held by the one thread merging
@@ -120,6 +121,11 @@ class Pipeline:
         """
         state = checkpoint.state
         known = frozenset(state.failed_rules())
+        if not self._told_earlier_failures:  # once per run, or per watcher, not per commit
+            self._told_earlier_failures = True
+            for failure in (f for f in state.rule_failures() if f.rule in known):
+                log.warning("rule '%s' failed in an earlier run (%s in %s); it stays failed until --reset or a "
+                            "change to its parameters", failure.rule, failure.error, failure.phase or "update")
         state.failures |= self._startup_failures
         for name, rule in state.rules.items():  # a checkpoint may come from a run with another cap
             if name in self.state_bytes:

@@ -125,11 +125,16 @@ def check_problems(workspace, capsys, *args: str) -> list[str]:
     return [line.strip() for line in err.splitlines()[1:]] if "problem" in err.splitlines()[0] else [err.strip()]
 
 
-@pytest.mark.parametrize("args", [("-q",), ("--check",)], ids=["run", "check"])
-def test_a_missing_data_folder_fails_the_check_as_it_fails_the_run(workspace, capsys, args):
+def test_a_missing_data_folder_fails_the_check_as_it_fails_the_run(workspace, capsys):
     workspace.configure("data_dir: no-such-folder\n")
     missing = workspace.root.resolve() / "no-such-folder"
-    assert check_problems(workspace, capsys, *args) == [f"runpipeline: data folder '{missing}' does not exist"]
+    assert check_problems(workspace, capsys, "-q") == [f"runpipeline: data folder '{missing}' does not exist"]
+    assert check_problems(workspace, capsys) == [f"settings.yaml: data_dir: data folder '{missing}' does not exist"]
+    # With the other problems, all at once.
+    workspace.configure("rules: [no-such-rule]\n")
+    problems = check_problems(workspace, capsys)
+    assert len(problems) == 2 and problems[0].startswith("settings.yaml: rules: unknown rule 'no-such-rule'")
+    assert problems[1] == f"settings.yaml: data_dir: data folder '{missing}' does not exist"
 
 
 def test_a_rule_file_listed_by_name_must_exist(workspace, capsys):
