@@ -371,6 +371,31 @@ def test_a_hook_that_raises_is_named_not_called_again_and_the_rules_are_written(
     assert any(f"plugin '{module}' failed in {hook}" in m for m in logged), logged
 
 
+def test_a_hook_that_raises_costs_only_its_own_plugin_s_hooks(workspace, pm):
+    class Raising:
+        @hookimpl
+        def after_file(self, path, stats):
+            raise OSError(f"cannot notify about {path}")
+
+    for name, text in TWO_FILES.items():
+        workspace.write(name, text)
+    recorder, raising = Recorder(), Raising()
+    pm.register(recorder, name="recorder")
+    pm.register(raising, name="raising")  # registered last: pluggy calls it first
+    try:
+        settings = load_settings(workspace.settings)
+        report = run_batch(settings, pm, load_rules(settings, rule_types(pm)))
+    finally:
+        pm.unregister(name="recorder")
+        pm.unregister(name="raising")
+    assert [c[1] for c in recorder.calls if c[0] == "after_file"] == ["a.log", "b.log"]
+    assert ("on_error", "a.log", None, "PluginFailed") in recorder.calls
+    assert report.failed and report.summary["rule_errors"] == [
+        {"rule": None, "plugin": "raising", "phase": "after_file", "file": "a.log",
+         "error": "OSError: cannot notify about a.log"}
+    ]
+
+
 def test_an_on_error_hook_that_raises_is_named_beside_the_file_error(workspace, capsys):
     fragile_workspace(workspace, "fragile_on_error", hook="on_error", args="error, path, rule")
     os.symlink(workspace.root / "nowhere.log", workspace.data / "gone.log")
