@@ -49,3 +49,7 @@ class PluginFailed(PipelineError):
         self.path = path
         self.rule = rule
         super().__init__(message)
+
+
+class RuleExecutionFailed(PluginFailed):
+    """A rule's plugin code raised (in ``setup``, ``update``, ``merge``, ``seal`` or ``result``)."""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import pluggy
 
-from core.errors import PluginFailed
+from core.errors import PluginFailed, RuleExecutionFailed
 
 if TYPE_CHECKING:
     from core.rules import Rule
@@ -58,9 +58,10 @@ class Failure:
         return self.error
 
     def as_error(self) -> PluginFailed:
-        """The exception the ``on_error`` hook is given."""
-        return PluginFailed(self.describe(), plugin=self.plugin, phase=self.phase, path=self.path or None,
-                            rule=self.rule or None)
+        """The exception the ``on_error`` hooks are given: a ``RuleExecutionFailed`` for a rule."""
+        kind = RuleExecutionFailed if self.kind == "rule" else PluginFailed
+        return kind(self.describe(), plugin=self.plugin, phase=self.phase, path=self.path or None,
+                    rule=self.rule or None)
 
 
 class Failed:

@@ -60,7 +60,6 @@ def get_plugin_manager(
             register_module(pm, dotted, search_path)
         except FailedToLoadPlugin as exc:
             failures.extend(exc.problems)
-
     if load_entrypoints:
         try:
             pm.load_setuptools_entrypoints(hookspecs.NAMESPACE)
@@ -186,17 +185,20 @@ def rule_types(pm: pluggy.PluginManager) -> dict[str, type[Rule]]:
             problems.append(
                 f"rule type '{cls.type_name}' is registered twice: by {other.__module__} and {cls.__module__}"
             )
-        else:
+        elif cls.type_name not in found:
             found[cls.type_name] = cls
-            if "plugin" not in cls.__dict__:  # the first plugin to register a class names it
-                cls.plugin = plugin
+            cls.plugin = plugin  # named when one of its rules fails
 
-    registered: dict[str, int] = {}
+    registered: dict[str, int] = {}  # plugin -> rule types it registered
     for plugin, call in each_plugin(pm, "register_rule_types"):
         registered[plugin] = 0
+
+        def register_one(cls: type[Rule], plugin: str = plugin) -> None:
+            registered[plugin] += 1
+            register(cls, plugin)
+
         try:
-            call(register=lambda cls, plugin=plugin: (registered.update({plugin: registered[plugin] + 1}),
-                                                      register(cls, plugin)))
+            call(register=register_one)
         except Exception as exc:  # a plugin's bug at start-up: a configuration error that names it
             problems.append(f"plugin '{plugin}': register_rule_types raised {type(exc).__name__}: {exc}")
             registered[plugin] = -1  # said already

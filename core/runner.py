@@ -12,9 +12,9 @@ from typing import Any, Callable
 import pluggy
 
 from core import checkpoint as checkpoints
+from core import guard
 from core.checkpoint import Checkpoint
 from core.discover import DataFile, discover
-from core import guard
 from core.engine import Pipeline
 from core.guard import PluginHooks
 from core.ledger import Work
