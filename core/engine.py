@@ -22,7 +22,7 @@ import pluggy
 
 from core import budget, compiled, guard, lines
 from core.checkpoint import Checkpoint
-from core.guard import Failure, PluginHooks
+from core.guard import PluginHooks
 from core.ledger import Work
 from core.parse import RECORD_COLUMNS, SAMPLE_CHARS, Chunk, parse_chunk
 from core.profile import RunProfile
@@ -30,7 +30,7 @@ from core.reader import ChunkReader
 from core.redact import Redactor
 from core.rules import Rule
 from core.settings import Settings
-from core.state import RunState
+from core.state import Failure, RunState
 from core.stats import FileStats, merge_file_stats
 
 log = logging.getLogger(__name__)

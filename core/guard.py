@@ -11,57 +11,20 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import pluggy
 
-from core.errors import PluginFailed, RuleExecutionFailed
+# The module, not its names: core.state calls this module too, and whichever is imported first
+# finds the other half-built. A Failure is made only when a call fails, long after both are.
+from core import state as run_state
 
 if TYPE_CHECKING:
     from core.rules import Rule
+    from core.state import Failure
     from core.stats import FileStats
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, order=True)
-class Failure:
-    """A rule, a plugin's hook or a file that failed; the run went on without it.
-
-    ``kind`` is ``rule`` (a rule's method raised), ``hook`` (a plugin's hook raised) or ``file``
-    (a file could not be read). ``path`` is the file being worked on, "" when there was none.
-    """
-
-    kind: str
-    path: str
-    rule: str
-    error: str
-    plugin: str = ""
-    phase: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        if self.kind == "file":
-            return {"file": self.path, "error": self.error}
-        return {"rule": self.rule or None, "plugin": self.plugin, "phase": self.phase,
-                "file": self.path or None, "error": self.error}
-
-    def describe(self) -> str:
-        """One line for the log: who failed, in what, on which file, and what the run does about it."""
-        where = f" on {self.path}" if self.path else ""
-        if self.kind == "rule":
-            return (f"rule '{self.rule}' (plugin '{self.plugin}') failed in {self.phase}{where}: {self.error}; "
-                    "the run goes on without this rule")
-        if self.kind == "hook":
-            return (f"plugin '{self.plugin}' failed in {self.phase}{where}: {self.error}; "
-                    "its hooks are not called again in this run")
-        return self.error
-
-    def as_error(self) -> PluginFailed:
-        """The exception the ``on_error`` hooks are given: a ``RuleExecutionFailed`` for a rule."""
-        kind = RuleExecutionFailed if self.kind == "rule" else PluginFailed
-        return kind(self.describe(), plugin=self.plugin, phase=self.phase, path=self.path or None,
-                    rule=self.rule or None)
 
 
 class Failed:
@@ -85,7 +48,8 @@ def call_rule(failures: set[Failure], rule: Rule, phase: str, path: str, method:
     try:
         return method(*args)
     except Exception as exc:  # a plugin's bug must not stop the other rules
-        failures.add(Failure("rule", path, rule.name, f"{type(exc).__name__}: {exc}", plugin_of(rule), phase))
+        failures.add(run_state.Failure("rule", path, rule.name, f"{type(exc).__name__}: {exc}", plugin_of(rule),
+                                       phase))
         log.debug("rule '%s' raised in %s", rule.name, phase, exc_info=True)  # -vv shows the traceback
         return FAILED
 
@@ -147,7 +111,7 @@ class PluginHooks:
             try:
                 caller(**kwargs)
             except Exception as exc:  # a plugin's bug must not stop the run or the other plugins
-                self._failed(Failure("hook", path, "", f"{type(exc).__name__}: {exc}", plugin, hook))
+                self._failed(run_state.Failure("hook", path, "", f"{type(exc).__name__}: {exc}", plugin, hook))
                 log.debug("plugin '%s' raised in %s", plugin, hook, exc_info=True)
 
     def _failed(self, failure: Failure) -> None:

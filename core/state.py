@@ -3,11 +3,51 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from core import guard
-from core.guard import Failure  # also found here by checkpoints saved before core.guard held it
+from core.errors import PluginFailed, RuleExecutionFailed
 from core.rules import Rule
 from core.stats import FileStats, merge_file_stats
+
+
+@dataclass(frozen=True, order=True)
+class Failure:
+    """A rule, a plugin's hook or a file that failed; the run went on without it.
+
+    ``kind`` is ``rule`` (a rule's method raised), ``hook`` (a plugin's hook raised) or ``file``
+    (a file could not be read). ``path`` is the file being worked on, "" when there was none.
+    """
+
+    kind: str
+    path: str
+    rule: str
+    error: str
+    plugin: str = ""
+    phase: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.kind == "file":
+            return {"file": self.path, "error": self.error}
+        return {"rule": self.rule or None, "plugin": self.plugin, "phase": self.phase,
+                "file": self.path or None, "error": self.error}
+
+    def describe(self) -> str:
+        """One line for the log: who failed, in what, on which file, and what the run does about it."""
+        where = f" on {self.path}" if self.path else ""
+        if self.kind == "rule":
+            return (f"rule '{self.rule}' (plugin '{self.plugin}') failed in {self.phase}{where}: {self.error}; "
+                    "the run goes on without this rule")
+        if self.kind == "hook":
+            return (f"plugin '{self.plugin}' failed in {self.phase}{where}: {self.error}; "
+                    "its hooks are not called again in this run")
+        return self.error
+
+    def as_error(self) -> PluginFailed:
+        """The exception the ``on_error`` hooks are given: a ``RuleExecutionFailed`` for a rule."""
+        kind = RuleExecutionFailed if self.kind == "rule" else PluginFailed
+        return kind(self.describe(), plugin=self.plugin, phase=self.phase, path=self.path or None,
+                    rule=self.rule or None)
 
 
 @dataclass
