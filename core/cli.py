@@ -32,6 +32,7 @@ os.environ.setdefault("POLARS_MAX_THREADS", str(max(1, (os.cpu_count() or 2) // 
 from core import __version__  # noqa: E402  (after the allocator setting above)
 from core.discover import check_data_dir
 from core.errors import ConfigError, DataDirError, ForeignState, OutputValidationError, PipelineError, StateLocked
+from core.guard import plugin_of
 from core.lock import StateLock
 from core.plugins import get_plugin_manager, rule_types
 from core.profile import RunProfile
@@ -62,7 +63,7 @@ exit codes:
   1    the run could not finish (an output failed its schema, or an internal error)
   2    configuration problem: settings, rule files, plugins, the data folder, or an output folder
        that holds the counts of another data folder
-  3    outputs written, but a rule failed or a file could not be read (see summary.json)
+  3    outputs written, but a rule or a plugin's hook raised, or a file could not be read (see summary.json)
   75   another run holds the output folder (its pid and command are named); see --wait-lock
   130  interrupted by Ctrl-C (SIGINT): what was read is committed and the outputs are written
   143  stopped by SIGTERM: what was read is committed and the outputs are written
@@ -96,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="profile the run on every thread; write profile.txt and profile.pstats to the "
                         "output folder (batch runs only)")
     parser.add_argument("--check", action="store_true",
-                        help="validate settings, rule files and plugins, report every problem, and exit")
+                        help="validate settings, rule files, plugins and the data folder, report every problem, "
+                        "and exit")
     parser.add_argument("--version", action="version", version=f"runpipeline (Oh My Payments) {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log more: -v one line per file, -vv debug detail")
@@ -147,13 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, command: str) -> int:
     settings = load_settings(args.settings, _overrides(args))
+    if args.check:
+        return _check(settings, quiet=args.quiet)
     pm = get_plugin_manager(settings.plugins, search_path=settings.source.parent)
     rules = load_rules(settings, rule_types(pm))
-    if args.check:
-        if not args.quiet:
-            names = ", ".join(rule.name for rule in rules) or "none"
-            print(f"{settings.source}: configuration is valid; {len(rules)} rules enabled: {names}")
-        return EXIT_OK
     if args.watch and args.profile:
         raise ConfigError(["--profile: expected a batch run, got --watch; profile one batch run instead"])
     check_data_dir(settings.data_dir)  # a missing data folder is refused before the output folder is made
@@ -182,6 +181,34 @@ def _batch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespa
               "outputs are written; run again to read the rest", file=sys.stderr)
         return 128 + stop.signum
     return EXIT_PARTIAL if report.failed else EXIT_OK
+
+
+def _check(settings: Settings, quiet: bool) -> int:
+    """``--check``: what a run checks at start-up, the data folder included, every problem at once.
+
+    Stricter than a run: a rule whose setup raised is a problem, not a rule left out.
+    """
+    try:
+        check_data_dir(settings.data_dir)  # what the run needs first, checked without reading a file
+        folder_problems = []
+    except DataDirError as exc:
+        folder_problems = [f"{settings.source.name}: data_dir: {exc}"]
+    try:
+        pm = get_plugin_manager(settings.plugins, search_path=settings.source.parent)
+        rules = load_rules(settings, rule_types(pm))
+    except ConfigError as exc:
+        raise ConfigError(exc.problems + folder_problems) from None
+    problems = [
+        f"rule '{rule.name}' (plugin '{plugin_of(rule)}'): setup raised {rule.setup_error}; a run would go on "
+        "without this rule and exit 3"
+        for rule in rules if rule.setup_error is not None
+    ]
+    if problems + folder_problems:
+        raise ConfigError(problems + folder_problems)
+    if not quiet:
+        names = ", ".join(rule.name for rule in rules) or "none"
+        print(f"{settings.source}: configuration is valid; {len(rules)} rules enabled: {names}")
+    return EXIT_OK
 
 
 def _watch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespace, stop: threading.Event) -> int:

@@ -116,11 +116,16 @@ def discover(
 
 
 def check_data_dir(data_dir: Path) -> None:
-    """Raise ``DataDirError`` unless the data folder exists and is a folder."""
+    """Raise ``DataDirError`` unless ``data_dir`` is a folder that can be listed (``--check`` asks too)."""
     if not data_dir.exists():
         raise DataDirError(f"data folder '{data_dir}' does not exist")
     if not data_dir.is_dir():
         raise DataDirError(f"data folder '{data_dir}' is not a folder")
+    try:
+        with os.scandir(data_dir):
+            pass
+    except OSError as exc:
+        raise DataDirError(f"data folder '{data_dir}' cannot be listed: {exc.strerror or exc}") from None
 
 
 def _walk(folder: Path, recursive: bool, skipped: list[Skipped]) -> list[Path]:

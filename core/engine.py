@@ -15,16 +15,16 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 import pluggy
 
-from core import budget, compiled, lines
+from core import budget, compiled, guard, lines
 from core.checkpoint import Checkpoint
-from core.errors import RuleExecutionFailed
+from core.guard import PluginHooks
 from core.ledger import Work
-from core.parse import RECORD_COLUMNS, SAMPLE_CHARS, Batch, Chunk, parse_chunk
+from core.parse import RECORD_COLUMNS, SAMPLE_CHARS, Chunk, parse_chunk
 from core.profile import RunProfile
 from core.reader import ChunkReader
 from core.redact import Redactor
@@ -46,11 +46,10 @@ SEAL_EVERY_BYTES = 16 * 1024 * 1024
 
 @dataclass
 class ChunkOutcome:
-    """What a worker hands back for one chunk: its partial state, line counts and rule failures."""
+    """What a worker hands back for one chunk: its partial state (with its rule failures) and line counts."""
 
     partial: RunState
     stats: FileStats
-    failures: list[RuleExecutionFailed] = field(default_factory=list)
 
 
 @dataclass
@@ -65,17 +64,19 @@ class Pipeline:
     """A worker pool that folds files into a ``Checkpoint``; use it as a context manager."""
 
     def __init__(self, settings: Settings, rules: list[Rule], pm: pluggy.PluginManager,
-                 stop: threading.Event | None = None, profile: RunProfile | None = None) -> None:
+                 stop: threading.Event | None = None, profile: RunProfile | None = None,
+                 hooks: PluginHooks | None = None) -> None:
         self.settings = settings
         self.profile = profile
         self.rules = rules
-        self.hook = pm.hook
+        self.hooks = hooks or PluginHooks(pm)
         self.stop = stop or threading.Event()
         self.lines_read = 0
         self.bytes_read = 0
         self.files_done = 0
         self.on_progress: Callable[[int], None] | None = None
         self._failed: frozenset[str] = frozenset()
+        self._told_earlier_failures = False
         self._unsealed = 0  # bytes merged since the last seal
         self._slots = threading.BoundedSemaphore(settings.workers + settings.queue_size)
         self._merging = threading.Lock()  # held by the one thread merging
@@ -86,13 +87,18 @@ class Pipeline:
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="omp-worker")
         budget.return_freed_buffers(settings.chunk_bytes)  # else glibc's heap grows with the lines read
         self.trimmer = budget.HeapTrimmer.for_cap(settings.memory_mb)
-        shares = budget.rule_state_bytes(settings.memory_mb, [rule.state_weight() for rule in rules])
-        self.state_bytes = {rule.name: share for rule, share in zip(rules, shares, strict=True)}
+        # Plugin code too: a rule whose set-up raises here is failed in the state (see ``process``).
+        self._startup_failures: set[Failure] = {
+            Failure("rule", "", rule.name, rule.setup_error, guard.plugin_of(rule), "setup")
+            for rule in rules if rule.setup_error is not None
+        }
+        ready = [rule for rule in rules if rule.setup_error is None]
+        weights = [guard.call_rule(self._startup_failures, rule, "setup", "", rule.state_weight) for rule in ready]
+        shares = budget.rule_state_bytes(settings.memory_mb, [1.0 if w is guard.FAILED else w for w in weights])
+        self.state_bytes = {rule.name: share for rule, share in zip(ready, shares, strict=True)}
         self.redactor = Redactor.from_settings(settings)
-        for rule in rules:  # partials inherit the bound and the redactor through Rule.empty
-            rule.limit_state(self.state_bytes[rule.name])
-            rule.use_redactor(self.redactor)
-            rule.data_dir = str(settings.data_dir)  # where sample lines are read back from
+        for rule in ready:  # partials inherit the bound and the redactor through Rule.empty
+            self._prepare(rule, self._startup_failures)
         self.columns = frozenset(column for rule in rules for column in rule.columns or RECORD_COLUMNS)
         compiled.warn_if_pure_python()  # once per process, at the start of its first run
 
@@ -117,17 +123,25 @@ class Pipeline:
         waits for its newline (a file that may still be written). Every chunk read is merged
         before this returns.
         """
-        self._failed = frozenset(checkpoint.state.failed_rules())
-        for rule in checkpoint.state.rules.values():  # a checkpoint may come from a run with another cap
-            rule.limit_state(self.state_bytes[rule.name])
-            rule.use_redactor(self.redactor)
-            rule.data_dir = str(self.settings.data_dir)
+        state = checkpoint.state
+        known = frozenset(state.failed_rules())
+        if not self._told_earlier_failures:  # once per run, or per watcher, not per commit
+            self._told_earlier_failures = True
+            for failure in (f for f in state.rule_failures() if f.rule in known):
+                log.warning("rule '%s' failed in an earlier run (%s in %s); it stays failed until --reset or a "
+                            "change to its parameters", failure.rule, failure.error, failure.phase or "update")
+        state.failures |= self._startup_failures
+        for name, rule in state.rules.items():  # a checkpoint may come from a run with another cap
+            if name in self.state_bytes:
+                self._prepare(rule, state.failures)
+        self._failed = known
+        self._announce(state)
         self._checkpoint, self._queue, self._error = checkpoint, deque(), None
         for work in works:
             if self.stop.is_set():
                 break
             run = _FileRun(work, FileStats(work.name, self.settings.malformed_samples), time.perf_counter())
-            self.hook.before_file(path=work.name)
+            self.hooks.before_file(work.name)
             self._read(run, final)
             self._enqueue(run, None, None)
             self._drain(block=False)
@@ -139,8 +153,22 @@ class Pipeline:
                 # checkpoint holds the smaller state, and the outputs only judge the open windows.
                 checkpoint.state.seal()
                 self._unsealed = 0
+                self._announce(checkpoint.state)
         self.trimmer.check()  # before the outputs and the checkpoint are written
         self._raise_error()
+
+    def _prepare(self, rule: Rule, failures: set[Failure]) -> None:
+        """Give a rule its memory bound, the redactor and the data folder; plugin code, so guarded."""
+        guard.call_rule(failures, rule, "setup", "", rule.limit_state, self.state_bytes[rule.name])
+        guard.call_rule(failures, rule, "setup", "", rule.use_redactor, self.redactor)
+        rule.data_dir = str(self.settings.data_dir)  # where sample lines are read back from
+
+    def _announce(self, state: RunState) -> None:
+        """Log the rules that failed since the last look and tell ``on_error``; workers skip them from now on."""
+        failed = state.failed_rules() if state.failures else set()
+        if len(failed) > len(self._failed):
+            guard.announce([f for f in state.rule_failures() if f.rule not in self._failed], self.hooks)
+            self._failed = frozenset(failed)
 
     def _read(self, run: _FileRun, final: bool) -> None:
         work = run.work
@@ -171,7 +199,7 @@ class Pipeline:
         with self._merging:  # a worker may be merging into the same state
             checkpoint.state.failures.add(Failure("file", run.work.name, "", message))
         log.error("%s", message)
-        self.hook.on_error(error=exc, path=run.work.name, rule=None)
+        self.hooks.on_error(exc, run.work.name, None)
 
     def _process(self, chunk: Chunk, samples: bool = True) -> ChunkOutcome:
         if self.profile is not None:
@@ -186,21 +214,14 @@ class Pipeline:
         if stats.samples:  # masked before they are kept anywhere, the checkpoint included
             stats.samples = [replace(s, text=self.redactor.redact(s.text, cut=len(s.text) >= SAMPLE_CHARS))
                              for s in stats.samples]
-        outcome = ChunkOutcome(RunState.empty(self.rules), stats)
+        outcome = ChunkOutcome(RunState.empty(self.rules, self._failed, chunk.path), stats)
         if stats.lines:
-            for rule in outcome.partial.rules.values():
+            partial = outcome.partial
+            for rule in partial.rules.values():
                 if rule.name not in self._failed:
-                    self._update(rule, batch, outcome)
+                    guard.call_rule(partial.failures, rule, "update", batch.path, rule.update, batch)
         stats.seconds = time.perf_counter() - started
         return outcome
-
-    @staticmethod
-    def _update(rule: Rule, batch: Batch, outcome: ChunkOutcome) -> None:
-        try:
-            rule.update(batch)
-        except Exception as exc:  # a plugin's bug must not stop the other rules
-            outcome.partial.failures.add(Failure("rule", batch.path, rule.name, f"{type(exc).__name__}: {exc}"))
-            outcome.failures.append(RuleExecutionFailed(rule.name, batch.path, exc))
 
     # -- merging, in read order, by whichever thread is free ---------------------------------
 
@@ -278,19 +299,15 @@ class Pipeline:
             raise self._error
 
     def _merge(self, run: _FileRun, chunk: Chunk, outcome: ChunkOutcome, checkpoint: Checkpoint) -> None:
-        checkpoint.state.merge(outcome.partial)
+        checkpoint.state.merge(outcome.partial, run.work.name)
         self._unsealed += chunk.end - chunk.start
         if self._unsealed >= SEAL_EVERY_BYTES:
-            checkpoint.state.seal()  # bounds rule state within a long run, not only between runs
+            checkpoint.state.seal(run.work.name)  # bounds rule state within a long run, not only between runs
             self._unsealed = 0
         self.trimmer.check()
         merge_file_stats(checkpoint.state.files, {run.work.name: outcome.stats})
         run.stats.merge(outcome.stats)
-        for error in outcome.failures:
-            if error.rule not in self._failed:
-                log.error("%s", error)
-                self.hook.on_error(error=error, path=run.work.name, rule=error.rule)
-                self._failed |= {error.rule}
+        self._announce(checkpoint.state)
         open_tail = chunk.open_tail
         checkpoint.ledger.advance(run.work, chunk.end, chunk.first_line + outcome.stats.lines, open_tail)
 
@@ -306,4 +323,4 @@ class Pipeline:
             stats.path, stats.lines, stats.records, stats.malformed, stats.blank,
             (time.perf_counter() - run.started) * 1000,
         )
-        self.hook.after_file(path=stats.path, stats=stats)
+        self.hooks.after_file(stats.path, stats)

@@ -36,14 +36,23 @@ class FailedToLoadPlugin(ConfigError):
         super().__init__([f"plugin '{plugin}' failed to load: {type(exc).__name__}: {exc}"])
 
 
-class RuleExecutionFailed(PipelineError):
-    """A rule raised while processing a file; the run goes on without that rule."""
+class PluginFailed(PipelineError):
+    """Plugin code raised: a rule's method, or a plugin's hook (then ``rule`` is None).
 
-    def __init__(self, rule: str, path: str, exc: BaseException) -> None:
-        self.rule = rule
+    The run goes on without that rule, or without that plugin's hooks; the outputs list it in
+    ``rule_errors``, and the exit code is 3.
+    """
+
+    def __init__(self, message: str, *, plugin: str, phase: str, path: str | None, rule: str | None) -> None:
+        self.plugin = plugin
+        self.phase = phase
         self.path = path
-        self.exc = exc
-        super().__init__(f"rule '{rule}' failed on {path}: {type(exc).__name__}: {exc}")
+        self.rule = rule
+        super().__init__(message)
+
+
+class RuleExecutionFailed(PluginFailed):
+    """A rule's plugin code raised (in ``setup``, ``update``, ``merge``, ``seal`` or ``result``)."""
 
 
 class StateLocked(PipelineError):

@@ -86,12 +86,14 @@ def after_file(path: str, stats: FileStats) -> None:
 
 @hookspec
 def on_error(error: Exception, path: str | None, rule: str | None) -> None:
-    """Hear about a failure the run survives (an unreadable file, a failing rule).
+    """Hear about a failure the run survives (an unreadable file, a failing rule, another plugin's failing hook).
 
-    :param error: the exception, a ``core.errors.PipelineError`` or the original one.
+    :param error: the exception: the ``OSError`` of an unreadable file, or a ``core.errors.PluginFailed``
+        naming the plugin, the phase, the file and the rule (None for a hook).
     :param path: the file being worked on, if any.
     :param rule: the failing rule's name, if a rule failed.
     :returns: nothing.
 
-    Called when the failure happens; the run goes on.
+    Called when the failure happens; the run goes on. An implementation that raises is not called
+    again in the run, and is not told about its own failure.
     """

@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from core import guard
 from core.errors import OutputValidationError
 from core.plugins import shipped
 from core.redact import Redactor
@@ -43,7 +44,10 @@ def rule_results(
     for rule in rules:
         if rule.output != output or rule.name in failed:
             continue
-        result = state.rules[rule.name].result()
+        held = state.rules[rule.name]
+        result = guard.call_rule(state.failures, held, "result", "", held.result)
+        if result is guard.FAILED:
+            continue
         check = _result_check(type(rule))
         found = check.problems(result.value) if check else []
         problems += [f"rule '{rule.name}': {field_path([rule.key])}{_join(p)}" for p in found]
@@ -143,7 +147,7 @@ def build_summary(
         "totals": totals,
         "files": [f.as_dict() for f in files],
         "malformed_samples": samples,
-        "rule_errors": [f.as_dict() for f in state.rule_failures()],
+        "rule_errors": [f.as_dict() for f in state.plugin_failures()],
         "file_errors": [f.as_dict() for f in sorted(state.failures) if f.kind == "file"],
         "rules": {rule.name: _rule_entry(state, rule) for rule in rules},
         "run": run,

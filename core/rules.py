@@ -56,12 +56,26 @@ class Rule:
     redactor: Redactor | None = None
     #: The data folder the records' ``file`` names are relative to (to read a sample line back).
     data_dir: str | None = None
+    #: The plugin that registered this rule type; set by the engine when the plugin registers it.
+    plugin: ClassVar[str] = ""
+    #: Why ``setup`` raised when the rule was built at start-up; None for a rule that was built.
+    setup_error: str | None = None
 
     def __init__(self, name: str, *, key: str | None = None, **params: Any) -> None:
         self.name = name
         self.key = key or name.replace("-", "_")
         self.params = params
         self.setup(**params)
+
+    @classmethod
+    def failed_setup(cls, name: str, *, key: str | None, error: str, **params: Any) -> Rule:
+        """A rule of this type whose ``setup`` raised at start-up: it keeps its name and never runs."""
+        rule = cls.__new__(cls)
+        rule.name = name
+        rule.key = key or name.replace("-", "_")
+        rule.params = params
+        rule.setup_error = error
+        return rule
 
     def setup(self, **params: Any) -> None:
         """Take the validated parameters and create the empty state; override with named arguments."""

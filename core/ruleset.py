@@ -39,7 +39,7 @@ class RuleDef:
 
 def load_rules(settings: Settings, types: dict[str, type[Rule]]) -> list[Rule]:
     """The enabled rules, in the order ``settings.rules`` lists them; every problem is reported at once."""
-    defs, problems = _read_rule_files(settings)
+    defs, unread, problems = _read_rule_files(settings)
     checks = {name: SchemaCheck(cls.params_schema, shipped=shipped(cls)) for name, cls in types.items()}
     rules: dict[str, Rule] = {}
     for rule_def in defs.values():
@@ -47,7 +47,7 @@ def load_rules(settings: Settings, types: dict[str, type[Rule]]) -> list[Rule]:
         problems += found_problems
         if rule is not None:
             rules[rule.name] = rule
-    problems += _check_enabled(settings, defs)
+    problems += _check_enabled(settings, defs, unread)
     if problems:
         raise ConfigError(problems)
     enabled = [rules[name] for name in settings.rules]
@@ -55,13 +55,21 @@ def load_rules(settings: Settings, types: dict[str, type[Rule]]) -> list[Rule]:
     return enabled
 
 
-def _rule_files(settings: Settings) -> list[Path]:
+def _rule_files(settings: Settings) -> tuple[list[Path], list[str]]:
+    """The rule files, in order; a file named without a wildcard must exist (a pattern may match nothing)."""
     base = settings.source.parent
     paths: list[Path] = []
+    problems = []
     for pattern in settings.rule_files:
         full = pattern if Path(pattern).is_absolute() else str(base / pattern)
-        paths.extend(Path(p) for p in sorted(glob.glob(full)) if Path(p) not in paths)
-    return paths
+        found = sorted(glob.glob(full))
+        if not found and not glob.has_magic(pattern):
+            problems.append(
+                f"{settings.source.name}: rule_files: '{pattern}': no such file; hint: fix the name, or remove it "
+                "from rule_files (a pattern such as rules/*.yaml may match nothing)"
+            )
+        paths.extend(Path(p) for p in found if Path(p) not in paths)
+    return paths, problems
 
 
 def _display(path: Path, settings: Settings) -> str:
@@ -71,13 +79,17 @@ def _display(path: Path, settings: Settings) -> str:
         return str(path)
 
 
-def _read_rule_files(settings: Settings) -> tuple[dict[str, RuleDef], list[str]]:
+def _read_rule_files(settings: Settings) -> tuple[dict[str, RuleDef], list[Path], list[str]]:
+    """The rules defined, by name; the rule files that could not be read; and the problems found."""
     defs: dict[str, RuleDef] = {}
-    problems: list[str] = []
-    for path in _rule_files(settings):
+    paths, problems = _rule_files(settings)
+    unread = []
+    for path in paths:
         source = _display(path, settings)
         entries, file_problems = _entries(path, source)
         problems += file_problems
+        if file_problems and not entries:
+            unread.append(path)
         for index, entry in enumerate(entries):
             rule_def, entry_problems = _rule_def(source, index, entry)
             problems += entry_problems
@@ -90,7 +102,7 @@ def _read_rule_files(settings: Settings) -> tuple[dict[str, RuleDef], list[str]]
                 )
                 continue
             defs[rule_def.name] = rule_def
-    return defs, problems
+    return defs, unread, problems
 
 
 def _entries(path: Path, source: str) -> tuple[list[Any], list[str]]:
@@ -150,20 +162,36 @@ def _build(
         return None, problems
     try:
         rule = cls(rule_def.name, key=rule_def.key, **rule_def.params)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError) as exc:  # by convention, setup's word on its parameters
         return None, [f"{where}: {exc}"]
+    except Exception as exc:  # a plugin's bug: a run goes on without this rule (core.guard), --check says so
+        error = f"{type(exc).__name__}: {exc}"
+        return cls.failed_setup(rule_def.name, key=rule_def.key, error=error, **rule_def.params), []
     return rule, []
 
 
-def _check_enabled(settings: Settings, defs: dict[str, RuleDef]) -> list[str]:
+def _check_enabled(settings: Settings, defs: dict[str, RuleDef], unread: list[Path]) -> list[str]:
+    # A rule named in a file that could not be read (a YAML error) is not also "unknown": the file's
+    # own problem is the one to fix. Its names are found in its text as written.
+    named = {m.group(1) for path in unread for m in _NAMED.finditer(_text(path))}
     problems = []
     for name in settings.rules:
-        if name not in defs:
+        if name not in defs and name not in named:
             close = difflib.get_close_matches(name, list(defs), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             known = ", ".join(sorted(defs)) or "none"
             problems.append(f"{settings.source.name}: rules: unknown rule '{name}'{hint}; defined rules: {known}")
     return problems
+
+
+_NAMED = re.compile(r"""\bname\s*:\s*["']?([A-Za-z0-9][A-Za-z0-9_.-]*)""")
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 def _check_keys(enabled: list[Rule]) -> None:

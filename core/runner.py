@@ -13,9 +13,11 @@ from typing import Any, Callable
 import pluggy
 
 from core import checkpoint as checkpoints
+from core import guard
 from core.checkpoint import Checkpoint
 from core.discover import DataFile, discover
 from core.engine import Pipeline
+from core.guard import PluginHooks
 from core.ledger import Work
 from core.output import build_anomalies, build_summary, check_output, state_memory, write_checked
 from core.profile import RunProfile
@@ -33,10 +35,12 @@ class RunReport:
 
     summary: dict[str, Any]
     anomalies: dict[str, Any]
+    #: A plugin's ``after_run`` hook that raised, after the outputs were written (so not listed in them).
+    after_run_failed: bool = False
 
     @property
     def failed(self) -> bool:
-        return bool(self.summary["rule_errors"] or self.summary["file_errors"])
+        return bool(self.summary["rule_errors"] or self.summary["file_errors"] or self.after_run_failed)
 
 
 def peak_rss_mb() -> float:
@@ -56,7 +60,7 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
-def plan(files: list[DataFile], checkpoint: Checkpoint, pm: pluggy.PluginManager) -> list[Work]:
+def plan(files: list[DataFile], checkpoint: Checkpoint, hooks: PluginHooks) -> list[Work]:
     """The uncounted part of each file; a file that cannot be opened is recorded as a file error."""
     works = []
     for data_file in files:
@@ -66,7 +70,7 @@ def plan(files: list[DataFile], checkpoint: Checkpoint, pm: pluggy.PluginManager
             message = f"cannot read {data_file.path}: {exc.strerror or exc}"
             checkpoint.state.failures.add(Failure("file", data_file.name, "", message))
             log.error("%s", message)
-            pm.hook.on_error(error=exc, path=data_file.name, rule=None)
+            hooks.on_error(exc, data_file.name, None)
             continue
         if work is not None:
             works.append(work)
@@ -118,37 +122,43 @@ def _run_batch(
     files, skipped = discover(settings.data_dir, settings.include, settings.exclude, settings.recursive)
     for entry in skipped:
         log.info("not reading %s: %s", entry.name, entry.reason)
-    _forget_old_file_errors(checkpoint)
-    works = plan(files, checkpoint, pm)
+    forget_run_failures(checkpoint)
+    hooks = PluginHooks(pm)
+    works = plan(files, checkpoint, hooks)
     if on_start is not None:
         on_start(sum(_size(w) for w in works))
-    pm.hook.before_run(paths=[w.name for w in works], settings=settings.as_dict())
-    with Pipeline(settings, rules, pm, stop=stop, profile=profile) as pipeline:
+    hooks.before_run([w.name for w in works], settings.as_dict())
+    with Pipeline(settings, rules, pm, stop=stop, profile=profile, hooks=hooks) as pipeline:
         pipeline.on_progress = on_progress
         pipeline.process(works, checkpoint, final=True)
     run = metrics(settings, started_at, time.perf_counter() - started, pipeline.lines_read, pipeline.bytes_read)
-    return write_outputs(settings, pm, rules, checkpoint, run)
+    return write_outputs(settings, hooks, rules, checkpoint, run)
 
 
 def write_outputs(
-    settings: Settings, pm: pluggy.PluginManager, rules: list[Rule], checkpoint: Checkpoint, run: dict[str, Any]
+    settings: Settings, hooks: PluginHooks, rules: list[Rule], checkpoint: Checkpoint, run: dict[str, Any]
 ) -> RunReport:
     """Build both documents from the checkpoint, commit the checkpoint, check both, then write both atomically.
 
     Building reads every rule's result, and a rule may keep what it showed in its state (the text
     of an incident's sample lines, read while the file is still there): the checkpoint is saved
-    after that, and saved whether or not building succeeds, as it was before.
+    after that, and saved whether or not building succeeds, as it was before. A rule whose result
+    raises is failed and left out; the hooks that raised in this run are listed with the rules.
     """
     started = time.perf_counter()
+    state = checkpoint.state
+    state.failures |= hooks.failures
+    known = state.failed_rules()
     try:
         # Anomalies first: reading a detector's result seals it, and the summary says how each
         # state degraded (a seal may thin a detector's windows).
-        anomalies = build_anomalies(checkpoint.state, rules, run["started_at"])
-        summary = build_summary(checkpoint.state, rules, run, Redactor.from_settings(settings))
+        anomalies = build_anomalies(state, rules, run["started_at"])
+        summary = build_summary(state, rules, run, Redactor.from_settings(settings))
     finally:
         saving = time.perf_counter()
         checkpoints.save(settings, checkpoint)
         run["checkpoint_seconds"] = round(time.perf_counter() - saving, 3)
+        guard.announce([f for f in state.rule_failures() if f.rule not in known], hooks)
     built = saving - started
     run["rule_state"] = state_memory(checkpoint.state)  # sealed and read: as large as it got
     checking = time.perf_counter()
@@ -159,13 +169,21 @@ def write_outputs(
     # file in anomalies.json too.
     write_checked(settings.output_dir / "anomalies.json", anomalies)
     write_checked(settings.output_dir / "summary.json", summary)
-    pm.hook.after_run(summary=summary, anomalies=anomalies["anomalies"])
-    return RunReport(summary, anomalies)
+    before = len(hooks.failures)
+    hooks.after_run(summary, anomalies["anomalies"])
+    return RunReport(summary, anomalies, after_run_failed=len(hooks.failures) > before)
 
 
-def _forget_old_file_errors(checkpoint: Checkpoint) -> None:
-    """A file error describes the latest attempt; each run tries again and records anew."""
-    checkpoint.state.failures = {f for f in checkpoint.state.failures if f.kind != "file"}
+def forget_run_failures(checkpoint: Checkpoint, names: set[str] | None = None) -> None:
+    """A file error or a hook's failure describes the latest attempt; each run tries again and records anew.
+
+    With ``names``, only the file errors of those files are forgotten (a watcher trying them again).
+    """
+    state = checkpoint.state
+    if names is None:
+        state.failures = {f for f in state.failures if f.kind == "rule"}
+    else:
+        state.failures = {f for f in state.failures if f.kind != "file" or f.path not in names}
 
 
 def _size(work: Work) -> int:

@@ -102,7 +102,9 @@ def _unknown_keys(error: ValidationError) -> str:
 
 
 def expected(schema: dict[str, Any]) -> str:
-    """Describe what a schema accepts, e.g. ``integer >= 1`` or ``one of 'a', 'b'``."""
+    """Describe what a schema accepts, e.g. ``integer >= 1`` or ``one of 'a', 'b'``; its ``title`` if it has one."""
+    if "title" in schema:  # a schema for a value with a syntax of its own says it in words (a duration)
+        return str(schema["title"])
     if "enum" in schema:
         return "one of " + ", ".join(repr(v) for v in schema["enum"])
     if "const" in schema:

@@ -27,8 +27,9 @@ from core import checkpoint as checkpoints
 from core.checkpoint import Checkpoint
 from core.discover import DataFile, discover, wanted
 from core.engine import Pipeline
+from core.guard import PluginHooks
 from core.rules import Rule
-from core.runner import metrics, peak_rss_mb, plan, write_outputs
+from core.runner import forget_run_failures, metrics, peak_rss_mb, plan, write_outputs
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ class WatchLoop:
         self.stop = stop
         self.poll = poll
         self.checkpoint: Checkpoint = checkpoints.load(settings, rules, reset=reset)
+        self.hooks = PluginHooks(pm)  # a plugin whose hook raised stays without hooks until the watcher restarts
         self.changes = ChangeSet(settings)
         self.started_at = datetime.now(timezone.utc)
         self.started = time.perf_counter()
@@ -160,7 +162,7 @@ class WatchLoop:
         observer = start_observer(self.settings, self.changes, self.poll)
         log.info("watching %s (%s)", self.settings.data_dir, type(observer).__name__)
         try:
-            with Pipeline(self.settings, self.rules, self.pm, stop=self.stop) as pipeline:
+            with Pipeline(self.settings, self.rules, self.pm, stop=self.stop, hooks=self.hooks) as pipeline:
                 # Called per chunk read, so a long commit (a big file) still reports its progress.
                 pipeline.on_progress = lambda _bytes: self._status_due(pipeline)
                 self._loop(pipeline)
@@ -199,9 +201,11 @@ class WatchLoop:
                 self.changes.note(str(data_file.path))
 
     def _commit(self, pipeline: Pipeline, files: list[DataFile], *, catch_up: bool = False) -> None:
-        self._forget_file_errors(None if catch_up else {f.name for f in files})
+        # A file error describes the latest attempt, as in a batch run: forgotten when the file is tried
+        # again. The catch-up tries every file, so it also forgets files gone since (and earlier runs' hooks).
+        forget_run_failures(self.checkpoint, None if catch_up else {f.name for f in files})
         present = [f for f in files if os.path.lexists(f.path) or _log_gone(f)]
-        works = plan(present, self.checkpoint, self.pm)
+        works = plan(present, self.checkpoint, self.hooks)
         # A file taken from the change set is closed after writing, renamed into place or settled:
         # its last line counts even without a newline, as in a batch run. The catch-up reads what
         # was there at the start, which may be mid-write: complete lines only, and the rescan
@@ -209,16 +213,8 @@ class WatchLoop:
         pipeline.process(works, self.checkpoint, final=not catch_up)
         elapsed = time.perf_counter() - self.started
         run = metrics(self.settings, self.started_at, elapsed, pipeline.lines_read, pipeline.bytes_read)
-        write_outputs(self.settings, self.pm, self.rules, self.checkpoint, run)
+        write_outputs(self.settings, self.hooks, self.rules, self.checkpoint, run)
         self.commits += 1
-
-    def _forget_file_errors(self, names: set[str] | None) -> None:
-        """A file error describes the latest attempt, as in a batch run: forget it when the file is tried again.
-
-        The catch-up tries every file (``names`` is None), so it also forgets files gone since.
-        """
-        state = self.checkpoint.state
-        state.failures = {f for f in state.failures if f.kind != "file" or (names is not None and f.path not in names)}
 
     def _status_due(self, pipeline: Pipeline) -> None:
         now = time.monotonic()

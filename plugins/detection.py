@@ -31,8 +31,11 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _US = 1_000_000
 
-#: A duration: whole seconds, or a whole number followed by s, m, h or d (``90s``, ``10m``, ``1d``).
-DURATION = {"type": ["integer", "string"], "minimum": 1, "pattern": r"^[1-9][0-9]*[smhd]$"}
+#: A duration: a whole number followed by its unit, s, m, h or d (``90s``, ``10m``, ``1d``). A bare
+#: number is refused: ``timeframe: 10`` meant ten seconds to the engine and, as often, ten minutes
+#: to whoever wrote it.
+DURATION = {"type": "string", "pattern": r"^[1-9][0-9]*[smhd]$",
+            "title": "a duration: a whole number and its unit, s, m, h or d (90s, 10m, 1h, 1d)"}
 #: A UTC instant or a date, as written in ISO 8601 (``2000-01-01``, ``2025-07-21T09:00:00Z``).
 INSTANT = {
     "type": "string",
@@ -87,7 +90,7 @@ def params_schema(properties: dict[str, Any], required: tuple[str, ...] = ()) ->
 
 
 def duration_us(value: int | str) -> int:
-    """``90`` or ``"90s"`` -> 90 s, ``"10m"``, ``"2h"``, ``"1d"``; in microseconds."""
+    """``"90s"`` -> 90 s, ``"10m"``, ``"2h"``, ``"1d"``, in microseconds; from code, ``90`` is 90 s too."""
     if isinstance(value, int):
         return value * _US
     return int(value[:-1]) * _UNITS[value[-1]] * _US

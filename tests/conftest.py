@@ -104,6 +104,12 @@ class Workspace:
     def summary(self) -> dict[str, Any]:
         return json.loads((self.output / "summary.json").read_text(encoding="utf-8"))
 
+    def main(self, *args: str) -> int:
+        """Run the command in this process (``core.cli.main``) on this workspace's settings: its exit code."""
+        from core.cli import main
+
+        return main(["--settings", str(self.settings), *args])
+
     def run(self, *args: str, check: bool = False, env: dict[str, str] | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run ``runpipeline`` in a real subprocess inside the workspace."""

@@ -113,6 +113,75 @@ def test_check_refuses_a_broken_configuration(workspace, settings, expected):
     assert expected in result.stderr
 
 
+# -- what --check used to let through (each exits 2 with one clear line, run and --check alike) -----
+
+
+def check_problems(workspace, capsys, *args: str) -> list[str]:
+    """Run the command in-process with ``args`` (``--check`` by default); the problems it lists, after exit 2."""
+    code = workspace.main(*args) if args else workspace.main("--check")
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert not workspace.output.exists()
+    return [line.strip() for line in err.splitlines()[1:]] if "problem" in err.splitlines()[0] else [err.strip()]
+
+
+def test_a_missing_data_folder_fails_the_check_as_it_fails_the_run(workspace, capsys):
+    workspace.configure("data_dir: no-such-folder\n")
+    missing = workspace.root.resolve() / "no-such-folder"
+    assert check_problems(workspace, capsys, "-q") == [f"runpipeline: data folder '{missing}' does not exist"]
+    assert check_problems(workspace, capsys) == [f"settings.yaml: data_dir: data folder '{missing}' does not exist"]
+    # With the other problems, all at once.
+    workspace.configure("rules: [no-such-rule]\n")
+    problems = check_problems(workspace, capsys)
+    assert len(problems) == 2 and problems[0].startswith("settings.yaml: rules: unknown rule 'no-such-rule'")
+    assert problems[1] == f"settings.yaml: data_dir: data folder '{missing}' does not exist"
+
+
+def test_a_rule_file_listed_by_name_must_exist(workspace, capsys):
+    workspace.configure("rule_files: [rules/summary.yaml, rules/anomalies.yaml, rules/extra.yaml, rules/*.yml]\n")
+    assert check_problems(workspace, capsys) == [
+        "settings.yaml: rule_files: 'rules/extra.yaml': no such file; hint: fix the name, or remove it from "
+        "rule_files (a pattern such as rules/*.yaml may match nothing)"
+    ]
+
+
+def test_a_plugin_that_registers_nothing_is_refused(workspace, capsys, tmp_path, monkeypatch):
+    folder = tmp_path / "site"
+    folder.mkdir()
+    # The decorator forgotten: a function of the hook's name that pluggy never sees.
+    (folder / "omp_forgot_hookimpl.py").write_text("def register_rule_types(register):\n    pass\n")
+    (folder / "omp_registers_no_type.py").write_text(
+        "from core import hookimpl\n\n@hookimpl\ndef register_rule_types(register):\n    pass\n")
+    monkeypatch.syspath_prepend(str(folder))
+    workspace.configure("plugins: [omp_forgot_hookimpl, omp_registers_no_type]\n")
+    assert check_problems(workspace, capsys) == [
+        "plugin 'omp_forgot_hookimpl' registers nothing: it implements no hook; "
+        "hint: mark each hook function with @core.hookimpl",
+        "plugin 'omp_registers_no_type' registers nothing: its register_rule_types "
+        "registered no rule type and it implements no other hook; hint: call register(YourRule) in it",
+    ]
+
+
+@pytest.mark.parametrize("field, value", [("timeframe", "10"), ("retention", "3600"), ("realert", "60")])
+def test_a_duration_needs_its_unit(workspace, capsys, field, value):
+    workspace.rules_file("extra.yaml", f"- {{name: spikes-again, type: error_spike, {field}: {value}}}\n")
+    assert check_problems(workspace, capsys) == [
+        f"rules/extra.yaml: rule 'spikes-again': {field}: expected a duration: a whole number and its unit, "
+        f"s, m, h or d (90s, 10m, 1h, 1d), got {value}"
+    ]
+
+
+def test_a_yaml_error_in_a_rule_file_is_one_problem_not_a_list_of_unknown_rules(workspace, capsys):
+    path = workspace.root / "rules" / "anomalies.yaml"
+    path.write_text(path.read_text().replace("timeframe: 10m", "timeframe: [10m", 1))
+    workspace.configure("rules: [payment-statuses, error-spikes, silent-services, no-such-rule]\n")
+    problems = check_problems(workspace, capsys)
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("rules/anomalies.yaml: not valid YAML: line ")
+    assert problems[1].startswith("settings.yaml: rules: unknown rule 'no-such-rule'")
+
+
 # -- settings problems -----------------------------------------------------------------------
 
 
@@ -406,9 +475,11 @@ def test_rule_failing_at_run_time_gives_exit_3_and_the_other_rules_still_count(w
     result = workspace.run(env=env)
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr
-    assert "rule 'boom' failed on a.log: RuntimeError: kaboom in update" in result.stderr
+    assert ("rule 'boom' (plugin 'exploding') failed in update on a.log: RuntimeError: kaboom in update"
+            in result.stderr)
     summary = workspace.summary()
-    assert summary["rule_errors"] == [{"rule": "boom", "file": "a.log", "error": "RuntimeError: kaboom in update"}]
+    assert summary["rule_errors"] == [{"rule": "boom", "plugin": "exploding", "phase": "update", "file": "a.log",
+                                       "error": "RuntimeError: kaboom in update"}]
     assert "boom" not in summary
     assert summary["payment_statuses"] == {"SUCCESS": 2, "FAILED": 1}
     assert summary["totals"]["records"] == 3

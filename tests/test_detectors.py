@@ -245,14 +245,14 @@ BAD_RULES = """\
 """
 BAD_MESSAGES = [
     "rules/bad.yaml: rule 'bad-unknown': allowed: expected list, got 'SUCCESS'",
-    "rules/bad.yaml: rule 'bad-clock': max_future: expected integer or string >= 1 matching ^[1-9][0-9]*[smhd]$, "
-    "got '5 minutes'",
+    "rules/bad.yaml: rule 'bad-clock': max_future: expected a duration: a whole number and its unit, "
+    "s, m, h or d (90s, 10m, 1h, 1d), got '5 minutes'",
     "rules/bad.yaml: rule 'bad-spike': ratio: expected number >= 1, got 0.5",
     "rules/bad.yaml: rule 'bad-spike-key': unknown field 'spike_tipe' (did you mean 'spike_type'?)",
     "rules/bad.yaml: rule 'bad-busy': min_count: expected integer >= 1, got 0",
     "rules/bad.yaml: rule 'bad-busy-history': history_windows: expected integer >= 2 <= 1000, got 1",
-    "rules/bad.yaml: rule 'bad-dupes': retention: expected integer or string >= 1 matching ^[1-9][0-9]*[smhd]$, "
-    "got 'forever'",
+    "rules/bad.yaml: rule 'bad-dupes': retention: expected a duration: a whole number and its unit, "
+    "s, m, h or d (90s, 10m, 1h, 1d), got 'forever'",
     "rules/bad.yaml: rule 'bad-quiet': z: expected number > 0, got 0",
 ]
 

@@ -75,9 +75,26 @@ def test_chunks_are_merged_in_read_order_by_whichever_thread_is_free(big_file_ru
     assert firsts == sorted(firsts) and firsts[0] == 1
 
 
-def test_an_error_while_merging_in_a_worker_is_raised_in_the_caller(big_file_run):
+def test_a_rule_whose_merge_raises_in_a_worker_is_failed_and_the_run_completes(big_file_run):
+    report, _ = big_file_run(fail=True)
+    assert report.summary["rule_errors"] == [{"rule": "order", "plugin": "merge-order", "phase": "merge",
+                                              "file": "big.log", "error": "RuntimeError: merge failed on purpose"}]
+    assert report.summary["totals"]["lines"] == LINES and "order" not in report.summary
+
+
+def test_an_error_of_the_engine_while_merging_in_a_worker_is_raised_in_the_caller(big_file_run, monkeypatch):
+    merged = []
+    original = engine_module.merge_file_stats
+
+    def merge_file_stats(into, other):  # the engine's own code, after the first chunk
+        merged.append(threading.current_thread().name)
+        if len(merged) > 1:
+            raise RuntimeError("merge failed on purpose")
+        original(into, other)
+
+    monkeypatch.setattr(engine_module, "merge_file_stats", merge_file_stats)
     with pytest.raises(RuntimeError, match="merge failed on purpose"):
-        big_file_run(fail=True)
+        big_file_run()
 
 
 def test_later_chunks_of_a_file_with_its_samples_keep_none_and_count_every_malformed_line(workspace, pm):

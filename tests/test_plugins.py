@@ -7,6 +7,7 @@ import inspect
 import json
 import os
 import re
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -246,15 +247,269 @@ def test_a_failing_rule_is_isolated_and_reported(workspace):
     workspace.write("b.log", "2025-07-22T13:00:00Z INFO S u1 fine\n")
     result = workspace.run()
     assert result.returncode == 3, result.stderr
-    assert "rule 'fragile' failed on a.log: ValueError: status CRASH is not allowed here" in result.stderr
+    assert ("rule 'fragile' (plugin 'failing') failed in update on a.log: ValueError: status CRASH is not "
+            "allowed here; the run goes on without this rule") in result.stderr
     assert "Traceback" not in result.stderr
     summary = workspace.summary()
-    assert summary["rule_errors"] == [
-        {"rule": "fragile", "file": "a.log", "error": "ValueError: status CRASH is not allowed here"}
-    ]
+    assert summary["rule_errors"] == [{"rule": "fragile", "plugin": "failing", "phase": "update", "file": "a.log",
+                                       "error": "ValueError: status CRASH is not allowed here"}]
     assert "fragile" not in summary
     assert summary["payment_statuses"] == {"INFO": 2, "CRASH": 1}
     assert summary["top_users"] == ["u1", "u2"]
+
+
+FRAGILE = '''\
+"""A rule type that raises in the phase its rule names (``fail_in``); hooks are appended per test."""
+from core import Result, Rule, hookimpl
+
+
+class Fragile(Rule):
+    type_name = "fragile"
+    params_schema = {"type": "object", "additionalProperties": False, "properties": {"fail_in": {"type": "string"}}}
+
+    def setup(self, fail_in=""):
+        self.fail_in = fail_in
+        self.records = 0
+        self._fail("setup")
+
+    def _fail(self, phase):
+        if self.fail_in == phase:
+            raise RuntimeError(f"broken in {phase}")
+
+    def update(self, batch):
+        self._fail("update")
+        self.records += len(batch)
+
+    def merge(self, other):
+        self._fail("merge")
+        self.records += other.records
+
+    def seal(self):
+        self._fail("seal")
+
+    def result(self):
+        self._fail("result")
+        return Result(self.records)
+
+
+@hookimpl
+def register_rule_types(register):
+    register(Fragile)
+'''
+
+HOOK_THAT_RAISES = '''
+
+@hookimpl
+def {hook}({args}):
+    raise RuntimeError("broken in {hook}")
+'''
+
+TWO_FILES = {"a.log": "2025-07-22T12:00:00Z INFO S u1 ok\n2025-07-22T12:00:01Z WEIRD S u2 x\n",
+             "b.log": "2025-07-22T13:00:00Z INFO S u1 fine\n"}
+
+
+def fragile_workspace(workspace, module: str, fail_in: str = "", hook: str = "", args: str = "") -> None:
+    """A plugin ``module`` beside settings.yaml, its rule enabled between two shipped ones, two data files."""
+    source = FRAGILE + (HOOK_THAT_RAISES.format(hook=hook, args=args) if hook else "")
+    (workspace.root / f"{module}.py").write_text(source)
+    workspace.rules_file("fragile.yaml", f"- {{name: fragile, type: fragile, fail_in: '{fail_in}'}}\n")
+    workspace.configure(f"plugins: [{module}]\nrules: [payment-statuses, fragile, unknown-statuses]\n")
+    for name, text in TWO_FILES.items():
+        workspace.write(name, text)
+
+
+def assert_other_rules_written(workspace) -> dict:
+    summary = workspace.summary()
+    assert summary["payment_statuses"] == {"INFO": 2, "WEIRD": 1}
+    assert summary["totals"]["records"] == 3
+    anomalies = json.loads((workspace.output / "anomalies.json").read_text())
+    assert [(a["rule"], a["key"]) for a in anomalies["anomalies"]] == [("unknown-statuses", "WEIRD")]
+    return summary
+
+
+@pytest.mark.parametrize("phase, file", [
+    ("setup", None), ("update", "a.log"), ("merge", "a.log"), ("seal", None), ("result", None),
+])
+def test_a_rule_that_raises_in_any_phase_is_failed_by_name_and_the_others_are_written(
+        workspace, capsys, caplog, phase, file):
+    module = f"fragile_in_{phase}"
+    fragile_workspace(workspace, module, fail_in=phase)
+    assert workspace.main() == 3
+    err = capsys.readouterr().err
+    assert "internal error" not in err and "Traceback" not in err
+    summary = assert_other_rules_written(workspace)
+    assert "fragile" not in summary
+    assert summary["rule_errors"] == [{"rule": "fragile", "plugin": module, "phase": phase, "file": file,
+                                       "error": f"RuntimeError: broken in {phase}"}]
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any(f"rule 'fragile' (plugin '{module}') failed in {phase}" in m for m in logged), logged
+
+
+def test_check_reports_a_rule_whose_setup_raises(workspace, capsys):
+    fragile_workspace(workspace, "fragile_setup_check", fail_in="setup")
+    assert workspace.main("--check") == 2
+    assert ("rule 'fragile' (plugin 'fragile_setup_check'): setup raised RuntimeError: broken in setup; a run would "
+            "go on without this rule and exit 3") in capsys.readouterr().err
+    assert not workspace.output.exists()
+
+
+@pytest.mark.parametrize("hook, args, file", [
+    ("before_run", "paths, settings", None), ("before_file", "path", "a.log"), ("after_file", "path, stats", "a.log"),
+])
+def test_a_hook_that_raises_is_named_not_called_again_and_the_rules_are_written(
+        workspace, capsys, caplog, hook, args, file):
+    module = f"fragile_{hook}"
+    fragile_workspace(workspace, module, hook=hook, args=args)
+    assert workspace.main() == 3
+    assert "internal error" not in capsys.readouterr().err
+    summary = assert_other_rules_written(workspace)
+    assert summary["fragile"] == 3  # the plugin's rule is not the hook: it goes on
+    # Once only, though the hook would have raised again on b.log.
+    assert summary["rule_errors"] == [{"rule": None, "plugin": module, "phase": hook, "file": file,
+                                       "error": f"RuntimeError: broken in {hook}"}]
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any(f"plugin '{module}' failed in {hook}" in m for m in logged), logged
+
+
+def test_a_hook_that_raises_costs_only_its_own_plugin_s_hooks(workspace, pm):
+    class Raising:
+        @hookimpl
+        def after_file(self, path, stats):
+            raise OSError(f"cannot notify about {path}")
+
+    for name, text in TWO_FILES.items():
+        workspace.write(name, text)
+    recorder, raising = Recorder(), Raising()
+    pm.register(recorder, name="recorder")
+    pm.register(raising, name="raising")  # registered last: pluggy calls it first
+    try:
+        settings = load_settings(workspace.settings)
+        report = run_batch(settings, pm, load_rules(settings, rule_types(pm)))
+    finally:
+        pm.unregister(name="recorder")
+        pm.unregister(name="raising")
+    assert [c[1] for c in recorder.calls if c[0] == "after_file"] == ["a.log", "b.log"]
+    assert ("on_error", "a.log", None, "PluginFailed") in recorder.calls
+    assert report.failed and report.summary["rule_errors"] == [
+        {"rule": None, "plugin": "raising", "phase": "after_file", "file": "a.log",
+         "error": "OSError: cannot notify about a.log"}
+    ]
+
+
+def test_an_on_error_hook_that_raises_is_named_beside_the_file_error(workspace, capsys):
+    fragile_workspace(workspace, "fragile_on_error", hook="on_error", args="error, path, rule")
+    os.symlink(workspace.root / "nowhere.log", workspace.data / "gone.log")
+    assert workspace.main() == 3
+    assert "internal error" not in capsys.readouterr().err
+    summary = assert_other_rules_written(workspace)
+    assert [e["file"] for e in summary["file_errors"]] == ["gone.log"]
+    assert summary["rule_errors"] == [{"rule": None, "plugin": "fragile_on_error", "phase": "on_error",
+                                       "file": "gone.log", "error": "RuntimeError: broken in on_error"}]
+
+
+def test_an_after_run_hook_that_raises_gives_exit_3_once_the_outputs_are_written(workspace, capsys, caplog):
+    fragile_workspace(workspace, "fragile_after_run", hook="after_run", args="summary, anomalies")
+    assert workspace.main() == 3
+    assert "internal error" not in capsys.readouterr().err
+    assert assert_other_rules_written(workspace)["fragile"] == 3
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("plugin 'fragile_after_run' failed in after_run" in m for m in logged), logged
+
+
+# -- what may be imported from the settings folder ----------------------------------------------
+
+
+def test_a_folder_beside_settings_never_stands_in_for_a_library(workspace, monkeypatch):
+    # A run imports watchdog only for --watch, after the plugins are loaded: a folder of that name
+    # beside settings.yaml must not be what it gets, whatever plugins lists. `python -m` (how the
+    # tests start the command) would put the current folder first on sys.path by itself; the
+    # installed `runpipeline` script does not, and PYTHONSAFEPATH makes `python -m` do the same.
+    monkeypatch.setenv("PYTHONSAFEPATH", "1")
+    fake = workspace.root / "watchdog"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise RuntimeError('the watchdog/ beside settings.yaml was imported')\n")
+    (workspace.root / "beside.py").write_text(CountingPlugin)
+    workspace.write("a.log", "2025-07-22T12:00:00Z INFO S u1 ok\n")
+    from tests.test_watch import Watcher
+
+    for settings in ("plugins: []\nrules: [payment-statuses]\n",
+                     "plugins: [beside]\nrules: [payment-statuses, record-count]\n"):
+        workspace.configure(settings)
+        if "beside" in settings:
+            workspace.rules_file("beside.yaml", "- {name: record-count, type: count_records}\n")
+        shutil.rmtree(workspace.output, ignore_errors=True)  # so that the first summary.json is this watcher's
+        with Watcher(workspace) as watcher:
+            summary = watcher.wait_started()
+            assert summary["payment_statuses"] == {"INFO": 1}
+            assert watcher.stop() == 0, watcher.log
+        assert "watchdog/ beside settings.yaml was imported" not in watcher.log
+    assert summary["record_count"] == 1
+
+
+CountingPlugin = '''\
+from core import Result, Rule, hookimpl
+
+
+class CountRecords(Rule):
+    type_name = "count_records"
+
+    def setup(self):
+        self.n = 0
+
+    def update(self, batch):
+        self.n += len(batch)
+
+    def merge(self, other):
+        self.n += other.n
+
+    def result(self):
+        return Result(self.n)
+
+
+@hookimpl
+def register_rule_types(register):
+    register(CountRecords)
+'''
+
+
+@pytest.mark.parametrize("name, what", [
+    ("os", "a module of Python's standard library"), ("json.decoder", "a module of Python's standard library"),
+    ("yaml", "a module of a library Oh My Payments depends on (PyYAML)"),
+    ("watchdog.observers", "a module of a library Oh My Payments depends on (watchdog)"),
+    ("attr", "a module of a library Oh My Payments depends on (attrs)"),  # one of jsonschema's
+    ("core", "Oh My Payments' own engine"),
+])
+def test_a_library_module_named_as_a_plugin_is_refused(workspace, capsys, name, what):
+    workspace.configure(f"plugins: [{name}]\n")
+    assert workspace.main("--check") == 2
+    err = capsys.readouterr().err
+    assert f"plugin '{name}' is refused: it is {what}, not a plugin" in err
+    assert not workspace.output.exists()
+
+
+def test_an_installed_plugin_package_still_loads(workspace, tmp_path, monkeypatch, capsys):
+    site = tmp_path / "site"
+    (site / "omp_installed_rules").mkdir(parents=True)
+    (site / "omp_installed_rules" / "__init__.py").write_text(CountingPlugin)
+    monkeypatch.syspath_prepend(str(site))
+    workspace.rules_file("count.yaml", "- {name: record-count, type: count_records}\n")
+    workspace.configure("plugins: [omp_installed_rules]\nrules: [payment-statuses, record-count]\n")
+    workspace.write("a.log", "2025-07-22T12:00:00Z INFO S u1 ok\n2025-07-22T12:00:01Z INFO S u2 ok\n")
+    assert workspace.main() == 0, capsys.readouterr().err
+    assert workspace.summary()["record_count"] == 2
+
+
+def test_a_plugin_package_beside_settings_loads_with_its_own_modules(workspace, capsys):
+    package = workspace.root / "omp_beside_pkg"
+    package.mkdir()
+    (package / "rules.py").write_text(CountingPlugin.replace("@hookimpl\ndef", "def"))
+    (package / "__init__.py").write_text("from core import hookimpl\nfrom omp_beside_pkg.rules import CountRecords\n"
+                                         "\n@hookimpl\ndef register_rule_types(register):\n    register(CountRecords)\n")
+    workspace.rules_file("count.yaml", "- {name: record-count, type: count_records}\n")
+    workspace.configure("plugins: [omp_beside_pkg]\nrules: [record-count]\n")
+    workspace.write("a.log", "2025-07-22T12:00:00Z INFO S u1 ok\n")
+    assert workspace.main() == 0, capsys.readouterr().err
+    assert workspace.summary()["record_count"] == 1
 
 
 # -- the README's example plugin works as printed --------------------------------------------------

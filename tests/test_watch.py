@@ -472,3 +472,22 @@ def test_a_file_error_clears_once_the_file_can_be_read(watched, tmp_path):
         summary = watcher.wait_for_lines(11)
         assert summary["file_errors"] == []
         assert_same_as_batch(watched, tmp_path)
+
+
+# -- plugin code that raises ------------------------------------------------------------------
+
+
+def test_a_result_that_raises_at_start_up_fails_its_rule_and_the_watcher_goes_on(watched):
+    from tests.test_plugins import fragile_workspace
+
+    fragile_workspace(watched, "fragile_result", fail_in="result")  # a.log and b.log, 3 lines
+    with Watcher(watched) as watcher:
+        summary = watcher.wait_for_lines(3)
+        assert summary["rule_errors"] == [{"rule": "fragile", "plugin": "fragile_result", "phase": "result",
+                                           "file": None, "error": "RuntimeError: broken in result"}]
+        assert "fragile" not in summary and summary["payment_statuses"] == {"INFO": 2, "WEIRD": 1}
+        watched.write("c.log", log_lines(25, 10))
+        summary = watcher.wait_for_lines(13)
+        assert [e["phase"] for e in summary["rule_errors"]] == ["result"]
+        assert watcher.stop() == 0
+    assert_valid_outputs(watched.output)
