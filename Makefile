@@ -21,11 +21,12 @@ test: $(BIN)/.installed
 
 # The fast part, for the edit-test loop: leaves out the tests that generate millions of lines,
 # kill watchers at random points, run the suite again on the pure Python path, search inputs
-# with hypothesis, or merge detector states over random splits; `make test` (what CI runs) has them all.
+# with hypothesis, or merge detector states over random splits, and the tests marked slow; `make test`
+# (what CI runs) has them all.
 QUICK_SKIP := test_memory_cap test_watch_load test_fallback test_exactly_once test_degrade test_compare test_traffic \
               test_property test_watch test_generate test_detectors
 test-quick: $(BIN)/.installed
-	$(BIN)/python -m pytest -q $(foreach t,$(QUICK_SKIP),--ignore=tests/$(t).py)
+	$(BIN)/python -m pytest -q -m 'not slow' $(foreach t,$(QUICK_SKIP),--ignore=tests/$(t).py)
 
 clean:
 	rm -rf $(VENV) output/*.json output/.state

@@ -283,6 +283,7 @@ def test_overlong_line_at_every_chunk_boundary(workspace, chunk_bytes):
 
 
 @pytest.mark.parametrize("chunk_bytes", [1025, 2048])
+@pytest.mark.slow
 def test_lines_at_the_length_limit_across_chunk_ends(workspace, chunk_bytes):
     # A first line of 990-1039 bytes, then one of 1024 or 1025 bytes (with and without a dropped
     # \r, last or not): line ends fall on every offset around the limit and the first chunk's end.
@@ -605,6 +606,7 @@ def test_malformed_samples_limit_is_honoured(workspace):
     ]
 
 
+@pytest.mark.slow
 def test_a_new_malformed_samples_limit_applies_to_files_counted_before(workspace):
     text, bad = malformed_file(40)
     workspace.write("a.log", text)

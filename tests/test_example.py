@@ -54,6 +54,7 @@ def test_example_input_matches_the_reference(workspace):
 
 
 @pytest.mark.parametrize("extra", [[], ["--distinct-users", "200000"]])
+@pytest.mark.slow
 def test_generated_file_matches_the_reference(workspace, extra):
     log = workspace.data / "gen.log"
     subprocess.run([sys.executable, str(REPO / "bench" / "generate.py"), "--lines", "60000", "--out", str(log),

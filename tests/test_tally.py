@@ -96,6 +96,7 @@ def as_frames(found: Tally) -> dict[str, pl.DataFrame | list]:
     top=st.integers(0, 12),
     shuffle_lines=st.booleans(),
 )
+@pytest.mark.slow
 def test_the_tally_is_what_polars_computes(records, width, bounds, keys, flagging, sample_limit, top, shuffle_lines):
     frame = frame_of(records, shuffle_lines)
     params = dict(width=width, lo=bounds[0], hi=bounds[1], keys=keys,
@@ -214,6 +215,7 @@ location_rows = st.tuples(st.sampled_from(["future", "late"]), st.sampled_from([
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.lists(stat_rows, max_size=8), min_size=1, max_size=4),
        st.lists(st.lists(location_rows, max_size=12), min_size=1, max_size=4))
+@pytest.mark.slow
 def test_small_tables_folded_in_python_equal_the_polars_fold(stat_parts, location_parts):
     stat_parts = [list({row[0]: row for row in part}.values()) for part in stat_parts]  # parts come folded
     for table, parts in ((STATS, stat_parts), (LOCATIONS, location_parts)):
