@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pluggy
 
-from core import hookspecs
+from core import hookspecs, safestate
 from core.errors import ConfigError, FailedToLoadPlugin
 from core.guard import each_plugin
 from core.rules import Rule
@@ -188,6 +188,7 @@ def rule_types(pm: pluggy.PluginManager) -> dict[str, type[Rule]]:
         elif cls.type_name not in found:
             found[cls.type_name] = cls
             cls.plugin = plugin  # named when one of its rules fails
+            safestate.register(cls)  # its rules' states may be in a checkpoint, enabled or not now
 
     registered: dict[str, int] = {}  # plugin -> rule types it registered
     for plugin, call in each_plugin(pm, "register_rule_types"):

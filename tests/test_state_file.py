@@ -129,3 +129,16 @@ def test_a_rule_whose_state_cannot_be_stored_safely_is_rebuilt_at_each_start_and
     assert summary["run"]["lines_read"] == 140  # everything again, not only b.log
     assert summary["records_seen"] == first["records_seen"] + summary["totals"]["records"] - first["totals"]["records"]
     assert outputs(workspace.output) == fresh(workspace)
+
+
+def test_removing_the_only_rule_of_its_type_keeps_the_other_rules_state(workspace, caplog):
+    workspace.write("a.log", log_lines(8, 200))
+    gone = workspace.write("gone.log", log_lines(9, 50))
+    assert run(workspace) == 0
+    gone.unlink()  # a rebuild could no longer count it
+    workspace.configure("rules: [payment-statuses, top-users, error-spikes]\n")  # busy-users and others go
+    with caplog.at_level(logging.WARNING):
+        assert run(workspace) == 0
+    assert "cannot read checkpoint" not in caplog.text and "rebuilding" not in caplog.text
+    assert workspace.summary()["totals"]["lines"] == 250
+    assert workspace.summary()["run"]["lines_read"] == 0
