@@ -184,18 +184,20 @@ def save(settings: Settings, checkpoint: Checkpoint) -> None:
     """
     checkpoint.state.seal()
     known = safestate.classes(type(rule) for rule in checkpoint.state.rules.values())
+    writer = safestate.Writer(known)
     states, fingerprints = {}, {}
     for name, rule in checkpoint.state.rules.items():
         try:
-            safestate.check(rule, known, f"rule '{name}'")
+            states[name] = safestate.Encoded(writer.encode(rule, f"rule '{name}'"))  # each rule walked once
         except safestate.UnsafeValue as exc:
             log.warning("rule '%s' (%s) keeps state the checkpoint cannot store safely (%s); it is rebuilt from "
                         "the data folder at each start", name, safestate.class_name(type(rule)), exc)
             continue
-        states[name] = rule
         if name in checkpoint.rules:
             fingerprints[name] = checkpoint.rules[name]
-    stored = {"format": FORMAT, "parsing": checkpoint.parsing, "rules": fingerprints, "states": states,
-              "files": checkpoint.state.files, "failures": checkpoint.state.failures, "ledger": checkpoint.ledger,
-              "data_dir": checkpoint.data_dir}
-    atomic_write(state_dir(settings) / FILE_NAME, lambda out: safestate.dump(stored, out, known))
+    stored = writer.encode({
+        "format": FORMAT, "parsing": checkpoint.parsing, "rules": fingerprints, "states": states,
+        "files": checkpoint.state.files, "failures": checkpoint.state.failures, "ledger": checkpoint.ledger,
+        "data_dir": checkpoint.data_dir,
+    })
+    atomic_write(state_dir(settings) / FILE_NAME, lambda out: writer.write(stored, out))

@@ -24,6 +24,7 @@ import math
 import struct
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
@@ -68,30 +69,56 @@ def classes(extra: Iterable[type] = ()) -> dict[str, type]:
     return {**_REGISTERED, **{class_name(cls): cls for cls in extra}}
 
 
+class Writer:
+    """Encodes values into one file: ``encode`` parts (each may be refused on its own), then ``write`` the whole.
+
+    A part's tree can be placed in a later value as ``Encoded(tree)``, so that a value is walked
+    (and its state taken) once, also where the caller leaves out the parts that cannot be stored.
+    """
+
+    def __init__(self, known: dict[str, type]) -> None:
+        self._blobs: list[Callable[[], bytes]] = []
+        self._encoder = _Encoder(known, self._blobs)
+
+    def encode(self, value: Any, where: str = "state") -> Any:
+        """``value``'s tree; raises ``UnsafeValue`` for what cannot be stored, and then keeps nothing of it."""
+        mark = len(self._blobs)
+        try:
+            return self._encoder.encode(value, where)
+        except UnsafeValue:
+            del self._blobs[mark:]
+            raise
+
+    def write(self, tree: Any, out: IO[bytes]) -> None:
+        """Write the blobs made so far and ``tree`` to ``out``, then the checksum."""
+        digest = hashlib.sha256()
+
+        def put(data: bytes) -> None:
+            digest.update(data)
+            out.write(data)
+
+        put(MAGIC + _U32.pack(VERSION) + _U32.pack(len(self._blobs)))
+        for make in self._blobs:
+            data = make()
+            put(_U64.pack(len(data)))
+            put(data)
+        text = json.dumps(tree, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        put(_U64.pack(len(text)))
+        put(text)
+        out.write(digest.digest())
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A tree ``Writer.encode`` made, placed as it is in a value encoded later by the same writer."""
+
+    tree: Any
+
+
 def dump(value: Any, out: IO[bytes], known: dict[str, type]) -> None:
     """Write ``value`` to ``out``; raises ``UnsafeValue`` (before writing anything) for what cannot be stored."""
-    blobs: list[Callable[[], bytes]] = []
-    tree = _Encoder(known, blobs).encode(value, "state")
-    digest = hashlib.sha256()
-
-    def write(data: bytes) -> None:
-        digest.update(data)
-        out.write(data)
-
-    write(MAGIC + _U32.pack(VERSION) + _U32.pack(len(blobs)))
-    for make in blobs:
-        data = make()
-        write(_U64.pack(len(data)))
-        write(data)
-    text = json.dumps(tree, separators=(",", ":"), allow_nan=False).encode("utf-8")
-    write(_U64.pack(len(text)))
-    write(text)
-    out.write(digest.digest())
-
-
-def check(value: Any, known: dict[str, type], where: str = "state") -> None:
-    """Raise ``UnsafeValue`` if ``value`` holds anything ``dump`` cannot store (nothing is serialised)."""
-    _Encoder(known, []).encode(value, where)
+    writer = Writer(known)
+    writer.write(writer.encode(value), out)
 
 
 def dumps(value: Any, known: dict[str, type]) -> bytes:
@@ -143,6 +170,8 @@ class _Encoder:
     def encode(self, value: Any, where: str) -> Any:  # noqa: PLR0911 - one case per kind of value
         if value is None or isinstance(value, (bool, str)):
             return value
+        if type(value) is Encoded:
+            return value.tree
         if isinstance(value, int) and type(value) is int:
             return value
         if type(value) is float:
