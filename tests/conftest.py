@@ -30,6 +30,31 @@ compiled_memory = pytest.mark.skipif(
 )
 #: What the warning says when the compiled modules are not in use (core/compiled.py).
 PURE_PYTHON = "running the pure Python path"
+#: A plugin module with one rule type, ``count_records``: records seen (written out by tests).
+COUNTING_PLUGIN = '''\
+from core import Result, Rule, hookimpl
+
+
+class CountRecords(Rule):
+    type_name = "count_records"
+
+    def setup(self):
+        self.n = 0
+
+    def update(self, batch):
+        self.n += len(batch)
+
+    def merge(self, other):
+        self.n += other.n
+
+    def result(self):
+        return Result(self.n)
+
+
+@hookimpl
+def register_rule_types(register):
+    register(CountRecords)
+'''
 
 
 def load_bench(name: str) -> ModuleType:

@@ -20,6 +20,7 @@ import yaml
 
 from core import __version__
 from core.plugins import get_plugin_manager, rule_types
+from tests.conftest import COUNTING_PLUGIN
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -399,28 +400,7 @@ def test_every_broken_plugin_is_named(workspace):
 
 
 def test_plugin_rule_type_can_be_used(workspace):
-    env = plugin_dir(workspace.root, "extra_rules", """\
-        from core import Result, Rule, hookimpl
-
-        class CountRecords(Rule):
-            type_name = "count_records"
-
-            def setup(self):
-                self.n = 0
-
-            def update(self, batch):
-                self.n += len(batch)
-
-            def merge(self, other):
-                self.n += other.n
-
-            def result(self):
-                return Result(self.n)
-
-        @hookimpl
-        def register_rule_types(register):
-            register(CountRecords)
-    """)
+    env = plugin_dir(workspace.root, "extra_rules", COUNTING_PLUGIN)
     workspace.rules_file("extra.yaml", "- {name: record-count, type: count_records}\n")
     workspace.configure("plugins: [extra_rules]\nrules: [payment-statuses, record-count]\n")
     workspace.write("a.log", RECORDS)

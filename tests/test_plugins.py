@@ -24,7 +24,7 @@ from core.ruleset import load_rules
 from core.runner import run_batch
 from core.settings import load_settings
 from plugins.hours import hour_counts
-from tests.conftest import REPO
+from tests.conftest import COUNTING_PLUGIN, REPO
 
 HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, "ohmypayments_spec")]
 
@@ -428,7 +428,7 @@ def test_a_folder_beside_settings_never_stands_in_for_a_library(workspace, monke
     fake = workspace.root / "watchdog"
     fake.mkdir()
     (fake / "__init__.py").write_text("raise RuntimeError('the watchdog/ beside settings.yaml was imported')\n")
-    (workspace.root / "beside.py").write_text(CountingPlugin)
+    (workspace.root / "beside.py").write_text(COUNTING_PLUGIN)
     workspace.write("a.log", "2025-07-22T12:00:00Z INFO S u1 ok\n")
     from tests.test_watch import Watcher
 
@@ -446,30 +446,7 @@ def test_a_folder_beside_settings_never_stands_in_for_a_library(workspace, monke
     assert summary["record_count"] == 1
 
 
-CountingPlugin = '''\
-from core import Result, Rule, hookimpl
 
-
-class CountRecords(Rule):
-    type_name = "count_records"
-
-    def setup(self):
-        self.n = 0
-
-    def update(self, batch):
-        self.n += len(batch)
-
-    def merge(self, other):
-        self.n += other.n
-
-    def result(self):
-        return Result(self.n)
-
-
-@hookimpl
-def register_rule_types(register):
-    register(CountRecords)
-'''
 
 
 @pytest.mark.parametrize("name, what", [
@@ -490,7 +467,7 @@ def test_a_library_module_named_as_a_plugin_is_refused(workspace, capsys, name, 
 def test_an_installed_plugin_package_still_loads(workspace, tmp_path, monkeypatch, capsys):
     site = tmp_path / "site"
     (site / "omp_installed_rules").mkdir(parents=True)
-    (site / "omp_installed_rules" / "__init__.py").write_text(CountingPlugin)
+    (site / "omp_installed_rules" / "__init__.py").write_text(COUNTING_PLUGIN)
     monkeypatch.syspath_prepend(str(site))
     workspace.rules_file("count.yaml", "- {name: record-count, type: count_records}\n")
     workspace.configure("plugins: [omp_installed_rules]\nrules: [payment-statuses, record-count]\n")
@@ -502,7 +479,7 @@ def test_an_installed_plugin_package_still_loads(workspace, tmp_path, monkeypatc
 def test_a_plugin_package_beside_settings_loads_with_its_own_modules(workspace, capsys):
     package = workspace.root / "omp_beside_pkg"
     package.mkdir()
-    (package / "rules.py").write_text(CountingPlugin.replace("@hookimpl\ndef", "def"))
+    (package / "rules.py").write_text(COUNTING_PLUGIN.replace("@hookimpl\ndef", "def"))
     (package / "__init__.py").write_text("from core import hookimpl\nfrom omp_beside_pkg.rules import CountRecords\n"
                                          "\n@hookimpl\ndef register_rule_types(register):\n    register(CountRecords)\n")
     workspace.rules_file("count.yaml", "- {name: record-count, type: count_records}\n")
