@@ -56,6 +56,13 @@ class Work:
     fingerprint_len: int
     skip_to_newline: bool = False
 
+    def left(self) -> int:
+        """Bytes of the file not read yet; 0 for one that cannot be looked at (its read reports why)."""
+        try:
+            return max(0, self.path.stat().st_size - self.start)
+        except OSError:
+            return 0
+
 
 def fingerprint(path: Path, length: int, start: int = 0) -> str:
     """A hash of ``length`` bytes of a regular file from ``start`` (its first bytes by default)."""

@@ -126,7 +126,7 @@ def _run_batch(
     hooks = PluginHooks(pm)
     works = plan(files, checkpoint, hooks)
     if on_start is not None:
-        on_start(sum(_size(w) for w in works))
+        on_start(sum(w.left() for w in works))
     hooks.before_run([w.name for w in works], settings.as_dict())
     with Pipeline(settings, rules, pm, stop=stop, profile=profile, hooks=hooks) as pipeline:
         pipeline.on_progress = on_progress
@@ -184,13 +184,6 @@ def forget_run_failures(checkpoint: Checkpoint, names: set[str] | None = None) -
         state.failures = {f for f in state.failures if f.kind == "rule"}
     else:
         state.failures = {f for f in state.failures if f.kind != "file" or f.path not in names}
-
-
-def _size(work: Work) -> int:
-    try:
-        return work.path.stat().st_size - work.start
-    except OSError:
-        return 0
 
 
 def metrics(settings: Settings, started_at: datetime, elapsed: float, lines: int, nbytes: int) -> dict[str, Any]:

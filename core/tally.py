@@ -9,16 +9,14 @@ their line numbers. In Polars that is several group-bys and filters, each a pass
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 import polars as pl
 
 from core import compiled
 from core.columns import Columns
-
-if TYPE_CHECKING:
-    from core.parse import Batch
+from core.parse import ORDINAL_LINE_BITS, Batch
 
 #: The version of ``core/_tally.c`` this module is written for.
 TALLY_VERSION = 5
@@ -76,7 +74,7 @@ def tally(
     hash_keys: bool = False,
     tables: Collection[str] = TABLES,
     time: str = "ts",
-    line: str | None = "line",
+    line: str | pl.Series | None = "line",
     weights: Weights | None = None,
 ) -> Tally:
     """Tally ``frame``'s rows with ``lo <= time <= hi`` (microseconds) per ``keys`` and window of ``width``.
@@ -89,10 +87,12 @@ def tally(
     ``tables`` named are built; the others have no rows.
 
     With ``weights``, rows are themselves tallies being folded into one (see ``Weights``).
+    ``line`` is a column's name or a Series of the frame's height: what samples are ranked by.
     """
     flag_stream, flag_values = (None, ()) if flag is None else (_stream(frame[flag[0]]), _encoded(flag[1]))
+    lines = frame[line] if isinstance(line, str) else line
     groups, samples, totals, newest = _tally.tally(
-        _stream(frame[time]), None if line is None else _stream(frame[line]), tuple(_stream(frame[k]) for k in keys),
+        _stream(frame[time]), None if lines is None else _stream(lines), tuple(_stream(frame[k]) for k in keys),
         flag_stream, flag_values, width, lo, hi, sample_limit, top, not hash_keys,
         sum(1 << TABLES.index(name) for name in set(tables)),
         tuple(None if name is None else _stream(frame[name]) for name in (weights or Weights())),
@@ -122,9 +122,39 @@ def shared(batch: Batch, *, counts_only: bool = False, **options: Any) -> Tally:
     for made_key, made_counted, made_tables, made in batch.tallies:
         if made_key == key or (counts_only and made_counted == counted and tables <= made_tables):
             return made
-    found = tally(batch.frame, **options)
+    if batch.ordinal is not None and options.get("line", "line") == "line":
+        found = _located(tally(batch.frame, **{**options, "line": batch.ordinal}), batch)
+    else:
+        found = tally(batch.frame, **options)
     batch.tallies.append((key, counted, tables, found))
     return found
+
+
+def sample_places(batch: Batch, found: Tally) -> list[tuple[str, int]]:
+    """The (file, line) of each of the samples of a tally ``shared`` made of ``batch``."""
+    lines = found.samples["line"].to_list()
+    if not batch.files:
+        return [(batch.path, line) for line in lines]
+    return list(zip(found.samples["file"].cast(pl.String).to_list(), lines, strict=True))
+
+
+def _located(found: Tally, batch: Batch) -> Tally:
+    """A tally of a batch of several files, ranked by ``batch.ordinal``: its samples' ``line``
+    split back into a ``file`` (Categorical) and the line in it.
+
+    Samples are the smallest (file name, line) places, as when the files are tallied one by one
+    and folded (``plugins.windows``).
+    """
+    samples = found.samples
+    if not samples.height:
+        return replace(found, samples=Columns(0, [*samples, "file"],
+                                              (*(samples[n] for n in samples), pl.Series([], dtype=pl.Categorical))))
+    packed = samples["line"].to_numpy()
+    names = pl.Series(sorted(batch.files), dtype=pl.Categorical)
+    file = names.gather(pl.Series(packed >> ORDINAL_LINE_BITS))
+    line = pl.Series(packed & ((1 << ORDINAL_LINE_BITS) - 1))
+    columns = {name: samples[name] for name in samples} | {"line": line, "file": file}
+    return replace(found, samples=Columns(samples.height, list(columns), tuple(columns.values())))
 
 
 #: Options that change a tally's flagged counts, times and samples, never its counts.

@@ -25,6 +25,7 @@ class FieldCounts(Rule):
     """
 
     columns = WITHOUT_MESSAGE
+    many_files = True  # counts do not care which file a record came from
     state_version = 2  # 1 held a Polars table or a DataSketches sketch
 
     def setup(self, field: str) -> None:

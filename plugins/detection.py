@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import polars as pl
 
 from core import Result, Rule
-from core.columns import constant
+from core.columns import Columns, constant
 from core.rules import WITHOUT_MESSAGE
 from plugins.counting import FIELDS  # noqa: F401  (re-exported: the fields detectors group by)
 
@@ -126,9 +126,12 @@ def epoch_us() -> pl.Expr:
     return pl.col("ts").dt.epoch("us")
 
 
-def file_column(batch: Batch, height: int) -> pl.Series:
-    """The batch's file, as the ``file`` column of a samples table of ``height`` rows."""
-    return constant(batch.path, height, pl.Categorical())
+def file_column(batch: Batch, table: Columns | pl.DataFrame) -> pl.Series:
+    """The ``file`` column of a samples table: a tally's (``core.tally.shared`` gives one to the
+    samples of a batch of several files) or a frame of the batch's rows."""
+    if not batch.files:  # one file: its name, without a cast per batch
+        return constant(batch.path, table.height, pl.Categorical())
+    return table["file"].cast(pl.Categorical())
 
 
 def sample_locations(samples: pl.DataFrame, keys: list[str]) -> dict[tuple[Any, ...], list[str]]:

@@ -103,6 +103,7 @@ class DuplicateEvent(WindowedDetector):
     columns = ("ts", "record_hash", "file", "line")
 
     type_name = "duplicate_event"
+    many_files = True  # samples are placed by each record's file (``plugins.detection.file_column``)
     description = "The same event (all five fields equal) logged more than once."
     default_severity = "medium"
     state_version = 3  # 2 had no thinning (records per window, levels)
@@ -241,7 +242,7 @@ class DuplicateEvent(WindowedDetector):
         if not frame.height:
             return {"copies": self.tables["copies"].empty(), "totals": totals}
         copies = frame.select(hash=pl.col("record_hash"), us=us, window=us // self.width, n=pl.lit(1, pl.UInt32),
-                              file=file_column(batch, frame.height), line=pl.col("line"))
+                              file=file_column(batch, frame), line=pl.col("line"))
         # One row per record is a folded table while no record repeats in the batch; where some do
         # (a busy user's chance repeats: about 1% of a heavy-tailed log's records), only their rows
         # are folded (see Copies.fold).

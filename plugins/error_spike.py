@@ -37,6 +37,7 @@ class ErrorSpike(SeasonalDetector):
     """Flag windows whose failure rate is surprisingly far above its seasonal expectation."""
 
     type_name = "error_spike"
+    many_files = True  # samples are placed by each record's file (``plugins.detection.file_column``)
     description = "A burst of failures: a failure rate far above what the same time of day had, and not by chance."
     default_severity = "high"
     state_version = 3  # 2 had no thinning (records per window, levels)
@@ -110,7 +111,7 @@ class ErrorSpike(SeasonalDetector):
         counts = groups.frame(key=self._groups(groups), window="window", count="flagged", total="count",
                               first="first", last="last")
         located = samples.frame(key=self._groups(samples), window="window",
-                                file=file_column(batch, samples.height), line="line")
+                                file=file_column(batch, samples), line="line")
         return {"counts": counts, "samples": located}
 
     def verdicts(self, data: Tables, lo: int | None, hi: int | None) -> list[dict[str, Any]]:

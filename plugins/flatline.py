@@ -34,6 +34,7 @@ class Flatline(SeasonalDetector):
     """Flag windows in which a value of ``field`` falls far below, or rises far above, its seasonal expectation."""
 
     type_name = "flatline"
+    many_files = True  # counts per window, no sample locations
     description = "A service whose volume falls far below (or surges far above) what the same time of day had."
     default_severity = "high"
     state_version = 3  # 2 had no thinning (records per window, levels)

@@ -33,6 +33,7 @@ class Frequency(WindowedDetector):
     """Flag a value of ``field`` whose count in a window is far above its own history and the population's."""
 
     type_name = "frequency"
+    many_files = True  # samples are placed by each record's file (``plugins.detection.file_column``)
     description = "One user (or service, or status) with far more records in a window than its own history."
     default_severity = "medium"
     state_version = 3  # 2 had no thinning (records per window, levels)
@@ -115,7 +116,7 @@ class Frequency(WindowedDetector):
         return {
             "counts": groups.frame(key=self.field, window="window", count="count", first="first", last="last"),
             "totals": totals,
-            "samples": samples.frame(key=self.field, window="window", file=file_column(batch, samples.height),
+            "samples": samples.frame(key=self.field, window="window", file=file_column(batch, samples),
                                      line="line"),
             "start": pl.DataFrame({"key": ["all"], "first_window": [totals["window"].min()]},
                                   schema={"key": pl.String(), "first_window": pl.Int64()}),

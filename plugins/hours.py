@@ -38,6 +38,7 @@ class PeakHours(Rule):
     """
 
     columns = WITHOUT_MESSAGE
+    many_files = True
     state_version = 2  # 1 kept a CountTable
 
     type_name = "peak_hours"

@@ -18,7 +18,7 @@ import polars as pl
 
 from core import Result, hookimpl, safestate
 from core.parse import Batch
-from core.tally import EVER, tally
+from core.tally import EVER, sample_places, shared
 from plugins.detection import (
     DURATION,
     INSTANT,
@@ -66,6 +66,7 @@ class TimestampCheck(Detector):
     """Count timestamps in the future, before ``min_time``, late within their file, or unparseable."""
 
     type_name = "timestamp"
+    many_files = True  # samples are placed by each record's file (``core.tally.sample_places``)
     description = "Timestamps that parse but cannot be right (future, too early, late), and unparseable ones."
     default_severity = "high"
     params_schema = params_schema({
@@ -108,8 +109,9 @@ class TimestampCheck(Detector):
         kind = pl.when(pl.col("us") > limit).then(pl.lit("future")).when(pl.col("us") < self.min_time)
         frame = frame.with_columns(kind=kind.then(pl.lit("before_min_time")))
         odd = frame.filter(pl.col("kind").is_not_null())
-        if self.max_lateness is not None:
-            odd = pl.concat([odd.with_columns(lateness=pl.lit(None, pl.Int64)), self._lateness(frame)],
+        if self.max_lateness is not None:  # late against earlier lines of the same file
+            files = frame.partition_by("file", maintain_order=True) if batch.files else [frame]
+            odd = pl.concat([odd.with_columns(lateness=pl.lit(None, pl.Int64)), *map(self._lateness, files)],
                             how="vertical_relaxed")
         self._add(odd)
 
@@ -121,13 +123,13 @@ class TimestampCheck(Detector):
         """
         stats, samples = [], []
         for kind, lo, hi in (("future", limit + 1, EVER), ("before_min_time", -EVER, min(self.min_time - 1, limit))):
-            found = tally(batch.frame, width=EVER, lo=lo, hi=hi, sample_limit=SAMPLE_LIMIT, top=0,
-                          tables=("groups", "samples"))
+            found = shared(batch, width=EVER, lo=lo, hi=hi, sample_limit=SAMPLE_LIMIT, top=0,
+                           tables=("groups", "samples"))
             if not found.groups.height:  # windows -1 and 0: before and after 1970
                 continue
             groups = found.groups
             stats.append((kind, sum(groups["count"]), min(groups["first"]), max(groups["last"]), None))
-            samples += [(kind, batch.path, line) for line in sorted(found.samples["line"].to_list())[:SAMPLE_LIMIT]]
+            samples += [(kind, *place) for place in sorted(sample_places(batch, found))[:SAMPLE_LIMIT]]
         return (pl.DataFrame(stats, schema=_STATS.schema, orient="row"),
                 pl.DataFrame(samples, schema=_SAMPLES.schema, orient="row"))
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from core import Result, hookimpl
 from core.parse import Batch
-from core.tally import EVER, tally
+from core.tally import EVER, sample_places, shared
 from plugins.detection import SAMPLE_LIMIT, STATUS_LIST, STATUSES, Detector, params_schema
 
 #: The key of the anomaly that counts statuses beyond ``max_statuses`` (a status never holds a space).
@@ -24,6 +24,7 @@ class UnknownStatus(Detector):
     """
 
     type_name = "unknown_status"
+    many_files = True  # samples are placed by each record's file (``core.tally.sample_places``)
     description = "A status outside the allowed list."
     default_severity = "medium"
     params_schema = params_schema({
@@ -45,8 +46,8 @@ class UnknownStatus(Detector):
     def update(self, batch: Batch) -> None:
         # One compiled pass counts every status (a batch has a handful), with times and samples;
         # dirty logs have a few unknown statuses in nearly every batch.
-        found = tally(batch.frame, width=EVER, lo=-EVER, hi=EVER, keys=["status"], sample_limit=SAMPLE_LIMIT, top=0,
-                      tables=("groups", "samples"))
+        found = shared(batch, width=EVER, lo=-EVER, hi=EVER, keys=["status"], sample_limit=SAMPLE_LIMIT, top=0,
+                       tables=("groups", "samples"))
         groups, allowed = found.groups, set(self.allowed)
         statuses = groups["status"].to_list()
         if set(statuses) <= allowed:
@@ -58,9 +59,9 @@ class UnknownStatus(Detector):
             if status not in allowed:  # records before and after 1970 fall in two windows
                 stats[status] = _combined(stats[status], seen) if status in stats else seen
         samples: dict[str, list[tuple[str, int]]] = {}
-        for status, line in zip(found.samples["status"].to_list(), found.samples["line"].to_list(), strict=True):
+        for status, place in zip(found.samples["status"].to_list(), sample_places(batch, found), strict=True):
             if status in stats:
-                samples.setdefault(status, []).append((batch.path, line))
+                samples.setdefault(status, []).append(place)
         self._fold(stats, samples)
 
     def state_weight(self) -> float:
