@@ -1,341 +1,45 @@
-"""``runpipeline``: the command line. The only place that prints and chooses exit codes."""
+"""``runpipeline``: the command line. The only place that prints and chooses exit codes.
+
+Importing this module changes nothing in the process: ``main`` first makes the process-wide
+settings (allocators, thread pools), which must come before Polars is loaded, then runs the
+command (``core.command``).
+"""
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import logging
 import os
-import shlex
-import signal
 import sys
-import threading
-import traceback
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, Sequence
-
-# Polars allocates through its own jemalloc, which by default keeps freed pages for 10 s: under
-# the churn of chunk after chunk that is up to a hundred MB more RSS. Two arenas, a purging thread
-# and a 0.3 s decay hold peak RSS to what is live, at no measured cost in speed (docs/scaling.md).
-# jemalloc reads this when Polars is loaded, so it is set before anything imports Polars; a value
-# the user set is kept.
-os.environ.setdefault("_RJEM_MALLOC_CONF", "narenas:2,background_thread:true,dirty_decay_ms:300,muzzy_decay_ms:0")
-# numpy (the detectors' arithmetic) may start OpenBLAS threads that spin on idle cores; nothing
-# here does linear algebra.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-# The workers already run chunks in parallel, and most Polars queries here are small: Polars' own
-# pool with a thread per CPU split each of them and made the threads wait on one another. Half
-# the CPUs: 10M lines, all rules, 2 CPUs, 4.56 -> 4.16 s (Tier 1-2 rules unchanged).
-os.environ.setdefault("POLARS_MAX_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
-
-from core import __version__  # noqa: E402  (after the allocator setting above)
-from core.discover import check_data_dir
-from core.errors import ConfigError, DataDirError, ForeignState, OutputValidationError, PipelineError, StateLocked
-from core.guard import plugin_of
-from core.lock import StateLock
-from core.plugins import get_plugin_manager, rule_types
-from core.profile import RunProfile
-from core.ruleset import load_rules
-from core.settings import Settings, load_settings
-
-try:
-    from core.checkpoint import state_dir
-    from core.runner import RunReport, run_batch
-except ImportError as exc:  # a compiled module's stand-in does not fit (core/compiled.py): say so, no traceback
-    if not str(exc).startswith("core._"):
-        raise
-    sys.exit(f"runpipeline: {exc}")
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_CONFIG = 2
-EXIT_PARTIAL = 3
-#: sysexits' EX_TEMPFAIL: the output folder is busy; the same command may succeed later.
-EXIT_LOCKED = 75
-#: A run stopped by a signal exits 128 + its number, as the shell reports one it ended: 130 for
-#: SIGINT, 143 for SIGTERM (a batch run; a watcher stopped by a signal has done its job: 0).
-EXIT_INTERRUPTED = 128 + signal.SIGINT
-
-EPILOG = """\
-exit codes:
-  0    every file and every rule was processed; outputs written (--watch: stopped by a signal)
-  1    the run could not finish (an output failed its schema, or an internal error)
-  2    configuration problem: settings, rule files, plugins, the data folder, or an output folder
-       that holds the counts of another data folder
-  3    outputs written, but a rule or a plugin's hook raised, or a file could not be read (see summary.json)
-  75   another run holds the output folder (its pid and command are named); see --wait-lock
-  130  interrupted by Ctrl-C (SIGINT): what was read is committed and the outputs are written
-  143  stopped by SIGTERM: what was read is committed and the outputs are written
-"""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="runpipeline",
-        description="Read payment log files from the data folder, apply the enabled rules and write "
-        "output/summary.json.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--settings", default="settings.yaml", metavar="PATH",
-                        help="settings file (default: ./settings.yaml); relative paths in it are "
-                        "resolved against its folder")
-    parser.add_argument("--data-dir", metavar="DIR", help="read log files from DIR instead of settings' data_dir")
-    parser.add_argument("--output-dir", metavar="DIR", help="write outputs to DIR instead of settings' output_dir")
-    parser.add_argument("--watch", action="store_true",
-                        help="process what is in the data folder, then keep watching it and fold in new and "
-                        "grown files as they are ready; stop with Ctrl-C or SIGTERM")
-    parser.add_argument("--poll", action="store_true",
-                        help="with --watch: poll the folder instead of using native file events")
-    parser.add_argument("--reset", action="store_true",
-                        help="forget what earlier runs counted (output/.state) and start from nothing")
-    parser.add_argument("--wait-lock", action="store_true",
-                        help="if another run holds the output folder, wait for it to finish instead of "
-                        "exiting with code 75")
-    parser.add_argument("--profile", action="store_true",
-                        help="profile the run on every thread; write profile.txt and profile.pstats to the "
-                        "output folder (batch runs only)")
-    parser.add_argument("--check", action="store_true",
-                        help="validate settings, rule files, plugins and the data folder, report every problem, "
-                        "and exit")
-    parser.add_argument("--version", action="version", version=f"runpipeline (Oh My Payments) {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="log more: -v one line per file, -vv debug detail")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
-    return parser
+from typing import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _configure_logging(args.verbose, args.quiet)
-    command = shlex.join(["runpipeline", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return _run(args, command)
-    except StateLocked as exc:
-        print(f"runpipeline: {exc}", file=sys.stderr)
-        return EXIT_LOCKED
-    except ForeignState as exc:
-        print(f"runpipeline: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except ConfigError as exc:
-        _say_problems("configuration error", exc.problems)
-        return EXIT_CONFIG
-    except DataDirError as exc:
-        print(f"runpipeline: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except OutputValidationError as exc:
-        _say_problems(f"{exc.output} failed its schema and was not written", exc.problems)
-        return EXIT_ERROR
-    except PipelineError as exc:
-        print(f"runpipeline: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:  # a second signal, or one before the run began: stop at once
-        print("runpipeline: interrupted; the last commit stands, and the next run goes on from it",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except OSError as exc:  # the file system refused (output folder is a file, disk full, read-only): say where
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"runpipeline: {where}{exc.strerror or exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except Exception as exc:  # the last line of defence: a message, and the traceback only on request
-        print(f"runpipeline: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        if args.verbose:
-            traceback.print_exc()
-        else:
-            print("run again with -v to see the traceback, and please report it", file=sys.stderr)
-        return EXIT_ERROR
+    """Run ``runpipeline`` with ``argv`` (the process's arguments by default); returns the exit code."""
+    configure_process()
+    from core.command import main as command
+
+    return command(argv)
 
 
-def _run(args: argparse.Namespace, command: str) -> int:
-    settings = load_settings(args.settings, _overrides(args))
-    if args.check:
-        return _check(settings, quiet=args.quiet)
-    pm = get_plugin_manager(settings.plugins, search_path=settings.source.parent)
-    rules = load_rules(settings, rule_types(pm))
-    if args.watch and args.profile:
-        raise ConfigError(["--profile: expected a batch run, got --watch; profile one batch run instead"])
-    check_data_dir(settings.data_dir)  # a missing data folder is refused before the output folder is made
-    # One process per output folder, from before the state is read until after it is last written.
-    with StateLock(state_dir(settings), settings.output_dir, command) as lock:
-        lock.acquire(wait=args.wait_lock)
-        with _graceful_stop() as stop:
-            if args.watch:
-                return _watch(settings, pm, rules, args, stop.event)
-            return _batch(settings, pm, rules, args, stop)
+def configure_process() -> None:
+    """The process-wide settings the engine runs best with; a value the user set is kept.
 
-
-def _batch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespace, stop: _Stop) -> int:
-    profile = RunProfile() if args.profile else None
-    report = _run_with_progress(settings, pm, rules, show=not args.quiet and sys.stderr.isatty(),
-                               reset=args.reset, profile=profile, stop=stop.event)
-    if profile is not None:
-        written = profile.write(settings.output_dir)
-        if not args.quiet:
-            print(f"profile: {written} (and {written.with_suffix('.pstats').name})")
-    # Rule and file failures were logged as they happened; summary.json lists them again.
-    if not args.quiet:
-        print(human_summary(report, settings))
-    if stop.signum is not None:
-        print(f"runpipeline: stopped by {signal.Signals(stop.signum).name}: what was read is committed and the "
-              "outputs are written; run again to read the rest", file=sys.stderr)
-        return 128 + stop.signum
-    return EXIT_PARTIAL if report.failed else EXIT_OK
-
-
-def _check(settings: Settings, quiet: bool) -> int:
-    """``--check``: what a run checks at start-up, the data folder included, every problem at once.
-
-    Stricter than a run: a rule whose setup raised is a problem, not a rule left out.
+    They take effect only when made before Polars (and numpy) are loaded: a process that loaded
+    them already (tests calling ``main``) keeps what it has.
     """
-    try:
-        check_data_dir(settings.data_dir)  # what the run needs first, checked without reading a file
-        folder_problems = []
-    except DataDirError as exc:
-        folder_problems = [f"{settings.source.name}: data_dir: {exc}"]
-    try:
-        pm = get_plugin_manager(settings.plugins, search_path=settings.source.parent)
-        rules = load_rules(settings, rule_types(pm))
-    except ConfigError as exc:
-        raise ConfigError(exc.problems + folder_problems) from None
-    problems = [
-        f"rule '{rule.name}' (plugin '{plugin_of(rule)}'): setup raised {rule.setup_error}; a run would go on "
-        "without this rule and exit 3"
-        for rule in rules if rule.setup_error is not None
-    ]
-    if problems + folder_problems:
-        raise ConfigError(problems + folder_problems)
-    if not quiet:
-        names = ", ".join(rule.name for rule in rules) or "none"
-        print(f"{settings.source}: configuration is valid; {len(rules)} rules enabled: {names}")
-    return EXIT_OK
-
-
-def _watch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespace, stop: threading.Event) -> int:
-    from core.watch import WatchLoop
-
-    if not args.quiet and not args.verbose:
-        logging.getLogger().setLevel(logging.INFO)  # a service logs each file and a status line
-    loop = WatchLoop(settings, pm, rules, stop, poll=args.poll, reset=args.reset)
-    loop.run()
-    logging.getLogger(__name__).info("stopped after %d commits; outputs are complete", loop.commits)
-    return EXIT_OK
-
-
-class _Stop:
-    """A signal handler: the first SIGINT or SIGTERM asks for a graceful stop, a second one stops at once."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.signum: int | None = None
-
-    def __call__(self, signum: int, _frame: object) -> None:
-        if self.event.is_set():
-            raise KeyboardInterrupt  # main() says so; the last commit stands
-        self.signum = signum
-        self.event.set()
-
-
-@contextlib.contextmanager
-def _graceful_stop() -> Iterator[_Stop]:
-    """SIGINT and SIGTERM set ``stop.event`` while the block runs; the earlier handlers come back after it."""
-    stop = _Stop()
-    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    # Command-line paths are relative to where the user stands, not to the settings file.
-    return {
-        "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None,
-        "output_dir": str(Path(args.output_dir).resolve()) if args.output_dir else None,
-    }
-
-
-def _run_with_progress(settings: Settings, pm: Any, rules: list[Any], show: bool, reset: bool,
-                       profile: RunProfile | None = None, stop: threading.Event | None = None) -> RunReport:
-    if not show:
-        return run_batch(settings, pm, rules, reset=reset, profile=profile, stop=stop)
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
-
-    columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress("[progress.description]{task.description}", *columns, transient=True) as bar:
-        task = bar.add_task("reading", total=None)
-        return run_batch(
-            settings, pm, rules, reset=reset, profile=profile, stop=stop,
-            on_progress=lambda n: bar.advance(task, n),
-            on_start=lambda total: bar.update(task, total=total),
-        )
-
-
-def human_summary(report: RunReport, settings: Settings) -> str:
-    """A few lines a person reads after a run; the full detail is in summary.json."""
-    summary, totals, run = report.summary, report.summary["totals"], report.summary["run"]
-    lines = [
-        f"{totals['files']} files, {totals['lines']:,} lines: {totals['records']:,} records, "
-        f"{totals['malformed']:,} malformed, {totals['blank']:,} blank",
-    ]
-    for rule in summary["rules"].values():
-        if rule["key"] in summary:
-            lines.append(f"{rule['key']}: {_short(summary[rule['key']])}")
-    found = {name: n for name, n in report.anomalies["counts"].items() if n}
-    if report.anomalies["counts"]:
-        hidden = sum(rule.get("suppressed", 0) for rule in report.anomalies.get("rules", {}).values())
-        lines.append(f"incidents: {sum(found.values()):,}" + (f" ({_short(found)})" if found else "")
-                     + (f", {hidden:,} more suppressed" if hidden else ""))
-        lines += [f"  {_incident_line(incident)}" for incident in report.anomalies["anomalies"][:SHOWN_INCIDENTS]]
-    for name, rule in summary["rules"].items():
-        if rule.get("degraded"):  # the state outgrew its share of limits.memory_mb
-            lines.append(f"{name}: {rule['degraded']}")
-    lines.append(
-        f"{run['elapsed_seconds']:.2f} s, {run['lines_per_second']:,} lines/s, "
-        f"{run['bytes_per_second'] / 1e6:.1f} MB/s, peak RSS {run['peak_rss_mb']:.0f} MB"
-    )
-    lines.append(f"wrote {settings.output_dir / 'summary.json'} and anomalies.json")
-    return "\n".join(lines)
-
-
-#: Incidents the console summary shows, most severe first (anomalies.json has them all).
-SHOWN_INCIDENTS = 3
-
-
-def _incident_line(incident: dict[str, Any]) -> str:
-    """``high silent-services: drop NotificationService 2025-07-23T15:00:00Z..16:30:00Z (0, expected 9)``."""
-    start, end = incident.get("window_start"), incident.get("window_end")
-    when = "" if not start else f" {start}" + (f"..{end[11:]}" if end and end[:10] == start[:10] else f"..{end}")
-    kind = f"{incident['kind']} " if incident.get("kind") else ""
-    subject = incident.get("subject") or {}
-    what = incident["key"]
-    if "message" in subject:  # a record (a duplicate): who logged what
-        what = f"{subject.get('service', '')} {subject.get('user', '')} {subject['message'][:60]!r}"
-    expected = incident.get("expected")
-    seen = f" ({incident['observed']}" + (f", expected {expected}" if isinstance(expected, (int, float)) else "") + ")"
-    return f"{incident['severity']} {incident['rule']}: {kind}{what}{when}{seen}"
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, dict):
-        items = list(value.items())
-        text = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in items[:8])
-        return text + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
-    if isinstance(value, list):
-        return ", ".join(map(str, value[:10])) + (" ..." if len(value) > 10 else "")
-    return str(value)
-
-
-def _say_problems(title: str, problems: list[str]) -> None:
-    print(f"runpipeline: {title} ({len(problems)} problem{'s' if len(problems) != 1 else ''}):", file=sys.stderr)
-    for problem in problems:
-        print(f"  {problem}", file=sys.stderr)
-
-
-def _configure_logging(verbose: int, quiet: bool) -> None:
-    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # Polars allocates through its own jemalloc, which by default keeps freed pages for 10 s: under
+    # the churn of chunk after chunk that is up to a hundred MB more RSS. Two arenas, a purging thread
+    # and a 0.3 s decay hold peak RSS to what is live, at no measured cost in speed (docs/scaling.md).
+    # jemalloc reads this when Polars is loaded, so it is set before anything imports Polars; a value
+    # the user set is kept.
+    os.environ.setdefault("_RJEM_MALLOC_CONF", "narenas:2,background_thread:true,dirty_decay_ms:300,muzzy_decay_ms:0")
+    # numpy (the detectors' arithmetic) may start OpenBLAS threads that spin on idle cores; nothing
+    # here does linear algebra.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # The workers already run chunks in parallel, and most Polars queries here are small: Polars' own
+    # pool with a thread per CPU split each of them and made the threads wait on one another. Half
+    # the CPUs: 10M lines, all rules, 2 CPUs, 4.56 -> 4.16 s (Tier 1-2 rules unchanged).
+    os.environ.setdefault("POLARS_MAX_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
 
 
 def run() -> None:

@@ -105,8 +105,9 @@ class Batch:
     path: str
     frame: pl.DataFrame
     malformed: Mapping[str, int] = field(default_factory=dict)
-    #: Processing time (microseconds since the epoch), taken once when the batch is made: every
-    #: rule that bounds times by "now" (``max_future``) bounds this batch's alike.
+    #: Processing time (microseconds since the epoch): every rule that bounds times by "now"
+    #: (``max_future``) bounds this batch's alike. The engine takes it once per pass over the
+    #: data folder, on the thread that plans the work (``core.work.WorkSpec.now``), never on a worker.
     now: int = field(default_factory=lambda: time.time_ns() // 1000)
     #: Tallies rules made of this batch, shared by rules that ask for the same (``core.tally.shared``).
     tallies: list[Any] = field(default_factory=list, compare=False, repr=False)
@@ -154,19 +155,21 @@ def combine(batches: list[Batch]) -> Batch:
 def parse_chunk(
     chunk: Chunk, max_line_bytes: int, sample_limit: int, columns: Collection[str] = RECORD_COLUMNS,
     samples: bool = True,
+    now: int | None = None,
 ) -> tuple[Batch, FileStats]:
     """Parse one chunk into its records and the counts of its lines.
 
     ``columns`` names the record columns the rules read. The two that cost extra are built only
     when wanted: ``message`` is otherwise all ``""``, and ``record_hash`` all 0. Without
     ``samples`` (the file has its ``sample_limit`` earliest already), malformed lines are
-    counted and none is kept as a sample.
+    counted and none is kept as a sample. ``now`` is the batch's processing time (microseconds
+    since the epoch; the clock's by default).
     """
     stats = FileStats(chunk.path, sample_limit=sample_limit, bytes=chunk.end - chunk.start)
     stats.lines = len(chunk.overlong)
     stats.add_malformed([MalformedLine(n, "too_long", "") for n in chunk.overlong])
     if not chunk.size:
-        return Batch(chunk.path, _empty_frame(), dict(stats.reasons)), stats
+        return _batch(chunk.path, _empty_frame(), dict(stats.reasons), now), stats
     with_message, with_hash = "message" in columns, "record_hash" in columns
     count, blank, plain, decided, undecided = _scan.scan(
         chunk.data, chunk.size, max_line_bytes, chunk.first_line, with_message, with_hash
@@ -183,7 +186,11 @@ def parse_chunk(
     stats.blank += more_blank
     stats.count_malformed(Counter(m.reason for m in malformed), malformed if samples else [])
     stats.records = records.height
-    return Batch(chunk.path, _with_file(records, chunk.path), dict(stats.reasons)), stats
+    return _batch(chunk.path, _with_file(records, chunk.path), dict(stats.reasons), now), stats
+
+
+def _batch(path: str, frame: pl.DataFrame, malformed: dict[str, int], now: int | None) -> Batch:
+    return Batch(path, frame, malformed) if now is None else Batch(path, frame, malformed, now=now)
 
 
 def _decided(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 
 from core import Result, Rule, hookimpl
-from core import engine as engine_module
+from core import committer as committer_module
+from core import work as work_module
 from core.plugins import rule_types
 from core.ruleset import load_rules
 from core.runner import run_batch
@@ -84,7 +86,7 @@ def test_a_rule_whose_merge_raises_in_a_worker_is_failed_and_the_run_completes(b
 
 def test_an_error_of_the_engine_while_merging_in_a_worker_is_raised_in_the_caller(big_file_run, monkeypatch):
     merged = []
-    original = engine_module.merge_file_stats
+    original = committer_module.merge_file_stats
 
     def merge_file_stats(into, other):  # the engine's own code, after the first chunk
         merged.append(threading.current_thread().name)
@@ -92,7 +94,7 @@ def test_an_error_of_the_engine_while_merging_in_a_worker_is_raised_in_the_calle
             raise RuntimeError("merge failed on purpose")
         original(into, other)
 
-    monkeypatch.setattr(engine_module, "merge_file_stats", merge_file_stats)
+    monkeypatch.setattr(committer_module, "merge_file_stats", merge_file_stats)
     with pytest.raises(RuntimeError, match="merge failed on purpose"):
         big_file_run()
 
@@ -106,17 +108,62 @@ def test_later_chunks_of_a_file_with_its_samples_keep_none_and_count_every_malfo
     workspace.configure("workers: 2\nchunk_bytes: 262144\nlimits: {malformed_samples: 20}\n")
     settings = load_settings(workspace.settings)
     parsed: list[tuple[int, int]] = []
-    original = engine_module.parse_chunk
+    original = work_module.parse_chunk
 
-    def parse_chunk(chunk, max_line_bytes, sample_limit, columns, samples=True):
-        batch, stats = original(chunk, max_line_bytes, sample_limit, columns, samples)
+    def parse_chunk(chunk, max_line_bytes, sample_limit, columns, samples=True, now=None):
+        batch, stats = original(chunk, max_line_bytes, sample_limit, columns, samples, now)
         parsed.append((chunk.first_line, len(stats.samples)))
         return batch, stats
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engine_module, "parse_chunk", parse_chunk)
+        patch.setattr(work_module, "parse_chunk", parse_chunk)
         run_batch(settings, pm, load_rules(settings, rule_types(pm)))
     summary = json.loads((settings.output_dir / "summary.json").read_text(encoding="utf-8"))
     assert summary["totals"]["malformed"] == LINES // 50
     assert [s["line"] for s in summary["malformed_samples"]] == [50 * k for k in range(1, 21)]
     assert len(parsed) > 8 and sum(1 for _, kept in parsed if kept == 0) >= len(parsed) - 4
+
+
+class Clocks(Rule):
+    """The processing times (``batch.now``) of the batches it saw."""
+
+    type_name = "clocks"
+
+    def setup(self):
+        self.seen = set()
+
+    def update(self, batch):
+        self.seen.add(batch.now)
+
+    def merge(self, other):
+        self.seen |= other.seen
+
+    def result(self):
+        return Result(sorted(self.seen))
+
+
+class ClocksPlugin:
+    @hookimpl
+    def register_rule_types(self, register):
+        register(Clocks)
+
+
+def test_every_chunk_of_a_run_is_judged_by_one_clock_taken_when_the_run_starts(workspace, pm):
+    # "Now" (max_future) is the run's, taken once where the work is planned, never a worker's own
+    # clock: chunks of a big file and small files on two workers all see the same.
+    workspace.write("big.log", "".join(f"2025-07-22T12:00:00Z INFO S user{i} message {i}\n" for i in range(LINES)))
+    for n in range(20):
+        workspace.write(f"small-{n}.log", f"2025-07-22T13:00:{n:02d}Z INFO S user{n} fine\n")
+    workspace.rules_file("clocks.yaml", "- {name: clocks, type: clocks}\n")
+    workspace.configure("rule_files: [rules/clocks.yaml]\nrules: [clocks]\nworkers: 2\nchunk_bytes: 262144\n")
+    pm.register(ClocksPlugin(), name="clocks")
+    try:
+        settings = load_settings(workspace.settings)
+        before = time.time_ns() // 1000
+        report = run_batch(settings, pm, load_rules(settings, rule_types(pm)))
+        after = time.time_ns() // 1000
+    finally:
+        pm.unregister(name="clocks")
+    assert report.summary["totals"]["files"] == 21
+    assert len(report.summary["clocks"]) == 1
+    assert before <= report.summary["clocks"][0] <= after

@@ -400,7 +400,7 @@ def test_sigterm_during_a_batch_run_commits_writes_the_outputs_and_exits_143(wor
                                 env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 60
-        while "core.engine: a.log: 50 lines" not in log_path.read_text(encoding="utf-8"):
+        while "core.committer: a.log: 50 lines" not in log_path.read_text(encoding="utf-8"):
             assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text(encoding="utf-8")
             time.sleep(0.01)
         proc.send_signal(signal.SIGTERM)  # while big.log is read

@@ -197,7 +197,7 @@ def assert_valid_outputs(folder: Path) -> None:
 
 def file_lines(log: str, name: str) -> list[int]:
     """The line counts of each read of ``name``, from the per-file log lines."""
-    return [int(n) for n in re.findall(rf"core\.engine: {re.escape(name)}: (\d+) lines,", log)]
+    return [int(n) for n in re.findall(rf"core\.committer: {re.escape(name)}: (\d+) lines,", log)]
 
 
 def counts_of(summary: dict[str, Any], name: str) -> dict[str, Any]:

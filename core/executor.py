@@ -1,0 +1,42 @@
+"""Executors run chunk work (``core.work.chunk_work``) and hand back futures of its outcomes.
+
+An executor only runs work: what was read, in what order it is merged and when it is committed
+is the committer's (``core.committer``), the same whichever executor ran the work.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+class Executor(Protocol):
+    """Runs work somewhere and hands back a future of its result."""
+
+    #: How many chunks of work may be in flight at once: queued, running, or done and waiting for
+    #: their turn to be merged. The pipeline holds back reading beyond it (back-pressure).
+    capacity: int
+
+    def submit(self, fn: Callable[..., T], /, *args: Any) -> Future[T]:
+        """Run ``fn(*args)``; the future holds its result or its exception."""
+        ...
+
+    def shutdown(self, *, at_once: bool) -> None:
+        """Stop: after the work submitted is done, or ``at_once``, dropping what has not started."""
+        ...
+
+
+class ThreadExecutor:
+    """Worker threads of this process: chunk work releases the GIL in its compiled passes and in Polars."""
+
+    def __init__(self, workers: int, queue_size: int) -> None:
+        self.capacity = workers + queue_size
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="omp-worker")
+
+    def submit(self, fn: Callable[..., T], /, *args: Any) -> Future[T]:
+        return self._pool.submit(fn, *args)
+
+    def shutdown(self, *, at_once: bool) -> None:
+        self._pool.shutdown(wait=not at_once, cancel_futures=at_once)
