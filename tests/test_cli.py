@@ -651,3 +651,16 @@ def test_peak_rss_is_this_run_s_own_not_that_of_the_process_that_started_it(work
                             env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert result.returncode == 0, result.stderr
     assert workspace.summary()["run"]["peak_rss_mb"] < 400
+
+
+def test_importing_the_cli_changes_nothing_in_the_process():
+    # Process-wide settings (allocator, thread pools) are made by main, never at import: a program
+    # that imports the package for its own use keeps its environment.
+    code = ("import os, sys, core.cli; "
+            "print(sorted(k for k in ('_RJEM_MALLOC_CONF', 'POLARS_MAX_THREADS', 'OPENBLAS_NUM_THREADS') "
+            "if k in os.environ), 'polars' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in ("_RJEM_MALLOC_CONF", "POLARS_MAX_THREADS",
+                                                             "OPENBLAS_NUM_THREADS")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["[]", "False"]
