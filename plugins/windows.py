@@ -414,6 +414,12 @@ class WindowedDetector(Detector):
         self._fold_whole()
         return self.__dict__
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        # A state saved by a release without ``least_retention`` keeps its windows that long from
+        # now on: the horizon waits for the watermark to pass it, and nothing closed re-opens.
+        self.retention = max(self.retention, self.least_retention)
+
     # -- folding ----------------------------------------------------------------------------
 
     def _split(self, data: Tables) -> dict[int, Tables]:

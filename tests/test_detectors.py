@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from core import safestate
 from plugins.duplicates import DuplicateEvent
 from plugins.error_spike import ErrorSpike
 from plugins.flatline import Flatline
@@ -223,6 +224,17 @@ def test_a_backlog_older_than_the_watermark_does_not_pile_up(kind):
         assert held <= 2 * 480, f"{held} rows of closed windows kept after {number} batches"
     state.seal()
     assert state.late == len(old)
+
+
+def test_the_daily_rules_keep_a_day_of_windows_whatever_their_retention():
+    # Their horizon (see tests/test_order.py): also for a state saved before there was a floor.
+    day, seventy_minutes = 86_400_000_000, 70 * 60_000_000
+    for rule in (ErrorSpike("spike", retention="10m"), Flatline("quiet", retention="10m")):
+        assert rule.retention == day
+        rule.retention = 600_000_000
+        known = safestate.classes([type(rule)])
+        assert safestate.loads(safestate.dumps(rule, known), known).retention == day
+    assert Frequency("busy", retention="10m").retention == seventy_minutes  # its 6 windows of history and one
 
 
 def _updated(rule, batch):
