@@ -51,7 +51,7 @@ def _parts(log: bytes) -> list[bytes]:
     last = bound = None
     for line in log.splitlines(keepends=True):
         try:
-            stamp = datetime.fromisoformat(line.split(b" ", 1)[0].decode().replace("Z", "+00:00")).timestamp()
+            stamp = datetime.fromisoformat(line.split(b" ", 1)[0].decode()).timestamp()
         except ValueError:
             stamp = None
         if stamp is not None and (last is None or abs(stamp - last) < 600):
