@@ -24,6 +24,9 @@ import pytest
 
 from tests.conftest import REPO, Workspace
 
+#: A few seconds each: generated logs, a dozen real runs and a watcher.
+pytestmark = pytest.mark.slow
+
 #: The rules judged against a day of windows, and those against ``retention`` (1 h, 70 min).
 DAILY = ("error-spikes", "silent-services")
 HOURLY = ("busy-users", "duplicate-events")
@@ -120,7 +123,7 @@ def cut(request, tmp_path_factory) -> dict[str, Any]:
     _batches(workspace, parts, list(range(len(parts))), runs=1, renamed=False)
     found = {"daily": _found(workspace, DAILY), "hourly": _found(workspace, HOURLY)}
     assert found["daily"] and found["hourly"], "the log must give the rules compared something to find"
-    return {"name": request.param, "folder": folder, "parts": parts, "found": found}
+    return {"folder": folder, "parts": parts, "found": found}
 
 
 def test_files_read_out_of_order_within_a_day_give_the_daily_rules_verdicts(cut):
@@ -146,12 +149,11 @@ def test_runs_split_and_shuffled_within_retention_give_every_rules_verdicts(cut)
     assert _found(workspace, HOURLY) == cut["found"]["hourly"]
 
 
+@pytest.mark.parametrize("cut", ["generate-5"], indirect=True)  # one watcher: its order is the point, not the data
 def test_a_watcher_fed_out_of_order_gives_the_verdicts_of_a_read_in_time_order(cut):
     """Files renamed into a watched folder a few at a time, in an arrival order up to a day late."""
     from tests.test_watch import Watcher
 
-    if cut["name"] != "generate-5":
-        pytest.skip("one watcher is enough: its order is the point, not the data")
     parts = cut["parts"]
     order = _arrival(len(parts), DAILY_SLACK, 4)
     workspace = _workspace(cut["folder"] / "watched", "2h")
