@@ -274,6 +274,9 @@ class WindowedDetector(Detector):
     thin_hashed: ClassVar[bool] = False
     #: What the thinned keys are, for the summary (``degraded``).
     thin_noun: ClassVar[str] = "keys"
+    #: The shortest retention (microseconds) whatever the rule says: the horizon within which
+    #: results do not depend on the order the records came in (see docs/anomalies.md).
+    least_retention: ClassVar[int] = 0
 
     def init_windows(self, width: int | str, retention: int | str, lookback: int, min_time: str,
                      max_future: int | str) -> None:
@@ -281,7 +284,7 @@ class WindowedDetector(Detector):
         self.width = duration_us(width)
         self.lookback = lookback
         # Closing a window needs its baseline too: keep at least the lookback and one window more.
-        self.retention = max(duration_us(retention), (lookback + 1) * self.width)
+        self.retention = max(duration_us(retention), self.least_retention, (lookback + 1) * self.width)
         self.min_time = instant_us(min_time)
         self.max_future = duration_us(max_future)
         self.band = max(1, self.band_us // self.width)
@@ -410,6 +413,12 @@ class WindowedDetector(Detector):
             self._fold_band(band)
         self._fold_whole()
         return self.__dict__
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        # A state saved by a release without ``least_retention`` keeps its windows that long from
+        # now on: the horizon waits for the watermark to pass it, and nothing closed re-opens.
+        self.retention = max(self.retention, self.least_retention)
 
     # -- folding ----------------------------------------------------------------------------
 
