@@ -309,10 +309,23 @@ def _incident_line(incident: dict[str, Any]) -> str:
 def _short(value: Any) -> str:
     if isinstance(value, dict):
         items = list(value.items())
-        text = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in items[:8])
+        text = ", ".join(f"{k} {_brief(v)}" for k, v in items[:8])
         return text + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
     if isinstance(value, list):
         return ", ".join(map(str, value[:10])) + (" ..." if len(value) > 10 else "")
+    return str(value)
+
+
+def _brief(value: Any) -> str:
+    """One value of a rule's output in a line: a number with separators, a few plain values as they
+    are, anything larger as how many entries it has (summary.json has them)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    if isinstance(value, (list, tuple, dict)):
+        plain = all(isinstance(v, (str, int, float)) for v in (value.values() if isinstance(value, dict) else value))
+        if not plain or len(value) > 5:
+            return f"({len(value):,} entries)"
+        return ", ".join(map(str, value))
     return str(value)
 
 

@@ -31,6 +31,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.frequency",
     "plugins.duplicates",
     "plugins.flatline",
+    "plugins.timeline",
 )
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import polars as pl
-
 from core import Result, Rule, hookimpl
+from core.parse import Batch
 from core.rules import WITHOUT_MESSAGE
-from core.tally import EVER, tally
+from core.tally import EVER, shared
 
 
 def hour_label(hour: int) -> str:
@@ -19,11 +18,11 @@ def hour_label(hour: int) -> str:
 _US_PER_HOUR = 3_600_000_000
 
 
-def hour_counts(frame: pl.DataFrame) -> list[int]:
+def hour_counts(batch: Batch) -> list[int]:
     """Records per UTC hour of day, hour 0 first. One compiled pass counts them per hour since the
-    epoch (a batch spans a few dozen), without the GIL."""
-    totals = tally(frame, width=_US_PER_HOUR, lo=-EVER, hi=EVER, line=None, sample_limit=0, top=0,
-                   tables=("totals",)).totals
+    epoch (a batch spans a few dozen), without the GIL; ``timeline`` reads the same pass."""
+    totals = shared(batch, counts_only=True, width=_US_PER_HOUR, lo=-EVER, hi=EVER, line=None, sample_limit=0,
+                    top=0, tables=("totals",)).totals
     by_hour = [0] * 24
     for hour, count in zip(totals["window"].to_list(), totals["count"].to_list(), strict=True):
         by_hour[hour % 24] += count  # a floored modulo: before 1970 too
@@ -58,7 +57,7 @@ class PeakHours(Rule):
         self.by_hour = [0] * 24
 
     def update(self, batch: Any) -> None:
-        self.by_hour = [a + b for a, b in zip(self.by_hour, hour_counts(batch.frame), strict=True)]
+        self.by_hour = [a + b for a, b in zip(self.by_hour, hour_counts(batch), strict=True)]
 
     def state_weight(self) -> float:
         return 0.1  # a count per hour of the day: 24 numbers

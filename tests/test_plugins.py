@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from core import hookimpl, hookspecs
 from core.errors import ConfigError
+from core.parse import Batch
 from core.plugins import DEFAULT_PLUGINS, get_plugin_manager, rule_types
 from core.ruleset import load_rules
 from core.runner import run_batch
@@ -559,6 +560,6 @@ def test_hour_counts_agree_with_polars_over_the_whole_range():
     def check(micros):
         ts = pl.Series("ts", micros, pl.Int64).cast(pl.Datetime("us", "UTC"))
         expected = dict(ts.dt.hour().value_counts().iter_rows())
-        assert hour_counts(pl.DataFrame({"ts": ts})) == [expected.get(hour, 0) for hour in range(24)]
+        assert hour_counts(Batch("x.log", pl.DataFrame({"ts": ts}))) == [expected.get(hour, 0) for hour in range(24)]
 
     check()
