@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import shlex
 import signal
@@ -27,6 +28,7 @@ from core.ruleset import load_rules
 from core.settings import Settings, load_settings
 
 try:
+    from core import ruletest
     from core.checkpoint import state_dir
     from core.runner import RunReport, run_batch
 except ImportError as exc:  # a compiled module's stand-in does not fit (core/compiled.py): say so, no traceback
@@ -93,11 +95,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_test_parsers() -> dict[str, argparse.ArgumentParser]:
+    """``runpipeline test-rule`` and ``runpipeline test``: rules tried on sample lines, and declared rule tests."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--settings", default="settings.yaml", metavar="PATH",
+                        help="settings file (default: ./settings.yaml): its rule files, plugins and limits")
+    common.add_argument("-v", "--verbose", action="count", default=0, help="log more")
+    try_rule = argparse.ArgumentParser(
+        prog="runpipeline test-rule", parents=[common],
+        description="Run one rule over sample lines, without touching the saved state or the outputs, and "
+        "print what it outputs, or the incidents it finds with the lines that caused them.")
+    try_rule.add_argument("rule", metavar="NAME", help="a rule defined in the rule files (enabled or not)")
+    try_rule.add_argument("--sample", required=True, metavar="FILE", help="log lines to run it over")
+    try_rule.add_argument("--json", action="store_true", help="print the same as JSON")
+    tests = argparse.ArgumentParser(
+        prog="runpipeline test", parents=[common],
+        description="Run the rule tests declared in YAML files (each: input lines, optional generated "
+        "background traffic and settings, and the expected output or incidents); exit 1 if any fails.")
+    tests.add_argument("files", nargs="*", metavar="FILE",
+                       help=f"rule test files (default: {ruletest.DEFAULT_TESTS} beside the settings file)")
+    return {"test-rule": try_rule, "test": tests}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    subcommand = _subcommand(argv)
+    if subcommand is not None:
+        rest = argv[:subcommand] + argv[subcommand + 1:]
+        args = build_test_parsers()[argv[subcommand]].parse_args(rest)
+        args.command, args.quiet = argv[subcommand], False
+    else:
+        args = build_parser().parse_args(argv)
+        args.command = None
     _configure_logging(args.verbose, args.quiet)
-    command = shlex.join(["runpipeline", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["runpipeline", *argv])
     try:
+        if args.command == "test-rule":
+            return _test_rule(args)
+        if args.command == "test":
+            return _test(args)
         return _run(args, command)
     except StateLocked as exc:
         print(f"runpipeline: {exc}", file=sys.stderr)
@@ -152,6 +188,50 @@ def _run(args: argparse.Namespace, command: str) -> int:
             if args.watch:
                 return _watch(settings, pm, rules, args, stop.event)
             return _batch(settings, pm, rules, args, stop)
+
+
+def _subcommand(argv: list[str]) -> int | None:
+    """Where ``test-rule`` or ``test`` stands in ``argv``: the first word that is not an option or an option's value."""
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        if word in ("--settings", "--data-dir", "--output-dir"):
+            index += 2
+        elif word.startswith("-"):
+            index += 1
+        else:
+            return index if word in ("test-rule", "test") else None
+    return None
+
+
+def _test_rule(args: argparse.Namespace) -> int:
+    sample = Path(args.sample)
+    try:
+        content = sample.read_bytes()
+    except OSError as exc:
+        raise DataDirError(f"--sample: cannot read {sample}: {exc.strerror or exc}") from None
+    outcome = ruletest.run_rule(args.settings, args.rule, {sample.name: content})
+    print(json.dumps(outcome.as_dict(), indent=2, ensure_ascii=False) if args.json else ruletest.describe(outcome))
+    return EXIT_PARTIAL if outcome.errors else EXIT_OK
+
+
+def _test(args: argparse.Namespace) -> int:
+    if args.files:
+        paths = [Path(f) for f in args.files]
+    else:
+        base = Path(args.settings).resolve().parent
+        paths = sorted(base.glob(ruletest.DEFAULT_TESTS))
+        if not paths:
+            raise ConfigError([f"no rule tests found: {base / ruletest.DEFAULT_TESTS} matches no file"])
+    cases = ruletest.load_tests(paths)
+    results = []
+    for case in cases:
+        result = ruletest.run_test(args.settings, case)
+        print(ruletest.report_line(result), flush=True)
+        results.append(result)
+    failed = sum(not r.passed for r in results)
+    print(f"{len(results)} tests: {len(results) - failed} passed, {failed} failed")
+    return EXIT_ERROR if failed else EXIT_OK
 
 
 def _batch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespace, stop: _Stop) -> int:
