@@ -9,6 +9,7 @@ import pluggy
 if TYPE_CHECKING:
     from core.rules import Rule
     from core.stats import FileStats
+    from core.writers import OutputWriter
 
 #: One namespace feeds the markers, the plugin manager and the entry-point group.
 NAMESPACE = "ohmypayments"
@@ -28,6 +29,19 @@ def register_rule_types(register: Callable[[type[Rule]], None]) -> None:
     :returns: nothing; registration happens through ``register``.
 
     Called once at start-up, before the rule files are validated.
+    """
+
+
+@hookspec
+def register_output_writers(register: Callable[[OutputWriter], None]) -> None:
+    """Register writers of more output files, made from the two documents after each commit.
+
+    :param register: call it once per writer: an object with ``name`` (its file in the output
+        folder), ``min_interval`` (the fewest seconds between two renders in watch mode) and
+        ``render(summary, anomalies, *, watching) -> str | bytes`` (see ``core.writers``).
+    :returns: nothing; registration happens through ``register``.
+
+    Called once at start-up.
     """
 
 

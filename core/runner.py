@@ -25,6 +25,7 @@ from core.redact import Redactor
 from core.rules import Rule
 from core.settings import Settings
 from core.state import Failure
+from core.writers import Writers
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +133,12 @@ def _run_batch(
         pipeline.on_progress = on_progress
         pipeline.process(works, checkpoint, final=True)
     run = metrics(settings, started_at, time.perf_counter() - started, pipeline.lines_read, pipeline.bytes_read)
-    return write_outputs(settings, hooks, rules, checkpoint, run)
+    return write_outputs(settings, hooks, rules, checkpoint, run, Writers(pm))
 
 
 def write_outputs(
-    settings: Settings, hooks: PluginHooks, rules: list[Rule], checkpoint: Checkpoint, run: dict[str, Any]
+    settings: Settings, hooks: PluginHooks, rules: list[Rule], checkpoint: Checkpoint, run: dict[str, Any],
+    writers: Writers | None = None, *, watching: bool = False,
 ) -> RunReport:
     """Build both documents from the checkpoint, commit the checkpoint, check both, then write both atomically.
 
@@ -144,10 +146,11 @@ def write_outputs(
     of an incident's sample lines, read while the file is still there): the checkpoint is saved
     after that, and saved whether or not building succeeds, as it was before. A rule whose result
     raises is failed and left out; the hooks that raised in this run are listed with the rules.
+    Then the ``writers`` make their outputs from the two documents (``core.writers``).
     """
     started = time.perf_counter()
     state = checkpoint.state
-    state.failures |= hooks.failures
+    state.failures |= hooks.failures | (writers.failures if writers is not None else set())
     known = state.failed_rules()
     try:
         # Anomalies first: reading a detector's result seals it, and the summary says how each
@@ -169,9 +172,10 @@ def write_outputs(
     # file in anomalies.json too.
     write_checked(settings.output_dir / "anomalies.json", anomalies)
     write_checked(settings.output_dir / "summary.json", summary)
+    written_failed = writers is not None and writers.write(settings.output_dir, summary, anomalies, watching=watching)
     before = len(hooks.failures)
     hooks.after_run(summary, anomalies["anomalies"])
-    return RunReport(summary, anomalies, after_run_failed=len(hooks.failures) > before)
+    return RunReport(summary, anomalies, after_run_failed=len(hooks.failures) > before or written_failed)
 
 
 def forget_run_failures(checkpoint: Checkpoint, names: set[str] | None = None) -> None:

@@ -31,6 +31,7 @@ from core.guard import PluginHooks
 from core.rules import Rule
 from core.runner import forget_run_failures, metrics, peak_rss_mb, plan, write_outputs
 from core.settings import Settings
+from core.writers import Writers
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ class WatchLoop:
         self.poll = poll
         self.checkpoint: Checkpoint = checkpoints.load(settings, rules, reset=reset)
         self.hooks = PluginHooks(pm)  # a plugin whose hook raised stays without hooks until the watcher restarts
+        self.writers = Writers(pm)
         self.changes = ChangeSet(settings)
         self.started_at = datetime.now(timezone.utc)
         self.started = time.perf_counter()
@@ -171,7 +173,9 @@ class WatchLoop:
             observer.join(timeout=5)
 
     def _loop(self, pipeline: Pipeline) -> None:
-        self._commit(pipeline, self._all_files(), catch_up=True)  # and write outputs even when idle
+        files = self._all_files()
+        self.hooks.before_run([f.name for f in files], self.settings.as_dict())  # once, as the watcher starts
+        self._commit(pipeline, files, catch_up=True)  # and write outputs even when idle
         next_rescan = time.monotonic()
         while not self.stop.is_set():
             self.changes.changed.wait(timeout=min(0.1, max(0.01, self.settings.settle_ms / 1000)))
@@ -183,6 +187,8 @@ class WatchLoop:
                 self._rescan()
                 next_rescan = now + self.settings.rescan_seconds
             self._status_due(pipeline)
+            self.writers.flush(self.settings.output_dir, watching=True)  # a render put off by its interval
+        self.writers.flush(self.settings.output_dir, watching=True, force=True)
 
     def _all_files(self) -> list[DataFile]:
         files, _ = discover(self.settings.data_dir, self.settings.include, self.settings.exclude,
@@ -213,7 +219,7 @@ class WatchLoop:
         pipeline.process(works, self.checkpoint, final=not catch_up)
         elapsed = time.perf_counter() - self.started
         run = metrics(self.settings, self.started_at, elapsed, pipeline.lines_read, pipeline.bytes_read)
-        write_outputs(self.settings, self.hooks, self.rules, self.checkpoint, run)
+        write_outputs(self.settings, self.hooks, self.rules, self.checkpoint, run, self.writers, watching=True)
         self.commits += 1
 
     def _status_due(self, pipeline: Pipeline) -> None:

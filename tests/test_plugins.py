@@ -190,6 +190,30 @@ def test_hook_after_run(recorded_run):
     assert recorded_run[-1] == ("after_run", 2, [])
 
 
+def test_hook_register_output_writers(workspace, pm):
+    class Lines:
+        name = "lines.txt"
+        min_interval = 0
+
+        def render(self, summary, anomalies, *, watching):
+            return f"{summary['totals']['lines']} lines, {len(anomalies['anomalies'])} incidents"
+
+    class Registers:
+        @hookimpl
+        def register_output_writers(self, register):
+            register(Lines())
+
+    workspace.write("a.log", "2025-07-22T12:00:00Z INFO S u1 ok\n")
+    pm.register(Registers(), name="lines-writer")
+    try:
+        settings = load_settings(workspace.settings)
+        report = run_batch(settings, pm, load_rules(settings, rule_types(pm)))
+    finally:
+        pm.unregister(name="lines-writer")
+    assert not report.failed
+    assert (workspace.output / "lines.txt").read_text(encoding="utf-8") == "1 lines, 0 incidents"
+
+
 def test_hook_on_error(workspace, pm):
     workspace.write("a.log", "2025-07-22T12:00:00Z INFO S u1 ok\n")
     os.symlink(workspace.root / "nowhere.log", workspace.data / "gone.log")
