@@ -46,7 +46,8 @@ header{padding-top:12px}
 h1{font-size:1.5em;margin:.4em 0}
 h2{font-size:1.2em;margin:0 0 .5em}
 section{background:#fff;border:1px solid #dde;border-radius:6px;padding:12px;margin:12px 0}
-nav a{margin-right:.8em;white-space:nowrap}
+nav{display:flex;flex-wrap:wrap;gap:.2em .9em}
+nav a{white-space:nowrap}
 .cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(130px,1fr));gap:8px;margin:0}
 .cards div{border:1px solid #dde;border-radius:6px;padding:8px}
 .cards dt{font-size:.85em;color:#555}
