@@ -59,6 +59,8 @@ td.n,th.n{text-align:right}
 caption{text-align:left;font-weight:600;padding:2px 0}
 figure{margin:0}
 figcaption{font-weight:600}
+@media (min-width:760px){figure.side{display:grid;grid-template-columns:minmax(0,5fr) minmax(0,3fr);gap:0 16px;
+align-items:start}figure.side figcaption{grid-column:1/-1}}
 .chart svg{width:100%;height:auto;max-height:420px}
 .note{color:#555;font-size:.9em}
 .sev-critical{color:#fff;background:#a4161a}.sev-high{background:#f4a261}.sev-medium{background:#f6e27f}
@@ -181,13 +183,14 @@ def _more(shown: int, total: int, what: str) -> str:
 def _figure(title: str, svg: str, table: str, *, table_open: bool = False) -> str:
     """A chart with its caption, and its numbers as a table (open, or behind a disclosure)."""
     numbers = table if table_open else f"<details><summary>The numbers behind the chart</summary>{table}</details>"
-    return (f'<figure><figcaption>{_e(title)}</figcaption><div class="chart" role="img" aria-label="{_e(title)}">'
+    return (f'<figure class="{"side" if table_open else "wide"}"><figcaption>{_e(title)}</figcaption><div class="chart" role="img" aria-label="{_e(title)}">'
             f"{svg}</div>{numbers}</figure>")
 
 
 def _chart(kind: type, **config: Any) -> Any:
-    return kind(js=[], disable_xml_declaration=True, style=_STYLE, explicit_size=False, width=800,
-                height=config.pop("height", 360), margin=8, value_formatter=_tick, **config)
+    size = {"width": config.pop("width", 800), "height": config.pop("height", 360)}
+    return kind(js=[], disable_xml_declaration=True, style=_STYLE, explicit_size=False, margin=8,
+                value_formatter=_tick, **size, **config)
 
 
 def _tick(value: float) -> str:
@@ -214,7 +217,8 @@ def _label(text: Any) -> str:
 def _bars(title: str, counts: list[tuple[str, int]]) -> str:
     """A horizontal bar chart of names and counts, the largest on top."""
     shown = counts[:MAX_BARS]
-    chart = _chart(pygal.HorizontalBar, show_legend=False, height=max(160, 40 + 26 * len(shown)),
+    # Narrower than the wide charts: it sits beside its table, and its labels keep a readable size.
+    chart = _chart(pygal.HorizontalBar, show_legend=False, width=560, height=max(140, 40 + 24 * len(shown)),
                    print_values=True, print_values_position="top", truncate_label=40)
     chart.x_labels = [_label(name) for name, _ in reversed(shown)]
     chart.add(title, [count for _, count in reversed(shown)], formatter=_exact)
