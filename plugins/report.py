@@ -25,8 +25,15 @@ SEVERITIES = ("critical", "high", "medium", "low")
 #: would otherwise make a page of megabytes. What is left out is counted and stays in the JSON.
 MAX_ROWS = 500
 MAX_BARS = 25
-#: Malformed samples shown: summary.json keeps up to 100 per file.
+#: Malformed samples shown: summary.json keeps up to 100 per file; the first few of each reason
+#: are shown beside it.
 MAX_SAMPLES = 200
+EXAMPLES = 3
+#: The run metrics shown, under the names the page gives them (summary.json's keys on the left).
+RUN_METRICS = {"started_at": "Started at (UTC)", "elapsed_seconds": "Elapsed (s)", "lines_per_second": "Lines per second",
+               "bytes_per_second": "Bytes per second", "peak_rss_mb": "Peak RSS (MB)", "workers": "Workers",
+               "compiled": "Compiled extensions", "output_seconds": "Writing outputs (s)",
+               "checkpoint_seconds": "Checkpoint (s)", "version": "Version"}
 _STYLE = Style(
     background="transparent", plot_background="transparent", foreground="#222",
     foreground_strong="#111", foreground_subtle="#ccc", opacity=".85", opacity_hover=".95",
@@ -138,9 +145,9 @@ def _e(value: Any) -> str:
 
 def _n(value: Any) -> str:
     """A number as the console shows it: integers with thousands separators, others as in the JSON."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        return _e(value)
-    return f"{value:,}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"{value:,}" if isinstance(value, int) else _e(value)
 
 
 def _title(key: str) -> str:
@@ -418,18 +425,26 @@ def _short(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else ""
 
 
-def _malformed(totals: dict[str, Any], samples: list[dict[str, Any]]) -> Panel | None:
-    reasons = totals.get("malformed_reasons", {})
+def _malformed(totals: dict[str, Any], samples: list[dict[str, Any]]) -> Panel:
+    """Malformed lines per reason, each with its first samples; every sample kept behind a disclosure."""
     if not totals.get("malformed") and not samples:
         return _section("malformed", "Malformed lines", "<p>No malformed lines.</p>")
-    rows = [[_e(reason), _n(count)] for reason, count in sorted(reasons.items(), key=lambda rc: (-rc[1], rc[0]))]
+    reasons = sorted(totals.get("malformed_reasons", {}).items(), key=lambda rc: (-rc[1], rc[0]))
+    rows = [[_e(reason), _n(count), _samples([s for s in samples if s["reason"] == reason][:EXAMPLES])]
+            for reason, count in reasons]
     body = f"<p>{_n(totals['malformed'])} malformed lines, each counted under one reason.</p>"
-    body += _table("Malformed lines per reason", ["Reason", "Lines"], rows, numeric=(1,))
+    body += _table("Malformed lines per reason", ["Reason", "Lines", "First samples (redacted)"], rows, numeric=(1,))
     shown = samples[:MAX_SAMPLES]
-    sample_rows = [[f"<code>{_e(s['file'])}:{s['line']}</code>", _e(s["reason"]),
-                    f'<span class="line">{_e(s["text"])}</span>'] for s in shown]
-    body += _table("Samples (the first lines of each file, redacted)", ["Where", "Reason", "Line"], sample_rows)
+    every = [[f"<code>{_e(s['file'])}:{s['line']}</code>", _e(s["reason"]), f'<span class="line">{_e(s["text"])}</span>']
+             for s in shown]
+    body += (f"<details><summary>All {_n(len(samples))} samples kept (the first malformed lines of each file)"
+             f"</summary>{_table('Malformed samples', ['Where', 'Reason', 'Line'], every)}</details>")
     return _section("malformed", "Malformed lines", body + _more(len(shown), len(samples), "samples"))
+
+
+def _samples(samples: list[dict[str, Any]]) -> str:
+    return "".join(f'<code>{_e(s["file"])}:{s["line"]}</code><span class="line">{_e(s["text"])}</span>'
+                   for s in samples)
 
 
 def _files(files: list[dict[str, Any]]) -> Panel | None:
@@ -461,9 +476,7 @@ def _other_results(summary: dict[str, Any]) -> Iterable[Panel]:
 
 
 def _run(run: dict[str, Any], rules: dict[str, Any]) -> Panel | None:
-    names = ("started_at", "elapsed_seconds", "lines_per_second", "bytes_per_second", "peak_rss_mb", "workers",
-             "compiled", "output_seconds", "checkpoint_seconds", "version")
-    rows = [[_e(_title(k)), _n(run[k])] for k in names if k in run]
+    rows = [[_e(label), _n(run[k])] for k, label in RUN_METRICS.items() if k in run]
     body = _table("Run metrics", ["Metric", "Value"], rows, numeric=(1,))
     degraded = [[_e(name), _e(r["degraded"])] for name, r in rules.items() if r.get("degraded")]
     body += _table("Rules past their memory share", ["Rule", "What changed"], degraded) if degraded else ""

@@ -146,13 +146,15 @@ def test_every_number_of_the_summary_is_in_the_report_as_summary_json_says(gener
     hourly = summary["details"]["peak_hours"]["hourly_volume"]
     assert page.rows("Records per hour of day (UTC)") == [
         [hour, f"{n:,}", "peak" if hour in summary["peak_hours"] else ""] for hour, n in hourly.items()]
-    assert page.rows("Malformed lines per reason") == [
+    assert [row[:2] for row in page.rows("Malformed lines per reason")] == [
         [reason, f"{n:,}"] for reason, n in sorted(totals["malformed_reasons"].items(), key=lambda rn: (-rn[1], rn[0]))]
+    assert len(page.rows("Malformed samples")) == len(summary["malformed_samples"])
     assert page.rows("Files read") == [
         [f["path"], *(f"{f[k]:,}" for k in ("bytes", "lines", "records", "blank", "malformed"))]
         for f in summary["files"]]
     run = dict(page.rows("Run metrics"))
-    assert run["Elapsed seconds"] == str(summary["run"]["elapsed_seconds"])
+    assert run["Elapsed (s)"] == str(summary["run"]["elapsed_seconds"])
+    assert run["Peak RSS (MB)"] == str(summary["run"]["peak_rss_mb"])
     assert run["Lines per second"] == f"{summary['run']['lines_per_second']:,}"
 
 
