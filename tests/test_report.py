@@ -111,7 +111,8 @@ def crowded(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], d
     """A log with more distinct users than a small memory cap holds exactly: top-users is approximate."""
     root = tmp_path_factory.mktemp("crowded")
     workspace = workspace_in(root)
-    workspace.configure("limits: {memory_mb: 200}\n")
+    # Two workers whatever the CPUs: the chunks in flight must fit the small cap too.
+    workspace.configure("workers: 2\nlimits: {memory_mb: 200}\n")
     load_bench("generate").main(["--out", str(workspace.data / "gen.log"), "--manifest", str(root / "m.json"),
                                  "--lines", "300000", "--days", "3", "--seen-users", "280000",
                                  "--user-tail", "0.99"])
@@ -352,6 +353,8 @@ def seen_in_the_browser(page: Any, summary: dict[str, Any]) -> None:
     cards = page.locator(".cards dd").all_inner_texts()
     totals = summary["totals"]
     assert cards == [f"{totals[k]:,}" for k in ("lines", "records", "malformed", "blank", "files", "bytes")]
+    drawn = page.locator("#p-payment_statuses svg text.value").all_text_contents()  # the numbers on the bars
+    assert sorted(drawn) == sorted(f"{count:,}" for count in summary["payment_statuses"].values())
     charts = page.locator(".chart svg")
     assert charts.count() == 5  # statuses, timeline, services, users, hours of the day
     for i in range(charts.count()):
