@@ -32,6 +32,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.duplicates",
     "plugins.flatline",
     "plugins.timeline",
+    "plugins.report",
 )
 
 

@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -321,8 +325,9 @@ def test_the_report_in_a_headless_browser(generated, hostile, tmp_path):
             assert errors == [] and requests == [report.as_uri()]
             seen_in_the_browser(page, summary)
             page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
-            page.set_viewport_size({"width": 1100, "height": 1250})
-            page.screenshot(path=str(REPO / "docs" / "report.png"))  # the README's: the top of the page
+            if os.environ.get("OMP_UPDATE_SCREENSHOT"):  # the README's: the top of the page, on request only
+                page.set_viewport_size({"width": 1100, "height": 1250})
+                page.screenshot(path=str(REPO / "docs" / "report.png"))
             page.set_viewport_size(PHONE)
             assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
             shown_as_text(browser.new_page(), render_report(*hostile), tmp_path / "hostile.html")
@@ -360,3 +365,31 @@ def seen_in_the_browser(page: Any, summary: dict[str, Any]) -> None:
     for i in range(charts.count()):
         box = charts.nth(i).bounding_box()
         assert box and box["width"] > 100 and box["height"] > 100
+
+
+def test_a_watcher_s_report_refreshes_itself_and_shows_a_file_that_landed(workspace):
+    workspace.configure("watch: {settle_ms: 100, status_seconds: 0.2}\n")
+    workspace.write("a.log", "2025-07-22T10:00:00Z SUCCESS Payment user1 paid\n")
+    report = workspace.output / "report.html"
+    watcher = subprocess.Popen([sys.executable, "-m", "core.cli", "--watch", "-q"], cwd=workspace.root,
+                               env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (report.exists() and "SUCCESS" in report.read_text(encoding="utf-8")):
+            assert time.monotonic() < deadline, "no report"
+            time.sleep(0.05)
+        first = report.read_text(encoding="utf-8")
+        assert '<meta http-equiv="refresh"' in first and "REFUNDED" not in first
+        (workspace.data / ".b.tmp").write_text("2025-07-22T11:00:00Z REFUNDED Payment user2 back\n", encoding="utf-8")
+        (workspace.data / ".b.tmp").rename(workspace.data / "b.log")
+        deadline = time.monotonic() + 30  # at most every 5 s in watch mode
+        while "REFUNDED" not in report.read_text(encoding="utf-8"):
+            assert time.monotonic() < deadline, "the report never showed the new file"
+            time.sleep(0.1)
+        summary = json.loads((workspace.output / "summary.json").read_text(encoding="utf-8"))
+        assert summary["payment_statuses"] == {"SUCCESS": 1, "REFUNDED": 1}
+    finally:
+        watcher.send_signal(signal.SIGTERM)
+        _, err = watcher.communicate(timeout=30)
+    assert watcher.returncode == 0, err
