@@ -4,10 +4,11 @@ Starts ``runpipeline --watch`` on a temp workspace (a copy of settings.yaml and 
 ``--files`` files of ``--lines-per-file`` lines one at a time, each as soon as summary.json counts
 the one before (each written under a hidden temp name in data/, then renamed into place). The
 latency of a file is the time from its rename until summary.json counts its lines, polling every
-5 ms. Every ``--every`` files it prints the median latency of the last 100, the watcher's RSS, the
-size of summary.json, of the checkpoint and of the whole state folder, and the bytes the watcher wrote per file since the
-last report (``/proc/<pid>/io``'s ``wchar``: outputs and checkpoint). Target (issue 14, item 18):
-the median latency of the last 100 files is within 1.5x of the first 100.
+5 ms. Every ``--every`` files it prints the median latency of the last 100, the watcher's RSS,
+the sizes of summary.json, anomalies.json, the checkpoint and the whole state folder, and the
+bytes the watcher wrote per file since the last report (``/proc/<pid>/io``'s ``wchar``: outputs
+and state). Target (issue 14, item 18): the median latency of the last 100 files is within 1.5x
+of the first 100.
 
     python bench/soak.py [--files 2000] [--lines-per-file 2000] [--every 250] [--keep]
 
@@ -97,6 +98,7 @@ class Soak:
         output = self.root / "output"
         print(f"{len(self.delays):6d} files: median of last {WINDOW} {median(self.delays[-WINDOW:]):.3f} s, "
               f"RSS {rss:.0f} MB, summary.json {(output / 'summary.json').stat().st_size / 1e3:.0f} KB, "
+              f"anomalies.json {(output / 'anomalies.json').stat().st_size / 1e3:.0f} KB, "
               f"checkpoint {(output / '.state' / 'checkpoint.omp').stat().st_size / 1e6:.2f} MB "
               f"(state folder {folder_bytes(output / '.state') / 1e6:.2f} MB), written {per_file / 1e3:.0f} KB/file",
               flush=True)
