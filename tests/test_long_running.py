@@ -16,6 +16,7 @@ from core.cli import main
 from core.plugins import get_plugin_manager, rule_types
 from core.ruleset import load_rules
 from core.settings import load_settings
+from core.validation import SchemaCheck
 from tests.conftest import REPO, Workspace
 from tests.test_watch import Watcher, log_lines, newlines
 
@@ -146,3 +147,18 @@ def test_what_a_commit_writes_does_not_grow_with_the_files_seen(tmp_path, monkey
     few, many = written_after(6), written_after(files)
     assert many[0] <= few[0] + 200, f"checkpoint: {few[0]} bytes after 6 files, {many[0]} after {files}"
     assert many[1] <= few[1] + 200, f"summary.json: {few[1]} bytes after 6 files, {many[1]} after {files}"
+
+
+def test_a_list_checked_item_by_item_reports_what_a_whole_check_reports_every_time():
+    # summary.json's files and samples are checked item by item, and an item that passed is not
+    # checked again while it stays listed: a bad item must still be reported, at every check.
+    schema = {"type": "object", "properties": {
+        "files": {"type": "array", "items": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}}},
+        "total": {"type": "integer"}}}
+    by_item, whole = SchemaCheck(schema, shipped=True, lists=("files",)), SchemaCheck(schema, shipped=True)
+    good = {"files": [{"n": 1}, {"n": 2}], "total": 3}
+    bad = {"files": [{"n": 1}, {"n": -1}, {"n": 2.5}], "total": "x"}
+    for document in (good, good, bad, bad, good, bad):
+        assert by_item.problems(document) == whole.problems(document)
+    assert by_item.problems(bad) == ["files[1].n: expected integer >= 0, got -1",
+                                     "files[2].n: expected integer >= 0, got 2.5", "total: expected integer, got 'x'"]
