@@ -10,11 +10,14 @@ bytes the watcher wrote per file since the last report (``/proc/<pid>/io``'s ``w
 and state). Target (issue 14, item 18): the median latency of the last 100 files is within 1.5x
 of the first 100.
 
-    python bench/soak.py [--files 2000] [--lines-per-file 2000] [--every 250] [--keep]
+    python bench/soak.py [--files 2000] [--lines-per-file 2000] [--minutes-per-file 20] [--every 250]
+                         [--keep]
 
 The lines come from bench/generate.py, generated before the watcher starts into one source file
 outside data/ (so that the generator does not compete with the watcher for the CPU); each drop
-copies its slice of that file.
+copies its slice of that file. The generated span grows with the files, ``--minutes-per-file`` of
+traffic each (20 by default: 100 files are 33 hours), so that the traffic's daily cycle, and with
+it the size of the rule states, is alike in the first and in the last 100 files.
 """
 
 from __future__ import annotations
@@ -30,10 +33,18 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import REPO, Summary, generate, workspace  # noqa: E402  (bench/ holds scripts, not a package)
+from latency import REPO, Summary, workspace  # noqa: E402  (bench/ holds scripts, not a package)
 
 WINDOW = 100
 TARGET = 1.5
+
+
+def generate(lines: int, days: float, out: Path) -> None:
+    subprocess.run(
+        [sys.executable, str(REPO / "bench" / "generate.py"), "--lines", str(lines), "--days", f"{days:.6g}",
+         "--out", str(out), "--seed", "3", "--manifest", str(out.with_suffix(".manifest.json"))],
+        check=True, stdout=subprocess.DEVNULL,
+    )
 
 
 def slices(source: Path, lines_per_file: int) -> list[tuple[int, int]]:
@@ -119,6 +130,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=2000, help="files to drop one at a time")
     parser.add_argument("--lines-per-file", type=int, default=2000)
+    parser.add_argument("--minutes-per-file", type=float, default=20, help="minutes of traffic in each file")
     parser.add_argument("--every", type=int, default=250, help="report every this many files")
     parser.add_argument("--keep", action="store_true", help="keep the temp workspace")
     args = parser.parse_args()
@@ -126,7 +138,7 @@ def main() -> int:
     root = workspace()
     print(f"workspace {root}; {os.cpu_count()} CPUs; code from {REPO}", flush=True)
     source = root / "soak-source.log"
-    generate(args.files * args.lines_per_file, source, seed=3)
+    generate(args.files * args.lines_per_file, args.files * args.minutes_per_file / 1440, source)
     bounds = slices(source, args.lines_per_file)[: args.files]
     print(f"generated {len(bounds)} files of {args.lines_per_file} lines "
           f"({source.stat().st_size / len(bounds) / 1e3:.0f} KB each)", flush=True)
