@@ -16,8 +16,11 @@ of the first 100.
 The lines come from bench/generate.py, generated before the watcher starts into one source file
 outside data/ (so that the generator does not compete with the watcher for the CPU); each drop
 copies its slice of that file. The generated span grows with the files, ``--minutes-per-file`` of
-traffic each (20 by default: 100 files are 33 hours), so that the traffic's daily cycle, and with
-it the size of the rule states, is alike in the first and in the last 100 files.
+traffic each (60 by default: 100 files are four days), so that the traffic's daily cycle is alike
+in the first and in the last 100 files. Before the first drop, the watcher catches up on
+``--warmup-days`` of the same traffic in one file (28 by default: the seasonal detectors keep
+four weeks of history), so that the rule states have their full size from the first drop on: what
+the soak measures is what grows with the files seen, not the detectors filling their history.
 """
 
 from __future__ import annotations
@@ -86,8 +89,8 @@ class Soak:
         self.delays: list[float] = []
         self._written = process_figures(watcher.pid)[1]
 
-    def run(self) -> None:
-        expected = 0
+    def run(self, expected: int) -> None:
+        """Drop the files one at a time; ``expected`` is what summary.json counts before the first."""
         with open(self.source, "rb") as handle:
             for index, (start, end) in enumerate(self.bounds):
                 content = os.pread(handle.fileno(), end - start, start)
@@ -130,7 +133,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=2000, help="files to drop one at a time")
     parser.add_argument("--lines-per-file", type=int, default=2000)
-    parser.add_argument("--minutes-per-file", type=float, default=20, help="minutes of traffic in each file")
+    parser.add_argument("--minutes-per-file", type=float, default=60, help="minutes of traffic in each file")
+    parser.add_argument("--warmup-days", type=float, default=28, help="days of traffic read at the start (0: none)")
     parser.add_argument("--every", type=int, default=250, help="report every this many files")
     parser.add_argument("--keep", action="store_true", help="keep the temp workspace")
     args = parser.parse_args()
@@ -138,18 +142,26 @@ def main() -> int:
     root = workspace()
     print(f"workspace {root}; {os.cpu_count()} CPUs; code from {REPO}", flush=True)
     source = root / "soak-source.log"
-    generate(args.files * args.lines_per_file, args.files * args.minutes_per_file / 1440, source)
-    bounds = slices(source, args.lines_per_file)[: args.files]
-    print(f"generated {len(bounds)} files of {args.lines_per_file} lines "
-          f"({source.stat().st_size / len(bounds) / 1e3:.0f} KB each)", flush=True)
+    warmup_files = round(args.warmup_days * 1440 / args.minutes_per_file)
+    generate((warmup_files + args.files) * args.lines_per_file,
+             (warmup_files + args.files) * args.minutes_per_file / 1440, source)
+    bounds = slices(source, args.lines_per_file)
+    warmup_bytes = bounds[warmup_files - 1][1] if warmup_files else 0
+    with open(source, "rb") as handle, open(root / "data" / "warmup.log", "wb") as out:
+        out.write(handle.read(warmup_bytes))
+    bounds = bounds[warmup_files : warmup_files + args.files]
+    print(f"generated a warm-up file of {warmup_files * args.lines_per_file:,} lines ({args.warmup_days:g} days), "
+          f"then {len(bounds)} files of {args.lines_per_file} lines ({args.minutes_per_file:g} minutes, "
+          f"{(bounds[-1][1] - bounds[0][0]) / len(bounds) / 1e3:.0f} KB each)", flush=True)
     log = open(root / "watch.log", "wb")
     watcher = subprocess.Popen([sys.executable, "-m", "core.cli", "--watch"], cwd=root,
                                env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log, stderr=subprocess.STDOUT)
     try:
         soak = Soak(root, source, bounds, watcher, args.every)
-        soak.summary.wait_for(0, watcher, timeout=60)  # the catch-up commit of an empty folder
+        warmup_lines = warmup_files * args.lines_per_file
+        soak.summary.wait_for(warmup_lines, watcher, timeout=600)  # the catch-up commit
         started = time.perf_counter()
-        soak.run()
+        soak.run(warmup_lines)
         print(f"{len(soak.delays)} files in {time.perf_counter() - started:.0f} s", flush=True)
         met = soak.verdict()
         watcher.send_signal(signal.SIGTERM)
