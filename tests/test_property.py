@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core import parse
+from core import ledgerbase, parse
 from core.parse import Chunk, parse_chunk
 from core.plugins import get_plugin_manager, rule_types
 from core.reader import ChunkReader
@@ -336,7 +336,8 @@ def counted(tmp_path_factory):
     workspace.write("a.log", log_lines(4, 300))
     workspace.write("b.log", log_lines(5, 200) + "2025-07-22T12:00:00Z INFO S u1 no newline at the end")
     assert run(workspace) == 0
-    saved = {p.name: p.read_bytes() for p in state_file(workspace).parent.iterdir()}
+    folder = state_file(workspace).parent
+    saved = {p.name: p.read_bytes() for p in [state_file(workspace), *folder.glob(ledgerbase.GLOB)]}
     assert len(saved) == 2  # the checkpoint and its ledger base
     return workspace, saved, outputs(workspace.output)
 
