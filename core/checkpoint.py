@@ -20,7 +20,7 @@ from typing import Any
 
 import polars as pl
 
-from core import safestate
+from core import ledgerbase, safestate
 from core.errors import ForeignState
 from core.ledger import Ledger
 from core.output import atomic_write
@@ -28,13 +28,14 @@ from core.parse import SCAN_VERSION
 from core.rules import Rule
 from core.settings import Settings
 from core.state import Failure, RunState
-from core.stats import FileStats
+from core.stats import FileStats, FileTotals
 from core.tally import TALLY_VERSION
 
 log = logging.getLogger(__name__)
 
 #: Bumped when the stored layout changes; an older checkpoint is rebuilt rather than misread.
-FORMAT = 2  # 1 was a pickle
+FORMAT = 3  # 1 was a pickle; 2 held the whole ledger and every file's counts (still read)
+READ_FORMATS = (2, FORMAT)
 FILE_NAME = "checkpoint.omp"
 #: Where checkpoints were pickled before: never read, only set aside (a pickle can run code).
 PICKLED = "checkpoint.pickle"
@@ -85,7 +86,8 @@ def data_folder(settings: Settings) -> str:
 
 
 #: The files ``atomic_write`` replaces, by folder: a kill during a write leaves ``.<name>.<random>.tmp``.
-_WRITTEN = ((".state", FILE_NAME), (".state", PICKLED), ("", "summary.json"), ("", "anomalies.json"))
+_WRITTEN = ((".state", FILE_NAME), (".state", PICKLED), (".state", ledgerbase.GLOB), ("", "summary.json"),
+            ("", "anomalies.json"))
 
 
 def remove_temp_files(settings: Settings) -> None:
@@ -121,10 +123,12 @@ def load(settings: Settings, rules: list[Rule], reset: bool = False) -> Checkpoi
         return Checkpoint.fresh(settings, rules)
     try:
         stored = safestate.loads(path.read_bytes(), safestate.classes(type(rule) for rule in rules))
-        if not isinstance(stored, dict) or stored.get("format") != FORMAT:
+        if not isinstance(stored, dict) or stored.get("format") not in READ_FORMATS:
             raise safestate.StateError("written by another version")
-        checkpoint = _checkpoint(stored)
+        checkpoint = _checkpoint(stored, folder)
     except (OSError, safestate.StateError) as exc:  # a torn, altered or foreign file must not stop the service
+        if isinstance(exc, ledgerbase.DamagedBase):
+            _set_aside(exc.path)
         kept = _set_aside(path)
         log.warning("cannot read checkpoint %s (%s); moved it to %s and rebuilding all counts from the data "
                     "folder: the counts of files no longer there are lost", path, exc, kept.name)
@@ -143,18 +147,20 @@ def load(settings: Settings, rules: list[Rule], reset: bool = False) -> Checkpoi
     return checkpoint
 
 
-def _checkpoint(stored: dict[str, Any]) -> Checkpoint:
+def _checkpoint(stored: dict[str, Any], folder: Path) -> Checkpoint:
     """The checkpoint a stored mapping describes; ``StateError`` if its parts are not what they must be."""
     states, files, failures = stored.get("states"), stored.get("files"), stored.get("failures")
     ledger, fingerprints, parsing = stored.get("ledger"), stored.get("rules"), stored.get("parsing")
-    data_dir = stored.get("data_dir")
+    if stored["format"] == FORMAT:  # the ledger's changes since its base file
+        ledger = ledgerbase.loaded(ledger, folder)
+    data_dir, earlier = stored.get("data_dir"), stored.get("earlier", FileTotals())
     if not (isinstance(states, dict) and all(isinstance(rule, Rule) for rule in states.values())
             and isinstance(files, dict) and all(isinstance(f, FileStats) for f in files.values())
             and isinstance(failures, set) and all(isinstance(f, Failure) for f in failures)
             and isinstance(ledger, Ledger) and isinstance(fingerprints, dict) and isinstance(parsing, str)
-            and isinstance(data_dir, str)):
+            and isinstance(data_dir, str) and isinstance(earlier, FileTotals)):
         raise safestate.StateError("its parts are not of the expected kinds")
-    return Checkpoint(RunState(states, files, failures), ledger, fingerprints, parsing, data_dir)
+    return Checkpoint(RunState(states, files, failures, earlier), ledger, fingerprints, parsing, data_dir)
 
 
 def _set_aside(path: Path) -> Path:
@@ -183,6 +189,8 @@ def save(settings: Settings, checkpoint: Checkpoint) -> None:
     the data folder at the next start (as a rule newly enabled is).
     """
     checkpoint.state.seal()
+    folder = state_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
     known = safestate.classes(type(rule) for rule in checkpoint.state.rules.values())
     writer = safestate.Writer(known)
     states, fingerprints = {}, {}
@@ -197,7 +205,9 @@ def save(settings: Settings, checkpoint: Checkpoint) -> None:
             fingerprints[name] = checkpoint.rules[name]
     stored = writer.encode({
         "format": FORMAT, "parsing": checkpoint.parsing, "rules": fingerprints, "states": states,
-        "files": checkpoint.state.files, "failures": checkpoint.state.failures, "ledger": checkpoint.ledger,
+        "files": checkpoint.state.files, "earlier": checkpoint.state.earlier,
+        "failures": checkpoint.state.failures, "ledger": ledgerbase.stored(checkpoint.ledger, folder),
         "data_dir": checkpoint.data_dir,
     })
-    atomic_write(state_dir(settings) / FILE_NAME, lambda out: writer.write(stored, out))
+    atomic_write(folder / FILE_NAME, lambda out: writer.write(stored, out))
+    ledgerbase.remove_others(folder, checkpoint.ledger.base[0] if checkpoint.ledger.base else None)

@@ -16,8 +16,9 @@ log = logging.getLogger(__name__)
 
 #: How many leading bytes identify a file's content, so a reused inode is still caught.
 FINGERPRINT_BYTES = 1024
-#: Files whose name now holds another file are remembered this long (the most recent ones), so that
-#: a rotated file found under its new name after its old name was reused is not counted again.
+#: Files that left their name (deleted or moved out of the data folder, or their name now holds
+#: another file) are remembered this long (the most recent ones), by identity only, so that a
+#: rotated or moved file that comes back under any name is not counted again.
 DEPARTED_KEPT = 10_000
 
 
@@ -76,46 +77,80 @@ def bytes_before(path: Path, offset: int) -> str:
     return fingerprint(path, length, offset - length)
 
 
+Identity = tuple[int, int]  # (device, inode)
+
+
 @safestate.register
 class Ledger:
-    """File name (relative to the data folder) -> ``LedgerEntry``; a plain, picklable mapping."""
+    """File name (relative to the data folder) -> ``LedgerEntry``; a plain, picklable mapping.
+
+    A file that left its name is kept in ``departed`` by its identity alone (device and inode),
+    with its fixed-size entry: what is remembered of it does not grow with names or with time.
+    """
 
     def __init__(self, entries: dict[str, LedgerEntry] | None = None,
-                 departed: dict[str, LedgerEntry] | None = None) -> None:
+                 departed: dict[Identity, LedgerEntry] | None = None) -> None:
         self.entries: dict[str, LedgerEntry] = dict(entries or {})
-        #: Files that were under a name now holding another file, by their last name.
-        self.departed: dict[str, LedgerEntry] = dict(departed or {})
-        self._index: dict[tuple[int, int], str] | None = None  # (device, inode) -> name, made when first needed
+        #: Files that are no longer under the name they were counted under, oldest first.
+        self.departed: dict[Identity, LedgerEntry] = dict(departed or {})
+        self._index: dict[Identity, str] | None = None  # (device, inode) -> name, made when first needed
         #: (old name, new name) of the renames ``plan`` found, for the caller to move what it keeps per name.
         self.renamed: list[tuple[str, str]] = []
+        #: The base file these entries were last written to in full (name, SHA-256), see ``core.ledgerbase``;
+        #: then the names and departed identities changed since.
+        self.base: tuple[str, str] | None = None
+        self._changed: set[str] = set()
+        self._departed_changed: set[Identity] = set()
+
+    def changes(self) -> tuple[dict[str, LedgerEntry | None], dict[Identity, LedgerEntry | None]]:
+        """Each entry changed since the base as it is now, by name and by identity; None where removed."""
+        return ({name: self.entries.get(name) for name in self._changed},
+                {identity: self.departed.get(identity) for identity in self._departed_changed})
+
+    def apply(self, entries: dict[str, LedgerEntry | None], departed: dict[Identity, LedgerEntry | None]) -> None:
+        """Apply ``changes`` made to the base this ledger was read from; they stay changes since it."""
+        for held, changed in ((self.entries, entries), (self.departed, departed)):
+            for key, entry in changed.items():
+                held.pop(key, None)  # type: ignore[call-overload]  (a name or an identity, as held)
+                if entry is not None:
+                    held[key] = entry  # type: ignore[index]
+        self._changed |= set(entries)
+        self._departed_changed |= set(departed)
+        self._index = None
+
+    def rebase(self, base: tuple[str, str]) -> None:
+        """Every entry as it is now was written to ``base``."""
+        self.base = base
+        self._changed.clear()
+        self._departed_changed.clear()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"entries": self.entries, "departed": self.departed}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["entries"], state["departed"])
+        # Checkpoints written before departed files were kept by identity keyed them by name.
+        departed = {(e.dev, e.ino): e for e in state["departed"].values()}
+        self.__init__(state["entries"], departed)
 
     def plan(self, name: str, path: Path) -> Work | None:
         """What is left to read of a file, or None when it is fully counted. Raises ``OSError``.
 
         A file never seen is always planned, even empty, so that it is listed among the files.
-        A name new to the ledger for a file it knows under another name (same device, inode and
-        first bytes) is that file: renamed, if the other name is gone, and counted on from its
-        offset; a link to it otherwise, and not read at all. Anything but a regular file raises
+        A name new to the ledger for a file it knows (same device, inode and first bytes) is that
+        file: renamed or come back, if its other name is gone, and counted on from its offset; a
+        link to it otherwise, and not read at all. Anything but a regular file raises
         ``NotRegularFile``: it is never read.
         """
         info = os.stat(path)
         check_regular(path, info)
         entry = self.entries.get(name)
-        if entry is None:
-            known = self._known_as(path, info)
-            if known is not None and known[0] != name:
-                other, departed = known
-                if not departed and _same_file(_sibling(path, name, other), info):
-                    log.info("%s is the same file as %s, which is counted: read once", name, other)
-                    return None
-                entry = self._rename(other, name, departed)
-                log.info("%s was renamed to %s: counting on from byte %d", other, name, entry.offset)
+        known = self._known_as(path, info) if entry is None else None
+        if known is not None:
+            other, entry = known
+            if other is not None and _same_file(_sibling(path, name, other), info):
+                log.info("%s is the same file as %s, which is counted: read once", name, other)
+                return None
+            self._rename(other, name, entry)
         if entry is not None and self._replaced(entry, path, info):
             log.warning("%s was replaced, rewritten or truncated; reading it again as a new file", name)
             if (info.st_dev, info.st_ino) != (entry.dev, entry.ino):  # the old file may live on under another name
@@ -129,6 +164,15 @@ class Ledger:
             name, path, start, line, info.st_dev, info.st_ino, fingerprint(path, length), length, open_tail
         )
 
+    def forget_missing(self, present: set[str]) -> None:
+        """Move the files whose names are not in ``present`` (the data folder as listed) to ``departed``."""
+        for name in [n for n in self.entries if n not in present]:
+            entry = self.entries.pop(name)
+            self._changed.add(name)
+            self._depart(name, entry)
+            if self._index is not None and self._index.get((entry.dev, entry.ino)) == name:
+                del self._index[(entry.dev, entry.ino)]
+
     def _replaced(self, entry: LedgerEntry, path: Path, info: os.stat_result) -> bool:
         if (info.st_dev, info.st_ino) != (entry.dev, entry.ino) or info.st_size < entry.offset:
             return True
@@ -136,38 +180,48 @@ class Ledger:
             return True
         return fingerprint(path, entry.fingerprint_len) != entry.fingerprint
 
-    def _known_as(self, path: Path, info: os.stat_result) -> tuple[str, bool] | None:
-        """The name the ledger knows this file by (device, inode and first bytes), and whether that
-        name has been reused by another file since (the file *departed* from it); None if unknown."""
+    def _known_as(self, path: Path, info: os.stat_result) -> tuple[str | None, LedgerEntry] | None:
+        """The name the ledger knows this file by (device, inode and first bytes) and its entry; the
+        name is None for a file that departed from it. None if the file is unknown."""
         if self._index is None:
             self._index = {(e.dev, e.ino): n for n, e in self.entries.items()}
         identity = (info.st_dev, info.st_ino)
-        known = self._index.get(identity)
+        known: str | None = self._index.get(identity)
         entry = self.entries.get(known) if known is not None else None
-        departed = entry is None or (entry.dev, entry.ino) != identity
-        if departed:
-            known = next((n for n, e in self.departed.items() if (e.dev, e.ino) == identity), None)
-            entry = self.departed.get(known) if known is not None else None
-        if known is None or entry is None:
+        if entry is None or (entry.dev, entry.ino) != identity:
+            known, entry = None, self.departed.get(identity)
+        if entry is None:
             return None
         if info.st_size < entry.fingerprint_len or fingerprint(path, entry.fingerprint_len) != entry.fingerprint:
             return None  # a reused inode
-        return known, departed
+        return known, entry
 
     def _depart(self, name: str, entry: LedgerEntry) -> None:
-        self.departed.pop(name, None)
-        self.departed[name] = entry
+        log.debug("%s departed from its name; remembered by its identity", name)
+        identity = (entry.dev, entry.ino)
+        self.departed.pop(identity, None)  # to the end: the most recent
+        self.departed[identity] = entry
+        self._departed_changed.add(identity)
         while len(self.departed) > DEPARTED_KEPT:
-            del self.departed[next(iter(self.departed))]
+            oldest = next(iter(self.departed))
+            del self.departed[oldest]
+            self._departed_changed.add(oldest)
 
-    def _rename(self, old: str, new: str, departed: bool) -> LedgerEntry:
-        entry = self.departed.pop(old) if departed else self.entries.pop(old)
-        self.entries[new] = entry
-        if not departed:  # a departed file's counts are mixed with its old name's new file's: left there
+    def _rename(self, old: str | None, new: str, entry: LedgerEntry) -> None:
+        """``new`` is the file known as ``old`` (None: a departed file come back): it is counted on."""
+        if old is None:  # a departed file's counts are mixed with its old name's new file's: left there
+            del self.departed[(entry.dev, entry.ino)]
+            self._departed_changed.add((entry.dev, entry.ino))
+            log.info("%s is a file counted before under another name: counting on from byte %d", new, entry.offset)
+        else:
+            del self.entries[old]
+            self._changed.add(old)
             self.renamed.append((old, new))
+            log.info("%s was renamed to %s: counting on from byte %d", old, new, entry.offset)
+        self.entries[new] = entry
+        self._changed.add(new)
         if self._index is not None:
             self._index[(entry.dev, entry.ino)] = new
-        return entry
 
     def advance(self, work: Work, offset: int, line: int, open_tail: bool) -> None:
         """Record that the file of ``work`` is counted up to ``offset`` (next line ``line``)."""
@@ -178,6 +232,7 @@ class Ledger:
         except OSError:  # gone since it was read: the next plan finds it replaced or missing anyway
             before = ""
         self.entries[work.name] = LedgerEntry(work.dev, work.ino, digest, length, offset, line, open_tail, before)
+        self._changed.add(work.name)
         if self._index is not None:
             self._index[(work.dev, work.ino)] = work.name
 

@@ -17,6 +17,7 @@ from core.plugins import shipped
 from core.redact import Redactor
 from core.rules import Rule
 from core.state import RunState
+from core.stats import FileStats, FileTotals
 from core.validation import SchemaCheck, field_path
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,9 @@ log = logging.getLogger(__name__)
 def output_schema(name: str) -> SchemaCheck:
     """The shipped schema ``core/schemas/<name>.schema.json``, built once."""
     text = resources.files("core").joinpath("schemas", f"{name}.schema.json").read_text(encoding="utf-8")
-    return SchemaCheck(json.loads(text), shipped=True)
+    # The lists that summary.json repeats at every commit of a watcher: each item is checked once.
+    lists = ("files", "malformed_samples") if name == "summary" else ()
+    return SchemaCheck(json.loads(text), shipped=True, lists=lists)
 
 
 @cache
@@ -115,11 +118,15 @@ def _join(problem: str) -> str:
 
 
 def build_summary(
-    state: RunState, rules: list[Rule], run: dict[str, Any], redactor: Redactor | None = None
+    state: RunState, rules: list[Rule], run: dict[str, Any], redactor: Redactor | None = None,
+    listed: int | None = None,
 ) -> dict[str, Any]:
     """The whole ``summary.json`` document: rule results first, then the engine's own accounting.
 
     ``redactor`` masks the malformed lines' samples (by default, card numbers and e-mail addresses).
+    ``files`` lists the files in ``state.files`` (the most recently counted, see
+    ``RunState.keep_recent_files``) and ``totals`` adds the files folded before them; ``file_errors``
+    lists at most ``listed`` errors. ``omitted`` says how many of each are not listed.
     """
     # Here, not at the top: core.cli imports this module before the compiled parser, so that a
     # stale build of the parser is reported without a traceback (tests/test_cli.py).
@@ -134,24 +141,30 @@ def build_summary(
          "text": redactor.redact(s.text, cut=len(s.text) >= SAMPLE_CHARS)}
         for f in files for s in f.samples
     ]
-    totals = {key: sum(getattr(f, key) for f in files) for key in ("lines", "records", "blank", "malformed", "bytes")}
-    reasons: dict[str, int] = {}
-    for f in files:
-        for reason, count in f.reasons.items():
-            reasons[reason] = reasons.get(reason, 0) + count
-    totals["files"] = len(files)
-    totals["malformed_reasons"] = dict(sorted(reasons.items()))
+    file_errors = sorted(f for f in state.failures if f.kind == "file")
+    shown_errors = file_errors if listed is None else file_errors[:listed]
     return {
         **values,
         "details": details,
-        "totals": totals,
+        "totals": _totals(state, files),
         "files": [f.as_dict() for f in files],
         "malformed_samples": samples,
         "rule_errors": [f.as_dict() for f in state.plugin_failures()],
-        "file_errors": [f.as_dict() for f in sorted(state.failures) if f.kind == "file"],
+        "file_errors": [f.as_dict() for f in shown_errors],
+        "omitted": {"files": state.earlier.files, "file_errors": len(file_errors) - len(shown_errors)},
         "rules": {rule.name: _rule_entry(state, rule) for rule in rules},
         "run": run,
     }
+
+
+def _totals(state: RunState, files: list[FileStats]) -> dict[str, Any]:
+    """Every file counted: those listed, and those folded into ``state.earlier`` before them."""
+    totals = FileTotals()
+    totals.merge(state.earlier)
+    for stats in files:
+        totals.fold(stats)
+    return {**{name: getattr(totals, name) for name in ("lines", "records", "blank", "malformed", "bytes")},
+            "files": totals.files, "malformed_reasons": dict(sorted(totals.reasons.items()))}
 
 
 def _rule_entry(state: RunState, rule: Rule) -> dict[str, Any]:

@@ -22,7 +22,7 @@ _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _COMMON = ("name", "type", "key")
 #: Top-level keys of summary.json that the engine itself writes; rules may not take them.
 RESERVED_KEYS = frozenset(
-    {"details", "totals", "files", "malformed_samples", "rule_errors", "file_errors", "run", "rules"}
+    {"details", "totals", "files", "malformed_samples", "rule_errors", "file_errors", "omitted", "run", "rules"}
 )
 
 

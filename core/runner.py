@@ -15,7 +15,7 @@ import pluggy
 from core import checkpoint as checkpoints
 from core import guard
 from core.checkpoint import Checkpoint
-from core.discover import DataFile, discover
+from core.discover import DataFile, Skipped, discover
 from core.engine import Pipeline
 from core.guard import PluginHooks
 from core.ledger import Work
@@ -123,6 +123,7 @@ def _run_batch(
     files, skipped = discover(settings.data_dir, settings.include, settings.exclude, settings.recursive)
     for entry in skipped:
         log.info("not reading %s: %s", entry.name, entry.reason)
+    forget_gone(checkpoint, files, skipped)
     forget_run_failures(checkpoint)
     hooks = PluginHooks(pm)
     works = plan(files, checkpoint, hooks)
@@ -151,12 +152,13 @@ def write_outputs(
     started = time.perf_counter()
     state = checkpoint.state
     state.failures |= hooks.failures | (writers.failures if writers is not None else set())
+    state.keep_recent_files(settings.summary_files)  # what is kept, written and checked stays bounded
     known = state.failed_rules()
     try:
         # Anomalies first: reading a detector's result seals it, and the summary says how each
         # state degraded (a seal may thin a detector's windows).
         anomalies = build_anomalies(state, rules, run["started_at"])
-        summary = build_summary(state, rules, run, Redactor.from_settings(settings))
+        summary = build_summary(state, rules, run, Redactor.from_settings(settings), settings.summary_files)
     finally:
         saving = time.perf_counter()
         checkpoints.save(settings, checkpoint)
@@ -176,6 +178,18 @@ def write_outputs(
     before = len(hooks.failures)
     hooks.after_run(summary, anomalies["anomalies"])
     return RunReport(summary, anomalies, after_run_failed=len(hooks.failures) > before or written_failed)
+
+
+def forget_gone(checkpoint: Checkpoint, files: list[DataFile], skipped: list[Skipped]) -> None:
+    """The ledger keeps the files no longer in the data folder by identity only (``Ledger.forget_missing``).
+
+    A name passed over as a link to another file (``skipped``) is still there: the ledger may know
+    the file by that name.
+    """
+    present = {f.name for f in files} | {s.name for s in skipped}
+    checkpoint.ledger.forget_missing(present)
+    state = checkpoint.state  # and a file error is about a file that is there
+    state.failures = {f for f in state.failures if f.kind != "file" or f.path in present}
 
 
 def forget_run_failures(checkpoint: Checkpoint, names: set[str] | None = None) -> None:

@@ -28,7 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "chunk_bytes": 4 * 1024 * 1024,
     "queue_size": 2,
     "watch": {"settle_ms": 500, "poll_interval_ms": 500, "rescan_seconds": 30, "status_seconds": 30},
-    "limits": {"max_line_bytes": 65536, "malformed_samples": 100, "memory_mb": 500},
+    "limits": {"max_line_bytes": 65536, "malformed_samples": 100, "memory_mb": 500, "summary_files": 100},
     "redact": {"cards": True, "emails": True, "patterns": []},
     "rule_files": ["rules/*.yaml"],
     "plugins": [],
@@ -65,6 +65,7 @@ SCHEMA: dict[str, Any] = {
                 "max_line_bytes": {"type": "integer", "minimum": 64, "maximum": 256 * 1024**2},
                 "malformed_samples": {"type": "integer", "minimum": 0, "maximum": 100000},
                 "memory_mb": {"type": "integer", "minimum": 64},
+                "summary_files": {"type": "integer", "minimum": 0, "maximum": 100000},
             },
         },
         "redact": {
@@ -104,6 +105,8 @@ class Settings:
     max_line_bytes: int
     malformed_samples: int
     memory_mb: int
+    #: How many files summary.json lists one by one (the most recently counted); the rest are in its totals.
+    summary_files: int
     redact_cards: bool
     redact_emails: bool
     redact_patterns: tuple[str, ...]
@@ -219,6 +222,7 @@ def _resolve(source: Path, merged: dict[str, Any]) -> Settings:
         max_line_bytes=limits["max_line_bytes"],
         malformed_samples=limits["malformed_samples"],
         memory_mb=limits["memory_mb"],
+        summary_files=limits["summary_files"],
         redact_cards=merged["redact"]["cards"],
         redact_emails=merged["redact"]["emails"],
         redact_patterns=tuple(merged["redact"]["patterns"]),

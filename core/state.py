@@ -8,7 +8,7 @@ from typing import Any
 from core import guard, safestate
 from core.errors import PluginFailed, RuleExecutionFailed
 from core.rules import Rule
-from core.stats import FileStats, merge_file_stats
+from core.stats import FileStats, FileTotals, fold_oldest, merge_file_stats
 
 
 @safestate.register
@@ -53,11 +53,16 @@ class Failure:
 
 @dataclass
 class RunState:
-    """Rule states, per-file counts and failures; ``merge`` is associative and commutative."""
+    """Rule states, per-file counts and failures; ``merge`` is associative and commutative.
+
+    ``files`` holds the files merged most recently, in the order of their last merge;
+    ``keep_recent_files`` folds the older ones into ``earlier``.
+    """
 
     rules: dict[str, Rule]
     files: dict[str, FileStats] = field(default_factory=dict)
     failures: set[Failure] = field(default_factory=set)
+    earlier: FileTotals = field(default_factory=FileTotals)
 
     @classmethod
     def empty(cls, rules: list[Rule], failed: frozenset[str] = frozenset(), path: str = "") -> RunState:
@@ -80,7 +85,12 @@ class RunState:
             if name not in failed and name in self.rules:
                 guard.call_rule(self.failures, self.rules[name], "merge", path, self.rules[name].merge, rule)
         merge_file_stats(self.files, other.files)
+        self.earlier.merge(other.earlier)
         self.failures |= other.failures
+
+    def keep_recent_files(self, keep: int) -> None:
+        """Keep the counts of the ``keep`` most recently merged files one by one; fold the others."""
+        fold_oldest(self.files, self.earlier, keep)
 
     def seal(self, path: str = "") -> None:
         """Seal every rule that has not failed; a rule whose seal raises is failed like any other."""

@@ -90,9 +90,50 @@ _LINE = attrgetter("line")
 
 
 def merge_file_stats(into: dict[str, FileStats], other: dict[str, FileStats]) -> None:
-    """Merge per-path stats of ``other`` into ``into``."""
+    """Merge per-path stats of ``other`` into ``into``; a path merged moves to the end (most recent)."""
     for path, stats in other.items():
-        if path in into:
-            into[path].merge(stats)
-        else:
-            into[path] = stats
+        held = into.pop(path, None)
+        if held is not None:
+            held.merge(stats)
+            stats = held
+        into[path] = stats
+
+
+#: The counts ``FileTotals`` keeps, as ``FileStats`` names them.
+COUNTS = ("bytes", "lines", "records", "blank", "malformed")
+
+
+@safestate.register
+@dataclass
+class FileTotals:
+    """The counts of files no longer listed one by one: how many, and their lines, records, etc. added up.
+
+    A watcher that runs for months reads hundreds of thousands of files; their per-file counts
+    (and malformed samples) are folded in here, so that what is kept and written at each commit
+    does not grow with them.
+    """
+
+    files: int = 0
+    bytes: int = 0
+    lines: int = 0
+    records: int = 0
+    blank: int = 0
+    malformed: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    def fold(self, stats: FileStats | FileTotals, files: int = 1) -> None:
+        """Add one file's counts (or another ``FileTotals``, with its ``files``)."""
+        self.files += files
+        for name in COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(stats, name))
+        self.reasons.update(stats.reasons)
+
+    def merge(self, other: FileTotals) -> None:
+        """Associative and commutative, like every state."""
+        self.fold(other, other.files)
+
+
+def fold_oldest(files: dict[str, FileStats], totals: FileTotals, keep: int) -> None:
+    """Fold all but the ``keep`` most recently merged files of ``files`` into ``totals``."""
+    while len(files) > keep:
+        totals.fold(files.pop(next(iter(files))))

@@ -29,7 +29,7 @@ from core.discover import DataFile, discover, wanted
 from core.engine import Pipeline
 from core.guard import PluginHooks
 from core.rules import Rule
-from core.runner import forget_run_failures, metrics, peak_rss_mb, plan, write_outputs
+from core.runner import forget_gone, forget_run_failures, metrics, peak_rss_mb, plan, write_outputs
 from core.settings import Settings
 from core.writers import Writers
 
@@ -191,8 +191,10 @@ class WatchLoop:
         self.writers.flush(self.settings.output_dir, watching=True, force=True)
 
     def _all_files(self) -> list[DataFile]:
-        files, _ = discover(self.settings.data_dir, self.settings.include, self.settings.exclude,
-                            self.settings.recursive)
+        """The files in the data folder; the ledger forgets the names no longer there (see ``forget_gone``)."""
+        files, skipped = discover(self.settings.data_dir, self.settings.include, self.settings.exclude,
+                                  self.settings.recursive)
+        forget_gone(self.checkpoint, files, skipped)
         return files
 
     def _rescan(self) -> None:

@@ -287,7 +287,8 @@ def test_overlong_line_at_every_chunk_boundary(workspace, chunk_bytes):
 def test_lines_at_the_length_limit_across_chunk_ends(workspace, chunk_bytes):
     # A first line of 990-1039 bytes, then one of 1024 or 1025 bytes (with and without a dropped
     # \r, last or not): line ends fall on every offset around the limit and the first chunk's end.
-    workspace.configure(f"chunk_bytes: {chunk_bytes}\nlimits: {{max_line_bytes: 1024}}\n")
+    # 400 files, every one listed with its samples.
+    workspace.configure(f"chunk_bytes: {chunk_bytes}\nlimits: {{max_line_bytes: 1024, summary_files: 400}}\n")
     record = rec("u").encode()
     expected, total_lines, total_records = [], 0, 0
     for first in range(990, 1040):

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core import parse
+from core import ledgerbase, parse
 from core.parse import Chunk, parse_chunk
 from core.plugins import get_plugin_manager, rule_types
 from core.reader import ChunkReader
@@ -328,7 +328,7 @@ def test_rules_of_the_shipped_settings_are_all_exercised():
 
 @pytest.fixture(scope="module")
 def counted(tmp_path_factory):
-    """A workspace counted once, its saved state, and what a fresh batch run makes of it."""
+    """A workspace counted once, its saved state (each file in output/.state), and what a fresh batch run makes of it."""
     root = tmp_path_factory.mktemp("counted")
     shutil.copy(REPO / "settings.yaml", root)
     shutil.copytree(REPO / "rules", root / "rules")
@@ -336,18 +336,25 @@ def counted(tmp_path_factory):
     workspace.write("a.log", log_lines(4, 300))
     workspace.write("b.log", log_lines(5, 200) + "2025-07-22T12:00:00Z INFO S u1 no newline at the end")
     assert run(workspace) == 0
-    return workspace, state_file(workspace).read_bytes(), outputs(workspace.output)
+    folder = state_file(workspace).parent
+    saved = {p.name: p.read_bytes() for p in [state_file(workspace), *folder.glob(ledgerbase.GLOB)]}
+    assert len(saved) == 2  # the checkpoint and its ledger base
+    return workspace, saved, outputs(workspace.output)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(1, 255)), min_size=1, max_size=4))
-def test_random_flipped_bytes_in_the_saved_state_never_give_a_wrong_result_or_an_internal_error(counted, flips):
+@given(flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(1, 255)), min_size=1, max_size=4),
+       in_base=st.booleans())
+def test_random_flipped_bytes_in_the_saved_state_never_give_a_wrong_result_or_an_internal_error(
+        counted, flips, in_base):
     workspace, saved, expected = counted
-    data = bytearray(saved)
+    damaged = next(name for name in saved if (name == state_file(workspace).name) != in_base)
+    data = bytearray(saved[damaged])
     for where, mask in flips:
         data[int(where * len(data))] ^= mask
     shutil.rmtree(workspace.output)
     state_file(workspace).parent.mkdir(parents=True)
-    state_file(workspace).write_bytes(bytes(data))
+    for name, content in saved.items():
+        (state_file(workspace).parent / name).write_bytes(bytes(data) if name == damaged else content)
     assert run(workspace) == 0
     assert outputs(workspace.output) == expected

@@ -71,7 +71,8 @@ def in_threads(count: int, task: Callable[[int], object]) -> None:
 
 
 def test_200_files_from_4_threads_end_equal_to_a_batch_run(workspace, tmp_path):
-    workspace.configure("watch: {settle_ms: 300, status_seconds: 1}\n")
+    # Every file listed: a watcher lists the files it counted last, a batch run the last by name.
+    workspace.configure("watch: {settle_ms: 300, status_seconds: 1}\nlimits: {summary_files: 200}\n")
     per_thread = 50
 
     def write_share(thread: int) -> None:
