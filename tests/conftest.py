@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,3 +170,18 @@ def workspace(tmp_path: Path) -> Workspace:
 def without_run(summary: dict[str, Any]) -> dict[str, Any]:
     """A summary minus its run metrics (time, memory), which differ between runs."""
     return {k: v for k, v in summary.items() if k != "run"}
+
+
+def wait_for(condition, what: str, timeout: float = 30) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def drop(folder: Path, name: str, text: str) -> None:
+    """Put a file into a watched folder as a copier does: written under a hidden name, then renamed."""
+    hidden = folder / f".{name}.tmp"
+    hidden.write_text(text, encoding="utf-8")
+    hidden.rename(folder / name)

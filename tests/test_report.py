@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 
 from plugins.report import render_report
-from tests.conftest import REPO, Workspace, load_bench
+from tests.conftest import REPO, Workspace, drop, load_bench, wait_for
 
 #: Where Debian and others put Chromium; the browser test drives the system's, never a download.
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -375,18 +374,12 @@ def test_a_watcher_s_report_refreshes_itself_and_shows_a_file_that_landed(worksp
                                env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 30
-        while not (report.exists() and "SUCCESS" in report.read_text(encoding="utf-8")):
-            assert time.monotonic() < deadline, "no report"
-            time.sleep(0.05)
+        wait_for(lambda: report.exists() and "SUCCESS" in report.read_text(encoding="utf-8"), "the first report")
         first = report.read_text(encoding="utf-8")
         assert '<meta http-equiv="refresh"' in first and "REFUNDED" not in first
-        (workspace.data / ".b.tmp").write_text("2025-07-22T11:00:00Z REFUNDED Payment user2 back\n", encoding="utf-8")
-        (workspace.data / ".b.tmp").rename(workspace.data / "b.log")
-        deadline = time.monotonic() + 30  # at most every 5 s in watch mode
-        while "REFUNDED" not in report.read_text(encoding="utf-8"):
-            assert time.monotonic() < deadline, "the report never showed the new file"
-            time.sleep(0.1)
+        drop(workspace.data, "b.log", "2025-07-22T11:00:00Z REFUNDED Payment user2 back\n")
+        # redrawn at most every 5 s in watch mode
+        wait_for(lambda: "REFUNDED" in report.read_text(encoding="utf-8"), "the report to show the new file")
         summary = json.loads((workspace.output / "summary.json").read_text(encoding="utf-8"))
         assert summary["payment_statuses"] == {"SUCCESS": 1, "REFUNDED": 1}
     finally:

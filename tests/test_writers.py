@@ -6,9 +6,8 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
-from tests.conftest import REPO
+from tests.conftest import REPO, drop, wait_for
 
 #: A plugin with one writer: the statuses as CSV; with ``FAIL`` set in the environment it raises.
 CSV_PLUGIN = '''\
@@ -88,12 +87,10 @@ def test_a_watcher_rewrites_the_output_after_each_commit(workspace):
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     csv = workspace.output / "statuses.csv"
     try:
-        wait_for(lambda: csv.exists() and "SUCCESS,2" in csv.read_text(encoding="utf-8"))
+        wait_for(lambda: csv.exists() and "SUCCESS,2" in csv.read_text(encoding="utf-8"), "the first CSV")
         assert "# watching=True" in csv.read_text(encoding="utf-8")
-        (workspace.data / ".b.tmp").write_text("2025-07-22T11:00:00Z ERROR Payment user4 declined\n",
-                                               encoding="utf-8")
-        (workspace.data / ".b.tmp").rename(workspace.data / "b.log")
-        wait_for(lambda: "ERROR,2" in csv.read_text(encoding="utf-8"))
+        drop(workspace.data, "b.log", "2025-07-22T11:00:00Z ERROR Payment user4 declined\n")
+        wait_for(lambda: "ERROR,2" in csv.read_text(encoding="utf-8"), "the CSV to count the new file")
         summary = json.loads((workspace.output / "summary.json").read_text(encoding="utf-8"))
         assert summary["payment_statuses"] == {"SUCCESS": 2, "ERROR": 2}
     finally:
@@ -105,11 +102,3 @@ def test_a_watcher_rewrites_the_output_after_each_commit(workspace):
     assert hooks[0] == "before_run ['a.log']"
     assert hooks[1:] == ["after_run 3", "after_run 4"]
 
-
-def wait_for(condition, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out")
