@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core import __version__, budget
+from core.alertconfig import AlertConfig, load_alerts
 from core.discover import check_data_dir
 from core.errors import ConfigError, DataDirError, ForeignState, OutputValidationError, PipelineError, StateLocked
 from core.guard import plugin_of
@@ -85,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", action="store_true",
                         help="profile the run on every thread; write profile.txt and profile.pstats to the "
                         "output folder (batch runs only)")
+    parser.add_argument("--alerts", action="store_true",
+                        help="send alerts in a batch run too (as alerts.batch: true does); a watcher always sends them")
     parser.add_argument("--check", action="store_true",
                         help="validate settings, rule files, plugins and the data folder, report every problem, "
                         "and exit")
@@ -177,7 +180,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
     if args.check:
         return _check(settings, quiet=args.quiet)
     pm = get_plugin_manager(settings.plugins, search_path=settings.source.parent)
-    rules = load_rules(settings, rule_types(pm))
+    rules, alerts = _load_config(settings, pm)
     if args.watch and args.profile:
         raise ConfigError(["--profile: expected a batch run, got --watch; profile one batch run instead"])
     check_data_dir(settings.data_dir)  # a missing data folder is refused before the output folder is made
@@ -186,8 +189,25 @@ def _run(args: argparse.Namespace, command: str) -> int:
         lock.acquire(wait=args.wait_lock)
         with _graceful_stop() as stop:
             if args.watch:
-                return _watch(settings, pm, rules, args, stop.event)
-            return _batch(settings, pm, rules, args, stop)
+                return _watch(settings, pm, rules, args, stop.event, alerts)
+            return _batch(settings, pm, rules, args, stop, alerts if args.alerts or alerts.batch else None)
+
+
+def _load_config(settings: Settings, pm: Any) -> tuple[list[Any], AlertConfig]:
+    """The enabled rules and the alerts' destinations; the problems of both at once."""
+    problems: list[str] = []
+    rules: list[Any] | None = None
+    try:
+        rules = load_rules(settings, rule_types(pm))
+    except ConfigError as exc:
+        problems += exc.problems
+    try:
+        alerts = load_alerts(settings, pm, None if rules is None else [rule.name for rule in rules])
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    return rules or [], alerts
 
 
 def _subcommand(argv: list[str]) -> int | None:
@@ -234,10 +254,11 @@ def _test(args: argparse.Namespace) -> int:
     return EXIT_ERROR if failed else EXIT_OK
 
 
-def _batch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespace, stop: _Stop) -> int:
+def _batch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespace, stop: _Stop,
+           alerts: AlertConfig | None = None) -> int:
     profile = RunProfile() if args.profile else None
     report = _run_with_progress(settings, pm, rules, show=not args.quiet and sys.stderr.isatty(),
-                               reset=args.reset, profile=profile, stop=stop.event)
+                               reset=args.reset, profile=profile, stop=stop.event, alerts=alerts)
     if profile is not None:
         written = profile.write(settings.output_dir)
         if not args.quiet:
@@ -264,7 +285,7 @@ def _check(settings: Settings, quiet: bool) -> int:
         folder_problems = [f"{settings.source.name}: data_dir: {exc}"]
     try:
         pm = get_plugin_manager(settings.plugins, search_path=settings.source.parent)
-        rules = load_rules(settings, rule_types(pm))
+        rules, _ = _load_config(settings, pm)
     except ConfigError as exc:
         raise ConfigError(exc.problems + folder_problems) from None
     problems = [
@@ -280,12 +301,13 @@ def _check(settings: Settings, quiet: bool) -> int:
     return EXIT_OK
 
 
-def _watch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespace, stop: threading.Event) -> int:
+def _watch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespace, stop: threading.Event,
+           alerts: AlertConfig | None = None) -> int:
     from core.watch import WatchLoop
 
     if not args.quiet and not args.verbose:
         logging.getLogger().setLevel(logging.INFO)  # a service logs each file and a status line
-    loop = WatchLoop(settings, pm, rules, stop, poll=args.poll, reset=args.reset)
+    loop = WatchLoop(settings, pm, rules, stop, poll=args.poll, reset=args.reset, alerts=alerts)
     loop.run()
     logging.getLogger(__name__).info("stopped after %d commits; outputs are complete", loop.commits)
     return EXIT_OK
@@ -326,16 +348,17 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_with_progress(settings: Settings, pm: Any, rules: list[Any], show: bool, reset: bool,
-                       profile: RunProfile | None = None, stop: threading.Event | None = None) -> RunReport:
+                       profile: RunProfile | None = None, stop: threading.Event | None = None,
+                       alerts: AlertConfig | None = None) -> RunReport:
     if not show:
-        return run_batch(settings, pm, rules, reset=reset, profile=profile, stop=stop)
+        return run_batch(settings, pm, rules, reset=reset, profile=profile, stop=stop, alerts=alerts)
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
     columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
     with Progress("[progress.description]{task.description}", *columns, transient=True) as bar:
         task = bar.add_task("reading", total=None)
         return run_batch(
-            settings, pm, rules, reset=reset, profile=profile, stop=stop,
+            settings, pm, rules, reset=reset, profile=profile, stop=stop, alerts=alerts,
             on_progress=lambda n: bar.advance(task, n),
             on_start=lambda total: bar.update(task, total=total),
         )
