@@ -34,7 +34,8 @@ DURATION = {"type": "string", "pattern": r"^[1-9][0-9]*[smhd]$",
             "title": "a duration: a whole number and its unit, s, m, h or d (90s, 10m, 1h, 1d)"}
 INSTANT = {
     "type": "string",
-    "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?$",
+    "pattern": (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
+                r"(T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?$"),
     "title": "a UTC date or time in ISO 8601 (2026-12-31 or 2026-12-31T18:00:00Z)",
 }
 _NAME = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
@@ -264,8 +265,9 @@ def _destination(
     if kind not in checks:
         checks[kind] = SchemaCheck(_schema(cls), shipped=shipped(cls))
     problems = [f"{where}: {p}" for p in checks[kind].problems(raw)]
-    if not problems:
-        for name in raw.get("rules") or []:
+    named = raw.get("rules")
+    for name in named if isinstance(named, list) else []:
+        if isinstance(name, str):
             problems += _unknown_rule(f"{where}: rules", name, known)
     if problems:
         return None, problems

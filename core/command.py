@@ -380,6 +380,8 @@ def human_summary(report: RunReport, settings: Settings) -> str:
         lines.append(f"incidents: {sum(found.values()):,}" + (f" ({_short(found)})" if found else "")
                      + (f", {hidden:,} more suppressed" if hidden else ""))
         lines += [f"  {_incident_line(incident)}" for incident in report.anomalies["anomalies"][:SHOWN_INCIDENTS]]
+    if "alerts" in summary:
+        lines.append(_alerts_line(summary["alerts"]))
     for name, rule in summary["rules"].items():
         if rule.get("degraded"):  # the state outgrew its share of limits.memory_mb
             lines.append(f"{name}: {rule['degraded']}")
@@ -389,6 +391,15 @@ def human_summary(report: RunReport, settings: Settings) -> str:
     )
     lines.append(f"wrote {settings.output_dir / 'summary.json'} and anomalies.json")
     return "\n".join(lines)
+
+
+def _alerts_line(alerts: dict[str, Any]) -> str:
+    """``alerts: 2 sent, 1 queued (ops: RuntimeError: ...)``: what this run sent, and what waits."""
+    queued = alerts["queued"]
+    failing = [f"{name}: {d['last_error']}" for name, d in alerts["destinations"].items() if d["queued"]
+               and d["last_error"]]
+    return (f"alerts: {alerts['sent_total']:,} sent" + (f", {len(queued):,} queued" if queued else "")
+            + (f" ({'; '.join(failing)})" if failing else ""))
 
 
 #: Incidents the console summary shows, most severe first (anomalies.json has them all).

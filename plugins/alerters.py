@@ -81,7 +81,10 @@ class Webhook(Alerter):
 
 
 class Command(Alerter):
-    """Run ``argv`` (no shell) with the message's JSON on its standard input; a non-zero exit is a failure."""
+    """Run ``argv`` (no shell) with the message's JSON on its standard input; a non-zero exit is a failure.
+
+    It runs in the settings file's folder, where a relative program path (``./notify.sh``) starts too.
+    """
 
     type_name = "command"
     description = "A program run with the message as JSON on stdin."
@@ -108,7 +111,8 @@ class Command(Alerter):
     def send(self, message: Message) -> None:
         data = json.dumps(message.document(), ensure_ascii=False).encode("utf-8")
         try:
-            done = subprocess.run(self.argv, input=data, capture_output=True, timeout=self.timeout, check=False)
+            done = subprocess.run(self.argv, input=data, capture_output=True, timeout=self.timeout, check=False,
+                                  cwd=self.base_dir)
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"{self.argv[0]} did not finish within {self.timeout:.0f} s") from None
         if done.returncode != 0:
