@@ -27,7 +27,7 @@ from core.alerts import Alerts
 from core.checkpoint import Checkpoint
 from core.state import RunState
 from tests.conftest import Workspace, drop
-from tests.test_watch import Watcher
+from tests.test_watch import Watcher, summary_of
 
 HIGH = ("CHARGEBACK", "DISPUTE", "HOLD", "VOID", "REVERSAL")
 RULES = """\
@@ -114,7 +114,11 @@ def receiver():
 
 
 def alerts_of(workspace: Workspace) -> dict[str, Any]:
-    return workspace.summary()["alerts"]
+    """summary.json's ``alerts`` section; empty lists before a watcher's first commit."""
+    summary = summary_of(workspace)
+    if summary is None:
+        return {"queued": [], "failed": [], "destinations": {"ops": {"sent": 0}}}
+    return summary["alerts"]
 
 
 # -- configuration: --check ------------------------------------------------------------------------
@@ -483,13 +487,13 @@ def test_watcher_sends_each_incident_exactly_once_across_a_sigterm_restart(works
     with Watcher(workspace) as watcher:
         watcher.wait_for(lambda: receiver.ids() == ["odd-statuses:CHARGEBACK"], "the first incident")
         drop(workspace.data, "b.log", lines("DISPUTE", "REFUND"))
-        watcher.wait_for(lambda: len(receiver.ids()) == 3, "the incidents of b.log")
+        watcher.wait_for(lambda: len(receiver.ids()) >= 3, "the incidents of b.log")
         assert watcher.stop(signal.SIGTERM) == 0
         drop(workspace.data, "c.log", lines("VOID"))  # while it is stopped
         watcher.start()
-        watcher.wait_for(lambda: len(receiver.ids()) == 4, "the incident of c.log")
+        watcher.wait_for(lambda: "odd-statuses:VOID" in receiver.ids(), "the incident of c.log")
         drop(workspace.data, "d.log", lines("HOLD"))
-        watcher.wait_for(lambda: len(receiver.ids()) == 5, "the incident of d.log")
+        watcher.wait_for(lambda: "odd-statuses:HOLD" in receiver.ids(), "the incident of d.log")
         assert watcher.stop(signal.SIGTERM) == 0
     assert sorted(receiver.ids()) == sorted(["odd-statuses:CHARGEBACK", "odd-statuses:DISPUTE", "refunds:REFUND",
                                              "odd-statuses:VOID", "odd-statuses:HOLD"])  # each exactly once
@@ -562,7 +566,8 @@ def test_watcher_raises_no_data_and_resolves_it(workspace, receiver):
         watcher.wait_for(lambda: receiver.bodies, "the no-data incident")
         opened = receiver.bodies[0]["incidents"][0]
         assert (opened["rule"], opened["event"], opened["status"]) == ("no-data", "opened", "open")
-        assert alerts_of(workspace)["no_data"]["incident"] == opened["id"]
+        watcher.wait_for(lambda: alerts_of(workspace)["no_data"]["incident"] == opened["id"],
+                         "summary.json to name the no-data incident while no data arrives")
         drop(workspace.data, "b.log", lines("SUCCESS"))
         watcher.wait_for(lambda: len(receiver.bodies) == 2, "the no-data incident resolved")
         resolved = receiver.bodies[1]["incidents"][0]
