@@ -312,7 +312,8 @@ class Alerts:
             try:
                 now = time.time()
                 with self._lock:
-                    self._no_data(now)
+                    if self._summary is not None:  # not before the catch-up: it may bring what came meanwhile
+                        self._no_data(now)
                     self._plan(now)  # reminders and ended silences are due by the clock, not by data
                 self.deliver()
             except Exception:  # a bug here must not end deliveries for the rest of the watcher's life

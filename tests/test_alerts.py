@@ -573,3 +573,50 @@ def test_watcher_raises_no_data_and_resolves_it(workspace, receiver):
         resolved = receiver.bodies[1]["incidents"][0]
         assert (resolved["id"], resolved["event"], resolved["status"]) == (opened["id"], "resolved", "resolved")
         assert watcher.stop(signal.SIGTERM) == 0
+
+
+# -- the README's examples work as printed --------------------------------------------------------------
+
+
+def test_readme_alerts_settings_work_as_printed(workspace, receiver, monkeypatch, capsys):
+    from tests.test_plugins import _readme_block
+
+    monkeypatch.setenv("OMP_WEBHOOK_TOKEN", "Bearer from-the-environment")
+    monkeypatch.setenv("OMP_SMTP_PASSWORD", "pw")
+    notify = workspace.root / "notify.sh"
+    notify.write_text(f"#!/bin/sh\ncat > '{workspace.root / 'paged.json'}'\n")
+    notify.chmod(0o755)
+    printed = _readme_block("## Alerts", "yaml")
+    workspace.configure(printed)
+    assert workspace.main("--check") == 0, capsys.readouterr().err
+
+    with socket.socket() as probe:  # a port nobody listens on: the mail stays queued, the run goes on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    workspace.configure(printed.replace("https://alerts.example.com/omp", receiver.url)
+                        .replace("smtp.example.com", "127.0.0.1").replace("port: 587", f"port: {closed}"))
+    workspace.write("a.log", "2025-07-22T10:00:00Z CHARGEBACK PaymentService user1 disputed\n")
+    assert workspace.main("-q", "--alerts") == 0
+    assert receiver.ids() == ["unknown-statuses:CHARGEBACK"]  # medium, at least min_severity medium
+    assert receiver.headers[0]["Authorization"] == "Bearer from-the-environment"
+    assert not (workspace.root / "paged.json").exists()  # not one of pager-script's rules
+    report = alerts_of(workspace)
+    assert report["destinations"]["ops-mail"]["queued"] == 1 and report["destinations"]["ops-webhook"]["sent"] == 1
+
+
+def test_readme_destination_plugin_works_as_printed(workspace, receiver, monkeypatch, capsys):
+    from tests.test_plugins import _readme_block
+
+    (workspace.root / "chat_alerts.py").write_text(_readme_block("### A destination plugin", "python"))
+    workspace.rules_file("odd.yaml", RULES)
+    workspace.configure("rules: [odd-statuses, refunds]\n" + _readme_block("### A destination plugin", "yaml"))
+    assert workspace.main("--check") == 2
+    assert "destination 'payments-room': url_from_env: environment variable OMP_CHAT_WEBHOOK is not set" in \
+        capsys.readouterr().err
+    monkeypatch.setenv("OMP_CHAT_WEBHOOK", receiver.url)
+    workspace.write("a.log", lines("CHARGEBACK", "REFUND"))
+    assert workspace.main("-q", "--alerts") == 0
+    assert len(receiver.bodies) == 1 and receiver.bodies[0]["channel"] == "#payments"
+    assert receiver.bodies[0]["text"].splitlines()[1].startswith("[high] odd-statuses CHARGEBACK: ")
+    assert receiver.bodies[0]["text"].startswith("Oh My Payments: 1 incident: high odd-statuses CHARGEBACK\n")
+    assert "refunds:REFUND" not in receiver.bodies[0]["text"]  # low: under min_severity high
