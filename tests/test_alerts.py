@@ -543,6 +543,8 @@ def test_watcher_retries_a_failing_endpoint_while_no_data_arrives(workspace):
             failing = watcher.wait_for(lambda: alerts_of(workspace)["failed"], "summary.json to report the failure")
             assert failing[0]["id"] == "odd-statuses:CHARGEBACK" and "answered 500" in failing[0]["error"]
             assert alerts_of(workspace)["destinations"]["ops"]["failing"] is True
+            drop(workspace.data, "b.log", lines("SUCCESS"))  # the pipeline goes on meanwhile
+            watcher.wait_for_lines(2)
             watcher.wait_for(lambda: receiver.ids(), "the endpoint to receive it once it recovers")
             report = watcher.wait_for(lambda: (a := alerts_of(workspace))["destinations"]["ops"]["sent"] and a,
                                       "summary.json to show it sent")
