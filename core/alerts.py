@@ -304,6 +304,25 @@ class Alerts:
         else:
             log.warning("alerts: destination '%s' failed (%s); retrying in %.0f s", destination.name, error, wait)
 
+    def reconfigure(self, config: AlertConfig) -> None:
+        """Use a new ``alerts:`` block from the next delivery round on (a configuration reload).
+
+        What was sent stays sent. Notifications queued for a destination that is no longer
+        configured are dropped, with a warning naming how many.
+        """
+        with self._lock:
+            names = {d.name for d in config.destinations}
+            gone = [e for e in self.state.outbox if e["destination"] not in names]
+            if gone:
+                log.warning("alerts: %d queued notification%s dropped: destination%s %s no longer configured",
+                            len(gone), "s" if len(gone) != 1 else "", "s" if len(gone) != 1 else "",
+                            ", ".join(sorted({e["destination"] for e in gone})))
+            self.state.outbox = [e for e in self.state.outbox if e["destination"] in names]
+            self._health = {name: self._health.get(name, {"last_error": None, "last_error_at": None,
+                                                          "last_sent_at": None}) for name in names}
+            self.config = config
+            self._unreported = self._uncommitted = True
+
     # -- the watcher's thread --------------------------------------------------------------------
 
     def start(self) -> None:

@@ -117,7 +117,7 @@ class Settings:
     plugins: tuple[str, ...]
     rules: tuple[str, ...]
     #: The ``alerts:`` block as validated (its destinations are built by ``core.alertconfig.load_alerts``).
-    alerts: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False, compare=False)
+    alerts: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values, for hooks and for the run's record in summary.json."""

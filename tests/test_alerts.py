@@ -464,6 +464,22 @@ def test_no_data_after_raises_an_incident_on_the_wall_clock(monkeypatch):
     assert alerts.state.no_data is None
 
 
+def test_reconfigure_keeps_what_was_sent_and_says_what_it_drops(monkeypatch, caplog):
+    Clock(monkeypatch)
+    ops, old = Recording("ops"), Recording("old")
+    old.down = True
+    alerts, commit = committer(AlertConfig((Destination("ops", ops), Destination("old", old))),
+                               Checkpoint(RunState({})))
+    commit(incident("a"))
+    pager = Recording("pager")
+    alerts.reconfigure(AlertConfig((Destination("ops", ops), Destination("pager", pager, min_severity="critical"))))
+    assert "1 queued notification dropped: destination old no longer configured" in caplog.text
+    report = commit(incident("a"), incident("b", severity="critical"))
+    assert ops.events() == [("spikes:a@2025-07-22T10:00:00Z", "opened"), ("spikes:b@2025-07-22T10:00:00Z", "opened")]
+    assert pager.events() == [("spikes:b@2025-07-22T10:00:00Z", "opened")]
+    assert set(report["destinations"]) == {"ops", "pager"} and report["queued"] == []
+
+
 def test_alert_state_survives_the_checkpoint_and_a_rebuild(workspace, receiver):
     plant(workspace, f"""\
         destinations: [{{name: ops, type: webhook, url: "{receiver.url}"}}]
