@@ -16,8 +16,10 @@ run: $(BIN)/.installed
 check: $(BIN)/.installed
 	$(BIN)/runpipeline --check
 
+# Two pytest workers, each test file on one of them (its module fixtures built once): many tests
+# wait on watchers, subprocesses and signals, so two workers halve the wall time even on 2 CPUs.
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The fast part, for the edit-test loop: leaves out the tests that generate millions of lines,
 # kill watchers at random points, run the suite again on the pure Python path, search inputs
@@ -26,7 +28,7 @@ test: $(BIN)/.installed
 QUICK_SKIP := test_memory_cap test_watch_load test_fallback test_exactly_once test_degrade test_compare test_traffic \
               test_property test_watch test_generate test_detectors
 test-quick: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -m 'not slow' $(foreach t,$(QUICK_SKIP),--ignore=tests/$(t).py)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m 'not slow' $(foreach t,$(QUICK_SKIP),--ignore=tests/$(t).py)
 
 clean:
 	rm -rf $(VENV) output/*.json output/.state

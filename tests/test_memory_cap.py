@@ -51,15 +51,31 @@ def capped(workspace: Workspace) -> Workspace:
     return workspace
 
 
-def test_a_high_cardinality_file_is_counted_exactly_under_the_default_cap(capped):
-    path = generate(capped, HIGH_CARDINALITY_LINES, "--distinct-users", "20000000")
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
+    """One high-cardinality log for the tests below, and its users' exact counts (bench/reference.py)."""
+    folder = tmp_path_factory.mktemp("crowded")
+    (folder / "data").mkdir()
+    path = generate(Workspace(folder), HIGH_CARDINALITY_LINES, "--distinct-users", "20000000")
+    return path, load_bench("reference").summarize([str(path)])["users"]
+
+
+def with_log(workspace: Workspace, log: Path) -> Path:
+    """The shared log, linked into this test's data folder (a hard link: read as a file of its own)."""
+    path = workspace.data / log.name
+    os.link(log, path)
+    return path
+
+
+def test_a_high_cardinality_file_is_counted_exactly_under_the_default_cap(capped, crowded):
+    log, users = crowded
+    with_log(capped, log)
     code, peak_mb = run_measured(capped)
     stderr = (capped.root / "stderr.txt").read_text(encoding="utf-8")
 
     assert code == 0, stderr
     assert peak_mb < MEMORY_MB, f"peak RSS {peak_mb:.0f} MB over the {MEMORY_MB} MB cap"
     summary = capped.summary()
-    users = load_bench("reference").summarize([str(path)])["users"]
     assert len(users) > 900_000
     expected = sorted(users.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
     assert summary["top_users"] == [user for user, _ in expected]
@@ -70,10 +86,11 @@ def test_a_high_cardinality_file_is_counted_exactly_under_the_default_cap(capped
 
 
 @compiled_memory
-def test_a_high_cardinality_file_under_a_smaller_cap_is_approximate_within_its_bound(workspace):
+def test_a_high_cardinality_file_under_a_smaller_cap_is_approximate_within_its_bound(workspace, crowded):
+    log, users = crowded
     cap = 250
     workspace.configure(f"limits: {{memory_mb: {cap}}}\n")
-    path = generate(workspace, HIGH_CARDINALITY_LINES, "--distinct-users", "20000000")
+    with_log(workspace, log)
     code, peak_mb = run_measured(workspace)
     assert code == 0, (workspace.root / "stderr.txt").read_text(encoding="utf-8")
     assert peak_mb < cap, f"peak RSS {peak_mb:.0f} MB over the {cap} MB cap"
@@ -82,7 +99,6 @@ def test_a_high_cardinality_file_under_a_smaller_cap_is_approximate_within_its_b
     assert detail["approximate"] is True and detail["sketch"] == "misra_gries"
     assert 0 <= detail["max_error"] < 0.001 * detail["total_weight"]
     assert len(summary["top_users"]) == 10 and list(detail["counts"]) == summary["top_users"]
-    users = load_bench("reference").summarize([str(path)])["users"]
     for user, estimate in detail["counts"].items():
         assert users[user] <= estimate <= users[user] + detail["max_error"]
     assert "more than" in summary["rules"]["top-users"]["degraded"]

@@ -55,7 +55,8 @@ def test_a_batch_run_serves_what_it_wrote_until_sigterm_and_nothing_else(workspa
     workspace.write("a.log", LINES)
     proc, url = start(workspace)
     try:
-        wait_for(lambda: get(url)[0] == 200, "the report to be served")
+        # summary.json is the last file a commit writes: once it is served, so is everything else.
+        wait_for(lambda: get(url + "summary.json")[0] == 200, "the run's outputs to be served")
         status, page, kind = get(url)
         assert kind.startswith("text/html") and page == (workspace.output / "report.html").read_bytes()
         status, body, kind = get(url + "summary.json")
