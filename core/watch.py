@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import pluggy
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -28,6 +29,8 @@ from core.checkpoint import Checkpoint
 from core.discover import DataFile, discover, wanted
 from core.engine import Pipeline
 from core.guard import PluginHooks
+from core.metrics import Metrics
+from core.metrics import register as register_metrics
 from core.rules import Rule
 from core.runner import forget_gone, forget_run_failures, metrics, peak_rss_mb, plan, write_outputs
 from core.settings import Settings
@@ -55,6 +58,8 @@ class ChangeSet(FileSystemEventHandler):
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
         self.changed = threading.Event()
+        #: Told each name as it starts waiting (the metrics' latency from a file's change to its commit).
+        self.on_notice: Callable[[str], None] | None = None
 
     def __len__(self) -> int:
         with self._lock:
@@ -86,6 +91,8 @@ class ChangeSet(FileSystemEventHandler):
             entry = self._pending.setdefault(name, _Pending(time.monotonic()))
             entry.changed_at = time.monotonic()
             entry.ready = entry.ready or ready
+        if self.on_notice is not None:
+            self.on_notice(name)
         self.changed.set()
 
     def _name(self, path: str) -> str | None:
@@ -144,7 +151,8 @@ class WatchLoop:
     """The service: initial catch-up, then one commit per set of ready files until ``stop``."""
 
     def __init__(self, settings: Settings, pm: pluggy.PluginManager, rules: list[Rule],
-                 stop: threading.Event, *, poll: bool = False, reset: bool = False) -> None:
+                 stop: threading.Event, *, poll: bool = False, reset: bool = False,
+                 metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.pm = pm
         self.rules = rules
@@ -158,6 +166,12 @@ class WatchLoop:
         self.started = time.perf_counter()
         self.commits = 0
         self._next_status = 0.0
+        self.pipeline: Pipeline | None = None
+        self.metrics = metrics
+        if metrics is not None:
+            register_metrics(pm, metrics)
+            self.changes.on_notice = metrics.noticed
+            metrics.watch(lambda: len(self.changes), lambda: self.pipeline.in_flight if self.pipeline else 0)
 
     def run(self) -> None:
         """Watch until ``stop`` is set; then finish the chunks in flight, commit and return."""
@@ -165,6 +179,7 @@ class WatchLoop:
         log.info("watching %s (%s)", self.settings.data_dir, type(observer).__name__)
         try:
             with Pipeline(self.settings, self.rules, self.pm, stop=self.stop, hooks=self.hooks) as pipeline:
+                self.pipeline = pipeline
                 # Called per chunk read, so a long commit (a big file) still reports its progress.
                 pipeline.on_progress = lambda _bytes: self._status_due(pipeline)
                 self._loop(pipeline)
@@ -211,6 +226,7 @@ class WatchLoop:
     def _commit(self, pipeline: Pipeline, files: list[DataFile], *, catch_up: bool = False) -> None:
         # A file error describes the latest attempt, as in a batch run: forgotten when the file is tried
         # again. The catch-up tries every file, so it also forgets files gone since (and earlier runs' hooks).
+        began = time.perf_counter()
         forget_run_failures(self.checkpoint, None if catch_up else {f.name for f in files})
         present = [f for f in files if os.path.lexists(f.path) or _log_gone(f)]
         works = plan(present, self.checkpoint, self.hooks)
@@ -221,8 +237,12 @@ class WatchLoop:
         pipeline.process(works, self.checkpoint, final=not catch_up)
         elapsed = time.perf_counter() - self.started
         run = metrics(self.settings, self.started_at, elapsed, pipeline.lines_read, pipeline.bytes_read)
-        write_outputs(self.settings, self.hooks, self.rules, self.checkpoint, run, self.writers, watching=True)
+        report = write_outputs(self.settings, self.hooks, self.rules, self.checkpoint, run, self.writers,
+                               watching=True)
         self.commits += 1
+        if self.metrics is not None:
+            self.metrics.committed([f.name for f in files], time.perf_counter() - began,
+                                   report.summary, report.anomalies["anomalies"])
 
     def _status_due(self, pipeline: Pipeline) -> None:
         now = time.monotonic()
