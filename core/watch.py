@@ -31,6 +31,7 @@ from core.engine import Pipeline
 from core.guard import PluginHooks
 from core.metrics import Metrics
 from core.metrics import register as register_metrics
+from core.rebuild import rebuild_marked
 from core.rules import Rule
 from core.runner import forget_gone, forget_run_failures, metrics, peak_rss_mb, plan, write_outputs
 from core.settings import Settings
@@ -230,6 +231,7 @@ class WatchLoop:
         forget_run_failures(self.checkpoint, None if catch_up else {f.name for f in files})
         present = [f for f in files if os.path.lexists(f.path) or _log_gone(f)]
         works = plan(present, self.checkpoint, self.hooks)
+        rebuild_marked(self.settings, self.rules, self.checkpoint, self.stop)  # new or changed rules
         # A file taken from the change set is closed after writing, renamed into place or settled:
         # its last line counts even without a newline, as in a batch run. The catch-up reads what
         # was there at the start, which may be mid-write: complete lines only, and the rescan
