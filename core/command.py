@@ -288,6 +288,7 @@ def _check(settings: Settings, quiet: bool) -> int:
 
 
 def _watch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespace, stop: threading.Event) -> int:
+    from core.reload import ConfigWatch, on_sighup
     from core.watch import WatchLoop
 
     if not args.quiet and not args.verbose:
@@ -298,9 +299,11 @@ def _watch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespa
 
         metrics = Metrics()
         server = metrics.serve(args.metrics_port, args.metrics_addr)
-    loop = WatchLoop(settings, pm, rules, stop, poll=args.poll, reset=args.reset, metrics=metrics)
+    config = ConfigWatch(settings, pm, _overrides(args), check=lambda changed: _check(changed, quiet=True))
+    loop = WatchLoop(settings, pm, rules, stop, poll=args.poll, reset=args.reset, metrics=metrics, config=config)
     try:
-        loop.run()
+        with on_sighup(config.hup):  # SIGHUP: read the configuration again
+            loop.run()
     finally:
         if metrics is not None:
             server.shutdown()

@@ -135,6 +135,10 @@ class Metrics:
             self.malformed.labels(reason).inc(count)
         self.files_processed.inc()
 
+    def reload_outcome(self, outcome: str) -> None:
+        """A changed configuration was ``applied``, or refused as ``invalid`` or ``restart_needed``."""
+        self.reloads.labels(outcome).inc()
+
     # -- the seam for alerts ------------------------------------------------------------------
 
     def alert_sent(self, rule: str, severity: str, count: int = 1) -> None:

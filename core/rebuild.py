@@ -42,6 +42,7 @@ def rebuild_marked(settings: Settings, rules: list[Rule], checkpoint: Checkpoint
     # Plugins' hooks are not told of these files again: they saw them when they were first read.
     quiet = _no_plugins()
     with Pipeline(settings, chosen, quiet, stop=stop, hooks=PluginHooks(quiet)) as pipeline:
+        pipeline.committer.log_files = False  # the log's file lines are the files read, once each
         pipeline.process(works, side, final=True)
         lines = pipeline.lines_read
     stopped = stop is not None and stop.is_set()

@@ -22,6 +22,7 @@ from typing import Callable
 import pluggy
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from core import checkpoint as checkpoints
@@ -32,6 +33,7 @@ from core.guard import PluginHooks
 from core.metrics import Metrics
 from core.metrics import register as register_metrics
 from core.rebuild import rebuild_marked
+from core.reload import Config, ConfigWatch
 from core.rules import Rule
 from core.runner import forget_gone, forget_run_failures, metrics, peak_rss_mb, plan, write_outputs
 from core.settings import Settings
@@ -153,7 +155,7 @@ class WatchLoop:
 
     def __init__(self, settings: Settings, pm: pluggy.PluginManager, rules: list[Rule],
                  stop: threading.Event, *, poll: bool = False, reset: bool = False,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, config: ConfigWatch | None = None) -> None:
         self.settings = settings
         self.pm = pm
         self.rules = rules
@@ -168,32 +170,53 @@ class WatchLoop:
         self.commits = 0
         self._next_status = 0.0
         self.pipeline: Pipeline | None = None
+        #: Where a changed configuration comes from; None: the configuration is never read again.
+        self.config = config
+        self._config: Config | None = None  # a new configuration, applied between two pipelines
+        self._observer: BaseObserver | None = None
         self.metrics = metrics
         if metrics is not None:
             register_metrics(pm, metrics)
             self.changes.on_notice = metrics.noticed
             metrics.watch(lambda: len(self.changes), lambda: self.pipeline.in_flight if self.pipeline else 0)
+            if config is not None:
+                config.on_outcome = metrics.reload_outcome
 
     def run(self) -> None:
-        """Watch until ``stop`` is set; then finish the chunks in flight, commit and return."""
-        observer = start_observer(self.settings, self.changes, self.poll)
-        log.info("watching %s (%s)", self.settings.data_dir, type(observer).__name__)
-        try:
-            with Pipeline(self.settings, self.rules, self.pm, stop=self.stop, hooks=self.hooks) as pipeline:
-                self.pipeline = pipeline
-                # Called per chunk read, so a long commit (a big file) still reports its progress.
-                pipeline.on_progress = lambda _bytes: self._status_due(pipeline)
-                self._loop(pipeline)
-        finally:
-            observer.stop()
-            observer.join(timeout=5)
+        """Watch until ``stop`` is set; then finish the chunks in flight, commit and return.
 
-    def _loop(self, pipeline: Pipeline) -> None:
-        files = self._all_files()
-        self.hooks.before_run([f.name for f in files], self.settings.as_dict())  # once, as the watcher starts
-        self._commit(pipeline, files, catch_up=True)  # and write outputs even when idle
+        A new configuration (``core.reload``) ends the pipeline of the old one at a commit boundary;
+        the next pipeline, of the new rules, starts with a commit that rebuilds the rules changed.
+        """
+        self._observer = start_observer(self.settings, self.changes, self.poll)
+        log.info("watching %s (%s)", self.settings.data_dir, type(self._observer).__name__)
+        try:
+            starting = True
+            while starting or self._config is not None:
+                if self._config is not None:
+                    self._apply(self._config)
+                with Pipeline(self.settings, self.rules, self.pm, stop=self.stop, hooks=self.hooks) as pipeline:
+                    self.pipeline = pipeline
+                    # Called per chunk read, so a long commit (a big file) still reports its progress.
+                    pipeline.on_progress = lambda _bytes: self._status_due(pipeline)
+                    self._loop(pipeline, starting)
+                starting = False
+        finally:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+
+    def _loop(self, pipeline: Pipeline, starting: bool) -> None:
+        if starting:
+            files = self._all_files()
+            self.hooks.before_run([f.name for f in files], self.settings.as_dict())  # once, as the watcher starts
+            self._commit(pipeline, files, catch_up=True)  # and write outputs even when idle
+        else:
+            self._commit(pipeline, [])  # the new configuration's first commit: its rules rebuilt, its outputs
         next_rescan = time.monotonic()
         while not self.stop.is_set():
+            if self.config is not None and (config := self.config.poll()) is not None:
+                self._config = config  # applied between this pipeline and the next
+                return
             self.changes.changed.wait(timeout=min(0.1, max(0.01, self.settings.settle_ms / 1000)))
             names = self.changes.take_ready()
             if names:
@@ -205,6 +228,21 @@ class WatchLoop:
             self._status_due(pipeline)
             self.writers.flush(self.settings.output_dir, watching=True)  # a render put off by its interval
         self.writers.flush(self.settings.output_dir, watching=True, force=True)
+
+    def _apply(self, config: Config) -> None:
+        """Take on a new configuration: its settings, and its rules (only the changed ones are rebuilt)."""
+        old, self._config = self.settings, None
+        self.settings, self.rules = config.settings, config.rules
+        self.changes.settings = config.settings
+        checkpoints.adapt(self.checkpoint, config.rules)  # marks the new and changed rules for rebuilding
+        rebuilt = [rule.name for rule in config.rules if rule.name in self.checkpoint.rebuild]
+        log.info("configuration applied; rules rebuilt: %s; rules kept as they were: %s",
+                 ", ".join(rebuilt) or "none",
+                 ", ".join(rule.name for rule in config.rules if rule.name not in rebuilt) or "none")
+        if old.poll_interval_ms != config.settings.poll_interval_ms and isinstance(self._observer, PollingObserver):
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = start_observer(self.settings, self.changes, self.poll)
 
     def _all_files(self) -> list[DataFile]:
         """The files in the data folder; the ledger forgets the names no longer there (see ``forget_gone``)."""
