@@ -9,7 +9,7 @@ from collections import Counter
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Workspace, drop
+from tests.conftest import REPO, Workspace, drop
 from tests.test_watch import Watcher, log_lines
 
 
@@ -43,11 +43,14 @@ def test_metrics_during_a_watch_run_agree_with_summary_json(workspace: Workspace
         summary = watcher.wait_for_lines(422)
         totals = summary["totals"]
 
+        workspace.configure("watch: {settle_ms: 150, status_seconds: 30}\n")  # a reload, counted
+
         def agrees() -> dict | None:
             samples = scrape(port)
-            return samples if value(samples, "omp_file_commit_latency_seconds_count") == 2 else None
+            committed = value(samples, "omp_file_commit_latency_seconds_count") == 2
+            return samples if committed and value(samples, "omp_config_reloads_total", outcome="applied") else None
 
-        samples = watcher.wait_for(agrees, "the metrics of the commit of both files")
+        samples = watcher.wait_for(agrees, "the metrics of the commit of both files, and of the reload")
         for name in ("lines", "records", "blank", "bytes"):
             assert value(samples, f"omp_{name}_total") == totals[name], name
             assert value(samples, f"omp_state_{name}") == totals[name], name
@@ -64,7 +67,18 @@ def test_metrics_during_a_watch_run_agree_with_summary_json(workspace: Workspace
         assert any(rule == "unknown-statuses" for rule, _ in opened)
         for (rule, severity), count in opened.items():
             assert value(samples, "omp_incidents_open", rule=rule, severity=severity) == count
+        assert readme_sample() and {line: samples.get(key) for line, key in readme_sample().items()} == \
+            {line: float(line.rsplit(" ", 1)[1]) for line in readme_sample()}
         assert watcher.stop() == 0
+
+
+def readme_sample() -> dict[str, tuple[str, tuple[tuple[str, str], ...]]]:
+    """The README's scrape ("### Metrics"), but peak RSS: each line, with the sample it shows."""
+    block = (REPO / "README.md").read_text(encoding="utf-8").split("### Metrics", 1)[1].split("```text\n", 1)[1]
+    lines = [line for line in block.split("```", 1)[0].splitlines() if not line.startswith("omp_peak_rss_bytes")]
+    families = text_string_to_metric_families("\n".join(lines) + "\n")
+    keys = [(s.name, tuple(sorted(s.labels.items()))) for family in families for s in family.samples]
+    return dict(zip(lines, keys, strict=True))
 
 
 def test_a_port_in_use_is_a_clear_error_not_a_traceback(workspace: Workspace):

@@ -13,9 +13,16 @@ import signal
 import pytest
 
 from tests.conftest import Workspace, drop, run_cli
+from tests.test_plugins import _readme_block
 from tests.test_watch import Watcher, log_lines, outputs
 
 EXTRA_RULE = "- name: top-statuses\n  type: top_k\n  field: status\n  limit: {limit}\n"
+README = "### Changing config while watching"
+
+
+def readme_log(nth: int) -> list[str]:
+    """The log lines the README shows (its ``nth`` text block of that section), each without a trailing ``...``."""
+    return [line.removesuffix(", ...") for line in _readme_block(README, "text", nth).splitlines()]
 
 
 def with_extra_rule(workspace: Workspace, limit: int, poll_interval_ms: int = 100) -> None:
@@ -46,8 +53,10 @@ def test_a_changed_rule_parameter_is_applied_logged_and_rebuilds_that_rule_alone
         before = summary(workspace)
         assert len(before["top_statuses"]) == 2
         gone.unlink()  # the rules kept keep what they counted of it; a rebuilt rule can no longer count it
-        workspace.rules_file("extra.yaml", EXTRA_RULE.format(limit=3))
+        assert _readme_block(README, "yaml") == EXTRA_RULE.format(limit=3)  # the README's edit
+        workspace.rules_file("extra.yaml", _readme_block(README, "yaml"))
         watcher.wait_for(statuses_listed(workspace, 3), "top_statuses with the new limit")
+        assert all(line in watcher.log for line in readme_log(0)), watcher.log
         assert "reading the configuration again (rules/extra.yaml changed)" in watcher.log
         assert "rule 'top-statuses' has new parameters or keeps its state differently; rebuilding its state" \
             in watcher.log
@@ -71,15 +80,16 @@ def test_an_invalid_edit_is_refused_with_the_check_messages_and_the_running_conf
     workspace.write("a.log", log_lines(4, 200))
     with Watcher(workspace) as watcher:
         watcher.wait_for_lines(200)
-        workspace.rules_file("extra.yaml", EXTRA_RULE.format(limit="lots") + "  colour: blue\n")
+        workspace.rules_file("extra.yaml", EXTRA_RULE.format(limit="lots"))
         refused = watcher.wait_for(lambda: "configuration not applied" in watcher.log, "the refusal")
         check = run_cli("--check", cwd=workspace.root)  # what --check says of the same files
         assert check.returncode == 2
         problems = [line.strip() for line in check.stderr.splitlines()[1:]]
-        assert len(problems) == 2 and all("rules/extra.yaml: rule 'top-statuses'" in p for p in problems)
+        assert problems == ["rules/extra.yaml: rule 'top-statuses': limit: expected integer >= 1 <= 10000, got 'lots'"]
         assert refused
-        assert ("configuration not applied (2 problems); the running configuration stays:\n  "
-                + "\n  ".join(problems)) in watcher.log
+        assert "configuration not applied (1 problem); the running configuration stays:\n  " + problems[0] \
+            in watcher.log
+        assert "\n".join(readme_log(1)) in watcher.log
         drop(workspace.data, "b.log", log_lines(5, 40))
         watcher.wait_for_lines(240)
         assert len(summary(workspace)["top_statuses"]) == 2  # the old rule still runs
