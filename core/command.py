@@ -25,6 +25,7 @@ from core.lock import StateLock
 from core.plugins import get_plugin_manager, rule_types
 from core.profile import RunProfile
 from core.ruleset import load_rules
+from core.serve import OutputServer
 from core.settings import Settings, load_settings
 
 try:
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "grown files as they are ready; stop with Ctrl-C or SIGTERM")
     parser.add_argument("--poll", action="store_true",
                         help="with --watch: poll the folder instead of using native file events")
-    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+    parser.add_argument("--metrics-port", type=_port, metavar="PORT",
                         help="with --watch: serve Prometheus metrics on http://127.0.0.1:PORT/metrics")
     parser.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR",
                         help="with --metrics-port: the address to listen on (default: 127.0.0.1, this host only)")
@@ -89,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", action="store_true",
                         help="profile the run on every thread; write profile.txt and profile.pstats to the "
                         "output folder (batch runs only)")
+    parser.add_argument("--serve", type=_port, metavar="PORT",
+                        help="serve report.html, summary.json and anomalies.json on http://127.0.0.1:PORT/ "
+                        "(0: any free port): while watching, or after a batch run until Ctrl-C or SIGTERM")
     parser.add_argument("--check", action="store_true",
                         help="validate settings, rule files, plugins and the data folder, report every problem, "
                         "and exit")
@@ -191,10 +195,33 @@ def _run(args: argparse.Namespace, command: str) -> int:
     # One process per output folder, from before the state is read until after it is last written.
     with StateLock(state_dir(settings), settings.output_dir, command) as lock:
         lock.acquire(wait=args.wait_lock)
-        with _graceful_stop() as stop:
+        with _graceful_stop() as stop, _serving(settings, args) as server:
             if args.watch:
                 return _watch(settings, pm, rules, args, stop.event)
-            return _batch(settings, pm, rules, args, stop)
+            code = _batch(settings, pm, rules, args, stop)
+            if server is not None and stop.signum is None:
+                stop.event.wait()  # the outputs stay served until Ctrl-C or SIGTERM
+            return code
+
+
+@contextlib.contextmanager
+def _serving(settings: Settings, args: argparse.Namespace) -> Iterator[OutputServer | None]:
+    """``--serve``: the output folder's published files over HTTP while the block runs."""
+    if args.serve is None:
+        yield None
+        return
+    with OutputServer(settings.output_dir, args.serve) as server:
+        if not args.quiet:
+            until = "while watching" if args.watch else "after the run, until Ctrl-C or SIGTERM"
+            print(f"runpipeline: serving the report on {server.url} {until}", file=sys.stderr, flush=True)
+        yield server
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port number, 0 for any free one."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {text!r}")
+    return int(text)
 
 
 def _subcommand(argv: list[str]) -> int | None:

@@ -90,7 +90,7 @@ class Metrics:
                 else "check --metrics-addr and --metrics-port"
             raise ConfigError([f"--metrics-port {port}: cannot serve metrics on {addr}:{port}: "
                                f"{exc.strerror or exc}; hint: {hint}"]) from None
-        log.info("serving Prometheus metrics on http://%s:%d/metrics", addr, port)
+        log.info("serving Prometheus metrics on http://%s:%d/metrics", addr, server.server_address[1])
         return server
 
     # -- what the watcher reports -------------------------------------------------------------

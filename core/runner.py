@@ -171,12 +171,14 @@ def write_outputs(
     checking = time.perf_counter()
     check_output(anomalies, "anomalies")  # both are checked before either is written
     check_output(summary, "summary")
+    # The other writers (the HTML report) render from the checked documents, before
+    # output_seconds is known: their cost counts in it, so they cannot show it.
+    written_failed = writers is not None and writers.write(settings.output_dir, summary, anomalies, watching=watching)
     run["output_seconds"] = round(built + time.perf_counter() - checking, 3)  # the writes below add milliseconds
     # summary.json last: whoever sees it count a file (a watcher's readers poll it) finds that
     # file in anomalies.json too.
     write_checked(settings.output_dir / "anomalies.json", anomalies)
     write_checked(settings.output_dir / "summary.json", summary)
-    written_failed = writers is not None and writers.write(settings.output_dir, summary, anomalies, watching=watching)
     before = len(hooks.failures)
     hooks.after_run(summary, anomalies["anomalies"])
     return RunReport(summary, anomalies, after_run_failed=len(hooks.failures) > before or written_failed)
