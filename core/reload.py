@@ -120,6 +120,11 @@ class ConfigWatch:
         except DataDirError as exc:
             log.error("configuration not applied: %s; the running configuration stays", exc)
             return None, "invalid"
+        except Exception as exc:  # a plugin's bug while its module or rules load: the service must go on
+            log.error("configuration not applied: %s: %s; the running configuration stays (run --check -v to "
+                      "see more)", type(exc).__name__, exc)
+            log.debug("reading the configuration failed", exc_info=True)
+            return None, "invalid"
         return Config(settings, rules), "applied"
 
 

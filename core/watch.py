@@ -5,7 +5,8 @@ path into one entry, so memory grows with the number of distinct files, never wi
 of events. The loop takes the files that are ready (closed after writing, renamed into place, or
 unchanged for ``settle_ms``), reads their new complete lines into the worker pool (which waits
 when its bounded queue is full), commits state and ledger in one atomic checkpoint, and rewrites
-the outputs.
+the outputs. Between two commits it takes on a changed configuration (``core.reload``), and it
+feeds the Prometheus metrics when they are served (``core.metrics``).
 """
 
 from __future__ import annotations

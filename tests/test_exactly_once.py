@@ -117,6 +117,22 @@ def test_changing_a_rule_parameter_keeps_the_other_rules_state(workspace):
     assert after["top_statuses"] == alone["top_statuses"] != before["top_statuses"][:3]
 
 
+def test_a_rule_rebuilt_after_a_file_was_replaced_counts_its_new_content_once(workspace):
+    workspace.rules_file("extra.yaml", EXTRA_RULE.format(limit=2))
+    workspace.configure(f"rules: {json.dumps(enabled_rules(workspace) + ['top-statuses'])}\n")
+    workspace.write("a.log", log_lines(16, 100))
+    replaced = workspace.write("x.log", log_lines(17, 100))
+    batch(workspace)
+    replaced.write_text(log_lines(18, 60), encoding="utf-8")  # rewritten in place: read again as a new file
+    workspace.rules_file("extra.yaml", EXTRA_RULE.format(limit=5))
+    result = batch(workspace, "-v")
+    assert "rebuilt rule 'top-statuses' from 1 file still in the data folder (100 lines)" in result.stderr
+    assert workspace.summary()["run"]["lines_read"] == 60
+    fresh, _ = fresh_outputs(workspace)  # a.log and the new x.log
+    assert workspace.summary()["top_statuses"] == fresh["top_statuses"]
+    assert workspace.summary()["details"]["top_statuses"] == fresh["details"]["top_statuses"]
+
+
 def test_changing_how_lines_are_parsed_rebuilds_with_a_warning(workspace):
     workspace.write("a.log", log_lines(9, 100) + "2025-07-22T10:00:00Z INFO PaymentService u1 " + "x" * 300 + "\n")
     batch(workspace)
