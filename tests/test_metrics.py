@@ -97,3 +97,18 @@ def test_metrics_port_needs_watch(workspace: Workspace):
     result = workspace.run("--metrics-port", str(free_port()))
     assert result.returncode == 2
     assert "--metrics-port: expected --watch, got a batch run" in result.stderr
+
+
+def test_each_watcher_has_its_own_registry_and_the_alerts_seam_counts():
+    from core.metrics import Metrics
+
+    first, second = Metrics(), Metrics()  # the library's global registry would refuse the second
+    first.alert_sent("error-spikes", "high", 2)
+    first.alert_failed("webhook")
+    first.reload_outcome("restart_needed")
+    sample = first.registry.get_sample_value
+    assert sample("omp_incidents_sent_total", {"rule": "error-spikes", "severity": "high"}) == 2
+    assert sample("omp_alert_failures_total", {"destination": "webhook"}) == 1
+    assert sample("omp_config_reloads_total", {"outcome": "restart_needed"}) == 1
+    assert second.registry.get_sample_value("omp_incidents_sent_total", {"rule": "error-spikes",
+                                                                         "severity": "high"}) is None
