@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core import __version__, budget
+from core.alertconfig import AlertConfig, load_alerts
 from core.discover import check_data_dir
 from core.errors import ConfigError, DataDirError, ForeignState, OutputValidationError, PipelineError, StateLocked
 from core.guard import plugin_of
@@ -93,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--serve", type=_port, metavar="PORT",
                         help="serve report.html, summary.json and anomalies.json on http://127.0.0.1:PORT/ "
                         "(0: any free port): while watching, or after a batch run until Ctrl-C or SIGTERM")
+    parser.add_argument("--alerts", action="store_true",
+                        help="send alerts in a batch run too (as alerts.batch: true does); a watcher always sends them")
     parser.add_argument("--check", action="store_true",
                         help="validate settings, rule files, plugins and the data folder, report every problem, "
                         "and exit")
@@ -185,7 +188,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
     if args.check:
         return _check(settings, quiet=args.quiet)
     pm = get_plugin_manager(settings.plugins, search_path=settings.source.parent)
-    rules = load_rules(settings, rule_types(pm))
+    rules, alerts = _load_config(settings, pm)
     if args.watch and args.profile:
         raise ConfigError(["--profile: expected a batch run, got --watch; profile one batch run instead"])
     if args.metrics_port is not None and not args.watch:
@@ -197,8 +200,8 @@ def _run(args: argparse.Namespace, command: str) -> int:
         lock.acquire(wait=args.wait_lock)
         with _graceful_stop() as stop, _serving(settings, args) as server:
             if args.watch:
-                return _watch(settings, pm, rules, args, stop.event)
-            code = _batch(settings, pm, rules, args, stop)
+                return _watch(settings, pm, rules, args, stop.event, alerts)
+            code = _batch(settings, pm, rules, args, stop, alerts if args.alerts or alerts.batch else None)
             if server is not None and stop.signum is None:
                 stop.event.wait()  # the outputs stay served until Ctrl-C or SIGTERM
             return code
@@ -222,6 +225,23 @@ def _port(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {text!r}")
     return int(text)
+
+
+def _load_config(settings: Settings, pm: Any) -> tuple[list[Any], AlertConfig]:
+    """The enabled rules and the alerts' destinations; the problems of both at once."""
+    problems: list[str] = []
+    rules: list[Any] | None = None
+    try:
+        rules = load_rules(settings, rule_types(pm))
+    except ConfigError as exc:
+        problems += exc.problems
+    try:
+        alerts = load_alerts(settings, pm, None if rules is None else [rule.name for rule in rules])
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    return rules or [], alerts
 
 
 def _subcommand(argv: list[str]) -> int | None:
@@ -268,10 +288,11 @@ def _test(args: argparse.Namespace) -> int:
     return EXIT_ERROR if failed else EXIT_OK
 
 
-def _batch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespace, stop: _Stop) -> int:
+def _batch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespace, stop: _Stop,
+           alerts: AlertConfig | None = None) -> int:
     profile = RunProfile() if args.profile else None
     report = _run_with_progress(settings, pm, rules, show=not args.quiet and sys.stderr.isatty(),
-                               reset=args.reset, profile=profile, stop=stop.event)
+                               reset=args.reset, profile=profile, stop=stop.event, alerts=alerts)
     if profile is not None:
         written = profile.write(settings.output_dir)
         if not args.quiet:
@@ -298,7 +319,7 @@ def _check(settings: Settings, quiet: bool) -> int:
         folder_problems = [f"{settings.source.name}: data_dir: {exc}"]
     try:
         pm = get_plugin_manager(settings.plugins, search_path=settings.source.parent)
-        rules = load_rules(settings, rule_types(pm))
+        rules, _ = _load_config(settings, pm)
     except ConfigError as exc:
         raise ConfigError(exc.problems + folder_problems) from None
     problems = [
@@ -314,7 +335,8 @@ def _check(settings: Settings, quiet: bool) -> int:
     return EXIT_OK
 
 
-def _watch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespace, stop: threading.Event) -> int:
+def _watch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespace, stop: threading.Event,
+           alerts: AlertConfig | None = None) -> int:
     from core.reload import ConfigWatch, on_sighup
     from core.watch import WatchLoop
 
@@ -327,7 +349,8 @@ def _watch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespa
         metrics = Metrics()
         server = metrics.serve(args.metrics_port, args.metrics_addr)
     config = ConfigWatch(settings, pm, _overrides(args), check=lambda changed: _check(changed, quiet=True))
-    loop = WatchLoop(settings, pm, rules, stop, poll=args.poll, reset=args.reset, metrics=metrics, config=config)
+    loop = WatchLoop(settings, pm, rules, stop, poll=args.poll, reset=args.reset, alerts=alerts, metrics=metrics,
+                     config=config)
     try:
         with on_sighup(config.hup):  # SIGHUP: read the configuration again
             loop.run()
@@ -374,16 +397,17 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_with_progress(settings: Settings, pm: Any, rules: list[Any], show: bool, reset: bool,
-                       profile: RunProfile | None = None, stop: threading.Event | None = None) -> RunReport:
+                       profile: RunProfile | None = None, stop: threading.Event | None = None,
+                       alerts: AlertConfig | None = None) -> RunReport:
     if not show:
-        return run_batch(settings, pm, rules, reset=reset, profile=profile, stop=stop)
+        return run_batch(settings, pm, rules, reset=reset, profile=profile, stop=stop, alerts=alerts)
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
     columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
     with Progress("[progress.description]{task.description}", *columns, transient=True) as bar:
         task = bar.add_task("reading", total=None)
         return run_batch(
-            settings, pm, rules, reset=reset, profile=profile, stop=stop,
+            settings, pm, rules, reset=reset, profile=profile, stop=stop, alerts=alerts,
             on_progress=lambda n: bar.advance(task, n),
             on_start=lambda total: bar.update(task, total=total),
         )
@@ -405,6 +429,8 @@ def human_summary(report: RunReport, settings: Settings) -> str:
         lines.append(f"incidents: {sum(found.values()):,}" + (f" ({_short(found)})" if found else "")
                      + (f", {hidden:,} more suppressed" if hidden else ""))
         lines += [f"  {_incident_line(incident)}" for incident in report.anomalies["anomalies"][:SHOWN_INCIDENTS]]
+    if "alerts" in summary:
+        lines.append(_alerts_line(summary["alerts"]))
     for name, rule in summary["rules"].items():
         if rule.get("degraded"):  # the state outgrew its share of limits.memory_mb
             lines.append(f"{name}: {rule['degraded']}")
@@ -414,6 +440,15 @@ def human_summary(report: RunReport, settings: Settings) -> str:
     )
     lines.append(f"wrote {settings.output_dir / 'summary.json'} and anomalies.json")
     return "\n".join(lines)
+
+
+def _alerts_line(alerts: dict[str, Any]) -> str:
+    """``alerts: 2 sent, 1 queued (ops: RuntimeError: ...)``: what this run sent, and what waits."""
+    queued = alerts["queued"]
+    failing = [f"{name}: {d['last_error']}" for name, d in alerts["destinations"].items() if d["queued"]
+               and d["last_error"]]
+    return (f"alerts: {alerts['sent_total']:,} sent" + (f", {len(queued):,} queued" if queued else "")
+            + (f" ({'; '.join(failing)})" if failing else ""))
 
 
 #: Incidents the console summary shows, most severe first (anomalies.json has them all).

@@ -17,10 +17,12 @@ import logging
 import threading
 import time
 from collections import Counter as Tally
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pluggy
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from core.errors import ConfigError, PluginFailed
 from core.hookspecs import hookimpl
@@ -52,10 +54,8 @@ class Metrics:
         self.bytes = counter("omp_bytes", "Bytes read since the process started.")
         self.files_processed = counter("omp_files_processed", "Files (or their new bytes) read and committed.")
         self.files_failed = counter("omp_files_failed", "Files that could not be read (see summary.json file_errors).")
-        self.incidents_sent = counter("omp_incidents_sent", "Incidents sent to an alert destination.",
-                                      ["rule", "severity"])
-        self.alert_failures = counter("omp_alert_failures", "Alert deliveries that failed after their retries.",
-                                      ["destination"])
+        self._alerts = _AlertsCollector()
+        self.registry.register(self._alerts)
         self.reloads = counter("omp_config_reloads", "Configuration changes seen, by outcome.", ["outcome"])
         self.state = {name: Gauge(f"omp_state_{name}", f"The committed state's total of {name} (summary.json "
                                   "totals).", registry=self.registry) for name in STATE_TOTALS}
@@ -139,15 +139,41 @@ class Metrics:
         """A changed configuration was ``applied``, or refused as ``invalid`` or ``restart_needed``."""
         self.reloads.labels(outcome).inc()
 
-    # -- the seam for alerts ------------------------------------------------------------------
+    def follow_alerts(self, alerts: Callable[[], Any]) -> None:
+        """Read what the alerts sent and failed to send (``core.alerts.Alerts``) from ``alerts()`` at each scrape."""
+        self._alerts.source = alerts
 
-    def alert_sent(self, rule: str, severity: str, count: int = 1) -> None:
-        """``count`` incidents of ``rule`` at ``severity`` were delivered to a destination."""
-        self.incidents_sent.labels(rule, severity).inc(count)
 
-    def alert_failed(self, destination: str, count: int = 1) -> None:
-        """A delivery to ``destination`` failed after its retries (the notification stays queued)."""
-        self.alert_failures.labels(destination).inc(count)
+class _AlertsCollector(Collector):
+    """``omp_incidents_sent_total`` and ``omp_alert_failures_total``, read from the alerts' own counts.
+
+    ``core.alerts.Alerts`` counts from the process start (``sent_by``: by rule and severity;
+    ``failures_by``: by destination), which is a Prometheus counter's meaning: they are exposed
+    as they are, at each scrape, rather than counted twice.
+    """
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Any] = lambda: None
+
+    def describe(self) -> list[Metric]:
+        return list(self._families(None))
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self.source())
+
+    @staticmethod
+    def _families(alerts: Any) -> Iterator[Metric]:
+        sent = CounterMetricFamily("omp_incidents_sent", "Incidents delivered to an alert destination.",
+                                   labels=["rule", "severity"])
+        failures = CounterMetricFamily("omp_alert_failures", "Alert sends that failed (each is retried).",
+                                       labels=["destination"])
+        if alerts is not None:
+            for (rule, severity), count in dict(alerts.sent_by).items():
+                sent.add_metric([rule, severity], count)
+            for destination, count in dict(alerts.failures_by).items():
+                failures.add_metric([destination], count)
+        yield sent
+        yield failures
 
 
 class MetricsPlugin:

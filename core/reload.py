@@ -24,6 +24,7 @@ from typing import Any
 
 import pluggy
 
+from core.alertconfig import AlertConfig, load_alerts
 from core.errors import ConfigError, DataDirError
 from core.plugins import rule_types
 from core.rules import Rule
@@ -33,8 +34,9 @@ from core.settings import Settings, load_settings
 log = logging.getLogger(__name__)
 
 #: What a watcher applies as it changes (``Settings`` fields); every other setting needs a restart.
+#: ``alerts`` holds the destinations, the silences and the alerts' timers.
 LIVE = frozenset({"rules", "rule_files", "settle_ms", "poll_interval_ms", "rescan_seconds", "status_seconds",
-                  "alerts", "silences"})
+                  "alerts"})
 #: How ``Settings`` fields are written in settings.yaml, where that differs from the field's name.
 _WRITTEN = {
     "settle_ms": "watch.settle_ms", "poll_interval_ms": "watch.poll_interval_ms",
@@ -51,6 +53,7 @@ class Config:
 
     settings: Settings
     rules: list[Rule]
+    alerts: AlertConfig
 
 
 def restart_needed(running: Settings, new: Settings) -> list[str]:
@@ -113,6 +116,7 @@ class ConfigWatch:
                           "running configuration stays", ", ".join(changed))
                 return None, "restart_needed"
             rules = load_rules(settings, rule_types(self.pm))
+            alerts = load_alerts(settings, self.pm, [rule.name for rule in rules])
         except ConfigError as exc:
             log.error("configuration not applied (%d problem%s); the running configuration stays:\n  %s",
                       len(exc.problems), "s" if len(exc.problems) != 1 else "", "\n  ".join(exc.problems))
@@ -125,7 +129,7 @@ class ConfigWatch:
                       "see more)", type(exc).__name__, exc)
             log.debug("reading the configuration failed", exc_info=True)
             return None, "invalid"
-        return Config(settings, rules), "applied"
+        return Config(settings, rules, alerts), "applied"
 
 
 def _snapshot(settings: Settings) -> dict[str, str | None]:

@@ -27,6 +27,8 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from core import checkpoint as checkpoints
+from core.alertconfig import AlertConfig
+from core.alerts import Alerts
 from core.checkpoint import Checkpoint
 from core.discover import DataFile, discover, wanted
 from core.engine import Pipeline
@@ -156,7 +158,8 @@ class WatchLoop:
 
     def __init__(self, settings: Settings, pm: pluggy.PluginManager, rules: list[Rule],
                  stop: threading.Event, *, poll: bool = False, reset: bool = False,
-                 metrics: Metrics | None = None, config: ConfigWatch | None = None) -> None:
+                 alerts: AlertConfig | None = None, metrics: Metrics | None = None,
+                 config: ConfigWatch | None = None) -> None:
         self.settings = settings
         self.pm = pm
         self.rules = rules
@@ -166,6 +169,7 @@ class WatchLoop:
         self.hooks = PluginHooks(pm)  # a plugin whose hook raised stays without hooks until the watcher restarts
         self.writers = Writers(pm)
         self.changes = ChangeSet(settings)
+        self.alerts = Alerts.for_run(alerts, self.checkpoint, watching=True, data_name=settings.data_dir.name)
         self.started_at = datetime.now(timezone.utc)
         self.started = time.perf_counter()
         self.commits = 0
@@ -180,6 +184,7 @@ class WatchLoop:
             register_metrics(pm, metrics)
             self.changes.on_notice = metrics.noticed
             metrics.watch(lambda: len(self.changes), lambda: self.pipeline.in_flight if self.pipeline else 0)
+            metrics.follow_alerts(lambda: self.alerts)
             if config is not None:
                 config.on_outcome = metrics.reload_outcome
 
@@ -191,6 +196,8 @@ class WatchLoop:
         """
         self._observer = start_observer(self.settings, self.changes, self.poll)
         log.info("watching %s (%s)", self.settings.data_dir, type(self._observer).__name__)
+        if self.alerts is not None:
+            self.alerts.start()
         try:
             starting = True
             while starting or self._config is not None:
@@ -202,9 +209,21 @@ class WatchLoop:
                     pipeline.on_progress = lambda _bytes: self._status_due(pipeline)
                     self._loop(pipeline, starting)
                 starting = False
+            self._close_alerts()
         finally:
+            if self.alerts is not None:
+                self.alerts.close()
             self._observer.stop()
             self._observer.join(timeout=5)
+
+    def _close_alerts(self) -> None:
+        """On a graceful stop: keep what the alerts delivered since the last commit, so a restart does not resend it."""
+        if self.alerts is None:
+            return
+        self.alerts.close()
+        self.alerts.refresh(self.settings.output_dir)
+        if self.alerts.keep(self.checkpoint):
+            checkpoints.save(self.settings, self.checkpoint)
 
     def _loop(self, pipeline: Pipeline, starting: bool) -> None:
         if starting:
@@ -227,6 +246,8 @@ class WatchLoop:
                 self._rescan()
                 next_rescan = now + self.settings.rescan_seconds
             self._status_due(pipeline)
+            if self.alerts is not None:
+                self.alerts.refresh(self.settings.output_dir)  # a delivery or failure since the last commit
             self.writers.flush(self.settings.output_dir, watching=True)  # a render put off by its interval
         self.writers.flush(self.settings.output_dir, watching=True, force=True)
 
@@ -240,10 +261,21 @@ class WatchLoop:
         log.info("configuration applied; rules rebuilt: %s; rules kept as they were: %s",
                  ", ".join(rebuilt) or "none",
                  ", ".join(rule.name for rule in config.rules if rule.name not in rebuilt) or "none")
+        self._reconfigure_alerts(config)
         if old.poll_interval_ms != config.settings.poll_interval_ms and isinstance(self._observer, PollingObserver):
             self._observer.stop()
             self._observer.join(timeout=5)
             self._observer = start_observer(self.settings, self.changes, self.poll)
+
+    def _reconfigure_alerts(self, config: Config) -> None:
+        """The new ``alerts:`` block from the next delivery round on; what was sent stays sent."""
+        if self.alerts is not None:
+            self.alerts.reconfigure(config.alerts)
+            return
+        self.alerts = Alerts.for_run(config.alerts, self.checkpoint, watching=True,
+                                     data_name=self.settings.data_dir.name)
+        if self.alerts is not None:  # the first destinations
+            self.alerts.start()
 
     def _all_files(self) -> list[DataFile]:
         """The files in the data folder; the ledger forgets the names no longer there (see ``forget_gone``)."""
@@ -279,7 +311,7 @@ class WatchLoop:
         elapsed = time.perf_counter() - self.started
         run = metrics(self.settings, self.started_at, elapsed, pipeline.lines_read, pipeline.bytes_read)
         report = write_outputs(self.settings, self.hooks, self.rules, self.checkpoint, run, self.writers,
-                               watching=True)
+                               watching=True, alerts=self.alerts)
         self.commits += 1
         if self.metrics is not None:
             self.metrics.committed([f.name for f in files], time.perf_counter() - began,

@@ -6,6 +6,7 @@ import json
 import socket
 import urllib.request
 from collections import Counter
+from types import SimpleNamespace
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -99,16 +100,18 @@ def test_metrics_port_needs_watch(workspace: Workspace):
     assert "--metrics-port: expected --watch, got a batch run" in result.stderr
 
 
-def test_each_watcher_has_its_own_registry_and_the_alerts_seam_counts():
+def test_each_watcher_has_its_own_registry_and_alerts_are_read_at_each_scrape():
     from core.metrics import Metrics
 
     first, second = Metrics(), Metrics()  # the library's global registry would refuse the second
-    first.alert_sent("error-spikes", "high", 2)
-    first.alert_failed("webhook")
+    alerts = SimpleNamespace(sent_by=Counter({("error-spikes", "high"): 2}), failures_by=Counter({"webhook": 1}))
+    first.follow_alerts(lambda: alerts)
     first.reload_outcome("restart_needed")
     sample = first.registry.get_sample_value
     assert sample("omp_incidents_sent_total", {"rule": "error-spikes", "severity": "high"}) == 2
     assert sample("omp_alert_failures_total", {"destination": "webhook"}) == 1
     assert sample("omp_config_reloads_total", {"outcome": "restart_needed"}) == 1
+    alerts.sent_by[("error-spikes", "high")] += 1  # delivered since: the next scrape says so
+    assert sample("omp_incidents_sent_total", {"rule": "error-spikes", "severity": "high"}) == 3
     assert second.registry.get_sample_value("omp_incidents_sent_total", {"rule": "error-spikes",
                                                                          "severity": "high"}) is None
