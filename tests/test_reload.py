@@ -120,3 +120,35 @@ def test_sighup_reads_the_config_again_and_a_restart_only_change_is_refused(work
         watcher.wait_for(statuses_listed(workspace, 4), "the rule change applied on SIGHUP")
         assert "configuration applied; rules rebuilt: top-statuses;" in watcher.log
         assert watcher.stop() == 0
+
+
+def test_a_silence_added_while_watching_applies_and_the_metrics_count_what_was_sent(workspace: Workspace):
+    from tests.test_alerts import Receiver, alerts_of, lines, plant
+    from tests.test_metrics import free_port, scrape, value
+
+    receiver = Receiver()
+    destination = f'destinations: [{{name: ops, type: webhook, url: "{receiver.url}"}}]\n'
+    try:
+        plant(workspace, destination)
+        workspace.configure("watch: {settle_ms: 100, poll_interval_ms: 100}\n")
+        workspace.write("a.log", lines("CHARGEBACK"))
+        port = free_port()
+        with Watcher(workspace, "--metrics-port", str(port)) as watcher:
+            watcher.wait_for(lambda: receiver.ids() == ["odd-statuses:CHARGEBACK"], "the first incident sent")
+            watcher.wait_for(lambda: value(scrape(port), "omp_incidents_sent_total", rule="odd-statuses",
+                                           severity="high") == 1, "the metrics to count it")
+            workspace.configure("alerts:\n  " + destination
+                                + '  silences: [{rule: refunds, key: REFUND, until: "2099-01-01T00:00:00Z"}]\n')
+            watcher.wait_for(lambda: "configuration applied; rules rebuilt: none" in watcher.log, "the reload")
+            drop(workspace.data, "b.log", lines("REFUND", "DISPUTE", second=10))
+            watcher.wait_for(lambda: "odd-statuses:DISPUTE" in receiver.ids(), "the incident of b.log sent")
+            watcher.wait_for(lambda: [s["id"] for s in alerts_of(workspace).get("silenced", [])]
+                             == ["refunds:REFUND"], "REFUND listed as silenced")
+            assert "refunds:REFUND" not in receiver.ids()
+            samples = scrape(port)
+            assert value(samples, "omp_incidents_sent_total", rule="odd-statuses", severity="high") == 2
+            assert value(samples, "omp_incidents_sent_total", rule="refunds", severity="low") == 0
+            assert value(samples, "omp_config_reloads_total", outcome="applied") == 1
+            assert watcher.stop() == 0
+    finally:
+        receiver.close()
