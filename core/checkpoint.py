@@ -72,6 +72,9 @@ class Checkpoint:
     data_dir: str = ""
     #: What the alerts sent and still have to send (``core.alerts``); empty in checkpoints written before.
     alerts: AlertState = field(default_factory=AlertState)
+    #: Rules whose state must be built from the files still present before more is merged
+    #: (``core.rebuild``): new, or with new parameters. Never saved: such a rule has no fingerprint.
+    rebuild: set[str] = field(default_factory=set)
 
     @classmethod
     def fresh(cls, settings: Settings, rules: list[Rule]) -> Checkpoint:
@@ -108,11 +111,10 @@ def remove_temp_files(settings: Settings) -> None:
 
 
 def load(settings: Settings, rules: list[Rule], reset: bool = False) -> Checkpoint:
-    """The committed checkpoint, adapted to the current rules; a fresh one if none fits.
+    """The committed checkpoint, adapted to the current rules (``adapt``); a fresh one if none fits.
 
-    Rules removed from the configuration are dropped and the others kept. A rule that is new or
-    whose parameters changed, or a change in how lines are parsed, cannot be reconciled with state
-    built before: then everything is rebuilt from the files still present, and a warning says why.
+    A change in how lines are parsed cannot be reconciled with any count made before: then
+    everything is rebuilt from the files still present, and a warning says why.
     A state built from another data folder raises ``ForeignState``: counts of two folders never mix.
     """
     remove_temp_files(settings)
@@ -138,18 +140,41 @@ def load(settings: Settings, rules: list[Rule], reset: bool = False) -> Checkpoi
         return Checkpoint.fresh(settings, rules)
     if checkpoint.data_dir and checkpoint.data_dir != data_folder(settings):  # before any rebuild could drop its counts
         raise ForeignState(settings.output_dir, checkpoint.data_dir, data_folder(settings))
-    reason = _mismatch(checkpoint, settings, rules)
-    if reason:
-        log.warning("configuration changed (%s); rebuilding all counts from the files still present", reason)
+    if checkpoint.parsing != parse_fingerprint(settings):
+        log.warning("configuration changed (parsing settings were %s, now %s); rebuilding all counts from the "
+                    "files still present", checkpoint.parsing, parse_fingerprint(settings))
         fresh = Checkpoint.fresh(settings, rules)
         fresh.alerts = checkpoint.alerts  # the incidents rebuilt keep their ids: what was sent stays sent
         return fresh
     checkpoint.data_dir = data_folder(settings)
-    for name in set(checkpoint.state.rules) - {r.name for r in rules}:
+    adapt(checkpoint, rules)
+    return checkpoint
+
+
+def adapt(checkpoint: Checkpoint, rules: list[Rule]) -> None:
+    """Fit the checkpoint to ``rules``: each rule keeps its state unless it is new or its parameters changed.
+
+    A rule no longer enabled is dropped. A new or changed one loses its state, its fingerprint and
+    its failures, and is marked for ``core.rebuild`` to build from the files still present; the
+    others keep theirs. Both a start and a watcher's reload (``core.reload``) come through here.
+    """
+    enabled = {rule.name for rule in rules}
+    for name in set(checkpoint.state.rules) - enabled:
         log.info("rule '%s' is no longer enabled; dropping its state", name)
         checkpoint.state.rules.pop(name)
-        checkpoint.rules.pop(name, None)
-    return checkpoint
+    for name in set(checkpoint.rules) - enabled:
+        checkpoint.rules.pop(name)
+    for rule in rules:
+        was = checkpoint.rules.get(rule.name)
+        if was == rule_fingerprint(rule):
+            continue
+        why = "is newly enabled, or its state could not be saved" if was is None else \
+            "has new parameters or keeps its state differently"
+        log.warning("rule '%s' %s; rebuilding its state from the files still present", rule.name, why)
+        checkpoint.state.rules.pop(rule.name, None)
+        checkpoint.rules.pop(rule.name, None)
+        checkpoint.state.failures = {f for f in checkpoint.state.failures if f.kind != "rule" or f.rule != rule.name}
+        checkpoint.rebuild.add(rule.name)
 
 
 def _checkpoint(stored: dict[str, Any], folder: Path) -> Checkpoint:
@@ -174,18 +199,6 @@ def _set_aside(path: Path) -> Path:
     kept = path.with_name(f"{path.name}.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.unread")
     path.replace(kept)
     return kept
-
-
-def _mismatch(checkpoint: Checkpoint, settings: Settings, rules: list[Rule]) -> str:
-    if checkpoint.parsing != parse_fingerprint(settings):
-        return f"parsing settings were {checkpoint.parsing}, now {parse_fingerprint(settings)}"
-    for rule in rules:
-        was = checkpoint.rules.get(rule.name)
-        if was is None:
-            return f"rule '{rule.name}' is newly enabled, or its state could not be saved"
-        if was != rule_fingerprint(rule):
-            return f"rule '{rule.name}' has new parameters or keeps its state differently"
-    return ""
 
 
 def save(settings: Settings, checkpoint: Checkpoint) -> None:

@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "grown files as they are ready; stop with Ctrl-C or SIGTERM")
     parser.add_argument("--poll", action="store_true",
                         help="with --watch: poll the folder instead of using native file events")
+    parser.add_argument("--metrics-port", type=_port, metavar="PORT",
+                        help="with --watch: serve Prometheus metrics on http://127.0.0.1:PORT/metrics")
+    parser.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR",
+                        help="with --metrics-port: the address to listen on (default: 127.0.0.1, this host only)")
     parser.add_argument("--reset", action="store_true",
                         help="forget what earlier runs counted (output/.state) and start from nothing")
     parser.add_argument("--wait-lock", action="store_true",
@@ -187,6 +191,9 @@ def _run(args: argparse.Namespace, command: str) -> int:
     rules, alerts = _load_config(settings, pm)
     if args.watch and args.profile:
         raise ConfigError(["--profile: expected a batch run, got --watch; profile one batch run instead"])
+    if args.metrics_port is not None and not args.watch:
+        raise ConfigError(["--metrics-port: expected --watch, got a batch run; a batch run's figures are in "
+                           "summary.json's run block"])
     check_data_dir(settings.data_dir)  # a missing data folder is refused before the output folder is made
     # One process per output folder, from before the state is read until after it is last written.
     with StateLock(state_dir(settings), settings.output_dir, command) as lock:
@@ -330,12 +337,27 @@ def _check(settings: Settings, quiet: bool) -> int:
 
 def _watch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespace, stop: threading.Event,
            alerts: AlertConfig | None = None) -> int:
+    from core.reload import ConfigWatch, on_sighup
     from core.watch import WatchLoop
 
     if not args.quiet and not args.verbose:
         logging.getLogger().setLevel(logging.INFO)  # a service logs each file and a status line
-    loop = WatchLoop(settings, pm, rules, stop, poll=args.poll, reset=args.reset, alerts=alerts)
-    loop.run()
+    metrics = None
+    if args.metrics_port is not None:
+        from core.metrics import Metrics
+
+        metrics = Metrics()
+        server = metrics.serve(args.metrics_port, args.metrics_addr)
+    config = ConfigWatch(settings, pm, _overrides(args), check=lambda changed: _check(changed, quiet=True))
+    loop = WatchLoop(settings, pm, rules, stop, poll=args.poll, reset=args.reset, alerts=alerts, metrics=metrics,
+                     config=config)
+    try:
+        with on_sighup(config.hup):  # SIGHUP: read the configuration again
+            loop.run()
+    finally:
+        if metrics is not None:
+            server.shutdown()
+            server.server_close()
     logging.getLogger(__name__).info("stopped after %d commits; outputs are complete", loop.commits)
     return EXIT_OK
 

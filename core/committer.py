@@ -75,6 +75,8 @@ class Committer:
         self.lines_read = 0
         self.bytes_read = 0
         self.files_done = 0
+        #: Whether each file read is logged (not when rules are rebuilt from files already counted).
+        self.log_files = True
         #: Rules failed so far: chunk work submitted from now on skips them.
         self.failed: frozenset[str] = frozenset()
         self._capacity = capacity
@@ -225,9 +227,10 @@ class Committer:
         self.lines_read += stats.lines
         self.bytes_read += stats.bytes
         self.files_done += 1
-        log.info(
-            "%s: %d lines, %d records, %d malformed, %d blank, %.0f ms",
-            stats.path, stats.lines, stats.records, stats.malformed, stats.blank,
-            (time.perf_counter() - run.started) * 1000,
-        )
+        if self.log_files:
+            log.info(
+                "%s: %d lines, %d records, %d malformed, %d blank, %.0f ms",
+                stats.path, stats.lines, stats.records, stats.malformed, stats.blank,
+                (time.perf_counter() - run.started) * 1000,
+            )
         self.hooks.after_file(stats.path, stats)

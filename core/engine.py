@@ -150,6 +150,7 @@ class Pipeline:
         reader = ChunkReader(
             str(work.path), self.settings.chunk_bytes, self.settings.max_line_bytes,
             start=work.start, first_line=work.first_line, final=final, skip_partial=work.skip_to_newline,
+            end=work.end,
         )
         try:
             for chunk in reader:

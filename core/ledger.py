@@ -56,9 +56,13 @@ class Work:
     fingerprint: str
     fingerprint_len: int
     skip_to_newline: bool = False
+    #: Where reading stops (the offset counted so far, see ``Ledger.counted``); None: the file's end.
+    end: int | None = None
 
     def left(self) -> int:
         """Bytes of the file not read yet; 0 for one that cannot be looked at (its read reports why)."""
+        if self.end is not None:
+            return max(0, self.end - self.start)
         try:
             return max(0, self.path.stat().st_size - self.start)
         except OSError:
@@ -163,6 +167,22 @@ class Ledger:
         return Work(
             name, path, start, line, info.st_dev, info.st_ino, fingerprint(path, length), length, open_tail
         )
+
+    def counted(self, name: str, path: Path) -> Work | None:
+        """The bytes of ``name`` counted so far, as work from its first byte to its offset; None when
+        none are, or when ``path`` is no longer the file they were counted from (``plan`` reads it anew)."""
+        entry = self.entries.get(name)
+        if entry is None or entry.offset == 0:
+            return None
+        try:
+            info = os.stat(path)
+            check_regular(path, info)
+            if self._replaced(entry, path, info):
+                return None
+        except OSError:
+            return None
+        return Work(name, path, 0, 1, entry.dev, entry.ino, entry.fingerprint, entry.fingerprint_len,
+                    end=entry.offset)
 
     def forget_missing(self, present: set[str]) -> None:
         """Move the files whose names are not in ``present`` (the data folder as listed) to ``departed``."""

@@ -24,7 +24,8 @@ class ChunkReader:
     ``_chunk_size``). Memory stays under that plus ``max_line_bytes`` and one block: a line longer than
     ``max_line_bytes`` is discarded as it is read and reported as an ``overlong`` line number.
     With ``final=False`` (a file that may still grow) a last line without its newline is left
-    for later, and ``offset`` points at its first byte.
+    for later, and ``offset`` points at its first byte. With ``end``, the file is read as if it
+    ended there (a rule's state rebuilt from the bytes already counted, ``core.rebuild``).
     """
 
     def __init__(
@@ -37,6 +38,7 @@ class ChunkReader:
         first_line: int = 1,
         final: bool = True,
         skip_partial: bool = False,
+        end: int | None = None,
     ) -> None:
         self.path = path
         self.chunk_bytes = chunk_bytes
@@ -45,10 +47,12 @@ class ChunkReader:
         self.line = first_line
         self.final = final
         self.skip_partial = skip_partial
+        self.end = end
         self._sized = (0, 0)  # lines and bytes handed over in chunks (not over-long ones): their mean length
 
     def __iter__(self) -> Iterator[Chunk]:
-        with open_regular(self.path) as handle:  # unbuffered: reads go straight into each chunk's bytes
+        with open_regular(self.path) as opened:  # unbuffered: reads go straight into each chunk's bytes
+            handle = opened if self.end is None else _Bounded(opened, self.end)
             handle.seek(self.offset)
             if self.skip_partial and not (yield from self._skip_continuation(handle)):
                 return
@@ -154,3 +158,17 @@ class ChunkReader:
         self.offset = end
         self.line += 1
         return chunk
+
+
+class _Bounded:
+    """A file read as if it ended at ``end``: the reads the reader makes, cut there."""
+
+    def __init__(self, handle: BinaryIO, end: int) -> None:
+        self._handle = handle
+        self._end = end
+
+    def read(self, size: int) -> bytes:
+        return self._handle.read(max(0, min(size, self._end - self._handle.tell())))
+
+    def seek(self, offset: int) -> int:
+        return self._handle.seek(offset)

@@ -23,6 +23,7 @@ from core.guard import PluginHooks
 from core.ledger import Work
 from core.output import build_anomalies, build_summary, check_output, state_memory, write_checked
 from core.profile import RunProfile
+from core.rebuild import rebuild_marked
 from core.redact import Redactor
 from core.rules import Rule
 from core.settings import Settings
@@ -134,6 +135,7 @@ def _run_batch(
     if on_start is not None:
         on_start(sum(w.left() for w in works))
     hooks.before_run([w.name for w in works], settings.as_dict())
+    rebuild_marked(settings, rules, checkpoint, stop)  # new or changed rules, from what was counted before
     with Pipeline(settings, rules, pm, stop=stop, profile=profile, hooks=hooks) as pipeline:
         pipeline.on_progress = on_progress
         pipeline.process(works, checkpoint, final=True)

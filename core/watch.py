@@ -5,7 +5,8 @@ path into one entry, so memory grows with the number of distinct files, never wi
 of events. The loop takes the files that are ready (closed after writing, renamed into place, or
 unchanged for ``settle_ms``), reads their new complete lines into the worker pool (which waits
 when its bounded queue is full), commits state and ledger in one atomic checkpoint, and rewrites
-the outputs.
+the outputs. Between two commits it takes on a changed configuration (``core.reload``), and it
+feeds the Prometheus metrics when they are served (``core.metrics``).
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import pluggy
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from core import checkpoint as checkpoints
@@ -30,6 +33,10 @@ from core.checkpoint import Checkpoint
 from core.discover import DataFile, discover, wanted
 from core.engine import Pipeline
 from core.guard import PluginHooks
+from core.metrics import Metrics
+from core.metrics import register as register_metrics
+from core.rebuild import rebuild_marked
+from core.reload import Config, ConfigWatch
 from core.rules import Rule
 from core.runner import forget_gone, forget_run_failures, metrics, peak_rss_mb, plan, write_outputs
 from core.settings import Settings
@@ -57,6 +64,8 @@ class ChangeSet(FileSystemEventHandler):
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
         self.changed = threading.Event()
+        #: Told each name as it starts waiting (the metrics' latency from a file's change to its commit).
+        self.on_notice: Callable[[str], None] | None = None
 
     def __len__(self) -> int:
         with self._lock:
@@ -88,6 +97,8 @@ class ChangeSet(FileSystemEventHandler):
             entry = self._pending.setdefault(name, _Pending(time.monotonic()))
             entry.changed_at = time.monotonic()
             entry.ready = entry.ready or ready
+        if self.on_notice is not None:
+            self.on_notice(name)
         self.changed.set()
 
     def _name(self, path: str) -> str | None:
@@ -147,7 +158,8 @@ class WatchLoop:
 
     def __init__(self, settings: Settings, pm: pluggy.PluginManager, rules: list[Rule],
                  stop: threading.Event, *, poll: bool = False, reset: bool = False,
-                 alerts: AlertConfig | None = None) -> None:
+                 alerts: AlertConfig | None = None, metrics: Metrics | None = None,
+                 config: ConfigWatch | None = None) -> None:
         self.settings = settings
         self.pm = pm
         self.rules = rules
@@ -162,24 +174,47 @@ class WatchLoop:
         self.started = time.perf_counter()
         self.commits = 0
         self._next_status = 0.0
+        self.pipeline: Pipeline | None = None
+        #: Where a changed configuration comes from; None: the configuration is never read again.
+        self.config = config
+        self._config: Config | None = None  # a new configuration, applied between two pipelines
+        self._observer: BaseObserver | None = None
+        self.metrics = metrics
+        if metrics is not None:
+            register_metrics(pm, metrics)
+            self.changes.on_notice = metrics.noticed
+            metrics.watch(lambda: len(self.changes), lambda: self.pipeline.in_flight if self.pipeline else 0)
+            metrics.follow_alerts(lambda: self.alerts)
+            if config is not None:
+                config.on_outcome = metrics.reload_outcome
 
     def run(self) -> None:
-        """Watch until ``stop`` is set; then finish the chunks in flight, commit and return."""
-        observer = start_observer(self.settings, self.changes, self.poll)
-        log.info("watching %s (%s)", self.settings.data_dir, type(observer).__name__)
+        """Watch until ``stop`` is set; then finish the chunks in flight, commit and return.
+
+        A new configuration (``core.reload``) ends the pipeline of the old one at a commit boundary;
+        the next pipeline, of the new rules, starts with a commit that rebuilds the rules changed.
+        """
+        self._observer = start_observer(self.settings, self.changes, self.poll)
+        log.info("watching %s (%s)", self.settings.data_dir, type(self._observer).__name__)
         if self.alerts is not None:
             self.alerts.start()
         try:
-            with Pipeline(self.settings, self.rules, self.pm, stop=self.stop, hooks=self.hooks) as pipeline:
-                # Called per chunk read, so a long commit (a big file) still reports its progress.
-                pipeline.on_progress = lambda _bytes: self._status_due(pipeline)
-                self._loop(pipeline)
+            starting = True
+            while starting or self._config is not None:
+                if self._config is not None:
+                    self._apply(self._config)
+                with Pipeline(self.settings, self.rules, self.pm, stop=self.stop, hooks=self.hooks) as pipeline:
+                    self.pipeline = pipeline
+                    # Called per chunk read, so a long commit (a big file) still reports its progress.
+                    pipeline.on_progress = lambda _bytes: self._status_due(pipeline)
+                    self._loop(pipeline, starting)
+                starting = False
             self._close_alerts()
         finally:
             if self.alerts is not None:
                 self.alerts.close()
-            observer.stop()
-            observer.join(timeout=5)
+            self._observer.stop()
+            self._observer.join(timeout=5)
 
     def _close_alerts(self) -> None:
         """On a graceful stop: keep what the alerts delivered since the last commit, so a restart does not resend it."""
@@ -190,12 +225,18 @@ class WatchLoop:
         if self.alerts.keep(self.checkpoint):
             checkpoints.save(self.settings, self.checkpoint)
 
-    def _loop(self, pipeline: Pipeline) -> None:
-        files = self._all_files()
-        self.hooks.before_run([f.name for f in files], self.settings.as_dict())  # once, as the watcher starts
-        self._commit(pipeline, files, catch_up=True)  # and write outputs even when idle
+    def _loop(self, pipeline: Pipeline, starting: bool) -> None:
+        if starting:
+            files = self._all_files()
+            self.hooks.before_run([f.name for f in files], self.settings.as_dict())  # once, as the watcher starts
+            self._commit(pipeline, files, catch_up=True)  # and write outputs even when idle
+        else:
+            self._commit(pipeline, [])  # the new configuration's first commit: its rules rebuilt, its outputs
         next_rescan = time.monotonic()
         while not self.stop.is_set():
+            if self.config is not None and (config := self.config.poll()) is not None:
+                self._config = config  # applied between this pipeline and the next
+                return
             self.changes.changed.wait(timeout=min(0.1, max(0.01, self.settings.settle_ms / 1000)))
             names = self.changes.take_ready()
             if names:
@@ -209,6 +250,32 @@ class WatchLoop:
                 self.alerts.refresh(self.settings.output_dir)  # a delivery or failure since the last commit
             self.writers.flush(self.settings.output_dir, watching=True)  # a render put off by its interval
         self.writers.flush(self.settings.output_dir, watching=True, force=True)
+
+    def _apply(self, config: Config) -> None:
+        """Take on a new configuration: its settings, and its rules (only the changed ones are rebuilt)."""
+        old, self._config = self.settings, None
+        self.settings, self.rules = config.settings, config.rules
+        self.changes.settings = config.settings
+        checkpoints.adapt(self.checkpoint, config.rules)  # marks the new and changed rules for rebuilding
+        rebuilt = [rule.name for rule in config.rules if rule.name in self.checkpoint.rebuild]
+        log.info("configuration applied; rules rebuilt: %s; rules kept as they were: %s",
+                 ", ".join(rebuilt) or "none",
+                 ", ".join(rule.name for rule in config.rules if rule.name not in rebuilt) or "none")
+        self._reconfigure_alerts(config)
+        if old.poll_interval_ms != config.settings.poll_interval_ms and isinstance(self._observer, PollingObserver):
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = start_observer(self.settings, self.changes, self.poll)
+
+    def _reconfigure_alerts(self, config: Config) -> None:
+        """The new ``alerts:`` block from the next delivery round on; what was sent stays sent."""
+        if self.alerts is not None:
+            self.alerts.reconfigure(config.alerts)
+            return
+        self.alerts = Alerts.for_run(config.alerts, self.checkpoint, watching=True,
+                                     data_name=self.settings.data_dir.name)
+        if self.alerts is not None:  # the first destinations
+            self.alerts.start()
 
     def _all_files(self) -> list[DataFile]:
         """The files in the data folder; the ledger forgets the names no longer there (see ``forget_gone``)."""
@@ -231,9 +298,11 @@ class WatchLoop:
     def _commit(self, pipeline: Pipeline, files: list[DataFile], *, catch_up: bool = False) -> None:
         # A file error describes the latest attempt, as in a batch run: forgotten when the file is tried
         # again. The catch-up tries every file, so it also forgets files gone since (and earlier runs' hooks).
+        began = time.perf_counter()
         forget_run_failures(self.checkpoint, None if catch_up else {f.name for f in files})
         present = [f for f in files if os.path.lexists(f.path) or _log_gone(f)]
         works = plan(present, self.checkpoint, self.hooks)
+        rebuild_marked(self.settings, self.rules, self.checkpoint, self.stop)  # new or changed rules
         # A file taken from the change set is closed after writing, renamed into place or settled:
         # its last line counts even without a newline, as in a batch run. The catch-up reads what
         # was there at the start, which may be mid-write: complete lines only, and the rescan
@@ -241,9 +310,12 @@ class WatchLoop:
         pipeline.process(works, self.checkpoint, final=not catch_up)
         elapsed = time.perf_counter() - self.started
         run = metrics(self.settings, self.started_at, elapsed, pipeline.lines_read, pipeline.bytes_read)
-        write_outputs(self.settings, self.hooks, self.rules, self.checkpoint, run, self.writers, watching=True,
-                      alerts=self.alerts)
+        report = write_outputs(self.settings, self.hooks, self.rules, self.checkpoint, run, self.writers,
+                               watching=True, alerts=self.alerts)
         self.commits += 1
+        if self.metrics is not None:
+            self.metrics.committed([f.name for f in files], time.perf_counter() - began,
+                                   report.summary, report.anomalies["anomalies"])
 
     def _status_due(self, pipeline: Pipeline) -> None:
         now = time.monotonic()

@@ -75,19 +75,62 @@ def test_reset_starts_from_nothing(workspace):
     assert outputs(workspace.output) == fresh_outputs(workspace)
 
 
-def test_changing_a_rule_parameter_rebuilds_with_a_warning_and_equals_a_fresh_run(workspace):
+def test_changing_a_rule_parameter_rebuilds_that_rule_alone_and_equals_a_fresh_run(workspace):
     workspace.rules_file("extra.yaml", EXTRA_RULE.format(limit=2))
     workspace.configure(f"rules: {json.dumps(enabled_rules(workspace) + ['top-statuses'])}\n")
-    workspace.write("a.log", log_lines(8, 300))
+    grown = workspace.write("a.log", log_lines(8, 300))
     batch(workspace)
     assert len(workspace.summary()["top_statuses"]) == 2
     workspace.rules_file("extra.yaml", EXTRA_RULE.format(limit=4))
-    result = batch(workspace)
-    assert ("configuration changed (rule 'top-statuses' has new parameters or keeps its state differently); "
-            "rebuilding all counts from the files still present") in result.stderr
-    assert workspace.summary()["run"]["lines_read"] == 300
+    with open(grown, "a", encoding="utf-8") as out:  # read after the rebuild, by every rule
+        out.write(log_lines(81, 50))
+    result = batch(workspace, "-v")
+    assert ("rule 'top-statuses' has new parameters or keeps its state differently; rebuilding its state from "
+            "the files still present") in result.stderr
+    assert "rebuilt rule 'top-statuses' from 1 file still in the data folder (300 lines)" in result.stderr
+    assert "rebuilding all" not in result.stderr and "rebuilt rules" not in result.stderr
+    assert workspace.summary()["run"]["lines_read"] == 50
     assert len(workspace.summary()["top_statuses"]) == 4
     assert outputs(workspace.output) == fresh_outputs(workspace)
+
+
+def test_changing_a_rule_parameter_keeps_the_other_rules_state(workspace):
+    workspace.rules_file("extra.yaml", EXTRA_RULE.format(limit=2))
+    workspace.configure(f"rules: {json.dumps(enabled_rules(workspace) + ['top-statuses'])}\n")
+    workspace.write("a.log", log_lines(14, 200))
+    gone = workspace.write("gone.log", log_lines(15, 100))
+    batch(workspace)
+    before, _ = outputs(workspace.output)
+    gone.unlink()  # the other rules keep what they counted of it; the rebuilt rule can no longer count it
+    workspace.rules_file("extra.yaml", EXTRA_RULE.format(limit=3))
+    batch(workspace)
+    after, _ = outputs(workspace.output)
+    alone, _ = fresh_outputs(workspace)  # a.log alone
+    assert after["totals"]["lines"] == 300
+
+    def others(summary: dict) -> dict:
+        details = {k: v for k, v in summary["details"].items() if k != "top_statuses"}
+        kept = {k: v for k, v in summary.items() if k not in ("top_statuses", "rules", "details")}
+        return kept | {"details": details}
+
+    assert others(after) == others(before)
+    assert after["top_statuses"] == alone["top_statuses"] != before["top_statuses"][:3]
+
+
+def test_a_rule_rebuilt_after_a_file_was_replaced_counts_its_new_content_once(workspace):
+    workspace.rules_file("extra.yaml", EXTRA_RULE.format(limit=2))
+    workspace.configure(f"rules: {json.dumps(enabled_rules(workspace) + ['top-statuses'])}\n")
+    workspace.write("a.log", log_lines(16, 100))
+    replaced = workspace.write("x.log", log_lines(17, 100))
+    batch(workspace)
+    replaced.write_text(log_lines(18, 60), encoding="utf-8")  # rewritten in place: read again as a new file
+    workspace.rules_file("extra.yaml", EXTRA_RULE.format(limit=5))
+    result = batch(workspace, "-v")
+    assert "rebuilt rule 'top-statuses' from 1 file still in the data folder (100 lines)" in result.stderr
+    assert workspace.summary()["run"]["lines_read"] == 60
+    fresh, _ = fresh_outputs(workspace)  # a.log and the new x.log
+    assert workspace.summary()["top_statuses"] == fresh["top_statuses"]
+    assert workspace.summary()["details"]["top_statuses"] == fresh["details"]["top_statuses"]
 
 
 def test_changing_how_lines_are_parsed_rebuilds_with_a_warning(workspace):

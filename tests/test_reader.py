@@ -348,3 +348,18 @@ def test_long_lines_make_larger_chunks_up_to_twice_the_size(tmp_path: Path) -> N
         check_chunks(content, chunks, max_line_bytes=1000)
         sizes = [c.end - c.start for c in chunks[1:-1]]
         assert low * 16384 <= min(sizes) and max(sizes) <= high * 16384, (width, sizes)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 5, 16, 100, 10000])
+def test_end_reads_the_file_as_if_it_ended_there(tmp_path, chunk_bytes):
+    """What a rule rebuilt from the bytes already counted reads (``Work.end``): not one byte more."""
+    counted = f"{record(1)}\n\n{record(2)}\n".encode()
+    path = tmp_path / "grown.log"
+    path.write_bytes(counted + f"{record(3)}\n".encode())
+    chunks, reader = read(path, chunk_bytes, end=len(counted))
+    check_chunks(counted, chunks)
+    assert (reader.offset, reader.line) == (len(counted), 4)
+    open_tail = counted + b"2024-03-05T14:07:09Z paid svc u3"  # counted without its newline, as a batch run does
+    path.write_bytes(open_tail + b" more\n")
+    chunks, _ = read(path, chunk_bytes, end=len(open_tail))
+    assert b"".join(c.data[: c.end - c.start] for c in chunks) == open_tail
