@@ -215,7 +215,8 @@ class Committer:
         for (run, chunk), stats in zip(parts, outcome.stats, strict=True):
             merge_file_stats(checkpoint.state.files, {run.work.name: stats})
             run.stats.merge(stats)
-            checkpoint.ledger.advance(run.work, chunk.end, chunk.first_line + stats.lines, chunk.open_tail)
+            checkpoint.ledger.advance(run.work, chunk.end, chunk.first_line + stats.lines, chunk.open_tail,
+                                      chunk.before)
         self.announce(checkpoint.state)
 
     def _file_done(self, run: FileRun, checkpoint: Checkpoint) -> None:

@@ -150,11 +150,14 @@ class Pipeline:
         reader = ChunkReader(
             str(work.path), self.settings.chunk_bytes, self.settings.max_line_bytes,
             start=work.start, first_line=work.first_line, final=final, skip_partial=work.skip_to_newline,
+            source=work.source,
         )
         try:
             for chunk in reader:
-                lines.remember(work.path, chunk.first_line, chunk.start)  # to read sample lines back later
-                chunk = Chunk(work.name, chunk.data, chunk.first_line, chunk.start, chunk.end, chunk.overlong)
+                if work.source.seekable:
+                    lines.remember(work.path, chunk.first_line, chunk.start)  # to read sample lines back later
+                chunk = Chunk(work.name, chunk.data, chunk.first_line, chunk.start, chunk.end, chunk.overlong,
+                              chunk.before)
                 if small:
                     self._small.append((run, chunk))
                     if (len(self._small) >= MAX_FILES_PER_CHUNK

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from core.discover import open_regular
 from core.parse import _text, count_newlines
+from core.sources import choose
 
 #: Bytes read at a time. A block with no wanted line in it costs one read and one count of its
 #: newlines (compiled, without the GIL); only the block holding a wanted line is searched.
@@ -59,12 +59,15 @@ def read_lines(
     if not wanted:
         return {}
     scan = _LineScan(wanted, max(0, max_bytes))
+    source = choose(os.fspath(path))  # a gzip file's lines are read from its decompressed bytes
     try:
-        with open_regular(path) as handle:
-            info = os.fstat(handle.fileno())
-            known = _starts.get((info.st_dev, info.st_ino), {})
-            # Only starts within the file as it is now: a file cut shorter may have moved its lines.
-            jumps = sorted((line, offset) for line, offset in known.items() if offset <= info.st_size)
+        with source.open(path, 0) as handle:
+            jumps: list[tuple[int, int]] = []
+            if source.seekable:
+                info = os.fstat(handle.fileno())
+                known = _starts.get((info.st_dev, info.st_ino), {})
+                # Only starts within the file as it is now: a file cut shorter may have moved its lines.
+                jumps = sorted((line, offset) for line, offset in known.items() if offset <= info.st_size)
             _read_blocks(handle, scan, max(1, block_bytes), jumps)
     except OSError:
         pass  # what was found before the error stands; the rest has no entry

@@ -77,6 +77,9 @@ class Chunk:
     start: int
     end: int
     overlong: tuple[int, ...] = ()
+    #: The hash of the bytes before ``end`` where the reader kept it (a stream, ``core.sources``):
+    #: None where the ledger reads them again itself, "" where they are not known.
+    before: str | None = None
 
     @property
     def size(self) -> int:

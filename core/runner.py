@@ -66,7 +66,7 @@ def plan(files: list[DataFile], checkpoint: Checkpoint, hooks: PluginHooks) -> l
     works = []
     for data_file in files:
         try:
-            work = checkpoint.ledger.plan(data_file.name, data_file.path)
+            work = checkpoint.ledger.plan(data_file.name, data_file.path, data_file.source)
         except OSError as exc:
             message = f"cannot read {data_file.path}: {exc.strerror or exc}"
             checkpoint.state.failures.add(Failure("file", data_file.name, "", message))

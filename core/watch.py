@@ -202,7 +202,7 @@ class WatchLoop:
         for data_file in self._all_files():
             entry = self.checkpoint.ledger.entries.get(data_file.name)
             try:
-                size = data_file.path.stat().st_size
+                size = data_file.source.size(data_file.path)
             except OSError:
                 continue
             if entry is None or size != entry.offset:
