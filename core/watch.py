@@ -29,7 +29,7 @@ from core.discover import DataFile, discover, wanted
 from core.engine import Pipeline
 from core.guard import PluginHooks
 from core.rules import Rule
-from core.runner import forget_gone, forget_run_failures, metrics, peak_rss_mb, plan, write_outputs
+from core.run import forget_gone, forget_run_failures, metrics, peak_rss_mb, plan, write_outputs
 from core.settings import Settings
 from core.writers import Writers
 
