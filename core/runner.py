@@ -11,8 +11,10 @@ from typing import Callable
 import pluggy
 
 from core import checkpoint as checkpoints
+from core import sources
 from core.discover import discover
 from core.engine import Pipeline
+from core.executor import Executor
 from core.guard import PluginHooks
 from core.profile import RunProfile
 from core.rules import Rule
@@ -35,17 +37,19 @@ def run_batch(
     on_start: Callable[[int], None] | None = None,
     profile: RunProfile | None = None,
     stop: threading.Event | None = None,
+    executor: Executor | None = None,
 ) -> RunReport:
     """Count what is new in the data folder since the last commit, commit, and write the outputs.
 
     With ``profile``, every thread's work is profiled into it (``runpipeline --profile``). Once
     ``stop`` is set, no new chunk is read: what was read is merged, committed and written, and the
-    rest is left for the next run.
+    rest is left for the next run. ``executor`` runs the chunk work (``core.executor``): worker
+    threads of ``settings.workers`` by default.
     """
     if profile is None:
-        return _run_batch(settings, pm, rules, reset, on_progress, on_start, None, stop)
+        return _run_batch(settings, pm, rules, reset, on_progress, on_start, None, stop, executor)
     with profile.thread():
-        return _run_batch(settings, pm, rules, reset, on_progress, on_start, profile, stop)
+        return _run_batch(settings, pm, rules, reset, on_progress, on_start, profile, stop, executor)
 
 
 def _run_batch(
@@ -57,11 +61,13 @@ def _run_batch(
     on_start: Callable[[int], None] | None,
     profile: RunProfile | None,
     stop: threading.Event | None,
+    executor: Executor | None = None,
 ) -> RunReport:
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
     checkpoint = checkpoints.load(settings, rules, reset=reset)
-    files, skipped = discover(settings.data_dir, settings.include, settings.exclude, settings.recursive)
+    files, skipped = discover(settings.data_dir, settings.include, settings.exclude, settings.recursive,
+                              sources.registered(pm))
     for entry in skipped:
         log.info("not reading %s: %s", entry.name, entry.reason)
     forget_gone(checkpoint, files, skipped)
@@ -71,7 +77,7 @@ def _run_batch(
     if on_start is not None:
         on_start(sum(w.left() for w in works))
     hooks.before_run([w.name for w in works], settings.as_dict())
-    with Pipeline(settings, rules, pm, stop=stop, profile=profile, hooks=hooks) as pipeline:
+    with Pipeline(settings, rules, pm, stop=stop, profile=profile, hooks=hooks, executor=executor) as pipeline:
         pipeline.on_progress = on_progress
         pipeline.process(works, checkpoint, final=True)
     run = metrics(settings, started_at, time.perf_counter() - started, pipeline.lines_read, pipeline.bytes_read)

@@ -19,7 +19,7 @@ import threading
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import BinaryIO, ClassVar, Protocol, Sequence
+from typing import Any, BinaryIO, ClassVar, Protocol, Sequence
 
 #: How many leading bytes identify a file's content, so a reused inode is still caught.
 FINGERPRINT_BYTES = 1024
@@ -138,8 +138,8 @@ class DamagedStream(OSError):
         super().__init__(errno.EIO, what, os.fspath(path))
 
 
-class GzipFile(PlainFile):
-    """A gzip file (``.gz``, a rotated log as logrotate compresses it), read whole as one range.
+class Compressed(PlainFile):
+    """A compressed file, read whole as one range: a subclass names its ``pattern`` and opens its ``stream``.
 
     Its offsets are in decompressed bytes. It is a stream: reaching an offset means
     decompressing everything before it, so it is never split, and its decompressed size is
@@ -148,25 +148,30 @@ class GzipFile(PlainFile):
     once its complete lines are read: they are counted, and the rest is read once it is there.
     """
 
-    name: ClassVar[str] = "gzip"
     seekable: ClassVar[bool] = False
     copies: ClassVar[bool] = True
+    #: The file names it reads (a glob on the base name), e.g. ``*.gz``.
+    pattern: ClassVar[str] = ""
+
+    def stream(self, path: str | os.PathLike[str]) -> ForwardStream:
+        """The file's decompressed bytes from the start (``ForwardStream``, e.g. ``FileStream``)."""
+        raise NotImplementedError
 
     def matches(self, name: str) -> bool:
-        return fnmatch.fnmatch(os.path.basename(name), "*.gz")
+        return fnmatch.fnmatch(os.path.basename(name), self.pattern)
 
     def size(self, path: str | os.PathLike[str], info: os.stat_result | None = None) -> int:
-        return _scan(path, info)[0]
+        return self._scan(path, info)[0]
 
     def fingerprint(self, path: str | os.PathLike[str], length: int, start: int = 0) -> str:
-        size, tail = _scan(path) if start + length > FINGERPRINT_BYTES else (None, "")
+        size, tail = self._scan(path) if start + length > FINGERPRINT_BYTES else (None, "")
         if start + length == size and length == min(FINGERPRINT_BYTES, size):
             return tail  # the bytes before the end, kept from the scan that found the size
         with self.open(path, start) as stream:
             return digest(stream.read(length))
 
     def open(self, path: str | os.PathLike[str], offset: int) -> Handle:
-        stream = GzipStream(path)
+        stream = self.stream(path)
         try:
             stream.skip(offset)
         except BaseException:
@@ -177,11 +182,48 @@ class GzipFile(PlainFile):
     def split(self, path: str | os.PathLike[str], start: int, size: int, range_bytes: int) -> list[Range]:
         return [Range(start, None)]
 
+    def _scan(self, path: str | os.PathLike[str], info: os.stat_result | None = None) -> tuple[int, str]:
+        """The decompressed size and the hash of the last ``FINGERPRINT_BYTES``, by one read of the file."""
+        info = info or os.stat(path)
+        key = (self.name, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        with _SCANS_LOCK:
+            if key in _SCANS:
+                return _SCANS[key]
+        size, tail = 0, b""
+        with self.stream(path) as stream:
+            while block := stream.read(_INPUT_BYTES * 4):
+                size += len(block)
+                tail = (tail + block)[-FINGERPRINT_BYTES:]
+        found = (size, digest(tail))
+        with _SCANS_LOCK:
+            _SCANS[key] = found
+            while len(_SCANS) > _SCANS_KEPT:
+                _SCANS.popitem(last=False)
+        return found
+
+
+class GzipFile(Compressed):
+    """A gzip file (``.gz``, a rotated log as logrotate compresses it)."""
+
+    name: ClassVar[str] = "gzip"
+    pattern: ClassVar[str] = "*.gz"
+
+    def stream(self, path: str | os.PathLike[str]) -> ForwardStream:
+        return GzipStream(path)
+
 
 PLAIN = PlainFile()
 GZIP = GzipFile()
 #: The sources ``discover`` chooses from when no plugin registers any: the first that matches.
 DEFAULT_SOURCES: tuple[Source, ...] = (GZIP, PLAIN)
+
+
+def registered(pm: Any) -> tuple[Source, ...]:
+    """The sources plugins register (``register_sources``), in registration order, then the built-ins."""
+    found: list[Source] = []
+    for register in reversed(pm.hook.register_sources.get_hookimpls()):  # pluggy calls the last registered first
+        register.function(register=found.append)
+    return (*found, *DEFAULT_SOURCES)
 
 
 def choose(name: str, sources: Sequence[Source] = DEFAULT_SOURCES) -> Source:
@@ -244,61 +286,40 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
 
 #: Compressed bytes read at a time.
 _INPUT_BYTES = 1024 * 1024
-#: Decompressed size and tail hash per version of a gzip file, (device, inode, size, mtime).
-_SCANS: OrderedDict[tuple[int, int, int, int], tuple[int, str]] = OrderedDict()
+#: Decompressed size and tail hash per version of a compressed file: (source, device, inode, size, mtime).
+_SCANS: OrderedDict[tuple[str, int, int, int, int], tuple[int, str]] = OrderedDict()
 _SCANS_KEPT = 4096
 _SCANS_LOCK = threading.Lock()
 
 
-def _scan(path: str | os.PathLike[str], info: os.stat_result | None = None) -> tuple[int, str]:
-    """A gzip file's decompressed size and the hash of its last ``FINGERPRINT_BYTES``, by one read of it."""
-    info = info or os.stat(path)
-    key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-    with _SCANS_LOCK:
-        if key in _SCANS:
-            return _SCANS[key]
-    size, tail = 0, b""
-    with GzipStream(path) as stream:
-        while block := stream.read(_INPUT_BYTES * 4):
-            size += len(block)
-            tail = (tail + block)[-FINGERPRINT_BYTES:] if len(block) < FINGERPRINT_BYTES else block[-FINGERPRINT_BYTES:]
-    found = (size, digest(tail))
-    with _SCANS_LOCK:
-        _SCANS[key] = found
-        while len(_SCANS) > _SCANS_KEPT:
-            _SCANS.popitem(last=False)
-    return found
+class ForwardStream:
+    """Bytes read forward from the start; ``seek`` goes back only within the last block read.
 
-
-class GzipStream:
-    """A gzip file's decompressed bytes, read forward; ``seek`` goes back only within the last block read.
-
-    That is all the reader asks of it: it hands each block over whole and reads the partial line
-    at its end again as the start of the next one. Members of a multi-member file follow each
-    other (zero padding between them is skipped), as ``gzip -d`` reads them.
+    That is all the reader asks of an input: it hands each block over whole and reads the partial
+    line at its end again as the start of the next one. A subclass provides ``_next``.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
-        self._raw = open_regular(path)
-        self._inflate = zlib.decompressobj(wbits=31)
-        self._member_started = False  # the current member has begun (padding after a member is no member)
-        self._input = b""  # compressed bytes read and not yet given to the decompressor
-        self._ended = False  # the end of the file, after the end of its last member
-        self._error: DamagedStream | None = None  # raised once the bytes before it are returned
-        self._pending = bytearray()  # decompressed, not yet returned
         self._pos = 0  # the offset of the next byte ``read`` returns
         self._window = b""  # the last block returned, which started at ``_window_start``
         self._window_start = 0
+        #: The bytes just before the offset it was opened at (``Compressed.open``), up to ``FINGERPRINT_BYTES``.
+        self.behind = b""
+        self._failed: DamagedStream | None = None
 
-    def __enter__(self) -> GzipStream:
+    def _next(self, size: int) -> bytes:
+        """Up to ``size`` more bytes, b"" at the end; ``DamagedStream`` where they cannot be read."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close what it reads from."""
+
+    def __enter__(self) -> ForwardStream:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def close(self) -> None:
-        self._raw.close()
 
     def tell(self) -> int:
         return self._pos
@@ -315,9 +336,6 @@ class GzipStream:
             behind = (behind + block)[-FINGERPRINT_BYTES:]
         self.behind = behind
 
-    #: The bytes just before the offset it was opened at (``GzipFile.open``), up to ``FINGERPRINT_BYTES``.
-    behind = b""
-
     def readinto(self, buffer: bytearray) -> int:
         block = self.read(len(buffer))
         buffer[:len(block)] = block
@@ -325,7 +343,7 @@ class GzipStream:
 
     def seek(self, offset: int, whence: int = 0) -> int:
         if whence != 0 or not self._window_start <= offset <= self._window_start + len(self._window):
-            raise OSError(errno.ESPIPE, "a gzip stream seeks back only within the last block read", self.path)
+            raise OSError(errno.ESPIPE, "a stream seeks back only within the last block read", self.path)
         self._pos = offset
         return offset
 
@@ -336,13 +354,69 @@ class GzipStream:
         if at < len(self._window):  # after a seek back: the window's bytes again first
             block = self._window[at:at + size]
             if len(block) < size:
-                block += self._decompressed(size - len(block))
+                block += self._filled(size - len(block))
                 self._window, self._window_start = block, start
         else:
-            block = self._decompressed(size)
+            block = self._filled(size)
             self._window, self._window_start = block, start
         self._pos = start + len(block)
         return block
+
+    def _filled(self, size: int) -> bytes:
+        """``size`` more bytes, fewer at the end; an error is raised once the bytes before it are returned."""
+        if self._failed is not None:
+            raise self._failed
+        block = b""
+        try:
+            while len(block) < size and (more := self._next(size - len(block))):
+                block = block + more if block else more
+        except DamagedStream as exc:
+            self._failed = exc
+            if not block:
+                raise
+        return block
+
+
+class FileStream(ForwardStream):
+    """A decompressing file object's bytes (``bz2.BZ2File``, ``lzma.LZMAFile``) as a ``ForwardStream``.
+
+    Whatever it raises while reading (a truncated or corrupt stream) becomes ``DamagedStream``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], file: BinaryIO, kind: str) -> None:
+        super().__init__(path)
+        self._file = file
+        self._kind = kind
+
+    def _next(self, size: int) -> bytes:
+        try:
+            return self._file.read(min(size, _INPUT_BYTES * 4))
+        except (OSError, EOFError, ValueError) as exc:
+            raise DamagedStream(self.path, f"is not a complete {self._kind} stream ({exc})") from None
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class GzipStream(ForwardStream):
+    """A gzip file's decompressed bytes. Members of a multi-member file follow each other (zero
+    padding between them is skipped), as ``gzip -d`` reads them."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(path)
+        self._raw = open_regular(path)
+        self._inflate = zlib.decompressobj(wbits=31)
+        self._member_started = False  # the current member has begun (padding after a member is no member)
+        self._input = b""  # compressed bytes read and not yet given to the decompressor
+        self._ended = False  # the end of the file, after the end of its last member
+        self._error: DamagedStream | None = None  # raised once the bytes before it are returned
+        self._pending = bytearray()  # decompressed, not yet returned
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def _next(self, size: int) -> bytes:
+        return self._decompressed(size)
 
     def _decompressed(self, size: int) -> bytes:
         while len(self._pending) < size and not self._ended and self._error is None:

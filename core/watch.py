@@ -24,6 +24,7 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from core import checkpoint as checkpoints
+from core import sources
 from core.checkpoint import Checkpoint
 from core.discover import DataFile, discover, wanted
 from core.engine import Pipeline
@@ -154,6 +155,7 @@ class WatchLoop:
         self.hooks = PluginHooks(pm)  # a plugin whose hook raised stays without hooks until the watcher restarts
         self.writers = Writers(pm)
         self.changes = ChangeSet(settings)
+        self.sources = sources.registered(pm)
         self.started_at = datetime.now(timezone.utc)
         self.started = time.perf_counter()
         self.commits = 0
@@ -181,7 +183,8 @@ class WatchLoop:
             self.changes.changed.wait(timeout=min(0.1, max(0.01, self.settings.settle_ms / 1000)))
             names = self.changes.take_ready()
             if names:
-                self._commit(pipeline, [DataFile(self.settings.data_dir / n, n) for n in names])
+                self._commit(pipeline, [DataFile(self.settings.data_dir / n, n, sources.choose(n, self.sources))
+                                        for n in names])
             now = time.monotonic()
             if now >= next_rescan:
                 self._rescan()
@@ -193,7 +196,7 @@ class WatchLoop:
     def _all_files(self) -> list[DataFile]:
         """The files in the data folder; the ledger forgets the names no longer there (see ``forget_gone``)."""
         files, skipped = discover(self.settings.data_dir, self.settings.include, self.settings.exclude,
-                                  self.settings.recursive)
+                                  self.settings.recursive, self.sources)
         forget_gone(self.checkpoint, files, skipped)
         return files
 
