@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import BinaryIO
 
 from core.parse import _text, count_newlines
-from core.sources import choose
+from core.sources import DEFAULT_SOURCES, Source, choose
 
 #: Bytes read at a time. A block with no wanted line in it costs one read and one count of its
 #: newlines (compiled, without the GIL); only the block holding a wanted line is searched.
@@ -27,6 +28,11 @@ _STARTS_PER_FILE = 65536
 #: fills as it reads chunks, so that a sample line near the end of a large file is read by
 #: seeking close to it rather than by counting every newline before it.
 _starts: OrderedDict[tuple[int, int], dict[int, int]] = OrderedDict()
+
+
+#: The sources of the run whose outputs are being built (``core.run.write_outputs`` sets them on its
+#: thread), so that sample lines are read back through the source that read them.
+SOURCES: ContextVar[Sequence[Source]] = ContextVar("omp_sources", default=DEFAULT_SOURCES)
 
 
 def remember(path: str | Path, line: int, offset: int) -> None:
@@ -59,7 +65,7 @@ def read_lines(
     if not wanted:
         return {}
     scan = _LineScan(wanted, max(0, max_bytes))
-    source = choose(os.fspath(path))  # a gzip file's lines are read from its decompressed bytes
+    source = choose(os.fspath(path), SOURCES.get())  # a gzip file's lines are read from its decompressed bytes
     try:
         with source.open(path, 0) as handle:
             jumps: list[tuple[int, int]] = []

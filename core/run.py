@@ -13,10 +13,10 @@ import resource
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Sequence
 
 from core import checkpoint as checkpoints
-from core import guard
+from core import guard, lines
 from core.checkpoint import Checkpoint
 from core.discover import DataFile, Skipped
 from core.guard import PluginHooks
@@ -25,6 +25,7 @@ from core.output import build_anomalies, build_summary, check_output, state_memo
 from core.redact import Redactor
 from core.rules import Rule
 from core.settings import Settings
+from core.sources import DEFAULT_SOURCES, Source
 from core.state import Failure
 from core.writers import Writers
 
@@ -87,7 +88,7 @@ def plan(files: list[DataFile], checkpoint: Checkpoint, hooks: PluginHooks) -> l
 
 def write_outputs(
     settings: Settings, hooks: PluginHooks, rules: list[Rule], checkpoint: Checkpoint, run: dict[str, Any],
-    writers: Writers | None = None, *, watching: bool = False,
+    writers: Writers | None = None, *, watching: bool = False, sources: Sequence[Source] = DEFAULT_SOURCES,
 ) -> RunReport:
     """Build both documents from the checkpoint, commit the checkpoint, check both, then write both atomically.
 
@@ -95,19 +96,22 @@ def write_outputs(
     of an incident's sample lines, read while the file is still there): the checkpoint is saved
     after that, and saved whether or not building succeeds, as it was before. A rule whose result
     raises is failed and left out; the hooks that raised in this run are listed with the rules.
-    Then the ``writers`` make their outputs from the two documents (``core.writers``).
+    Then the ``writers`` make their outputs from the two documents (``core.writers``). Sample
+    lines are read back through the ``sources`` that read them (``core.lines.SOURCES``).
     """
     started = time.perf_counter()
     state = checkpoint.state
     state.failures |= hooks.failures | (writers.failures if writers is not None else set())
     state.keep_recent_files(settings.summary_files)  # what is kept, written and checked stays bounded
     known = state.failed_rules()
+    reading = lines.SOURCES.set(sources)
     try:
         # Anomalies first: reading a detector's result seals it, and the summary says how each
         # state degraded (a seal may thin a detector's windows).
         anomalies = build_anomalies(state, rules, run["started_at"])
         summary = build_summary(state, rules, run, Redactor.from_settings(settings), settings.summary_files)
     finally:
+        lines.SOURCES.reset(reading)
         saving = time.perf_counter()
         checkpoints.save(settings, checkpoint)
         run["checkpoint_seconds"] = round(time.perf_counter() - saving, 3)

@@ -66,8 +66,8 @@ def _run_batch(
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
     checkpoint = checkpoints.load(settings, rules, reset=reset)
-    files, skipped = discover(settings.data_dir, settings.include, settings.exclude, settings.recursive,
-                              sources.registered(pm))
+    readers = sources.registered(pm)
+    files, skipped = discover(settings.data_dir, settings.include, settings.exclude, settings.recursive, readers)
     for entry in skipped:
         log.info("not reading %s: %s", entry.name, entry.reason)
     forget_gone(checkpoint, files, skipped)
@@ -81,4 +81,4 @@ def _run_batch(
         pipeline.on_progress = on_progress
         pipeline.process(works, checkpoint, final=True)
     run = metrics(settings, started_at, time.perf_counter() - started, pipeline.lines_read, pipeline.bytes_read)
-    return write_outputs(settings, hooks, rules, checkpoint, run, Writers(pm))
+    return write_outputs(settings, hooks, rules, checkpoint, run, Writers(pm), sources=readers)

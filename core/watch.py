@@ -224,7 +224,8 @@ class WatchLoop:
         pipeline.process(works, self.checkpoint, final=not catch_up)
         elapsed = time.perf_counter() - self.started
         run = metrics(self.settings, self.started_at, elapsed, pipeline.lines_read, pipeline.bytes_read)
-        write_outputs(self.settings, self.hooks, self.rules, self.checkpoint, run, self.writers, watching=True)
+        write_outputs(self.settings, self.hooks, self.rules, self.checkpoint, run, self.writers, watching=True,
+                      sources=self.sources)
         self.commits += 1
 
     def _status_due(self, pipeline: Pipeline) -> None:

@@ -244,6 +244,7 @@ def test_hook_register_sources(workspace, pm):
     namespace: dict = {}
     exec(compile(BZIP2_PLUGIN, "omp_bzip2.py", "exec"), namespace)  # noqa: S102  (the README's plugin)
     text = "".join(f"2025-07-22T12:00:{n:02d}Z INFO S u{n} ok\n" for n in range(40)) + "not a line\n"
+    text += "2025-07-22T12:01:00Z WEIRD S u1 an unknown status\n"
     workspace.write("a.log.bz2", bz2.compress(text.encode()))
     workspace.write("cut.log.bz2", bz2.compress(text.encode())[:60])
     workspace.configure('include: ["*.log", "*.log.bz2"]\n')
@@ -255,7 +256,9 @@ def test_hook_register_sources(workspace, pm):
     finally:
         pm.unregister(name="bzip2-source")
     files = {f["path"]: f for f in report.summary["files"]}
-    assert files["a.log.bz2"]["lines"] == 41 and files["a.log.bz2"]["malformed"] == 1
+    assert files["a.log.bz2"]["lines"] == 42 and files["a.log.bz2"]["malformed"] == 1
+    [unknown] = [a for a in report.anomalies["anomalies"] if a["rule"] == "unknown-statuses"]
+    assert unknown["samples"] == [{"location": "a.log.bz2:42", "text": "2025-07-22T12:01:00Z WEIRD S u1 an unknown status"}]
     assert report.summary["malformed_samples"][0] == {"file": "a.log.bz2", "line": 41, "reason": "missing_fields",
                                                       "text": "not a line"}
     [error] = report.summary["file_errors"]
