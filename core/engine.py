@@ -157,8 +157,7 @@ class Pipeline:
         )
         try:
             for chunk in reader:
-                if work.source.seekable:
-                    lines.remember(work.path, chunk.first_line, chunk.start)  # to read sample lines back later
+                lines.remember(work.path, chunk.first_line, chunk.start)  # to read sample lines back later
                 chunk = Chunk(work.name, chunk.data, chunk.first_line, chunk.start, chunk.end, chunk.overlong,
                               chunk.before)
                 if small:

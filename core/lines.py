@@ -68,12 +68,12 @@ def read_lines(
     source = choose(os.fspath(path), SOURCES.get())  # a gzip file's lines are read from its decompressed bytes
     try:
         with source.open(path, 0) as handle:
-            jumps: list[tuple[int, int]] = []
-            if source.seekable:
-                info = os.fstat(handle.fileno())
-                known = _starts.get((info.st_dev, info.st_ino), {})
-                # Only starts within the file as it is now: a file cut shorter may have moved its lines.
-                jumps = sorted((line, offset) for line, offset in known.items() if offset <= info.st_size)
+            info = os.fstat(handle.fileno()) if hasattr(handle, "fileno") else os.stat(path)
+            known = _starts.get((info.st_dev, info.st_ino), {})
+            # Only starts within the file as it is now: a file cut shorter may have moved its lines. (A
+            # stream's offsets are in its decompressed bytes: a wrong start is caught as it is read.)
+            jumps = sorted((line, offset) for line, offset in known.items()
+                           if offset <= info.st_size or not source.seekable)
             _read_blocks(handle, scan, max(1, block_bytes), jumps)
     except OSError:
         pass  # what was found before the error stands; the rest has no entry

@@ -398,13 +398,42 @@ class FileStream(ForwardStream):
         self._file.close()
 
 
+#: A gzip stream can be resumed at points this many decompressed bytes apart (see ``_Resume``) ...
+RESUME_EVERY = 8 * 1024 * 1024
+#: ... and at most this many per file (about 40 KB each): beyond, every other one is dropped.
+_RESUME_POINTS = 256
+#: Gzip files whose resume points are kept (the most recent).
+_RESUME_FILES = 8
+
+
+@dataclass(frozen=True)
+class _Resume:
+    """Where a gzip stream can be taken up again without decompressing what comes before: the
+    decompressed offset, the compressed offset of the input not yet consumed there, and a copy
+    of the decompressor's state (its 32 KiB window included). Noted while a file is read, so that
+    reading a sample line back, or on from a counted offset, starts from the nearest point."""
+
+    offset: int
+    raw_offset: int
+    inflate: Any
+
+
+_RESUMES: OrderedDict[tuple[int, int, int, int], list[_Resume]] = OrderedDict()
+_RESUME_SPACING: dict[tuple[int, int, int, int], int] = {}
+
+
 class GzipStream(ForwardStream):
     """A gzip file's decompressed bytes. Members of a multi-member file follow each other (zero
-    padding between them is skipped), as ``gzip -d`` reads them."""
+    padding between them is skipped), as ``gzip -d`` reads them. Seeking forward decompresses up
+    to the offset, from the nearest resume point before it."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         super().__init__(path)
         self._raw = open_regular(path)
+        info = os.fstat(self._raw.fileno())
+        self._key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        self._raw_read = 0  # compressed bytes read so far
+        self._produced = 0  # decompressed bytes made so far (returned or pending)
         self._inflate = zlib.decompressobj(wbits=31)
         self._member_started = False  # the current member has begun (padding after a member is no member)
         self._input = b""  # compressed bytes read and not yet given to the decompressor
@@ -417,6 +446,42 @@ class GzipStream(ForwardStream):
 
     def _next(self, size: int) -> bytes:
         return self._decompressed(size)
+
+    def skip(self, count: int) -> None:
+        self._jump(count - FINGERPRINT_BYTES)  # then ``behind`` is read whole
+        super().skip(count)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 0 and offset > self._window_start + len(self._window):  # ahead: read up to it
+            self.skip(offset)
+            return offset
+        return super().seek(offset, whence)
+
+    def _jump(self, target: int) -> None:
+        """Go to the last resume point at or before ``target``, if it is ahead of what was decompressed."""
+        with _SCANS_LOCK:
+            points = _RESUMES.get(self._key, [])
+            point = next((p for p in reversed(points) if self._produced < p.offset <= target), None)
+        if point is None:
+            return
+        self._raw.seek(point.raw_offset)
+        self._raw_read, self._produced = point.raw_offset, point.offset
+        self._inflate = point.inflate.copy()
+        self._member_started, self._input, self._pending = True, b"", bytearray()
+        self._pos, self._window, self._window_start = point.offset, b"", point.offset
+
+    def _note_resume(self) -> None:
+        with _SCANS_LOCK:
+            points = _RESUMES.setdefault(self._key, [])
+            _RESUMES.move_to_end(self._key)
+            spacing = _RESUME_SPACING.setdefault(self._key, RESUME_EVERY)
+            if self._produced >= (points[-1].offset if points else 0) + spacing:
+                points.append(_Resume(self._produced, self._raw_read - len(self._input), self._inflate.copy()))
+                if len(points) > _RESUME_POINTS:  # a very large file: points twice as far apart
+                    points[:] = points[1::2]
+                    _RESUME_SPACING[self._key] = spacing * 2
+            while len(_RESUMES) > _RESUME_FILES:
+                _RESUME_SPACING.pop(_RESUMES.popitem(last=False)[0], None)
 
     def _decompressed(self, size: int) -> bytes:
         while len(self._pending) < size and not self._ended and self._error is None:
@@ -433,6 +498,7 @@ class GzipStream(ForwardStream):
     def _inflate_more(self, wanted: int) -> None:
         if not self._input:
             self._input = self._raw.read(_INPUT_BYTES)
+            self._raw_read += len(self._input)
             if not self._input:
                 if self._member_started:
                     raise DamagedStream(self.path, "is a truncated gzip stream (it ends before its end marker)")
@@ -444,8 +510,11 @@ class GzipStream(ForwardStream):
             what = "is not a gzip file" if not self._input.startswith(b"\x1f\x8b") else "is a corrupt gzip stream"
             raise DamagedStream(self.path, f"{what} ({exc})") from None
         self._pending += more
+        self._produced += len(more)
         self._input = self._inflate.unconsumed_tail
         self._member_started = not self._inflate.eof
+        if self._member_started and more:
+            self._note_resume()
         if self._inflate.eof:  # the end of a member: another may follow
             self._input = self._inflate.unused_data.lstrip(b"\x00")
             self._inflate = zlib.decompressobj(wbits=31)

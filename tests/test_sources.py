@@ -191,3 +191,27 @@ def test_a_damaged_stream_is_an_os_error_naming_the_file(tmp_path):
     with pytest.raises(DamagedStream) as caught:
         GZIP.size(path)
     assert isinstance(caught.value, OSError) and caught.value.filename == str(path)
+
+
+def test_a_gzip_stream_is_taken_up_again_at_resume_points_noted_while_it_was_read(tmp_path, monkeypatch):
+    from core import lines, sources
+
+    monkeypatch.setattr(sources, "RESUME_EVERY", 64 * 1024)  # points, and decompression steps, closer together
+    monkeypatch.setattr(sources, "_INPUT_BYTES", 16 * 1024)
+    data = log_lines(21, 40_000).encode()
+    path = tmp_path / "big.log.gz"
+    path.write_bytes(gzipped(data))
+    assert GZIP.size(path) == len(data)  # one read of it, which notes where it can be taken up again
+    with GzipStream(path) as probe:
+        points = sources._RESUMES[probe._key]
+    assert len(points) >= 10
+    for offset in (70_000, points[3].offset, points[3].offset + 1, len(data) - 5):
+        with GZIP.open(path, offset) as stream:
+            assert stream.read(300) == data[offset:offset + 300]
+            assert stream.behind == data[max(0, offset - 1024):offset]
+    with GZIP.open(path, 0) as stream:  # a seek ahead reads up to it, from the nearest point
+        stream.read(10)
+        assert stream.seek(len(data) // 2) == len(data) // 2 and stream.read(50) == data[len(data) // 2:][:50]
+    texts = data.decode().splitlines()
+    lines.remember(path, 30_001, len("".join(line + "\n" for line in texts[:30_000]).encode()))
+    assert lines.read_lines(path, [5, 30_002, 39_999]) == {n: texts[n - 1][:200] for n in (5, 30_002, 39_999)}
