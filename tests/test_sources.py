@@ -215,3 +215,24 @@ def test_a_gzip_stream_is_taken_up_again_at_resume_points_noted_while_it_was_rea
     texts = data.decode().splitlines()
     lines.remember(path, 30_001, len("".join(line + "\n" for line in texts[:30_000]).encode()))
     assert lines.read_lines(path, [5, 30_002, 39_999]) == {n: texts[n - 1][:200] for n in (5, 30_002, 39_999)}
+
+
+def test_a_watcher_counts_a_gzip_file_written_in_two_goes_once(workspace, tmp_path):
+    from tests.test_watch import Watcher, assert_same_as_batch, summary_of
+
+    workspace.configure("watch: {settle_ms: 200, status_seconds: 0.2, rescan_seconds: 30}\n")
+    whole = gzipped(log_lines(22, 3000))
+    path = workspace.data / "late.log.gz"
+    with Watcher(workspace) as watcher:
+        watcher.wait_started()
+        path.write_bytes(whole[: len(whole) // 2])  # closed after writing: read at once, but not complete
+        summary = watcher.wait_for(lambda: (s := summary_of(workspace)) and s["file_errors"] and s,
+                                   "the truncated stream's file error")
+        assert "late.log.gz: is a truncated gzip stream" in summary["file_errors"][0]["error"]
+        assert 0 < summary["totals"]["lines"] < 3000  # its complete lines, never the one it was cut in
+        with open(path, "ab") as out:
+            out.write(whole[len(whole) // 2:])
+        watcher.wait_for_lines(3000)
+        watcher.wait_for(lambda: summary_of(workspace)["file_errors"] == [], "the file error to go")
+        assert watcher.stop() == 0
+    assert_same_as_batch(workspace, tmp_path)
