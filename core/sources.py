@@ -187,18 +187,26 @@ class Compressed(PlainFile):
         info = info or os.stat(path)
         key = (self.name, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
         with _SCANS_LOCK:
-            if key in _SCANS:
-                return _SCANS[key]
+            found = _SCANS.get(key)
+        if isinstance(found, DamagedStream):  # the same version of a damaged file: damaged still
+            raise DamagedStream(path, found.strerror)
+        if found is not None:
+            return found
         size, tail = 0, b""
-        with self.stream(path) as stream:
-            while block := stream.read(_INPUT_BYTES * 4):
-                size += len(block)
-                tail = (tail + block)[-FINGERPRINT_BYTES:]
-        found = (size, digest(tail))
+        try:
+            with self.stream(path) as stream:
+                while block := stream.read(_INPUT_BYTES * 4):
+                    size += len(block)
+                    tail = (tail + block)[-FINGERPRINT_BYTES:]
+            found = (size, digest(tail))
+        except DamagedStream as exc:
+            found = exc
         with _SCANS_LOCK:
             _SCANS[key] = found
             while len(_SCANS) > _SCANS_KEPT:
                 _SCANS.popitem(last=False)
+        if isinstance(found, DamagedStream):
+            raise DamagedStream(path, found.strerror)
         return found
 
 
@@ -286,8 +294,9 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
 
 #: Compressed bytes read at a time.
 _INPUT_BYTES = 1024 * 1024
-#: Decompressed size and tail hash per version of a compressed file: (source, device, inode, size, mtime).
-_SCANS: OrderedDict[tuple[str, int, int, int, int], tuple[int, str]] = OrderedDict()
+#: Decompressed size and tail hash per version of a compressed file, (source, device, inode, size,
+#: mtime), or why it cannot be read to its end.
+_SCANS: OrderedDict[tuple[str, int, int, int, int], tuple[int, str] | DamagedStream] = OrderedDict()
 _SCANS_KEPT = 4096
 _SCANS_LOCK = threading.Lock()
 
