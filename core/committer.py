@@ -5,7 +5,9 @@ one at a time, by whichever thread is free: a worker that has just finished a ch
 reading thread while it waits for a slot. The ledger advances with each merge, so the merged
 state and the ledger always describe the same bytes: a checkpoint taken between runs is exact.
 It also seals the state as input accumulates, ends each file (its stats and ``after_file``),
-and tells the plugins of rules that failed.
+and tells the plugins of rules that failed. Outcomes of ranges read on their own
+(``core.work.range_work``) number their lines from the range's start: knowing the lines merged
+before them, it moves them to the file's numbers first (``Rule.shift_lines``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from core.profile import RunProfile
 from core.settings import Settings
 from core.state import Failure, RunState
 from core.stats import FileStats, merge_file_stats
-from core.work import ChunkOutcome
+from core.work import ChunkOutcome, RangeTask
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +49,16 @@ class FileRun:
     stats: FileStats
     started: float
     failed: bool = False
+    #: The number of the file's next line not merged yet.
+    next_line: int = 0
+
+    def __post_init__(self) -> None:
+        self.next_line = self.next_line or self.work.first_line
 
 
-#: A chunk of work: a chunk of one file, or the chunks of several small files, each with its file's run.
-Parts = list[tuple[FileRun, Chunk]]
+#: A chunk of work: a chunk of one file, or the chunks of several small files, or a range that
+#: a worker reads itself; each with its file's run.
+Parts = list[tuple[FileRun, Chunk | RangeTask]]
 
 
 @dataclass
@@ -207,18 +215,48 @@ class Committer:
             raise self._error
 
     def _merge(self, parts: Parts, outcome: ChunkOutcome, checkpoint: Checkpoint) -> None:
+        if outcome.ends is not None:
+            self._merge_range(parts[0][0], outcome, checkpoint)
+            return
         name = parts[0][0].work.name  # a failed merge names the first file of several
         checkpoint.state.merge(outcome.partial, name)
         self._unsealed += sum(chunk.end - chunk.start for _, chunk in parts)
+        self._seal_due(checkpoint, name)
+        for (run, chunk), stats in zip(parts, outcome.stats, strict=True):
+            merge_file_stats(checkpoint.state.files, {run.work.name: stats})
+            run.stats.merge(stats)
+            run.next_line = chunk.first_line + stats.lines
+            checkpoint.ledger.advance(run.work, chunk.end, run.next_line, chunk.open_tail, chunk.before)
+        self.announce(checkpoint.state)
+
+    def _merge_range(self, run: FileRun, outcome: ChunkOutcome, checkpoint: Checkpoint) -> None:
+        """Merge a range a worker read itself: its lines moved to the file's numbers, then as a chunk's."""
+        name, stats, end = run.work.name, outcome.stats[0], outcome.ends[0]
+        if run.failed:  # a range before it could not be read: the ledger stays there, so must the counts
+            return
+        if outcome.relative and run.next_line > 1:
+            outcome.partial.shift_lines(name, run.next_line - 1)
+            stats.shift_lines(run.next_line - 1)
+        checkpoint.state.merge(outcome.partial, name)
+        self._unsealed += stats.bytes
+        self._seal_due(checkpoint, name)
+        merge_file_stats(checkpoint.state.files, {name: stats})
+        run.stats.merge(stats)
+        run.next_line += stats.lines
+        if end is not None:
+            checkpoint.ledger.advance(run.work, end.end, run.next_line, end.open_tail, end.before)
+        if outcome.error is not None:
+            run.failed = True
+            checkpoint.state.failures.add(Failure("file", name, "", outcome.error))
+            log.error("%s", outcome.error)
+            self.hooks.on_error(OSError(outcome.errno, outcome.error), name, None)
+        self.announce(checkpoint.state)
+
+    def _seal_due(self, checkpoint: Checkpoint, name: str) -> None:
         if self._unsealed >= SEAL_EVERY_BYTES:
             checkpoint.state.seal(name)  # bounds rule state within a long run, not only between runs
             self._unsealed = 0
         self.trimmer.check()
-        for (run, chunk), stats in zip(parts, outcome.stats, strict=True):
-            merge_file_stats(checkpoint.state.files, {run.work.name: stats})
-            run.stats.merge(stats)
-            checkpoint.ledger.advance(run.work, chunk.end, chunk.first_line + stats.lines, chunk.open_tail)
-        self.announce(checkpoint.state)
 
     def _file_done(self, run: FileRun, checkpoint: Checkpoint) -> None:
         stats = run.stats

@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import fnmatch
 import os
-import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Sequence
 
 from core.errors import DataDirError
+from core.sources import (  # noqa: F401  (the regular-file checks were here: their old names stay)
+    DEFAULT_SOURCES,
+    NotRegularFile,
+    Source,
+    check_regular,
+    choose,
+    file_kind,
+    open_regular,
+)
 
 
 @dataclass(frozen=True)
 class DataFile:
-    """An input file: ``path`` to open, ``name`` (relative to the data folder) to report."""
+    """An input file: ``path`` to open, ``name`` (relative to the data folder) to report, and the
+    ``source`` that reads it (``core.sources``: a plain file, a gzip file, ...), chosen by its name."""
 
     path: Path
     name: str
+    source: Source = field(default=None)  # type: ignore[assignment]  (chosen from ``name`` when not given)
+
+    def __post_init__(self) -> None:
+        if self.source is None:
+            object.__setattr__(self, "source", choose(self.name))
 
 
 @dataclass(frozen=True)
@@ -28,54 +40,6 @@ class Skipped:
 
     name: str
     reason: str
-
-
-class NotRegularFile(OSError):
-    """A path that is not a regular file (a FIFO, a device, a socket): never opened for reading.
-
-    Reading one may never end (``/dev/zero``) or never start (a FIFO waits for a writer in
-    ``open``), so only regular files are read; ``strerror`` says what the path is.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], mode: int) -> None:
-        super().__init__(errno.EINVAL, f"is {file_kind(mode)}, not a regular file; only regular files are read",
-                         os.fspath(path))
-
-
-_KINDS = (
-    (stat.S_ISFIFO, "a named pipe (FIFO)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISDIR, "a folder"),
-)
-
-
-def file_kind(mode: int) -> str:
-    """What a file of this ``st_mode`` is, in words."""
-    return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
-
-
-def check_regular(path: str | os.PathLike[str], info: os.stat_result) -> None:
-    """Raise ``NotRegularFile`` unless ``info`` (``os.stat`` of ``path``) is that of a regular file."""
-    if not stat.S_ISREG(info.st_mode):
-        raise NotRegularFile(path, info.st_mode)
-
-
-def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
-    """Open a regular file for reading, unbuffered; raise ``NotRegularFile`` for anything else.
-
-    The open itself never waits: ``O_NONBLOCK`` makes a FIFO (were the path swapped for one after
-    a check) open at once, and the check is made on the open file, so no swap can slip past it.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        check_regular(path, os.fstat(fd))
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-        return os.fdopen(fd, "rb", buffering=0)
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def wanted(name: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
@@ -87,9 +51,10 @@ def wanted(name: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> boo
 
 
 def discover(
-    data_dir: Path, include: tuple[str, ...], exclude: tuple[str, ...], recursive: bool = False
+    data_dir: Path, include: tuple[str, ...], exclude: tuple[str, ...], recursive: bool = False,
+    sources: Sequence[Source] = DEFAULT_SOURCES,
 ) -> tuple[list[DataFile], list[Skipped]]:
-    """The files to read, sorted by name, and the paths passed over that a user may ask about.
+    """The files to read, sorted by name, each with its source, and the paths passed over that a user may ask about.
 
     Symlinks to files are followed; one file reached twice (a link and its target) is read once.
     Subfolders are read only with ``recursive``; symlinked folders never, so no link loops.
@@ -105,13 +70,13 @@ def discover(
         try:
             info = path.stat()
         except OSError:
-            files.append(DataFile(path, name))  # opening it fails again, and is reported then
+            files.append(DataFile(path, name, choose(name, sources)))  # opening it fails again, and is reported then
             continue
         if (info.st_dev, info.st_ino) in seen:
             skipped.append(Skipped(name, f"same file as {seen[(info.st_dev, info.st_ino)]}"))
             continue
         seen[(info.st_dev, info.st_ino)] = name
-        files.append(DataFile(path, name))
+        files.append(DataFile(path, name, choose(name, sources)))
     return files, skipped
 
 

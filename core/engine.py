@@ -30,7 +30,7 @@ from core.rules import Rule
 from core.settings import Settings
 from core.state import Failure
 from core.stats import FileStats
-from core.work import ChunkOutcome, WorkSpec, chunk_work
+from core.work import ChunkOutcome, RangeTask, WorkSpec, chunk_work, range_work
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,10 @@ class Pipeline:
                 break
             run = FileRun(work, FileStats(work.name, self.settings.malformed_samples), time.perf_counter())
             self.hooks.before_file(work.name)
-            if work.left() <= self.settings.chunk_bytes // SMALL_FILE_SHARE:
+            if self.executor.reads_ranges:
+                self._submit_ranges(run, final)
+                self.committer.enqueue(Entry([], done=run))
+            elif work.left() <= self.settings.chunk_bytes // SMALL_FILE_SHARE:
                 self._read(run, final, small=True)
                 self._small_done.append(run)
             else:
@@ -151,11 +154,13 @@ class Pipeline:
             str(work.path), self.settings.chunk_bytes, self.settings.max_line_bytes,
             start=work.start, first_line=work.first_line, final=final, skip_partial=work.skip_to_newline,
             end=work.end,
+            source=work.source,
         )
         try:
             for chunk in reader:
                 lines.remember(work.path, chunk.first_line, chunk.start)  # to read sample lines back later
-                chunk = Chunk(work.name, chunk.data, chunk.first_line, chunk.start, chunk.end, chunk.overlong)
+                chunk = Chunk(work.name, chunk.data, chunk.first_line, chunk.start, chunk.end, chunk.overlong,
+                              chunk.before)
                 if small:
                     self._small.append((run, chunk))
                     if (len(self._small) >= MAX_FILES_PER_CHUNK
@@ -175,10 +180,35 @@ class Pipeline:
         self.committer.acquire_slot()  # which may merge earlier chunks, and so fill their files' samples:
         # once a file's earliest malformed lines are in, its later chunks have none to add.
         chunks = [(chunk, len(run.stats.samples) < self.settings.malformed_samples) for run, chunk in parts]
-        spec = WorkSpec(tuple(self.rules), self.committer.failed, self.columns, self.settings.max_line_bytes,
-                        self.settings.malformed_samples, self.redactor, self._now)
         work = chunk_work if self.profile is None else self._profiled
-        self.committer.enqueue(Entry(parts, self.executor.submit(work, spec, chunks)))
+        self.committer.enqueue(Entry(parts, self.executor.submit(work, self._spec(), chunks)))
+
+    def _spec(self) -> WorkSpec:
+        return WorkSpec(tuple(self.rules), self.committer.failed, self.columns, self.settings.max_line_bytes,
+                        self.settings.malformed_samples, self.redactor, self._now)
+
+    def _submit_ranges(self, run: FileRun, final: bool) -> None:
+        """Hand the file's byte ranges to workers that read them themselves (``Executor.reads_ranges``)."""
+        work = run.work
+        try:
+            size = work.source.size(work.path)
+        except OSError as exc:
+            run.failed = True
+            self._file_failed(run, None, exc)
+            return
+        ranges = work.source.split(work.path, work.start, size, self.settings.chunk_bytes)
+        for index, part in enumerate(ranges):
+            if self.stop.is_set():
+                break
+            last = index == len(ranges) - 1  # read to the end, as it is when read: the file may have grown
+            self.committer.acquire_slot()
+            task = RangeTask(work.name, str(work.path), work.source, part.start, None if last else part.end,
+                             work.first_line if index == 0 else None, self.settings.chunk_bytes, final,
+                             work.skip_to_newline and index == 0,
+                             len(run.stats.samples) < self.settings.malformed_samples)
+            self.committer.enqueue(Entry([(run, task)], self.executor.submit(range_work, self._spec(), task)))
+            if self.on_progress is not None:
+                self.on_progress((part.end or size) - part.start)
 
     def _submit_small(self) -> None:
         """Hand the small files' chunks read so far to a worker as one, then end the files read whole."""
@@ -188,9 +218,9 @@ class Pipeline:
             self.committer.enqueue(Entry([], done=run))
         self._small, self._small_done = [], []
 
-    def _file_failed(self, run: FileRun, reader: ChunkReader, exc: OSError) -> None:
+    def _file_failed(self, run: FileRun, reader: ChunkReader | None, exc: OSError) -> None:
         message = f"cannot read {run.work.path}: {exc.strerror or exc}"
-        if reader.offset > run.work.start:
+        if reader is not None and reader.offset > run.work.start:
             message += f" (stopped at byte {reader.offset}; the lines before it are counted)"
         self.committer.file_failed(run.work.name, message)
         log.error("%s", message)

@@ -18,6 +18,10 @@ class Executor(Protocol):
     #: How many chunks of work may be in flight at once: queued, running, or done and waiting for
     #: their turn to be merged. The pipeline holds back reading beyond it (back-pressure).
     capacity: int
+    #: Whether its workers read the input themselves: the pipeline then sends each a byte range
+    #: to read (``core.work.range_work``), as to another process or machine, rather than chunks
+    #: it read (``core.work.chunk_work``), which suits threads that share its memory.
+    reads_ranges: bool
 
     def submit(self, fn: Callable[..., T], /, *args: Any) -> Future[T]:
         """Run ``fn(*args)``; the future holds its result or its exception."""
@@ -31,8 +35,9 @@ class Executor(Protocol):
 class ThreadExecutor:
     """Worker threads of this process: chunk work releases the GIL in its compiled passes and in Polars."""
 
-    def __init__(self, workers: int, queue_size: int) -> None:
+    def __init__(self, workers: int, queue_size: int, *, reads_ranges: bool = False) -> None:
         self.capacity = workers + queue_size
+        self.reads_ranges = reads_ranges
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="omp-worker")
 
     def submit(self, fn: Callable[..., T], /, *args: Any) -> Future[T]:

@@ -76,7 +76,7 @@ class PluginHooks:
     """The lifecycle hooks, called one plugin at a time: one that raises is recorded and not called again.
 
     Its failures (``failures``) describe this process's run: the outputs list them (see
-    ``core.runner.write_outputs``) and a new run starts without them.
+    ``core.run.write_outputs``) and a new run starts without them.
     """
 
     def __init__(self, pm: pluggy.PluginManager) -> None:

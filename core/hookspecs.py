@@ -9,6 +9,7 @@ import pluggy
 if TYPE_CHECKING:
     from core.alertconfig import Alerter
     from core.rules import Rule
+    from core.sources import Source
     from core.stats import FileStats
     from core.writers import OutputWriter
 
@@ -55,6 +56,21 @@ def register_alerters(register: Callable[[type[Alerter]], None]) -> None:
     :returns: nothing; registration happens through ``register``.
 
     Called once at start-up, before the ``alerts:`` block of the settings is validated.
+    """
+
+
+@hookspec
+def register_sources(register: Callable[[Source], None]) -> None:
+    """Register input sources: kinds of input file the data folder may hold (see ``core.sources``).
+
+    :param register: call it once per source: an object with ``name``, ``seekable``, ``copies``,
+        ``matches(name)``, ``identify``, ``size``, ``fingerprint``, ``open`` and ``split``; for a
+        compressed format, a subclass of ``core.sources.Compressed`` with ``pattern`` and ``stream``.
+    :returns: nothing; registration happens through ``register``.
+
+    Called once at start-up of a run or a watcher. Each file in the data folder is read by the first
+    registered source that ``matches`` its name, then by the built-ins (gzip, then plain files).
+    The ``include`` globs still decide which files are read at all.
     """
 
 

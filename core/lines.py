@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import BinaryIO
 
-from core.discover import open_regular
 from core.parse import _text, count_newlines
+from core.sources import DEFAULT_SOURCES, Source, choose
 
 #: Bytes read at a time. A block with no wanted line in it costs one read and one count of its
 #: newlines (compiled, without the GIL); only the block holding a wanted line is searched.
@@ -27,6 +28,11 @@ _STARTS_PER_FILE = 65536
 #: fills as it reads chunks, so that a sample line near the end of a large file is read by
 #: seeking close to it rather than by counting every newline before it.
 _starts: OrderedDict[tuple[int, int], dict[int, int]] = OrderedDict()
+
+
+#: The sources of the run whose outputs are being built (``core.run.write_outputs`` sets them on its
+#: thread), so that sample lines are read back through the source that read them.
+SOURCES: ContextVar[Sequence[Source]] = ContextVar("omp_sources", default=DEFAULT_SOURCES)
 
 
 def remember(path: str | Path, line: int, offset: int) -> None:
@@ -59,12 +65,15 @@ def read_lines(
     if not wanted:
         return {}
     scan = _LineScan(wanted, max(0, max_bytes))
+    source = choose(os.fspath(path), SOURCES.get())  # a gzip file's lines are read from its decompressed bytes
     try:
-        with open_regular(path) as handle:
-            info = os.fstat(handle.fileno())
+        with source.open(path, 0) as handle:
+            info = os.fstat(handle.fileno()) if hasattr(handle, "fileno") else os.stat(path)
             known = _starts.get((info.st_dev, info.st_ino), {})
-            # Only starts within the file as it is now: a file cut shorter may have moved its lines.
-            jumps = sorted((line, offset) for line, offset in known.items() if offset <= info.st_size)
+            # Only starts within the file as it is now: a file cut shorter may have moved its lines. (A
+            # stream's offsets are in its decompressed bytes: a wrong start is caught as it is read.)
+            jumps = sorted((line, offset) for line, offset in known.items()
+                           if offset <= info.st_size or not source.seekable)
             _read_blocks(handle, scan, max(1, block_bytes), jumps)
     except OSError:
         pass  # what was found before the error stands; the rest has no entry

@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from core.errors import ConfigError, PluginFailed
 from core.hookspecs import hookimpl
-from core.runner import peak_rss_mb
+from core.run import peak_rss_mb
 from core.stats import FileStats
 
 log = logging.getLogger(__name__)

@@ -77,6 +77,9 @@ class Chunk:
     start: int
     end: int
     overlong: tuple[int, ...] = ()
+    #: The hash of the bytes before ``end`` where the reader kept it (a stream, ``core.sources``):
+    #: None where the ledger reads them again itself, "" where they are not known.
+    before: str | None = None
 
     @property
     def size(self) -> int:
@@ -119,6 +122,11 @@ class Batch:
     ordinal: pl.Series | None = field(default=None, compare=False, repr=False)
     #: Each file's batch, for rules that take one file at a time; empty for a batch of one file.
     parts: tuple[Batch, ...] = field(default=(), compare=False, repr=False)
+    #: The ``line`` numbers count from 1 at the start of a byte range read on its own
+    #: (``core.work.range_work``), not at the start of the file: a line 1 may have lines before
+    #: it. The committer moves the partial state to the file's numbers before merging it
+    #: (``core.rules.Rule.shift_lines``); a rule only needs this to tell a file's first line.
+    relative: bool = False
 
     def __len__(self) -> int:
         return self.frame.height
@@ -149,7 +157,8 @@ def combine(batches: list[Batch]) -> Batch:
     malformed: Counter[str] = Counter()
     for b in batches:
         malformed.update(b.malformed)
-    return Batch("", frame, dict(malformed), now=batches[0].now, files=files, ordinal=ordinal, parts=tuple(batches))
+    return Batch("", frame, dict(malformed), now=batches[0].now, files=files, ordinal=ordinal, parts=tuple(batches),
+                 relative=any(b.relative for b in batches))
 
 
 def parse_chunk(

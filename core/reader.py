@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Generator, Iterator
-from typing import BinaryIO
 
-from core.discover import open_regular
 from core.parse import Chunk, count_newlines
+from core.sources import FINGERPRINT_BYTES, PLAIN, Handle, Source, digest
 
 log = logging.getLogger(__name__)
 #: Chunks hold about as many lines as ``chunk_bytes`` of lines of this length (what the memory
@@ -26,6 +25,10 @@ class ChunkReader:
     With ``final=False`` (a file that may still grow) a last line without its newline is left
     for later, and ``offset`` points at its first byte. With ``end``, the file is read as if it
     ended there (a rule's state rebuilt from the bytes already counted, ``core.rebuild``).
+
+    The file is opened through its ``source`` (``core.sources``): a plain file by default. For a
+    source that is not ``seekable`` (a gzip stream), each chunk also carries the hash of the
+    bytes before its end (``Chunk.before``), which the ledger would otherwise read again.
     """
 
     def __init__(
@@ -39,6 +42,7 @@ class ChunkReader:
         final: bool = True,
         skip_partial: bool = False,
         end: int | None = None,
+        source: Source = PLAIN,
     ) -> None:
         self.path = path
         self.chunk_bytes = chunk_bytes
@@ -48,17 +52,21 @@ class ChunkReader:
         self.final = final
         self.skip_partial = skip_partial
         self.end = end
+        self.source = source
+        #: For a stream: the (up to ``FINGERPRINT_BYTES``) bytes before ``offset``; None where not known.
+        self._tail: bytes | None = None
         self._sized = (0, 0)  # lines and bytes handed over in chunks (not over-long ones): their mean length
 
     def __iter__(self) -> Iterator[Chunk]:
-        with open_regular(self.path) as opened:  # unbuffered: reads go straight into each chunk's bytes
+        with self.source.open(self.path, self.offset) as opened:
             handle = opened if self.end is None else _Bounded(opened, self.end)
-            handle.seek(self.offset)
+            if not self.source.seekable:
+                self._tail = getattr(opened, "behind", b"") if self.offset else b""
             if self.skip_partial and not (yield from self._skip_continuation(handle)):
                 return
             yield from self._chunks(handle)
 
-    def _skip_continuation(self, handle: BinaryIO) -> Generator[Chunk, None, bool]:
+    def _skip_continuation(self, handle: Handle) -> Generator[Chunk, None, bool]:
         """Pass over bytes appended to a line already counted without its newline.
 
         Yields one chunk of no lines that covers them, so the ledger moves past them; returns
@@ -68,12 +76,13 @@ class ChunkReader:
         if not found:
             return False
         log.warning("%s: line %d grew after it was counted; the added text is not counted", self.path, self.line - 1)
-        yield Chunk(self.path, b"", self.line, self.offset, end)
+        self._tail = None
+        yield Chunk(self.path, b"", self.line, self.offset, end, before=None if self.source.seekable else "")
         self.offset = end
         handle.seek(end)
         return True
 
-    def _chunks(self, handle: BinaryIO) -> Iterator[Chunk]:
+    def _chunks(self, handle: Handle) -> Iterator[Chunk]:
         # Each chunk is one read, handed over whole: the partial line at its end is read again
         # as the start of the next chunk, so no chunk is ever copied.
         while block := handle.read(self._chunk_size()):
@@ -99,7 +108,7 @@ class ChunkReader:
             return self.chunk_bytes
         return int(self.chunk_bytes * max(1.0, min(MAX_GROWTH, read / lines / NOMINAL_LINE_BYTES)))
 
-    def _one_line(self, handle: BinaryIO, pending: bytes) -> Generator[Chunk, None, bool]:
+    def _one_line(self, handle: Handle, pending: bytes) -> Generator[Chunk, None, bool]:
         """Read on to the end of the line that fills all of ``pending``; False at the end of the file.
 
         A line still unfinished past ``max_line_bytes`` is skipped as it is read.
@@ -119,7 +128,7 @@ class ChunkReader:
             pending += more
         return (yield from self._skip_line(handle, len(pending)))
 
-    def _skip_line(self, handle: BinaryIO, skipped: int) -> Generator[Chunk, None, bool]:
+    def _skip_line(self, handle: Handle, skipped: int) -> Generator[Chunk, None, bool]:
         """Read on to the end of a line longer than a chunk (so than ``max_line_bytes``) and report it.
 
         Returns False at the end of the file; the line is then reported only if the file is final.
@@ -131,7 +140,7 @@ class ChunkReader:
             handle.seek(self.offset)
         return found
 
-    def _read_to_newline(self, handle: BinaryIO, skipped: int) -> tuple[int, bool]:
+    def _read_to_newline(self, handle: Handle, skipped: int) -> tuple[int, bool]:
         """Read on to the next newline, ``skipped`` bytes past ``offset`` already read.
 
         Returns the offset just past it and True, or the end of the file and False.
@@ -145,16 +154,28 @@ class ChunkReader:
 
     def _whole_lines(self, data: bytes, size: int) -> Chunk:
         """The lines in the first ``size`` bytes of ``data``."""
-        chunk = Chunk(self.path, data, self.line, self.offset, self.offset + size)
+        chunk = Chunk(self.path, data, self.line, self.offset, self.offset + size, before=self._before(data, size))
         lines = count_newlines(data, size) + chunk.open_tail
         self.offset += size
         self.line += lines
         self._sized = (self._sized[0] + lines, self._sized[1] + size)
         return chunk
 
+    def _before(self, data: bytes, size: int) -> str | None:
+        """For a stream, the hash of the bytes before ``offset + size`` ("" if they are not known)."""
+        if self.source.seekable:
+            return None
+        if size >= FINGERPRINT_BYTES:
+            self._tail = data[size - FINGERPRINT_BYTES:size]
+        elif self._tail is not None:
+            self._tail = (self._tail + data[:size])[-FINGERPRINT_BYTES:]
+        return "" if self._tail is None else digest(self._tail)
+
     def _overlong(self, end: int) -> Chunk:
         """Report the line being skipped, which ends just before ``end``."""
-        chunk = Chunk(self.path, b"", self.line, self.offset, end, overlong=(self.line,))
+        self._tail = None  # its bytes were not kept
+        before = None if self.source.seekable else ""
+        chunk = Chunk(self.path, b"", self.line, self.offset, end, overlong=(self.line,), before=before)
         self.offset = end
         self.line += 1
         return chunk
@@ -163,7 +184,7 @@ class ChunkReader:
 class _Bounded:
     """A file read as if it ended at ``end``: the reads the reader makes, cut there."""
 
-    def __init__(self, handle: BinaryIO, end: int) -> None:
+    def __init__(self, handle: Handle, end: int) -> None:
         self._handle = handle
         self._end = end
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 
 import pluggy
 
@@ -21,13 +22,14 @@ from core.guard import PluginHooks
 from core.ledger import Ledger, Work
 from core.rules import Rule
 from core.settings import Settings
+from core.sources import DEFAULT_SOURCES, Source, choose
 from core.state import RunState
 
 log = logging.getLogger(__name__)
 
 
 def rebuild_marked(settings: Settings, rules: list[Rule], checkpoint: Checkpoint,
-                   stop: threading.Event | None = None) -> None:
+                   stop: threading.Event | None = None, readers: Sequence[Source] = DEFAULT_SOURCES) -> None:
     """Build the rules in ``checkpoint.rebuild`` from what the ledger counted, then clear the mark.
 
     Stopped by ``stop`` before the end, what was built is kept but not fingerprinted: the next
@@ -37,7 +39,7 @@ def rebuild_marked(settings: Settings, rules: list[Rule], checkpoint: Checkpoint
     checkpoint.rebuild.clear()
     if not chosen:
         return
-    works = counted_works(settings, checkpoint.ledger)
+    works = counted_works(settings, checkpoint.ledger, readers)
     side = Checkpoint(RunState.empty(chosen), Ledger())
     # Plugins' hooks are not told of these files again: they saw them when they were first read.
     quiet = _no_plugins()
@@ -58,9 +60,9 @@ def rebuild_marked(settings: Settings, rules: list[Rule], checkpoint: Checkpoint
                 "; stopped before the end: built again at the next start" if stopped else "")
 
 
-def counted_works(settings: Settings, ledger: Ledger) -> list[Work]:
-    """The counted bytes of each file still in the data folder, in name order."""
-    works = (ledger.counted(name, settings.data_dir / name) for name in sorted(ledger.entries))
+def counted_works(settings: Settings, ledger: Ledger, readers: Sequence[Source] = DEFAULT_SOURCES) -> list[Work]:
+    """The counted bytes of each file still in the data folder, in name order, each read by its source."""
+    works = (ledger.counted(name, settings.data_dir / name, choose(name, readers)) for name in sorted(ledger.entries))
     return [work for work in works if work is not None]
 
 

@@ -144,6 +144,16 @@ class Rule:
         """Read out the rule's result from its state."""
         raise NotImplementedError
 
+    def shift_lines(self, path: str, by: int) -> None:
+        """Add ``by`` to every line number of the file ``path`` that this partial state holds.
+
+        A worker that reads a byte range of a file on its own (``core.work.range_work``, on
+        another process or machine) cannot know how many lines came before the range: it numbers
+        them from 1, and its batches say so (``Batch.relative``). The committer, which merges in
+        read order and so knows, calls this on that partial before merging it. A rule whose state
+        holds no line numbers (counts, times) has nothing to do: the default.
+        """
+
     def seal(self) -> None:
         """Drop what can no longer change the result (e.g. windows long closed); optional.
 

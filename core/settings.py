@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 DEFAULTS: dict[str, Any] = {
     "data_dir": "data",
     "output_dir": "output",
-    "include": ["*.txt", "*.log"],
+    "include": ["*.txt", "*.log", "*.txt.gz", "*.log.gz"],
     "exclude": [".*", "*~", "*.tmp", "*.temp", "*.part", "*.partial", "*.swp", "*.crdownload"],
     "recursive": False,
     "workers": 0,

@@ -88,6 +88,13 @@ class RunState:
         self.earlier.merge(other.earlier)
         self.failures |= other.failures
 
+    def shift_lines(self, path: str, by: int) -> None:
+        """Move the line numbers of ``path`` by ``by`` in every rule (``Rule.shift_lines``); one that raises is failed."""
+        failed = self.failed_rules() if self.failures else set()
+        for name, rule in self.rules.items():
+            if name not in failed:
+                guard.call_rule(self.failures, rule, "merge", path, rule.shift_lines, path, by)
+
     def keep_recent_files(self, keep: int) -> None:
         """Keep the counts of the ``keep`` most recently merged files one by one; fold the others."""
         fold_oldest(self.files, self.earlier, keep)

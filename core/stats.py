@@ -47,6 +47,11 @@ class FileStats:
         self.reasons.update(reasons)
         self.samples = _earliest(self.sample_limit, self.samples, earliest)
 
+    def shift_lines(self, by: int) -> None:
+        """Add ``by`` to the line numbers of the samples (a part read as a range of its own: ``Rule.shift_lines``)."""
+        if by and self.samples:
+            self.samples = [MalformedLine(s.line + by, s.reason, s.text) for s in self.samples]
+
     def merge(self, other: FileStats) -> None:
         """Add another part of the same file; associative and commutative."""
         self.bytes += other.bytes

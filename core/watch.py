@@ -27,6 +27,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from core import checkpoint as checkpoints
+from core import sources
 from core.alertconfig import AlertConfig
 from core.alerts import Alerts
 from core.checkpoint import Checkpoint
@@ -38,7 +39,7 @@ from core.metrics import register as register_metrics
 from core.rebuild import rebuild_marked
 from core.reload import Config, ConfigWatch
 from core.rules import Rule
-from core.runner import forget_gone, forget_run_failures, metrics, peak_rss_mb, plan, write_outputs
+from core.run import forget_gone, forget_run_failures, metrics, peak_rss_mb, plan, write_outputs
 from core.settings import Settings
 from core.writers import Writers
 
@@ -170,6 +171,7 @@ class WatchLoop:
         self.writers = Writers(pm)
         self.changes = ChangeSet(settings)
         self.alerts = Alerts.for_run(alerts, self.checkpoint, watching=True, data_name=settings.data_dir.name)
+        self.sources = sources.registered(pm)
         self.started_at = datetime.now(timezone.utc)
         self.started = time.perf_counter()
         self.commits = 0
@@ -240,7 +242,8 @@ class WatchLoop:
             self.changes.changed.wait(timeout=min(0.1, max(0.01, self.settings.settle_ms / 1000)))
             names = self.changes.take_ready()
             if names:
-                self._commit(pipeline, [DataFile(self.settings.data_dir / n, n) for n in names])
+                self._commit(pipeline, [DataFile(self.settings.data_dir / n, n, sources.choose(n, self.sources))
+                                        for n in names])
             now = time.monotonic()
             if now >= next_rescan:
                 self._rescan()
@@ -280,7 +283,7 @@ class WatchLoop:
     def _all_files(self) -> list[DataFile]:
         """The files in the data folder; the ledger forgets the names no longer there (see ``forget_gone``)."""
         files, skipped = discover(self.settings.data_dir, self.settings.include, self.settings.exclude,
-                                  self.settings.recursive)
+                                  self.settings.recursive, self.sources)
         forget_gone(self.checkpoint, files, skipped)
         return files
 
@@ -289,7 +292,7 @@ class WatchLoop:
         for data_file in self._all_files():
             entry = self.checkpoint.ledger.entries.get(data_file.name)
             try:
-                size = data_file.path.stat().st_size
+                size = data_file.source.size(data_file.path)
             except OSError:
                 continue
             if entry is None or size != entry.offset:
@@ -302,7 +305,7 @@ class WatchLoop:
         forget_run_failures(self.checkpoint, None if catch_up else {f.name for f in files})
         present = [f for f in files if os.path.lexists(f.path) or _log_gone(f)]
         works = plan(present, self.checkpoint, self.hooks)
-        rebuild_marked(self.settings, self.rules, self.checkpoint, self.stop)  # new or changed rules
+        rebuild_marked(self.settings, self.rules, self.checkpoint, self.stop, self.sources)  # new or changed rules
         # A file taken from the change set is closed after writing, renamed into place or settled:
         # its last line counts even without a newline, as in a batch run. The catch-up reads what
         # was there at the start, which may be mid-write: complete lines only, and the rescan
@@ -311,7 +314,7 @@ class WatchLoop:
         elapsed = time.perf_counter() - self.started
         run = metrics(self.settings, self.started_at, elapsed, pipeline.lines_read, pipeline.bytes_read)
         report = write_outputs(self.settings, self.hooks, self.rules, self.checkpoint, run, self.writers,
-                               watching=True, alerts=self.alerts)
+                               watching=True, alerts=self.alerts, sources=self.sources)
         self.commits += 1
         if self.metrics is not None:
             self.metrics.committed([f.name for f in files], time.perf_counter() - began,

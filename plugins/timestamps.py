@@ -31,7 +31,7 @@ from plugins.detection import (
     params_schema,
     sample_locations,
 )
-from plugins.windows import Table
+from plugins.windows import Table, shifted
 
 _STATS = Table(
     {"kind": pl.String(), "count": pl.Int64(), "first": pl.Int64(), "last": pl.Int64(), "worst": pl.Int64()},
@@ -94,7 +94,13 @@ class TimestampCheck(Detector):
         self.inexact = False
         self.runs: list[Run] = []
 
+    #: Set on a partial whose lines are numbered from the start of a byte range (``Batch.relative``):
+    #: there, a run from line 1 may have lines before it. Cleared once the committer moves them.
+    relative_lines: bool = False
+
     def update(self, batch: Batch) -> None:
+        if batch.relative:
+            self.relative_lines = True
         self.unparseable += int(batch.malformed.get("bad_timestamp", 0))
         if batch.frame.is_empty():
             return
@@ -155,6 +161,14 @@ class TimestampCheck(Detector):
     def state_weight(self) -> float:
         return 0.5  # a few runs of implausible records per file
 
+    def shift_lines(self, path: str, by: int) -> None:
+        self.samples = shifted(self.samples, path, by)
+        self.runs = [run if run.file != path else
+                     Run(run.file, run.first_line + by, run.last_line + by, run.newest,
+                         run.candidates.with_columns(pl.col("line") + by), run.bound)
+                     for run in self.runs]
+        self.__dict__.pop("relative_lines", None)  # the state saved keeps its layout
+
     def merge(self, other: TimestampCheck) -> None:
         self.unparseable += other.unparseable
         self.inexact |= other.inexact
@@ -190,7 +204,7 @@ class TimestampCheck(Detector):
         """Fold runs that follow each other without a gap; a run from line 1 has nothing before it."""
         joined: list[Run] = []
         for run in sorted(self.runs, key=lambda r: (r.file, r.first_line)):
-            if run.first_line == 1 and run.candidates.height:
+            if run.first_line == 1 and run.candidates.height and not self.relative_lines:
                 run = Run(run.file, 1, run.last_line, run.newest, run.candidates.clear())
             previous = joined[-1] if joined else None
             if previous is not None and previous.file == run.file and previous.last_line + 1 == run.first_line:

@@ -67,6 +67,10 @@ class UnknownStatus(Detector):
     def state_weight(self) -> float:
         return 0.5  # at most ``max_statuses`` statuses
 
+    def shift_lines(self, path: str, by: int) -> None:
+        self.samples = {status: [(file, line + by if file == path else line) for file, line in places]
+                        for status, places in self.samples.items()}
+
     def merge(self, other: UnknownStatus) -> None:
         self.others += other.others
         self._fold(other.stats, other.samples)

@@ -240,6 +240,19 @@ def _prefer(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return max(a, b, key=lambda x: (x["count"], json.dumps(x, sort_keys=True)))
 
 
+def shifted_tables(tables: Tables, path: str, by: int) -> Tables:
+    """``tables`` with ``by`` added to the ``line`` of the locations in ``path`` (see ``Rule.shift_lines``)."""
+    return {name: shifted(frame, path, by) for name, frame in tables.items()}
+
+
+def shifted(frame: pl.DataFrame, path: str, by: int) -> pl.DataFrame:
+    """``frame`` with ``by`` added to the ``line`` of its rows of the file ``path``, if it has locations."""
+    if not frame.height or "line" not in frame.columns or "file" not in frame.columns:
+        return frame
+    here = pl.col("file").cast(pl.String) == path
+    return frame.with_columns(pl.when(here).then(pl.col("line") + by).otherwise(pl.col("line")).alias("line"))
+
+
 class WindowedDetector(Detector):
     """Base of detectors that judge epoch-aligned event-time windows; see the module docstring.
 
@@ -348,6 +361,13 @@ class WindowedDetector(Detector):
         for band, part in self._split(data).items():
             self._bands.setdefault(band, []).append((None, part))
         self._fold_crowded()
+
+    def shift_lines(self, path: str, by: int) -> None:
+        # A partial's sample locations are in its tables; closed windows' verdicts (``closed``)
+        # exist only in sealed states, which the committer never moves.
+        self._bands = {band: [(at, shifted_tables(tables, path, by)) for at, tables in parts]
+                       for band, parts in self._bands.items()}
+        self._whole = [shifted_tables(tables, path, by) for tables in self._whole]
 
     def merge(self, other: WindowedDetector) -> None:
         for band, parts in other._bands.items():

@@ -247,6 +247,57 @@ def test_hook_register_alerters(workspace, pm):
     assert sent == [("inbox", ["unknown-statuses:CHARGEBACK"])]
 
 
+#: The README's example of an input source plugin (section "Input sources"), word for word.
+BZIP2_PLUGIN = '''\
+import bz2
+
+from core import hookimpl
+from core.sources import Compressed, FileStream, open_regular
+
+
+class Bzip2File(Compressed):
+    """A bzip2-compressed log (``app.log.bz2``), read whole as one stream."""
+
+    name = "bzip2"
+    pattern = "*.bz2"
+
+    def stream(self, path):
+        return FileStream(path, bz2.BZ2File(open_regular(path)), "bzip2")
+
+
+@hookimpl
+def register_sources(register):
+    register(Bzip2File())
+'''
+
+
+def test_hook_register_sources(workspace, pm):
+    import bz2
+
+    namespace: dict = {}
+    exec(compile(BZIP2_PLUGIN, "omp_bzip2.py", "exec"), namespace)  # noqa: S102  (the README's plugin)
+    text = "".join(f"2025-07-22T12:00:{n:02d}Z INFO S u{n} ok\n" for n in range(40)) + "not a line\n"
+    text += "2025-07-22T12:01:00Z WEIRD S u1 an unknown status\n"
+    workspace.write("a.log.bz2", bz2.compress(text.encode()))
+    workspace.write("cut.log.bz2", bz2.compress(text.encode())[:60])
+    workspace.configure('include: ["*.log", "*.log.bz2"]\n')
+    plugin = type("Bzip2Plugin", (), {"register_sources": staticmethod(namespace["register_sources"])})
+    pm.register(plugin, name="bzip2-source")
+    try:
+        settings = load_settings(workspace.settings)
+        report = run_batch(settings, pm, load_rules(settings, rule_types(pm)))
+    finally:
+        pm.unregister(name="bzip2-source")
+    files = {f["path"]: f for f in report.summary["files"]}
+    assert files["a.log.bz2"]["lines"] == 42 and files["a.log.bz2"]["malformed"] == 1
+    [unknown] = [a for a in report.anomalies["anomalies"] if a["rule"] == "unknown-statuses"]
+    assert unknown["samples"] == [{"location": "a.log.bz2:42", "text": "2025-07-22T12:01:00Z WEIRD S u1 an unknown status"}]
+    assert report.summary["malformed_samples"][0] == {"file": "a.log.bz2", "line": 41, "reason": "missing_fields",
+                                                      "text": "not a line"}
+    [error] = report.summary["file_errors"]
+    assert error["file"] == "cut.log.bz2" and "is not a complete bzip2 stream" in error["error"]
+
+
 def test_hook_on_error(workspace, pm):
     workspace.write("a.log", "2025-07-22T12:00:00Z INFO S u1 ok\n")
     os.symlink(workspace.root / "nowhere.log", workspace.data / "gone.log")
