@@ -297,38 +297,44 @@ def test_a_failing_command_stays_queued_and_is_sent_by_the_next_run(workspace, c
     assert out.exists() and alerts_of(workspace)["queued"] == []
 
 
-def test_email_to_a_local_smtp_server(workspace):
-    from aiosmtpd.controller import Controller
+class Inbox:
+    """An SMTP server on 127.0.0.1 (aiosmtpd) in a thread: records each mail with its recipients."""
 
-    class Inbox:
-        def __init__(self) -> None:
-            self.mails: list[Any] = []
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
 
-        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 (aiosmtpd's)
-            self.mails.append((envelope.rcpt_tos, message_from_bytes(envelope.content, policy=default_policy)))
-            return "250 OK"
+        self.mails: list[Any] = []
+        with socket.socket() as probe:  # a free port: the controller checks its own with a connection, so not 0
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
 
-    inbox = Inbox()
-    with socket.socket() as probe:  # a free port: the controller checks its own with a connection, so not 0
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        plant(workspace, f"""\
-            destinations:
-              - name: mail
-                type: email
-                host: 127.0.0.1
-                port: {port}
-                from: omp@example.com
-                to: [ops@example.com, oncall@example.com]
-                max_per_message: 1
-            """)
-        workspace.write("a.log", lines("VOID", "REFUND"))
-        assert workspace.main("-q", "--alerts") == 0
-    finally:
-        controller.stop()
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 (aiosmtpd's)
+        self.mails.append((envelope.rcpt_tos, message_from_bytes(envelope.content, policy=default_policy)))
+        return "250 OK"
+
+
+@pytest.fixture
+def inbox():
+    server = Inbox()
+    yield server
+    server.controller.stop()
+
+
+def test_email_to_a_local_smtp_server(workspace, inbox):
+    plant(workspace, f"""\
+        destinations:
+          - name: mail
+            type: email
+            host: 127.0.0.1
+            port: {inbox.port}
+            from: omp@example.com
+            to: [ops@example.com, oncall@example.com]
+            max_per_message: 1
+        """)
+    workspace.write("a.log", lines("VOID", "REFUND"))
+    assert workspace.main("-q", "--alerts") == 0
     assert len(inbox.mails) == 1
     to, mail = inbox.mails[0]
     assert to == ["ops@example.com", "oncall@example.com"]
@@ -514,6 +520,33 @@ def test_watcher_sends_each_incident_exactly_once_across_a_sigterm_restart(works
     assert sorted(receiver.ids()) == sorted(["odd-statuses:CHARGEBACK", "odd-statuses:DISPUTE", "refunds:REFUND",
                                              "odd-statuses:VOID", "odd-statuses:HOLD"])  # each exactly once
     assert alerts_of(workspace)["destinations"]["ops"]["sent"] == 5
+
+
+def test_a_watcher_filters_and_groups_per_destination_by_command_email_and_webhook(workspace, receiver, inbox):
+    got = workspace.root / "pager.jsonl"
+    append = "import sys; open(sys.argv[1], 'a').write(sys.stdin.read().replace(chr(10), ' ') + chr(10))"
+    plant(workspace, f"""\
+        destinations:
+          - {{name: pager, type: command, argv: ["{sys.executable}", "-c", "{append}", "{got}"], min_severity: high}}
+          - {{name: mail, type: email, host: 127.0.0.1, port: {inbox.port}, from: omp@example.com,
+             to: [ops@example.com], max_per_message: 2}}
+          - {{name: refund-desk, type: webhook, url: "{receiver.url}", rules: [refunds]}}
+        """)
+    with Watcher(workspace) as watcher:
+        watcher.wait_started()
+        drop(workspace.data, "a.log", lines(*HIGH, "REFUND"))  # six incidents in one commit
+        watcher.wait_for(lambda: got.exists() and inbox.mails and receiver.bodies, "every destination's message")
+        drop(workspace.data, "b.log", lines("REFUND", "HOLD", second=30))  # nothing new: sent before
+        watcher.wait_for(lambda: summary_of(workspace) and summary_of(workspace)["totals"]["records"] == 8,
+                         "b.log to be committed")
+        assert watcher.stop(signal.SIGTERM) == 0
+    [paged] = [json.loads(line) for line in got.read_text().splitlines()]  # one message: min_severity high
+    assert sorted(i["id"] for i in paged["incidents"]) == sorted(f"odd-statuses:{s}" for s in HIGH)
+    [(_, mail)] = inbox.mails  # all six in one mail, two shown and "and 4 more"
+    body = mail.get_body(("plain",)).get_content()
+    assert mail["Subject"].startswith("[Oh My Payments] 6 incidents: high odd-statuses")
+    assert body.rstrip().splitlines()[-1].startswith("and 4 more: ") and "refunds:REFUND" in body
+    assert receiver.ids() == ["refunds:REFUND"]  # rules: [refunds] alone
 
 
 @pytest.mark.slow
