@@ -1,0 +1,177 @@
+"""The Dask executor: chunk work runs on the worker processes of a Dask cluster (``distributed``).
+
+``runpipeline --scheduler tcp://HOST:PORT`` (or ``executor: {type: dask, scheduler: ...}``)
+connects to a running cluster; ``--executor dask`` without an address starts a ``LocalCluster``
+of worker processes on this machine. Either way the committer (``core.committer``) merges the
+outcomes on the driver, in read order, as it does those of worker threads.
+
+What travels: whatever the engine hands ``submit`` (today ``chunk_work`` with its ``WorkSpec`` and
+the chunks read by the driver), pickled here on the driver. A worker first loads the plugins named
+in the settings (``WorkerSetup``), then unpickles the work: the rule classes it names come from
+those plugins, so a worker missing one fails with a message naming it, not with an unpickling error.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+from concurrent.futures import CancelledError, Future
+from dataclasses import dataclass
+from functools import cache, partial
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from core.errors import ConfigError, PipelineError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: How long to wait for a scheduler to answer when connecting, in seconds.
+CONNECT_SECONDS = 10
+#: How long to wait for the client and a local cluster to close at the end.
+CLOSE_SECONDS = 10
+
+
+class ClusterLost(PipelineError):
+    """The connection to the Dask scheduler was lost mid-run; the last commit stands."""
+
+
+class WorkerSetupError(ConfigError):
+    """A Dask worker could not load a plugin named in the settings (or an entry point's)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:  # raised on a worker, pickled back to the driver
+        return (type(self), (self.problems,))
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a worker loads before its first chunk of work: the settings' plugins, found as the driver finds them."""
+
+    plugins: tuple[str, ...]
+    #: The settings file's folder, where plugin modules beside ``settings.yaml`` are looked for.
+    search_path: str
+    load_entrypoints: bool = True
+
+
+def run_on_worker(setup: WorkerSetup, payload: bytes) -> Any:
+    """On a worker: load the plugins (once per process), then run the work pickled in ``payload``."""
+    _load_plugins(setup)
+    fn, args = pickle.loads(payload)
+    return fn(*args)
+
+
+@cache
+def _load_plugins(setup: WorkerSetup) -> None:
+    """Import the plugin modules, so that unpickling finds the rule classes they define; a failure is not cached."""
+    from core.plugins import get_plugin_manager
+
+    try:
+        get_plugin_manager(setup.plugins, load_entrypoints=setup.load_entrypoints,
+                           search_path=Path(setup.search_path))
+    except ConfigError as exc:
+        where = _worker_address()
+        raise WorkerSetupError([
+            f"Dask worker {where}: {problem}; hint: install the plugin on every worker, or keep it beside "
+            "settings.yaml on a path the workers share" for problem in exc.problems
+        ]) from None
+
+
+def _quiet_distributed() -> None:
+    """Dask's own log lines (a line per connection, per worker started) only with -vv; its warnings always."""
+    ours = logging.getLogger().getEffectiveLevel()
+    logging.getLogger("distributed").setLevel(logging.INFO if ours <= logging.DEBUG else max(ours, logging.WARNING))
+
+
+def _worker_address() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except ValueError:  # not in a worker (run directly, in a test)
+        return "(not a worker)"
+
+
+class DaskExecutor:
+    """Runs work on a Dask cluster; the futures it hands back are ``concurrent.futures`` ones, as the committer expects."""
+
+    def __init__(self, client: Any, setup: WorkerSetup, queue_size: int, cluster: Any | None = None) -> None:
+        self._client = client
+        self._cluster = cluster  # a LocalCluster this executor started, closed with it
+        self._setup = setup
+        self._futures: set[Any] = set()  # submitted and not settled; settled on Dask's callback thread
+        self._lock = threading.Lock()
+        self.address = client.scheduler.address
+        #: One chunk per worker thread, and ``queue_size`` more read ahead, held on the driver until merged.
+        self.capacity = max(1, sum(client.nthreads().values())) + queue_size
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> DaskExecutor:
+        """Connect to ``settings.scheduler``, or start a local cluster of ``settings.executor_workers`` processes."""
+        from distributed import Client, LocalCluster
+
+        _quiet_distributed()
+        setup = WorkerSetup(settings.plugins, str(settings.source.parent))
+        if settings.scheduler:
+            try:
+                client = Client(settings.scheduler, timeout=CONNECT_SECONDS, set_as_default=False)
+            except (OSError, TimeoutError) as exc:
+                raise PipelineError(f"cannot reach the Dask scheduler at {settings.scheduler}: {exc}; hint: start "
+                                    "it with `dask scheduler`, or check executor.scheduler / --scheduler") from None
+            log.info("running on the Dask cluster at %s (%d workers)", settings.scheduler,
+                     len(client.scheduler_info().get("workers", {})))
+            return cls(client, setup, settings.queue_size)
+        cluster = LocalCluster(n_workers=settings.executor_workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster, set_as_default=False)
+        log.info("started a local Dask cluster of %d worker processes at %s", settings.executor_workers,
+                 cluster.scheduler_address)
+        return cls(client, setup, settings.queue_size, cluster)
+
+    def submit(self, fn: Callable[..., T], /, *args: Any) -> Future[T]:
+        # Pickled here, not by Dask: the worker loads the plugins before it unpickles (see run_on_worker).
+        payload = pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
+        remote = self._client.submit(run_on_worker, self._setup, payload, pure=False)
+        with self._lock:
+            self._futures.add(remote)
+        done: Future[T] = Future()
+        done.set_running_or_notify_cancel()
+        remote.add_done_callback(partial(self._settle, done))  # called on Dask's callback thread
+        return done
+
+    def _settle(self, done: Future[Any], remote: Any) -> None:
+        """Hand the remote outcome to ``done``; a lost scheduler becomes ``ClusterLost``."""
+        with self._lock:
+            self._futures.discard(remote)
+        try:
+            done.set_result(remote.result())
+        except CancelledError as exc:
+            done.set_exception(ClusterLost(
+                f"lost the Dask scheduler at {self.address} ({exc}); the last commit stands: run again once the "
+                "cluster is back, and it goes on from there"))
+        except BaseException as exc:  # noqa: BLE001  (the work's own exception, raised where it is merged)
+            done.set_exception(exc)
+
+    def shutdown(self, *, at_once: bool) -> None:
+        from distributed import wait
+
+        with self._lock:
+            left = list(self._futures)
+        try:
+            if at_once:
+                self._client.cancel(left)
+            elif left:
+                wait(left)
+        except Exception as exc:  # noqa: BLE001  (a lost cluster: nothing is left to wait for)
+            log.debug("while waiting for the Dask work in flight: %s", exc)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        try:
+            self._client.close(timeout=CLOSE_SECONDS)
+            if self._cluster is not None:
+                self._cluster.close(timeout=CLOSE_SECONDS)
+        except Exception as exc:  # noqa: BLE001  (closing a client of a lost scheduler may time out)
+            log.debug("while closing the Dask client: %s", exc)
