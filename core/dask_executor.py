@@ -102,6 +102,7 @@ class DaskExecutor:
         self._setup = setup
         self._futures: set[Any] = set()  # submitted and not settled; settled on Dask's callback thread
         self._lock = threading.Lock()
+        self._lost = False  # the scheduler went away: closing says nothing more of it
         self.address = client.scheduler.address
         #: One chunk per worker thread, and ``queue_size`` more read ahead, held on the driver until merged.
         self.capacity = max(1, sum(client.nthreads().values())) + queue_size
@@ -147,9 +148,10 @@ class DaskExecutor:
         try:
             done.set_result(remote.result())
         except CancelledError as exc:
+            self._lost = True
             done.set_exception(ClusterLost(
-                f"lost the Dask scheduler at {self.address} ({exc}); the last commit stands: run again once the "
-                "cluster is back, and it goes on from there"))
+                f"lost the Dask scheduler at {self.address} ({getattr(exc, 'reason', None) or exc}); the last "
+                "commit stands: run again once the cluster is back, and it goes on from there"))
         except BaseException as exc:  # noqa: BLE001  (the work's own exception, raised where it is merged)
             done.set_exception(exc)
 
@@ -169,6 +171,8 @@ class DaskExecutor:
             self._close()
 
     def _close(self) -> None:
+        if self._lost:  # else the client logs, with a traceback, that its attempt to reconnect was cut short
+            logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
         try:
             self._client.close(timeout=CLOSE_SECONDS)
             if self._cluster is not None:
