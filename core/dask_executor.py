@@ -94,7 +94,7 @@ def _worker_address() -> str:
 
 
 class DaskExecutor:
-    """Runs work on a Dask cluster; the futures it hands back are ``concurrent.futures`` ones, as the committer expects."""
+    """Runs work on a Dask cluster, handing back ``concurrent.futures`` futures, as the committer expects."""
 
     def __init__(self, client: Any, setup: WorkerSetup, queue_size: int, cluster: Any | None = None) -> None:
         self._client = client

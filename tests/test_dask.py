@@ -139,7 +139,8 @@ def differences(ours: Any, theirs: Any, where: str = "") -> list[str]:
     if isinstance(ours, (list, tuple)):
         if len(ours) != len(theirs):
             return [f"{where}: {len(ours)} items against {len(theirs)}"]
-        return [d for i, (a, b) in enumerate(zip(ours, theirs)) for d in differences(a, b, f"{where}[{i}]")]
+        pairs = enumerate(zip(ours, theirs, strict=True))
+        return [d for i, (a, b) in pairs for d in differences(a, b, f"{where}[{i}]")]
     if hasattr(ours, "__dict__") and not isinstance(ours, type):
         return [d for key in vars(ours) if key not in NOT_COMPARED
                 for d in differences(vars(ours)[key], vars(theirs).get(key), f"{where}.{key}")]
