@@ -1,0 +1,66 @@
+"""The ``executor:`` block of settings.yaml and ``--executor`` / ``--scheduler``: checked before anything runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.settings import load_settings
+
+
+@pytest.mark.parametrize("block, expected", [
+    ("{type: spark}", "executor.type: expected one of"),
+    ("{type: dask, scheduler: 'localhost:8786'}", "executor.scheduler: expected string or nothing matching"),
+    ("{type: dask, workers: -1}", "executor.workers: expected"),
+    ("{type: dask, nodes: 3}", "executor: unknown field 'nodes'; known fields: scheduler, type, workers"),
+    ("{type: threads, scheduler: 'tcp://127.0.0.1:8786'}",
+     "executor.scheduler: only used with executor.type 'dask', got type 'threads'; hint: set executor.type: dask"),
+])
+def test_check_names_what_is_wrong_in_the_executor_block(workspace, capsys, block, expected):
+    workspace.configure(f"executor: {block}\n")
+    assert workspace.main("--check") == 2
+    err = capsys.readouterr().err
+    assert f"settings.yaml: {expected}" in err
+    assert "Traceback" not in err
+
+
+def test_a_dask_block_is_valid_and_its_workers_default_to_the_workers_setting(workspace, capsys):
+    workspace.configure("workers: 3\nexecutor: {type: dask}\n")
+    assert workspace.main("--check") == 0, capsys.readouterr().err
+    settings = load_settings(workspace.settings)
+    assert (settings.executor, settings.scheduler, settings.executor_workers) == ("dask", None, 3)
+    workspace.configure("executor: {type: dask, workers: 2, scheduler: 'tcp://10.0.0.5:8786'}\n")
+    settings = load_settings(workspace.settings)
+    assert (settings.executor, settings.scheduler, settings.executor_workers) == ("dask", "tcp://10.0.0.5:8786", 2)
+
+
+def test_the_command_line_wins_over_the_block(workspace):
+    workspace.configure("executor: {type: dask, scheduler: 'tcp://10.0.0.5:8786'}\n")
+    settings = load_settings(workspace.settings, {"executor": {"type": "threads", "scheduler": None}})
+    assert (settings.executor, settings.scheduler) == ("threads", None)
+    settings = load_settings(workspace.settings, {"executor": {"type": "dask", "scheduler": "tcp://127.0.0.1:9"}})
+    assert settings.scheduler == "tcp://127.0.0.1:9"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("--scheduler", "tcp://127.0.0.1:8786", "--executor", "threads"),
+     "--scheduler tcp://127.0.0.1:8786: runs on a Dask cluster, but --executor threads was given"),
+    (("--executor", "dask", "--profile"), "--profile: profiles the threads of this process, but executor 'dask'"),
+    (("--scheduler", "127.0.0.1:8786"), "executor.scheduler: expected string or nothing matching"),
+])
+def test_contradictory_or_malformed_options_are_refused_before_a_cluster_is_started(workspace, capsys, args, expected):
+    assert workspace.main(*args) == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert "Traceback" not in err
+
+
+def test_a_scheduler_nobody_answers_at_is_a_clear_error(workspace, capsys, monkeypatch):
+    from core import dask_executor
+
+    monkeypatch.setattr(dask_executor, "CONNECT_SECONDS", 1)
+    workspace.write("a.log", "2025-07-22T12:00:00Z INFO S u1 ok\n")
+    assert workspace.main("--scheduler", "tcp://127.0.0.1:9") == 1  # the discard port: nothing listens
+    err = capsys.readouterr().err
+    assert "runpipeline: cannot reach the Dask scheduler at tcp://127.0.0.1:9" in err
+    assert "hint: start it with `dask scheduler`" in err
+    assert not (workspace.output / "summary.json").exists()
