@@ -124,7 +124,7 @@ class DaskExecutor:
                      len(client.scheduler_info().get("workers", {})))
             return cls(client, setup, settings.queue_size)
         cluster = LocalCluster(n_workers=settings.executor_workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+                               dashboard_address=":0")  # a free port: 8787 may be taken
         client = Client(cluster, set_as_default=False)
         log.info("started a local Dask cluster of %d worker processes at %s", settings.executor_workers,
                  cluster.scheduler_address)

@@ -81,7 +81,7 @@ def register_rule_types(register):
 def cluster():
     """Two worker processes of one thread each, started once for the module (a few seconds)."""
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as local:
+                                  dashboard_address=":0") as local:
         with distributed.Client(local, set_as_default=False) as client:
             yield local, client
 
