@@ -102,14 +102,41 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.workers} workers would send {arrival:,.0f} outcomes/s = {arrival * lines_per_chunk / 1e6:,.1f}M "
           "lines/s")
 
+    for rule in rules:  # from here on: the driver's merges and seals, not the chunk work's
+        timed(type(rule))
     for label, rate in ((f"paced at {args.workers} workers", arrival), ("flat out", None)):
         merged, elapsed, lag = merge(settings, rules, args.file, blobs, args.chunks, rate)
         print(f"{label}: merged {merged} outcomes in {elapsed:.2f} s = {merged / elapsed:,.1f} outcomes/s "
               f"= {merged * lines_per_chunk / elapsed / 1e6:,.2f}M lines/s; behind the workers by {lag:.2f} s at "
               "the end")
+    print("driver time per outcome, by rule (ms): " + ", ".join(
+        f"{name} {seconds * 1000 / (2 * args.chunks):.1f}" for name, seconds in sorted(
+            SPENT.items(), key=lambda item: -item[1])))
     rate = merged / elapsed
     print(f"the driver saturates at {rate * per_chunk:,.1f} workers of this machine's speed "
           f"({rate * lines_per_chunk / 1e6:,.2f}M lines/s, {rate * lines_per_chunk * 3600 / 1e9:,.1f}G lines an hour)")
+
+
+#: Seconds the driver spent in each rule's merge and seal (both phases).
+SPENT: dict[str, float] = {}
+
+
+def timed(cls: type) -> None:
+    """Count the time of ``merge`` and ``seal`` of a rule class, per rule (once per class)."""
+    for method in ("merge", "seal"):
+        original = getattr(cls, method)
+        if getattr(original, "timed", False):
+            continue
+
+        def wrapper(self, *args, __original=original, **kwargs):
+            started = time.perf_counter()
+            try:
+                return __original(self, *args, **kwargs)
+            finally:
+                SPENT[self.name] = SPENT.get(self.name, 0.0) + time.perf_counter() - started
+
+        wrapper.timed = True
+        setattr(cls, method, wrapper)
 
 
 def merge(settings, rules, path: Path, blobs: list[bytes], count: int, rate: float | None) -> tuple[int, float, float]:
