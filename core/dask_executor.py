@@ -120,6 +120,13 @@ class DaskExecutor:
             except (OSError, TimeoutError) as exc:
                 raise PipelineError(f"cannot reach the Dask scheduler at {settings.scheduler}: {exc}; hint: start "
                                     "it with `dask scheduler`, or check executor.scheduler / --scheduler") from None
+            try:  # else the work would wait for a worker forever
+                client.wait_for_workers(1, timeout=CONNECT_SECONDS)
+            except TimeoutError:
+                client.close(timeout=CLOSE_SECONDS)
+                raise PipelineError(f"the Dask scheduler at {settings.scheduler} has no workers (waited "
+                                    f"{CONNECT_SECONDS} s); hint: start some with `dask worker "
+                                    f"{settings.scheduler}`") from None
             log.info("running on the Dask cluster at %s (%d workers)", settings.scheduler,
                      len(client.scheduler_info().get("workers", {})))
             return cls(client, setup, settings.queue_size)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from core.settings import load_settings
+from tests.conftest import REPO
 
 
 @pytest.mark.parametrize("block, expected", [
@@ -64,3 +69,27 @@ def test_a_scheduler_nobody_answers_at_is_a_clear_error(workspace, capsys, monke
     assert "runpipeline: cannot reach the Dask scheduler at tcp://127.0.0.1:9" in err
     assert "hint: start it with `dask scheduler`" in err
     assert not (workspace.output / "summary.json").exists()
+
+
+def test_a_scheduler_without_workers_is_a_clear_error(workspace, capsys, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    from core import dask_executor
+
+    monkeypatch.setattr(dask_executor, "CONNECT_SECONDS", 1)
+    workspace.write("a.log", "2025-07-22T12:00:00Z INFO S u1 ok\n")
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as empty:
+        assert workspace.main("--scheduler", empty.scheduler_address) == 1
+    err = capsys.readouterr().err
+    assert f"runpipeline: the Dask scheduler at {empty.scheduler_address} has no workers (waited 1 s)" in err
+    assert "hint: start some with `dask worker" in err
+
+
+@pytest.mark.slow  # a subprocess on a loaded machine: a few seconds
+def test_a_threaded_run_does_not_import_dask(workspace):
+    """``distributed`` takes a second to import: only the dask executor loads it."""
+    workspace.write("a.log", "2025-07-22T12:00:00Z INFO S u1 ok\n")
+    code = ("import sys; from core.cli import main; code = main(['-q']); "
+            "print(code, sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=workspace.root, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert result.stdout.split("\n")[0] == "0 []", result.stderr
