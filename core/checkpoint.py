@@ -21,6 +21,7 @@ from typing import Any
 import polars as pl
 
 from core import ledgerbase, safestate
+from core.alertstate import AlertState
 from core.errors import ForeignState
 from core.ledger import Ledger
 from core.output import atomic_write
@@ -69,6 +70,8 @@ class Checkpoint:
     parsing: str = ""
     #: The data folder counted, resolved; "" in checkpoints written before it was kept.
     data_dir: str = ""
+    #: What the alerts sent and still have to send (``core.alerts``); empty in checkpoints written before.
+    alerts: AlertState = field(default_factory=AlertState)
 
     @classmethod
     def fresh(cls, settings: Settings, rules: list[Rule]) -> Checkpoint:
@@ -138,7 +141,9 @@ def load(settings: Settings, rules: list[Rule], reset: bool = False) -> Checkpoi
     reason = _mismatch(checkpoint, settings, rules)
     if reason:
         log.warning("configuration changed (%s); rebuilding all counts from the files still present", reason)
-        return Checkpoint.fresh(settings, rules)
+        fresh = Checkpoint.fresh(settings, rules)
+        fresh.alerts = checkpoint.alerts  # the incidents rebuilt keep their ids: what was sent stays sent
+        return fresh
     checkpoint.data_dir = data_folder(settings)
     for name in set(checkpoint.state.rules) - {r.name for r in rules}:
         log.info("rule '%s' is no longer enabled; dropping its state", name)
@@ -154,13 +159,14 @@ def _checkpoint(stored: dict[str, Any], folder: Path) -> Checkpoint:
     if stored["format"] == FORMAT:  # the ledger's changes since its base file
         ledger = ledgerbase.loaded(ledger, folder)
     data_dir, earlier = stored.get("data_dir"), stored.get("earlier", FileTotals())
+    alerts = stored.get("alerts", AlertState())
     if not (isinstance(states, dict) and all(isinstance(rule, Rule) for rule in states.values())
             and isinstance(files, dict) and all(isinstance(f, FileStats) for f in files.values())
             and isinstance(failures, set) and all(isinstance(f, Failure) for f in failures)
             and isinstance(ledger, Ledger) and isinstance(fingerprints, dict) and isinstance(parsing, str)
-            and isinstance(data_dir, str) and isinstance(earlier, FileTotals)):
+            and isinstance(data_dir, str) and isinstance(earlier, FileTotals) and isinstance(alerts, AlertState)):
         raise safestate.StateError("its parts are not of the expected kinds")
-    return Checkpoint(RunState(states, files, failures, earlier), ledger, fingerprints, parsing, data_dir)
+    return Checkpoint(RunState(states, files, failures, earlier), ledger, fingerprints, parsing, data_dir, alerts)
 
 
 def _set_aside(path: Path) -> Path:
@@ -207,7 +213,7 @@ def save(settings: Settings, checkpoint: Checkpoint) -> None:
         "format": FORMAT, "parsing": checkpoint.parsing, "rules": fingerprints, "states": states,
         "files": checkpoint.state.files, "earlier": checkpoint.state.earlier,
         "failures": checkpoint.state.failures, "ledger": ledgerbase.stored(checkpoint.ledger, folder),
-        "data_dir": checkpoint.data_dir,
+        "data_dir": checkpoint.data_dir, "alerts": checkpoint.alerts,
     })
     atomic_write(folder / FILE_NAME, lambda out: writer.write(stored, out))
     ledgerbase.remove_others(folder, checkpoint.ledger.base[0] if checkpoint.ledger.base else None)

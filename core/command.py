@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core import __version__, budget
+from core.alertconfig import AlertConfig, load_alerts
 from core.discover import check_data_dir
 from core.errors import ConfigError, DataDirError, ForeignState, OutputValidationError, PipelineError, StateLocked
 from core.guard import plugin_of
@@ -25,6 +26,7 @@ from core.lock import StateLock
 from core.plugins import get_plugin_manager, rule_types
 from core.profile import RunProfile
 from core.ruleset import load_rules
+from core.serve import OutputServer
 from core.settings import Settings, load_settings
 
 try:
@@ -91,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", action="store_true",
                         help="profile the run on every thread; write profile.txt and profile.pstats to the "
                         "output folder (batch runs only)")
+    parser.add_argument("--serve", type=_port, metavar="PORT",
+                        help="serve report.html, summary.json and anomalies.json on http://127.0.0.1:PORT/ "
+                        "(0: any free port): while watching, or after a batch run until Ctrl-C or SIGTERM")
+    parser.add_argument("--alerts", action="store_true",
+                        help="send alerts in a batch run too (as alerts.batch: true does); a watcher always sends them")
     parser.add_argument("--check", action="store_true",
                         help="validate settings, rule files, plugins and the data folder, report every problem, "
                         "and exit")
@@ -183,7 +190,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
     if args.check:
         return _check(settings, quiet=args.quiet)
     pm = get_plugin_manager(settings.plugins, search_path=settings.source.parent)
-    rules = load_rules(settings, rule_types(pm))
+    rules, alerts = _load_config(settings, pm)
     if args.watch and args.profile:
         raise ConfigError(["--profile: expected a batch run, got --watch; profile one batch run instead"])
     if args.profile and settings.executor != "threads":
@@ -193,10 +200,50 @@ def _run(args: argparse.Namespace, command: str) -> int:
     # One process per output folder, from before the state is read until after it is last written.
     with StateLock(state_dir(settings), settings.output_dir, command) as lock:
         lock.acquire(wait=args.wait_lock)
-        with _graceful_stop() as stop:
+        with _graceful_stop() as stop, _serving(settings, args) as server:
             if args.watch:
-                return _watch(settings, pm, rules, args, stop.event)
-            return _batch(settings, pm, rules, args, stop)
+                return _watch(settings, pm, rules, args, stop.event, alerts)
+            code = _batch(settings, pm, rules, args, stop, alerts if args.alerts or alerts.batch else None)
+            if server is not None and stop.signum is None:
+                stop.event.wait()  # the outputs stay served until Ctrl-C or SIGTERM
+            return code
+
+
+@contextlib.contextmanager
+def _serving(settings: Settings, args: argparse.Namespace) -> Iterator[OutputServer | None]:
+    """``--serve``: the output folder's published files over HTTP while the block runs."""
+    if args.serve is None:
+        yield None
+        return
+    with OutputServer(settings.output_dir, args.serve) as server:
+        if not args.quiet:
+            until = "while watching" if args.watch else "after the run, until Ctrl-C or SIGTERM"
+            print(f"runpipeline: serving the report on {server.url} {until}", file=sys.stderr, flush=True)
+        yield server
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port number, 0 for any free one."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {text!r}")
+    return int(text)
+
+
+def _load_config(settings: Settings, pm: Any) -> tuple[list[Any], AlertConfig]:
+    """The enabled rules and the alerts' destinations; the problems of both at once."""
+    problems: list[str] = []
+    rules: list[Any] | None = None
+    try:
+        rules = load_rules(settings, rule_types(pm))
+    except ConfigError as exc:
+        problems += exc.problems
+    try:
+        alerts = load_alerts(settings, pm, None if rules is None else [rule.name for rule in rules])
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    return rules or [], alerts
 
 
 def _subcommand(argv: list[str]) -> int | None:
@@ -243,10 +290,11 @@ def _test(args: argparse.Namespace) -> int:
     return EXIT_ERROR if failed else EXIT_OK
 
 
-def _batch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespace, stop: _Stop) -> int:
+def _batch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespace, stop: _Stop,
+           alerts: AlertConfig | None = None) -> int:
     profile = RunProfile() if args.profile else None
     report = _run_with_progress(settings, pm, rules, show=not args.quiet and sys.stderr.isatty(),
-                               reset=args.reset, profile=profile, stop=stop.event)
+                               reset=args.reset, profile=profile, stop=stop.event, alerts=alerts)
     if profile is not None:
         written = profile.write(settings.output_dir)
         if not args.quiet:
@@ -273,7 +321,7 @@ def _check(settings: Settings, quiet: bool) -> int:
         folder_problems = [f"{settings.source.name}: data_dir: {exc}"]
     try:
         pm = get_plugin_manager(settings.plugins, search_path=settings.source.parent)
-        rules = load_rules(settings, rule_types(pm))
+        rules, _ = _load_config(settings, pm)
     except ConfigError as exc:
         raise ConfigError(exc.problems + folder_problems) from None
     problems = [
@@ -289,12 +337,13 @@ def _check(settings: Settings, quiet: bool) -> int:
     return EXIT_OK
 
 
-def _watch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespace, stop: threading.Event) -> int:
+def _watch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespace, stop: threading.Event,
+           alerts: AlertConfig | None = None) -> int:
     from core.watch import WatchLoop
 
     if not args.quiet and not args.verbose:
         logging.getLogger().setLevel(logging.INFO)  # a service logs each file and a status line
-    loop = WatchLoop(settings, pm, rules, stop, poll=args.poll, reset=args.reset)
+    loop = WatchLoop(settings, pm, rules, stop, poll=args.poll, reset=args.reset, alerts=alerts)
     loop.run()
     logging.getLogger(__name__).info("stopped after %d commits; outputs are complete", loop.commits)
     return EXIT_OK
@@ -341,16 +390,17 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_with_progress(settings: Settings, pm: Any, rules: list[Any], show: bool, reset: bool,
-                       profile: RunProfile | None = None, stop: threading.Event | None = None) -> RunReport:
+                       profile: RunProfile | None = None, stop: threading.Event | None = None,
+                       alerts: AlertConfig | None = None) -> RunReport:
     if not show:
-        return run_batch(settings, pm, rules, reset=reset, profile=profile, stop=stop)
+        return run_batch(settings, pm, rules, reset=reset, profile=profile, stop=stop, alerts=alerts)
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
     columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
     with Progress("[progress.description]{task.description}", *columns, transient=True) as bar:
         task = bar.add_task("reading", total=None)
         return run_batch(
-            settings, pm, rules, reset=reset, profile=profile, stop=stop,
+            settings, pm, rules, reset=reset, profile=profile, stop=stop, alerts=alerts,
             on_progress=lambda n: bar.advance(task, n),
             on_start=lambda total: bar.update(task, total=total),
         )
@@ -372,6 +422,8 @@ def human_summary(report: RunReport, settings: Settings) -> str:
         lines.append(f"incidents: {sum(found.values()):,}" + (f" ({_short(found)})" if found else "")
                      + (f", {hidden:,} more suppressed" if hidden else ""))
         lines += [f"  {_incident_line(incident)}" for incident in report.anomalies["anomalies"][:SHOWN_INCIDENTS]]
+    if "alerts" in summary:
+        lines.append(_alerts_line(summary["alerts"]))
     for name, rule in summary["rules"].items():
         if rule.get("degraded"):  # the state outgrew its share of limits.memory_mb
             lines.append(f"{name}: {rule['degraded']}")
@@ -381,6 +433,15 @@ def human_summary(report: RunReport, settings: Settings) -> str:
     )
     lines.append(f"wrote {settings.output_dir / 'summary.json'} and anomalies.json")
     return "\n".join(lines)
+
+
+def _alerts_line(alerts: dict[str, Any]) -> str:
+    """``alerts: 2 sent, 1 queued (ops: RuntimeError: ...)``: what this run sent, and what waits."""
+    queued = alerts["queued"]
+    failing = [f"{name}: {d['last_error']}" for name, d in alerts["destinations"].items() if d["queued"]
+               and d["last_error"]]
+    return (f"alerts: {alerts['sent_total']:,} sent" + (f", {len(queued):,} queued" if queued else "")
+            + (f" ({'; '.join(failing)})" if failing else ""))
 
 
 #: Incidents the console summary shows, most severe first (anomalies.json has them all).

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import pluggy
 
 if TYPE_CHECKING:
+    from core.alertconfig import Alerter
     from core.rules import Rule
     from core.stats import FileStats
     from core.writers import OutputWriter
@@ -42,6 +43,18 @@ def register_output_writers(register: Callable[[OutputWriter], None]) -> None:
     :returns: nothing; registration happens through ``register``.
 
     Called once at start-up.
+    """
+
+
+@hookspec
+def register_alerters(register: Callable[[type[Alerter]], None]) -> None:
+    """Register the alert destination types this plugin provides (what ``alerts.destinations[].type`` names).
+
+    :param register: call it once per destination type class (a subclass of ``core.alerts.Alerter``
+        with a ``type_name``, a ``params_schema`` for its fields and a ``send(message)`` method).
+    :returns: nothing; registration happens through ``register``.
+
+    Called once at start-up, before the ``alerts:`` block of the settings is validated.
     """
 
 

@@ -33,6 +33,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.flatline",
     "plugins.timeline",
     "plugins.report",
+    "plugins.alerters",
 )
 
 

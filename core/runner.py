@@ -14,6 +14,8 @@ import pluggy
 
 from core import checkpoint as checkpoints
 from core import guard
+from core.alertconfig import AlertConfig
+from core.alerts import Alerts
 from core.checkpoint import Checkpoint
 from core.discover import DataFile, Skipped, discover
 from core.engine import Pipeline
@@ -94,17 +96,18 @@ def run_batch(
     on_start: Callable[[int], None] | None = None,
     profile: RunProfile | None = None,
     stop: threading.Event | None = None,
+    alerts: AlertConfig | None = None,
 ) -> RunReport:
     """Count what is new in the data folder since the last commit, commit, and write the outputs.
 
     With ``profile``, every thread's work is profiled into it (``runpipeline --profile``). Once
     ``stop`` is set, no new chunk is read: what was read is merged, committed and written, and the
-    rest is left for the next run.
+    rest is left for the next run. With ``alerts``, the incidents are sent before the commit.
     """
     if profile is None:
-        return _run_batch(settings, pm, rules, reset, on_progress, on_start, None, stop)
+        return _run_batch(settings, pm, rules, reset, on_progress, on_start, None, stop, alerts)
     with profile.thread():
-        return _run_batch(settings, pm, rules, reset, on_progress, on_start, profile, stop)
+        return _run_batch(settings, pm, rules, reset, on_progress, on_start, profile, stop, alerts)
 
 
 def _run_batch(
@@ -116,6 +119,7 @@ def _run_batch(
     on_start: Callable[[int], None] | None,
     profile: RunProfile | None,
     stop: threading.Event | None,
+    alert_config: AlertConfig | None = None,
 ) -> RunReport:
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
@@ -134,12 +138,13 @@ def _run_batch(
         pipeline.on_progress = on_progress
         pipeline.process(works, checkpoint, final=True)
     run = metrics(settings, started_at, time.perf_counter() - started, pipeline.lines_read, pipeline.bytes_read)
-    return write_outputs(settings, hooks, rules, checkpoint, run, Writers(pm))
+    alerts = Alerts.for_run(alert_config, checkpoint, watching=False, data_name=settings.data_dir.name)
+    return write_outputs(settings, hooks, rules, checkpoint, run, Writers(pm), alerts=alerts)
 
 
 def write_outputs(
     settings: Settings, hooks: PluginHooks, rules: list[Rule], checkpoint: Checkpoint, run: dict[str, Any],
-    writers: Writers | None = None, *, watching: bool = False,
+    writers: Writers | None = None, *, watching: bool = False, alerts: Alerts | None = None,
 ) -> RunReport:
     """Build both documents from the checkpoint, commit the checkpoint, check both, then write both atomically.
 
@@ -147,7 +152,9 @@ def write_outputs(
     of an incident's sample lines, read while the file is still there): the checkpoint is saved
     after that, and saved whether or not building succeeds, as it was before. A rule whose result
     raises is failed and left out; the hooks that raised in this run are listed with the rules.
-    Then the ``writers`` make their outputs from the two documents (``core.writers``).
+    Then the ``writers`` make their outputs from the two documents (``core.writers``). ``alerts``
+    queue what the incidents call for, committed with the checkpoint (a batch run sends it first),
+    and report in summary.json's ``alerts`` section.
     """
     started = time.perf_counter()
     state = checkpoint.state
@@ -159,6 +166,8 @@ def write_outputs(
         # state degraded (a seal may thin a detector's windows).
         anomalies = build_anomalies(state, rules, run["started_at"])
         summary = build_summary(state, rules, run, Redactor.from_settings(settings), settings.summary_files)
+        if alerts is not None:
+            summary["alerts"] = alerts.commit(anomalies, summary, checkpoint, deliver=not watching)
     finally:
         saving = time.perf_counter()
         checkpoints.save(settings, checkpoint)
@@ -169,12 +178,14 @@ def write_outputs(
     checking = time.perf_counter()
     check_output(anomalies, "anomalies")  # both are checked before either is written
     check_output(summary, "summary")
+    # The other writers (the HTML report) render from the checked documents, before
+    # output_seconds is known: their cost counts in it, so they cannot show it.
+    written_failed = writers is not None and writers.write(settings.output_dir, summary, anomalies, watching=watching)
     run["output_seconds"] = round(built + time.perf_counter() - checking, 3)  # the writes below add milliseconds
     # summary.json last: whoever sees it count a file (a watcher's readers poll it) finds that
     # file in anomalies.json too.
     write_checked(settings.output_dir / "anomalies.json", anomalies)
     write_checked(settings.output_dir / "summary.json", summary)
-    written_failed = writers is not None and writers.write(settings.output_dir, summary, anomalies, watching=watching)
     before = len(hooks.failures)
     hooks.after_run(summary, anomalies["anomalies"])
     return RunReport(summary, anomalies, after_run_failed=len(hooks.failures) > before or written_failed)

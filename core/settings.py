@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from core import budget, redact
+from core.alertconfig import BLOCK_SCHEMA as ALERTS_SCHEMA
 from core.errors import ConfigError
 from core.validation import SchemaCheck
 
@@ -34,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "rule_files": ["rules/*.yaml"],
     "plugins": [],
     "rules": [],
+    "alerts": {},
 }
 
 _GLOBS = {"type": "array", "items": {"type": "string", "minLength": 1}}
@@ -91,6 +93,7 @@ SCHEMA: dict[str, Any] = {
         "rule_files": _GLOBS,
         "plugins": {"type": "array", "items": {"type": "string", "pattern": r"^[A-Za-z_][\w.]*$"}},
         "rules": {"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueItems": True},
+        "alerts": ALERTS_SCHEMA,
     },
 }
 _CHECK = SchemaCheck(SCHEMA, shipped=True)
@@ -130,6 +133,8 @@ class Settings:
     rule_files: tuple[str, ...]
     plugins: tuple[str, ...]
     rules: tuple[str, ...]
+    #: The ``alerts:`` block as validated (its destinations are built by ``core.alertconfig.load_alerts``).
+    alerts: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values, for hooks and for the run's record in summary.json."""
@@ -264,6 +269,7 @@ def _resolve(source: Path, merged: dict[str, Any]) -> Settings:
         rule_files=tuple(merged["rule_files"]),
         plugins=tuple(merged["plugins"]),
         rules=tuple(merged["rules"]),
+        alerts=merged["alerts"],
     )
 
 

@@ -24,6 +24,8 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from core import checkpoint as checkpoints
+from core.alertconfig import AlertConfig
+from core.alerts import Alerts
 from core.checkpoint import Checkpoint
 from core.discover import DataFile, discover, wanted
 from core.engine import Pipeline
@@ -144,7 +146,8 @@ class WatchLoop:
     """The service: initial catch-up, then one commit per set of ready files until ``stop``."""
 
     def __init__(self, settings: Settings, pm: pluggy.PluginManager, rules: list[Rule],
-                 stop: threading.Event, *, poll: bool = False, reset: bool = False) -> None:
+                 stop: threading.Event, *, poll: bool = False, reset: bool = False,
+                 alerts: AlertConfig | None = None) -> None:
         self.settings = settings
         self.pm = pm
         self.rules = rules
@@ -154,6 +157,7 @@ class WatchLoop:
         self.hooks = PluginHooks(pm)  # a plugin whose hook raised stays without hooks until the watcher restarts
         self.writers = Writers(pm)
         self.changes = ChangeSet(settings)
+        self.alerts = Alerts.for_run(alerts, self.checkpoint, watching=True, data_name=settings.data_dir.name)
         self.started_at = datetime.now(timezone.utc)
         self.started = time.perf_counter()
         self.commits = 0
@@ -163,14 +167,28 @@ class WatchLoop:
         """Watch until ``stop`` is set; then finish the chunks in flight, commit and return."""
         observer = start_observer(self.settings, self.changes, self.poll)
         log.info("watching %s (%s)", self.settings.data_dir, type(observer).__name__)
+        if self.alerts is not None:
+            self.alerts.start()
         try:
             with Pipeline(self.settings, self.rules, self.pm, stop=self.stop, hooks=self.hooks) as pipeline:
                 # Called per chunk read, so a long commit (a big file) still reports its progress.
                 pipeline.on_progress = lambda _bytes: self._status_due(pipeline)
                 self._loop(pipeline)
+            self._close_alerts()
         finally:
+            if self.alerts is not None:
+                self.alerts.close()
             observer.stop()
             observer.join(timeout=5)
+
+    def _close_alerts(self) -> None:
+        """On a graceful stop: keep what the alerts delivered since the last commit, so a restart does not resend it."""
+        if self.alerts is None:
+            return
+        self.alerts.close()
+        self.alerts.refresh(self.settings.output_dir)
+        if self.alerts.keep(self.checkpoint):
+            checkpoints.save(self.settings, self.checkpoint)
 
     def _loop(self, pipeline: Pipeline) -> None:
         files = self._all_files()
@@ -187,6 +205,8 @@ class WatchLoop:
                 self._rescan()
                 next_rescan = now + self.settings.rescan_seconds
             self._status_due(pipeline)
+            if self.alerts is not None:
+                self.alerts.refresh(self.settings.output_dir)  # a delivery or failure since the last commit
             self.writers.flush(self.settings.output_dir, watching=True)  # a render put off by its interval
         self.writers.flush(self.settings.output_dir, watching=True, force=True)
 
@@ -221,7 +241,8 @@ class WatchLoop:
         pipeline.process(works, self.checkpoint, final=not catch_up)
         elapsed = time.perf_counter() - self.started
         run = metrics(self.settings, self.started_at, elapsed, pipeline.lines_read, pipeline.bytes_read)
-        write_outputs(self.settings, self.hooks, self.rules, self.checkpoint, run, self.writers, watching=True)
+        write_outputs(self.settings, self.hooks, self.rules, self.checkpoint, run, self.writers, watching=True,
+                      alerts=self.alerts)
         self.commits += 1
 
     def _status_due(self, pipeline: Pipeline) -> None:

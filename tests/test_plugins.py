@@ -214,6 +214,39 @@ def test_hook_register_output_writers(workspace, pm):
     assert (workspace.output / "lines.txt").read_text(encoding="utf-8") == "1 lines, 0 incidents"
 
 
+def test_hook_register_alerters(workspace, pm):
+    from core.alertconfig import Alerter, alerter_types, load_alerts
+
+    sent = []
+
+    class Collect(Alerter):
+        type_name = "collect"
+        params_schema = {"required": ["box"], "properties": {"box": {"type": "string"}}}
+
+        def setup(self, box):
+            self.box = box
+
+        def send(self, message):
+            sent.append((self.box, [incident["id"] for incident in message.incidents]))
+
+    class Registers:
+        @hookimpl
+        def register_alerters(self, register):
+            register(Collect)
+
+    workspace.write("a.log", "2025-07-22T12:00:00Z CHARGEBACK S u1 disputed\n")
+    workspace.configure("alerts: {destinations: [{type: collect, box: inbox}]}\n")
+    pm.register(Registers(), name="collecting-alerter")
+    try:
+        assert alerter_types(pm)["collect"].plugin == "collecting-alerter"
+        settings = load_settings(workspace.settings)
+        rules = load_rules(settings, rule_types(pm))
+        run_batch(settings, pm, rules, alerts=load_alerts(settings, pm, [r.name for r in rules]))
+    finally:
+        pm.unregister(name="collecting-alerter")
+    assert sent == [("inbox", ["unknown-statuses:CHARGEBACK"])]
+
+
 def test_hook_on_error(workspace, pm):
     workspace.write("a.log", "2025-07-22T12:00:00Z INFO S u1 ok\n")
     os.symlink(workspace.root / "nowhere.log", workspace.data / "gone.log")

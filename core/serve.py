@@ -1,0 +1,88 @@
+"""``--serve PORT``: the report and the two documents over HTTP, on 127.0.0.1 by default.
+
+Only what a run publishes is served, read fresh from the output folder at each request (the
+writers replace the files atomically, so a request sees one commit's file whole). The state
+folder, and anything else in the output folder, is not: a request for it gets 404.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: What is served, by URL path: the file's name in the output folder and its media type.
+PUBLISHED = {
+    "/": ("report.html", "text/html; charset=utf-8"),
+    "/report.html": ("report.html", "text/html; charset=utf-8"),
+    "/summary.json": ("summary.json", "application/json"),
+    "/anomalies.json": ("anomalies.json", "application/json"),
+}
+
+
+class OutputServer:
+    """A threaded HTTP server over an output folder, on a daemon thread, until ``close``."""
+
+    def __init__(self, output_dir: Path, port: int, address: str = "127.0.0.1") -> None:
+        handler = type("Handler", (_Handler,), {"output_dir": output_dir})
+        try:
+            self._server = ThreadingHTTPServer((address, port), handler)
+        except OSError as exc:  # port taken, or an address this host does not have: main() says so
+            raise OSError(exc.errno, f"--serve: cannot listen on {address}:{port}: {exc.strerror}") from None
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="omp-serve", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/"
+
+    def __enter__(self) -> OutputServer:
+        self._thread.start()
+        log.info("serving the report on %s", self.url)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._server.shutdown()
+        self._server.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    output_dir: Path
+    server_version = "runpipeline"
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self._answer(body=True)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._answer(body=False)
+
+    def _answer(self, *, body: bool) -> None:
+        published = PUBLISHED.get(self.path.split("?", 1)[0])
+        if published is None:
+            self.send_error(HTTPStatus.NOT_FOUND, "not published: /, /report.html, /summary.json, /anomalies.json")
+            return
+        name, media_type = published
+        try:
+            content = (self.output_dir / name).read_bytes()
+        except FileNotFoundError:
+            self.send_error(HTTPStatus.NOT_FOUND, f"{name} is not written yet: the first commit writes it")
+            return
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", media_type)
+        self.send_header("Content-Length", str(len(content)))
+        self.send_header("Cache-Control", "no-store")  # each refresh shows the latest commit
+        self.end_headers()
+        if body:
+            self.wfile.write(content)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server's signature)
+        log.debug("serve: %s %s", self.address_string(), format % args)
