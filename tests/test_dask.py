@@ -218,13 +218,13 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_outputs_are_the_same(worksp
     generated(workspace, 40_000)  # ~30 chunks of 0.2 s each and more: seconds of work in flight
     threads, dask = workspace.root / "threads", workspace.root / "dask"
     run_cli("--output-dir", str(threads), cwd=workspace.root, check=True)
-    local, client = cluster
+    _, client = cluster
     pids = client.run(os.getpid)
     run = subprocess.Popen([sys.executable, "-m", "core.cli", "--output-dir", str(dask), "--scheduler", scheduler],
                            cwd=workspace.root, env={**os.environ, "PYTHONPATH": str(REPO)},
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        victim = _wait_for_work_on_a_worker(local, run)
+        victim = _wait_for_work_on_a_worker(client, run)
         os.kill(pids[victim], signal.SIGKILL)
         out, err = run.communicate(timeout=120)
     finally:
@@ -234,18 +234,21 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_outputs_are_the_same(worksp
     assert_same(workspace, threads, dask)
 
 
-def _wait_for_work_on_a_worker(local: Any, run: subprocess.Popen[str]) -> str:
-    """The address of a worker with a chunk of work in hand (after a few were done), once there is one."""
+def _wait_for_work_on_a_worker(client: Any, run: subprocess.Popen[str]) -> str:
+    """The address of a worker with a chunk of work in hand, once there is one."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert run.poll() is None, f"the run ended before a worker could be killed: {run.communicate()}"
-        state = local.scheduler
-        done = sum(1 for task in state.tasks.values() if task.state == "memory")
-        busy = [worker.address for worker in state.workers.values() if worker.processing]
-        if done >= 2 and busy:
+        busy = client.run_on_scheduler(_busy_workers)
+        if busy:
             return busy[0]
         time.sleep(0.02)
     pytest.fail("no worker took a chunk of work within 60 s")
+
+
+def _busy_workers(dask_scheduler: Any) -> list[str]:
+    """On the scheduler's event loop, where its state may be read: the workers with work in hand."""
+    return [worker.address for worker in dask_scheduler.workers.values() if worker.processing]
 
 
 def test_a_plugin_missing_on_the_workers_is_named_without_a_traceback(workspace, scheduler, tmp_path,
