@@ -57,25 +57,38 @@ class WorkerSetup:
 
 def run_on_worker(setup: WorkerSetup, payload: bytes) -> Any:
     """On a worker: load the plugins (once per process), then run the work pickled in ``payload``."""
-    _load_plugins(setup)
+    _load_plugins(setup, None)
     fn, args = pickle.loads(payload)
     return fn(*args)
 
 
 @cache
-def _load_plugins(setup: WorkerSetup) -> None:
-    """Import the plugin modules, so that unpickling finds the rule classes they define; a failure is not cached."""
+def _load_plugins(setup: WorkerSetup, address: str | None) -> None:
+    """Import the plugin modules, so that unpickling finds the rule classes they define; a failure is not cached.
+
+    ``address`` is the worker's, when known (``Client.run``); else it is looked up.
+    """
     from core.plugins import get_plugin_manager
 
     try:
         get_plugin_manager(setup.plugins, load_entrypoints=setup.load_entrypoints,
                            search_path=Path(setup.search_path))
     except ConfigError as exc:
-        where = _worker_address()
+        where = address or _worker_address()
         raise WorkerSetupError([
             f"Dask worker {where}: {problem}; hint: install the plugin on every worker, or keep it beside "
             "settings.yaml on a path the workers share" for problem in exc.problems
         ]) from None
+
+
+def _plugin_problems(setup: WorkerSetup, dask_worker: Any = None) -> list[str]:
+    """``_load_plugins`` through ``Client.run``: the problems are returned, not raised, which the worker
+    would log with a traceback."""
+    try:
+        _load_plugins(setup, dask_worker.address if dask_worker is not None else None)
+    except WorkerSetupError as exc:
+        return exc.problems
+    return []
 
 
 def _quiet_distributed() -> None:
@@ -129,13 +142,26 @@ class DaskExecutor:
                                     f"{settings.scheduler}`") from None
             log.info("running on the Dask cluster at %s (%d workers)", settings.scheduler,
                      len(client.scheduler_info().get("workers", {})))
-            return cls(client, setup, settings.queue_size)
+            return cls(client, setup, settings.queue_size)._prepared()
         cluster = LocalCluster(n_workers=settings.executor_workers, threads_per_worker=1, processes=True,
                                dashboard_address=":0")  # a free port: 8787 may be taken
         client = Client(cluster, set_as_default=False)
         log.info("started a local Dask cluster of %d worker processes at %s", settings.executor_workers,
                  cluster.scheduler_address)
-        return cls(client, setup, settings.queue_size, cluster)
+        return cls(client, setup, settings.queue_size, cluster)._prepared()
+
+    def _prepared(self) -> DaskExecutor:
+        """Load the plugins on every worker now, in parallel: a missing one stops the run before it reads a
+        file. (A worker that joins later loads them with its first chunk of work.)"""
+        try:
+            problems = [p for found in self._client.run(_plugin_problems, self._setup).values() for p in found]
+        except BaseException:
+            self._close()
+            raise
+        if problems:
+            self._close()
+            raise WorkerSetupError(problems)
+        return self
 
     def submit(self, fn: Callable[..., T], /, *args: Any) -> Future[T]:
         # Pickled here, not by Dask: the worker loads the plugins before it unpickles (see run_on_worker).
