@@ -93,3 +93,11 @@ def test_a_threaded_run_does_not_import_dask(workspace):
     result = subprocess.run([sys.executable, "-c", code], cwd=workspace.root, capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert result.stdout.split("\n")[0] == "0 []", result.stderr
+
+
+def test_rule_tests_run_in_this_process_whatever_executor_the_settings_name(workspace, capsys):
+    workspace.configure("executor: {type: dask, scheduler: 'tcp://127.0.0.1:9'}\n")  # nothing listens there
+    sample = workspace.root / "sample.log"
+    sample.write_text("2025-07-22T12:00:00Z INFO PaymentService u1 ok\n", encoding="utf-8")
+    assert workspace.main("test-rule", "payment-statuses", "--sample", str(sample), "--json") == 0
+    assert '"INFO": 1' in capsys.readouterr().out
