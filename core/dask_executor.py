@@ -106,6 +106,25 @@ def _worker_address() -> str:
         return "(not a worker)"
 
 
+def _connect(address: str) -> Any:
+    """A client of the scheduler at ``address``, once it has a worker; ``PipelineError`` saying why not."""
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout=CONNECT_SECONDS, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise PipelineError(f"cannot reach the Dask scheduler at {address}: {exc}; hint: start it with "
+                            "`dask scheduler`, or check executor.scheduler / --scheduler") from None
+    try:  # else the work would wait for a worker forever
+        client.wait_for_workers(1, timeout=CONNECT_SECONDS)
+    except TimeoutError:
+        client.close(timeout=CLOSE_SECONDS)
+        raise PipelineError(f"the Dask scheduler at {address} has no workers (waited {CONNECT_SECONDS} s); "
+                            f"hint: start some with `dask worker {address}`") from None
+    log.info("running on the Dask cluster at %s (%d workers)", address, len(client.scheduler_info()["workers"]))
+    return client
+
+
 class DaskExecutor:
     """Runs work on a Dask cluster, handing back ``concurrent.futures`` futures, as the committer expects."""
 
@@ -128,27 +147,12 @@ class DaskExecutor:
         _quiet_distributed()
         setup = WorkerSetup(settings.plugins, str(settings.source.parent))
         if settings.scheduler:
-            try:
-                client = Client(settings.scheduler, timeout=CONNECT_SECONDS, set_as_default=False)
-            except (OSError, TimeoutError) as exc:
-                raise PipelineError(f"cannot reach the Dask scheduler at {settings.scheduler}: {exc}; hint: start "
-                                    "it with `dask scheduler`, or check executor.scheduler / --scheduler") from None
-            try:  # else the work would wait for a worker forever
-                client.wait_for_workers(1, timeout=CONNECT_SECONDS)
-            except TimeoutError:
-                client.close(timeout=CLOSE_SECONDS)
-                raise PipelineError(f"the Dask scheduler at {settings.scheduler} has no workers (waited "
-                                    f"{CONNECT_SECONDS} s); hint: start some with `dask worker "
-                                    f"{settings.scheduler}`") from None
-            log.info("running on the Dask cluster at %s (%d workers)", settings.scheduler,
-                     len(client.scheduler_info().get("workers", {})))
-            return cls(client, setup, settings.queue_size)._prepared()
+            return cls(_connect(settings.scheduler), setup, settings.queue_size)._prepared()
         cluster = LocalCluster(n_workers=settings.executor_workers, threads_per_worker=1, processes=True,
                                dashboard_address=":0")  # a free port: 8787 may be taken
-        client = Client(cluster, set_as_default=False)
         log.info("started a local Dask cluster of %d worker processes at %s", settings.executor_workers,
                  cluster.scheduler_address)
-        return cls(client, setup, settings.queue_size, cluster)._prepared()
+        return cls(Client(cluster, set_as_default=False), setup, settings.queue_size, cluster)._prepared()
 
     def _prepared(self) -> DaskExecutor:
         """Load the plugins on every worker now, in parallel: a missing one stops the run before it reads a
