@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test test-quick check clean
+.PHONY: run test test-quick check clean dask-local
 
 $(BIN)/.installed: pyproject.toml setup.py core/_scan.c core/_tally.c core/_count.c core/arrow.h core/column.h
 	$(PYTHON) -m venv $(VENV)
@@ -12,6 +12,10 @@ $(BIN)/.installed: pyproject.toml setup.py core/_scan.c core/_tally.c core/_coun
 
 run: $(BIN)/.installed
 	$(BIN)/runpipeline
+
+# The same run on a Dask cluster of this machine: `dask scheduler` and two `dask worker` processes.
+dask-local: $(BIN)/.installed
+	BIN=$(BIN) bench/dask_local.sh
 
 check: $(BIN)/.installed
 	$(BIN)/runpipeline --check

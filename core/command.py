@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "resolved against its folder")
     parser.add_argument("--data-dir", metavar="DIR", help="read log files from DIR instead of settings' data_dir")
     parser.add_argument("--output-dir", metavar="DIR", help="write outputs to DIR instead of settings' output_dir")
+    parser.add_argument("--executor", choices=("threads", "dask"),
+                        help="where the chunks are worked on: threads of this process (default), or the worker "
+                        "processes of a Dask cluster (a local one, started for the run, unless --scheduler)")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="run the chunks on the Dask cluster whose scheduler is at ADDRESS, e.g. "
+                        "tcp://127.0.0.1:8786 (implies --executor dask)")
     parser.add_argument("--watch", action="store_true",
                         help="process what is in the data folder, then keep watching it and fold in new and "
                         "grown files as they are ready; stop with Ctrl-C or SIGTERM")
@@ -194,6 +200,9 @@ def _run(args: argparse.Namespace, command: str) -> int:
     if args.metrics_port is not None and not args.watch:
         raise ConfigError(["--metrics-port: expected --watch, got a batch run; a batch run's figures are in "
                            "summary.json's run block"])
+    if args.profile and settings.executor != "threads":
+        raise ConfigError([f"--profile: profiles the threads of this process, but executor '{settings.executor}' "
+                           "works on the chunks elsewhere; profile a run with --executor threads instead"])
     check_data_dir(settings.data_dir)  # a missing data folder is refused before the output folder is made
     # One process per output folder, from before the state is read until after it is last written.
     with StateLock(state_dir(settings), settings.output_dir, command) as lock:
@@ -249,7 +258,7 @@ def _subcommand(argv: list[str]) -> int | None:
     index = 0
     while index < len(argv):
         word = argv[index]
-        if word in ("--settings", "--data-dir", "--output-dir"):
+        if word in ("--settings", "--data-dir", "--output-dir", "--executor", "--scheduler"):
             index += 2
         elif word.startswith("-"):
             index += 1
@@ -390,9 +399,15 @@ def _graceful_stop() -> Iterator[_Stop]:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     # Command-line paths are relative to where the user stands, not to the settings file.
+    executor = getattr(args, "executor", None)
+    scheduler = getattr(args, "scheduler", None)
+    if scheduler and executor == "threads":
+        raise ConfigError([f"--scheduler {scheduler}: runs on a Dask cluster, but --executor threads was given; "
+                           "hint: leave out --executor (--scheduler implies dask)"])
     return {
         "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None,
         "output_dir": str(Path(args.output_dir).resolve()) if args.output_dir else None,
+        "executor": {"type": "dask" if scheduler else executor, "scheduler": scheduler},
     }
 
 

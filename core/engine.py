@@ -19,7 +19,7 @@ import pluggy
 from core import budget, compiled, guard, lines
 from core.checkpoint import Checkpoint
 from core.committer import Committer, Entry, FileRun, Parts
-from core.executor import Executor, ThreadExecutor
+from core.executor import Executor, build_executor
 from core.guard import PluginHooks
 from core.ledger import Work
 from core.parse import RECORD_COLUMNS, Chunk
@@ -58,7 +58,7 @@ class Pipeline:
         self._small: Parts = []  # small files' chunks read and not yet submitted
         self._small_done: list[FileRun] = []  # small files read whole, ended once their chunks are queued
         self._now = 0
-        self.executor = executor or ThreadExecutor(settings.workers, settings.queue_size)
+        self.executor = executor or build_executor(settings)
         self.trimmer = budget.HeapTrimmer.for_cap(settings.memory_mb)
         self.committer = Committer(settings, self.hooks, self.executor.capacity, self.trimmer, profile)
         # Plugin code too: a rule whose set-up raises here is failed in the state (see ``process``).

@@ -6,8 +6,12 @@ is the committer's (``core.committer``), the same whichever executor ran the wor
 
 from __future__ import annotations
 
+import importlib
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 T = TypeVar("T")
 
@@ -40,8 +44,26 @@ class ThreadExecutor:
         self.reads_ranges = reads_ranges
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="omp-worker")
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ThreadExecutor:
+        return cls(settings.workers, settings.queue_size)
+
     def submit(self, fn: Callable[..., T], /, *args: Any) -> Future[T]:
         return self._pool.submit(fn, *args)
 
     def shutdown(self, *, at_once: bool) -> None:
         self._pool.shutdown(wait=not at_once, cancel_futures=at_once)
+
+
+#: The executors ``executor.type`` names, each a class with ``from_settings(settings)``, imported when
+#: chosen (``distributed`` takes a second to import, and a threaded run never needs it).
+EXECUTORS: dict[str, str] = {
+    "threads": "core.executor:ThreadExecutor",
+    "dask": "core.dask_executor:DaskExecutor",
+}
+
+
+def build_executor(settings: Settings) -> Executor:
+    """The executor the settings choose (``executor.type``), started."""
+    module, _, name = EXECUTORS[settings.executor].partition(":")
+    return getattr(importlib.import_module(module), name).from_settings(settings)

@@ -93,8 +93,10 @@ def run_rule(settings_path: str | Path, rule: str, files: dict[str, bytes],
         raw = yaml.safe_load(Path(settings_path).read_text(encoding="utf-8")) or {}
         merged = {key: _deep_merge(_deep_merge(DEFAULTS.get(key), raw.get(key)), value)
                   for key, value in (overrides or {}).items()}
+        # Sample lines, in this process: never a Dask cluster the settings may name for runs.
         settings = load_settings(settings_path, {**merged, "rules": [rule], "data_dir": str(data),
-                                                 "output_dir": str(output), "include": ["*"], "exclude": []})
+                                                 "output_dir": str(output), "include": ["*"], "exclude": [],
+                                                 "executor": {"type": "threads"}})
         pm = get_plugin_manager(settings.plugins, search_path=settings.source.parent)
         rules = load_rules(settings, rule_types(pm))
         report = run_batch(settings, pm, rules, reset=True)

@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "workers": 0,
     "chunk_bytes": 4 * 1024 * 1024,
     "queue_size": 2,
+    "executor": {"type": "threads", "scheduler": None, "workers": 0},
     "watch": {"settle_ms": 500, "poll_interval_ms": 500, "rescan_seconds": 30, "status_seconds": 30},
     "limits": {"max_line_bytes": 65536, "malformed_samples": 100, "memory_mb": 500, "summary_files": 100},
     "redact": {"cards": True, "emails": True, "patterns": []},
@@ -50,6 +51,16 @@ SCHEMA: dict[str, Any] = {
         "workers": {"type": "integer", "minimum": 0, "maximum": 256},
         "chunk_bytes": {"type": "integer", "minimum": 1024, "maximum": 1024**3},
         "queue_size": {"type": "integer", "minimum": 1, "maximum": 1024},
+        "executor": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "type": {"enum": ["threads", "dask"]},
+                # A Dask scheduler's address: tcp://HOST:PORT (tls:// with certificates set up for Dask).
+                "scheduler": {"type": ["string", "null"], "pattern": r"^(tcp|tls|ucx|inproc)://\S+$"},
+                "workers": {"type": "integer", "minimum": 0, "maximum": 256},
+            },
+        },
         "watch": {
             "type": "object",
             "additionalProperties": False,
@@ -101,6 +112,12 @@ class Settings:
     workers: int
     chunk_bytes: int
     queue_size: int
+    #: Where chunk work runs (``core.executor.EXECUTORS``): ``threads`` of this process, or ``dask``.
+    executor: str
+    #: The Dask scheduler to connect to; None with ``dask`` starts a local cluster of processes.
+    scheduler: str | None
+    #: Worker processes of a local Dask cluster (``executor.workers``, or ``workers`` when 0).
+    executor_workers: int
     settle_ms: int
     poll_interval_ms: int
     rescan_seconds: float
@@ -129,9 +146,14 @@ def load_settings(path: str | os.PathLike[str], overrides: dict[str, Any] | None
     source = Path(path)
     raw = _read_yaml(source)
     merged = _merge(DEFAULTS, raw)
-    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    problems = [f"{source}: {p}" for p in _CHECK.problems(merged)]
-    problems += _cross_checks(source, merged)
+    problems = _executor_problems(source, merged)  # the file's own: ``--executor threads`` may override it
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):  # a block: the values given win
+            merged[key] = {**merged[key], **{k: v for k, v in value.items() if v is not None}}
+        elif value is not None:
+            merged[key] = value
+    problems += [f"{source}: {p}" for p in _CHECK.problems(merged)]
+    problems += _chunk_problems(source, merged)
     problems += [f"{source}: {p}" for p in redact.pattern_problems(_redact_block(merged).get("patterns"))]
     if problems:
         raise ConfigError(problems)
@@ -188,7 +210,17 @@ def _merge(defaults: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _cross_checks(source: Path, merged: dict[str, Any]) -> list[str]:
+def _executor_problems(source: Path, merged: dict[str, Any]) -> list[str]:
+    block = merged.get("executor")
+    if not isinstance(block, dict) or block.get("type") != "threads":
+        return []
+    if block.get("scheduler"):
+        return [f"{source}: executor.scheduler: only used with executor.type 'dask', got type 'threads'; "
+                "hint: set executor.type: dask (or run with --scheduler, which implies it)"]
+    return []
+
+
+def _chunk_problems(source: Path, merged: dict[str, Any]) -> list[str]:
     limits = merged.get("limits")
     chunk = merged.get("chunk_bytes")
     if not isinstance(limits, dict) or not isinstance(chunk, int):
@@ -220,6 +252,9 @@ def _resolve(source: Path, merged: dict[str, Any]) -> Settings:
         workers=merged["workers"] or (os.cpu_count() or 1),
         chunk_bytes=merged["chunk_bytes"],
         queue_size=merged["queue_size"],
+        executor=merged["executor"]["type"],
+        scheduler=merged["executor"]["scheduler"] if merged["executor"]["type"] == "dask" else None,
+        executor_workers=merged["executor"]["workers"] or merged["workers"] or (os.cpu_count() or 1),
         settle_ms=merged["watch"]["settle_ms"],
         poll_interval_ms=merged["watch"]["poll_interval_ms"],
         rescan_seconds=merged["watch"]["rescan_seconds"],
