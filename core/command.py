@@ -255,10 +255,12 @@ def _load_config(settings: Settings, pm: Any) -> tuple[list[Any], AlertConfig]:
 
 def _subcommand(argv: list[str]) -> int | None:
     """Where ``test-rule`` or ``test`` stands in ``argv``: the first word that is not an option or an option's value."""
+    takes_value = {option for action in build_parser()._actions if action.nargs != 0
+                   for option in action.option_strings}
     index = 0
     while index < len(argv):
         word = argv[index]
-        if word in ("--settings", "--data-dir", "--output-dir", "--executor", "--scheduler"):
+        if word in takes_value:
             index += 2
         elif word.startswith("-"):
             index += 1

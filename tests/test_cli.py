@@ -664,3 +664,11 @@ def test_importing_the_cli_changes_nothing_in_the_process():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)},
                           capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["[]", "False"]
+
+
+@pytest.mark.parametrize("option", ["--serve", "--metrics-port", "--metrics-addr", "--executor", "--scheduler"])
+def test_an_option_s_value_is_never_taken_for_a_subcommand(option):
+    from core.command import _subcommand
+
+    assert _subcommand([option, "test", "--watch"]) is None  # "test" is the option's value here
+    assert _subcommand([option, "8080", "test"]) == 2
