@@ -44,6 +44,7 @@ _WRITTEN = {
     "max_line_bytes": "limits.max_line_bytes", "malformed_samples": "limits.malformed_samples",
     "memory_mb": "limits.memory_mb", "summary_files": "limits.summary_files",
     "redact_cards": "redact.cards", "redact_emails": "redact.emails", "redact_patterns": "redact.patterns",
+    "executor": "executor.type", "scheduler": "executor.scheduler", "executor_workers": "executor.workers",
 }
 
 
@@ -58,8 +59,10 @@ class Config:
 
 def restart_needed(running: Settings, new: Settings) -> list[str]:
     """The settings (as settings.yaml writes them) that differ and that only a restart applies."""
+    # A local Dask cluster's size follows ``workers`` unless set: it counts only where Dask runs.
+    unused = {"executor_workers"} if running.executor == new.executor == "threads" else set()
     return [_WRITTEN.get(name, name) for name, value in running.__dict__.items()
-            if name not in LIVE and name != "source" and new.__dict__.get(name) != value]
+            if name not in LIVE | unused and name != "source" and new.__dict__.get(name) != value]
 
 
 class ConfigWatch:
