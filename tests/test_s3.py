@@ -1,0 +1,181 @@
+"""``data_dir: s3://bucket/prefix``: the pipeline reading object storage, served by moto's S3 server on 127.0.0.1.
+
+The server is started by the module and stopped after it; each test has a bucket of its own.
+Credentials come from the environment (fake ones: the test server accepts any), the server's
+address from the ``storage_options`` block.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, Workspace, run_cli, wait_for
+from tests.test_watch import Watcher, outputs
+
+boto3 = pytest.importorskip("boto3")
+moto_server = pytest.importorskip("moto.server")
+
+ALL_RULES = ("payment-statuses, top-services, top-users, peak-hours, event-timeline, unknown-statuses, "
+             "implausible-timestamps, error-spikes, busy-users, duplicate-events, silent-services")
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    """moto's S3-compatible server on a free port of 127.0.0.1, for the module."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+class Bucket:
+    """A bucket of its own on the test server, objects put under ``logs/``."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.name = f"omp-{uuid.uuid4().hex[:12]}"
+        self.client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        self.client.create_bucket(Bucket=self.name)
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.name}/logs"
+
+    def put(self, key: str, body: bytes) -> None:
+        self.client.put_object(Bucket=self.name, Key=f"logs/{key}", Body=body)
+
+    def settings(self, extra: str = "") -> str:
+        return f"data_dir: {self.url}\nstorage_options: {{endpoint_url: '{self.endpoint}'}}\n{extra}"
+
+
+@pytest.fixture
+def bucket(endpoint, monkeypatch) -> Bucket:
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    return Bucket(endpoint)
+
+
+def local_copy(workspace: Workspace, bucket: Bucket, files: dict[str, bytes]) -> None:
+    """The same files in the local data folder, and in the bucket."""
+    for name, body in files.items():
+        workspace.write(name, body)
+        bucket.put(name, body)
+
+
+def example_files() -> dict[str, bytes]:
+    example = (REPO / "data" / "example_input.txt").read_bytes()
+    return {"example.log": example, "half.log": example[: len(example) // 2].rsplit(b"\n", 1)[0] + b"\n",
+            "notes.md": b"not a log\n"}
+
+
+def test_a_batch_run_over_a_bucket_equals_a_run_over_a_local_folder(workspace, bucket, tmp_path, capsys):
+    workspace.configure(f"rules: [{ALL_RULES}]\n")
+    local_copy(workspace, bucket, example_files())
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    assert workspace.main("--output-dir", str(local)) == 0, capsys.readouterr().err
+    remote_settings = tmp_path / "remote.yaml"
+    remote_settings.write_text(workspace.settings.read_text() + "\n" + bucket.settings(), encoding="utf-8")
+    from core.cli import main
+
+    assert main(["--settings", str(remote_settings), "--output-dir", str(remote)]) == 0, capsys.readouterr().err
+    ours, theirs = outputs(remote), outputs(local)
+    assert [f["path"] for f in ours[0]["files"]] == ["example.log", "half.log"]  # keys relative to the prefix
+    assert ours == theirs
+    assert ours[1]["anomalies"], "the data has anomalies, whose sample lines are read back from the bucket"
+    samples = [s for a in ours[1]["anomalies"] for s in a.get("samples", []) if isinstance(s, dict)]
+    assert all(s.get("text") for s in samples if "text" in s)
+
+    # A second run counts only what is new: one object grown (uploaded again, longer) and one new object.
+    more = b"2025-07-23T00:00:01Z FAILURE PaymentService u1 declined\n"
+    files = example_files()
+    local_copy(workspace, bucket, {"half.log": files["half.log"] + more, "new.log": more * 3})
+    assert workspace.main("--output-dir", str(local)) == 0, capsys.readouterr().err
+    assert main(["--settings", str(remote_settings), "--output-dir", str(remote)]) == 0, capsys.readouterr().err
+    grown = {f["path"]: f["lines"] for f in outputs(remote)[0]["files"]}
+    assert outputs(remote) == outputs(local)
+    assert grown["new.log"] == 3
+    assert outputs(remote)[0]["totals"]["lines"] == ours[0]["totals"]["lines"] + 4
+
+
+def test_a_bucket_that_does_not_exist_is_a_clear_error(workspace, bucket):
+    workspace.configure(f"data_dir: s3://no-such-bucket-{uuid.uuid4().hex[:8]}/logs\n"
+                        f"storage_options: {{endpoint_url: '{bucket.endpoint}'}}\n")
+    result = run_cli(cwd=workspace.root)
+    assert result.returncode == 2
+    assert "cannot be listed: bucket 'no-such-bucket-" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_server_that_is_down_is_a_clear_error(workspace, bucket):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    workspace.configure(f"data_dir: s3://{bucket.name}/logs\n"
+                        f"storage_options: {{endpoint_url: 'http://127.0.0.1:{port}', "
+                        "config_kwargs: {retries: {max_attempts: 1}}}\n")
+    result = run_cli(cwd=workspace.root)
+    assert result.returncode == 2
+    assert f"data folder 's3://{bucket.name}/logs' cannot be listed" in result.stderr
+    assert "Could not connect to the endpoint URL" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_watcher_polls_the_listing_and_reads_new_and_grown_objects(workspace, bucket):
+    workspace.configure(bucket.settings(f"rules: [{ALL_RULES}]\nwatch: {{poll_interval_ms: 200}}\n"))
+    first = b"2025-07-22T12:00:00Z INFO PaymentService u1 ok\n"
+    bucket.put("a.log", first)
+    with Watcher(workspace) as watcher:
+        summary = workspace.output / "summary.json"
+        wait_for(lambda: summary.exists() and outputs(workspace.output)[0]["totals"]["lines"] == 1,
+                 "the first object counted")
+        bucket.put("b.log", first * 2)
+        wait_for(lambda: outputs(workspace.output)[0]["totals"]["lines"] == 3, "a new object counted")
+        bucket.put("a.log", first * 4)  # uploaded again, grown: only its new lines count
+        wait_for(lambda: outputs(workspace.output)[0]["totals"]["lines"] == 6, "a grown object counted")
+        assert "listing it every 200 ms" in watcher.log
+    lines = {f["path"]: f["lines"] for f in outputs(workspace.output)[0]["files"]}
+    assert lines == {"a.log": 4, "b.log": 2}
+
+
+@pytest.mark.slow
+def test_a_batch_run_on_a_dask_cluster_reads_the_bucket(workspace, bucket, tmp_path, capsys):
+    """Two worker processes read their own ranges of the objects through fsspec, with the settings'
+    storage options (the credentials too: the workers were not started with them in their environment)."""
+    distributed = pytest.importorskip("distributed")
+    from core.cli import main
+
+    workspace.configure(f"rules: [{ALL_RULES}]\nchunk_bytes: 131072\nlimits: {{max_line_bytes: 4096}}\n")
+    big = Path(tmp_path / "gen.log")
+    from tests.conftest import load_bench
+
+    load_bench("generate").main(["--lines", "20000", "--out", str(big), "--seed", "7",
+                                 "--manifest", str(tmp_path / "gen.manifest.json")])
+    local_copy(workspace, bucket, {**example_files(), "gen.log": big.read_bytes()})
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    assert workspace.main("--output-dir", str(local)) == 0, capsys.readouterr().err
+    remote_settings = tmp_path / "remote.yaml"
+    remote_settings.write_text(
+        workspace.settings.read_text() + f"\ndata_dir: {bucket.url}\nstorage_options: "
+        f"{{endpoint_url: '{bucket.endpoint}', key: testing, secret: testing}}\n", encoding="utf-8")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cl:
+        assert main(["--settings", str(remote_settings), "--output-dir", str(remote),
+                     "--scheduler", cl.scheduler_address]) == 0, capsys.readouterr().err
+        assert outputs(remote) == outputs(local)
+        bucket.put("new.log", b"2025-07-23T00:00:01Z FAILURE PaymentService u1 declined\n")
+        workspace.write("new.log", "2025-07-23T00:00:01Z FAILURE PaymentService u1 declined\n")
+        assert workspace.main("--output-dir", str(local)) == 0, capsys.readouterr().err
+        assert main(["--settings", str(remote_settings), "--output-dir", str(remote),
+                     "--scheduler", cl.scheduler_address]) == 0, capsys.readouterr().err
+    assert outputs(remote) == outputs(local)
+    assert outputs(remote)[0]["totals"]["lines"] > 20_000
+    shutil.rmtree(remote)
