@@ -74,10 +74,13 @@ def local_copy(workspace: Workspace, bucket: Bucket, files: dict[str, bytes]) ->
         bucket.put(name, body)
 
 
+DUP = "2025-07-21T10:00:00Z SUCCESS PaymentService u9 Payment ord-654321 captured"
+
+
 def example_files() -> dict[str, bytes]:
     example = (REPO / "data" / "example_input.txt").read_bytes()
     return {"example.log": example, "half.log": example[: len(example) // 2].rsplit(b"\n", 1)[0] + b"\n",
-            "notes.md": b"not a log\n"}
+            "dup.log": f"{DUP}\n{DUP}\n".encode(), "notes.md": b"not a log\n"}
 
 
 def test_a_batch_run_over_a_bucket_equals_a_run_over_a_local_folder(workspace, bucket, tmp_path, capsys):
@@ -91,11 +94,12 @@ def test_a_batch_run_over_a_bucket_equals_a_run_over_a_local_folder(workspace, b
 
     assert main(["--settings", str(remote_settings), "--output-dir", str(remote)]) == 0, capsys.readouterr().err
     ours, theirs = outputs(remote), outputs(local)
-    assert [f["path"] for f in ours[0]["files"]] == ["example.log", "half.log"]  # keys relative to the prefix
+    # Names are the keys relative to the prefix.
+    assert sorted(f["path"] for f in ours[0]["files"]) == ["dup.log", "example.log", "half.log"]
     assert ours == theirs
-    assert ours[1]["anomalies"], "the data has anomalies, whose sample lines are read back from the bucket"
-    samples = [s for a in ours[1]["anomalies"] for s in a.get("samples", []) if isinstance(s, dict)]
-    assert all(s.get("text") for s in samples if "text" in s)
+    duplicate = [i for i in ours[1]["anomalies"] if i["type"] == "duplicate_event" and i["subject"]["user"] == "u9"]
+    # Sample lines are read back from the bucket, through the object's source.
+    assert [(s["location"], s["text"]) for s in duplicate[0]["samples"]] == [("dup.log:1", DUP), ("dup.log:2", DUP)]
 
     # A second run counts only what is new: one object grown (uploaded again, longer) and one new object.
     more = b"2025-07-23T00:00:01Z FAILURE PaymentService u1 declined\n"
