@@ -28,6 +28,9 @@ from typing import Any, ClassVar
 from core.errors import DataDirError
 from core.sources import PLAIN, Handle, Range, Source, digest
 
+#: Bytes fetched beyond what a read asks for.
+READ_AHEAD = 1024 * 1024
+
 
 def is_url(value: object) -> bool:
     """Whether a ``data_dir`` value names object storage (``s3://...``) rather than a local folder."""
@@ -123,8 +126,10 @@ class ObjectSource:
         url = os.fspath(path)
         fs, key = filesystem(url, self.options)
         try:
-            # Read-ahead keeps the last block fetched: the reader seeks back within it for a partial line.
-            handle = fs.open(key, "rb", cache_type="readahead")
+            # Read-ahead keeps the last bytes fetched, so the reader's seek back to a partial line costs
+            # no request; each read fetches what it asks for plus READ_AHEAD (s3fs's default, 50 MiB,
+            # would fetch far past the end of a worker's range).
+            handle = fs.open(key, "rb", cache_type="readahead", block_size=READ_AHEAD)
             handle.seek(offset)
         except Exception as exc:  # noqa: BLE001
             raise _oserror(url, exc) from None

@@ -116,10 +116,11 @@ def test_a_batch_run_over_a_bucket_equals_a_run_over_a_local_folder(workspace, b
 def test_a_bucket_that_does_not_exist_is_a_clear_error(workspace, bucket):
     workspace.configure(f"data_dir: s3://no-such-bucket-{uuid.uuid4().hex[:8]}/logs\n"
                         f"storage_options: {{endpoint_url: '{bucket.endpoint}'}}\n")
-    result = run_cli(cwd=workspace.root)
-    assert result.returncode == 2
-    assert "cannot be listed: bucket 'no-such-bucket-" in result.stderr
-    assert "Traceback" not in result.stderr
+    for args in ((), ("--check",)):  # a run, and the check of the settings, which lists the data folder too
+        result = run_cli(*args, cwd=workspace.root)
+        assert result.returncode == 2
+        assert "cannot be listed: bucket 'no-such-bucket-" in result.stderr
+        assert "Traceback" not in result.stderr
 
 
 def test_a_server_that_is_down_is_a_clear_error(workspace, bucket):
