@@ -265,6 +265,7 @@ class WatchLoop:
         """Take on a new configuration: its settings, and its rules (only the changed ones are rebuilt)."""
         old, self._config = self.settings, None
         self.settings, self.rules = config.settings, config.rules
+        self.sources = objectstore.sources_for(config.settings.data_dir, sources.registered(self.pm))  # new options
         self.changes.settings = config.settings
         checkpoints.adapt(self.checkpoint, config.rules)  # marks the new and changed rules for rebuilding
         rebuilt = [rule.name for rule in config.rules if rule.name in self.checkpoint.rebuild]

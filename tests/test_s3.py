@@ -8,11 +8,15 @@ address from the ``storage_options`` block.
 from __future__ import annotations
 
 import logging
+import pickle
 import socket
 import uuid
+from pathlib import Path
 
 import pytest
 
+from core.objectstore import ObjectPath, ObjectSource, sources_for
+from core.sources import DEFAULT_SOURCES
 from tests.conftest import REPO, Workspace, load_bench, run_cli, wait_for
 from tests.test_watch import Watcher, outputs
 
@@ -83,6 +87,7 @@ def example_files() -> dict[str, bytes]:
             "dup.log": f"{DUP}\n{DUP}\n".encode(), "notes.md": b"not a log\n"}
 
 
+@pytest.mark.slow
 def test_a_batch_run_over_a_bucket_equals_a_run_over_a_local_folder(workspace, bucket, tmp_path, capsys):
     workspace.configure(f"rules: [{ALL_RULES}]\n")
     local_copy(workspace, bucket, example_files())
@@ -111,6 +116,35 @@ def test_a_batch_run_over_a_bucket_equals_a_run_over_a_local_folder(workspace, b
     assert outputs(remote) == outputs(local)
     assert grown["new.log"] == 3
     assert outputs(remote)[0]["totals"]["lines"] == ours[0]["totals"]["lines"] + 4
+
+
+@pytest.mark.slow
+def test_an_object_rewritten_is_read_again_as_a_local_file_rewritten_is(workspace, bucket, tmp_path, capsys):
+    """Not appended to: its counted bytes changed. The ledger's fingerprints say "replaced", for both."""
+    workspace.configure(f"rules: [{ALL_RULES}]\n")
+    local_copy(workspace, bucket, example_files())
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    remote_settings = tmp_path / "remote.yaml"
+    remote_settings.write_text(workspace.settings.read_text() + "\n" + bucket.settings(), encoding="utf-8")
+    from core.cli import main
+
+    rewritten = b"2025-07-24T00:00:00Z INFO OtherService u2 another day\n" * 40
+    for run in range(2):
+        if run:
+            local_copy(workspace, bucket, {"dup.log": rewritten})
+        assert workspace.main("--output-dir", str(local)) == 0, capsys.readouterr().err
+        assert main(["--settings", str(remote_settings), "--output-dir", str(remote)]) == 0, capsys.readouterr().err
+        assert outputs(remote) == outputs(local)
+    assert {f["path"]: f["lines"] for f in outputs(remote)[0]["files"]}["dup.log"] == 2 + 40
+
+
+def test_what_travels_to_a_worker_pickles_and_names_an_object_the_same_everywhere():
+    root = ObjectPath.of("s3://bucket/logs/", {"endpoint_url": "http://127.0.0.1:9", "client_kwargs": {"a": 1}})
+    assert str(root / "api/a.log") == "s3://bucket/logs/api/a.log" and root.name == "logs"
+    source = ObjectSource(root.options)
+    assert pickle.loads(pickle.dumps((root, source))) == (root, source)
+    assert sources_for(root, DEFAULT_SOURCES)[0] == source
+    assert sources_for(Path("/data"), DEFAULT_SOURCES) == DEFAULT_SOURCES  # a local folder: no change
 
 
 def test_a_bucket_that_does_not_exist_is_a_clear_error(workspace, bucket):
