@@ -164,8 +164,10 @@ def listing(root: ObjectPath, recursive: bool) -> tuple[list[str], list[tuple[st
         name = key[len(base):].lstrip("/")
         if not name or key.endswith("/"):
             continue  # the prefix itself, or a zero-byte "folder" marker
+        if any(part.startswith(".") for part in name.split("/")[:-1]):
+            continue  # under a hidden "folder", which a local walk does not enter either
         if info.get("type") != "file":
-            if not recursive:
+            if not recursive and not name.startswith("."):
                 skipped.append((name, "is a subfolder (set 'recursive: true' to read subfolders)"))
             continue
         names.append(name)

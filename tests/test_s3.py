@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from core.objectstore import ObjectPath, ObjectSource, sources_for
+from core.objectstore import ObjectPath, ObjectSource, listing, sources_for
 from core.sources import DEFAULT_SOURCES
 from tests.conftest import REPO, Workspace, load_bench, run_cli, wait_for
 from tests.test_watch import Watcher, outputs
@@ -145,6 +145,16 @@ def test_what_travels_to_a_worker_pickles_and_names_an_object_the_same_everywher
     assert pickle.loads(pickle.dumps((root, source))) == (root, source)
     assert sources_for(root, DEFAULT_SOURCES)[0] == source
     assert sources_for(Path("/data"), DEFAULT_SOURCES) == DEFAULT_SOURCES  # a local folder: no change
+
+
+def test_the_listing_honours_recursive_and_passes_over_folders(bucket):
+    for key in ("a.log", "sub/b.log", "sub/deeper/c.log", ".hidden/d.log", "empty/"):
+        bucket.put(key, b"" if key.endswith("/") else b"x\n")
+    root = ObjectPath.of(bucket.url, {"endpoint_url": bucket.endpoint})
+    assert listing(root, recursive=True) == (["a.log", "sub/b.log", "sub/deeper/c.log"], [])
+    names, skipped = listing(root, recursive=False)
+    assert names == ["a.log"]
+    assert [name for name, _ in skipped] == ["empty", "sub"]  # a hidden one is not even mentioned, as locally
 
 
 def test_a_bucket_that_does_not_exist_is_a_clear_error(workspace, bucket):
