@@ -23,6 +23,7 @@ from core.discover import check_data_dir
 from core.errors import ConfigError, DataDirError, ForeignState, OutputValidationError, PipelineError, StateLocked
 from core.guard import plugin_of
 from core.lock import StateLock
+from core.objectstore import is_url
 from core.plugins import get_plugin_manager, rule_types
 from core.profile import RunProfile
 from core.ruleset import load_rules
@@ -407,7 +408,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError([f"--scheduler {scheduler}: runs on a Dask cluster, but --executor threads was given; "
                            "hint: leave out --executor (--scheduler implies dask)"])
     return {
-        "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None,
+        "data_dir": (args.data_dir if is_url(args.data_dir) else str(Path(args.data_dir).resolve()))
+        if args.data_dir else None,
         "output_dir": str(Path(args.output_dir).resolve()) if args.output_dir else None,
         "executor": {"type": "dask" if scheduler else executor, "scheduler": scheduler},
     }

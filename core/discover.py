@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from core import objectstore
 from core.errors import DataDirError
+from core.objectstore import ObjectPath
 from core.sources import (  # noqa: F401  (the regular-file checks were here: their old names stay)
     DEFAULT_SOURCES,
     NotRegularFile,
@@ -51,7 +53,7 @@ def wanted(name: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> boo
 
 
 def discover(
-    data_dir: Path, include: tuple[str, ...], exclude: tuple[str, ...], recursive: bool = False,
+    data_dir: Path | ObjectPath, include: tuple[str, ...], exclude: tuple[str, ...], recursive: bool = False,
     sources: Sequence[Source] = DEFAULT_SOURCES,
 ) -> tuple[list[DataFile], list[Skipped]]:
     """The files to read, sorted by name, each with its source, and the paths passed over that a user may ask about.
@@ -59,6 +61,8 @@ def discover(
     Symlinks to files are followed; one file reached twice (a link and its target) is read once.
     Subfolders are read only with ``recursive``; symlinked folders never, so no link loops.
     """
+    if isinstance(data_dir, ObjectPath):
+        return _discover_objects(data_dir, include, exclude, recursive, sources)
     check_data_dir(data_dir)
     files: list[DataFile] = []
     skipped: list[Skipped] = []
@@ -80,8 +84,28 @@ def discover(
     return files, skipped
 
 
-def check_data_dir(data_dir: Path) -> None:
+def _discover_objects(
+    root: ObjectPath, include: tuple[str, ...], exclude: tuple[str, ...], recursive: bool, sources: Sequence[Source],
+) -> tuple[list[DataFile], list[Skipped]]:
+    """The objects under a URL, as ``discover`` gives files: names are keys relative to the prefix."""
+    names, passed = objectstore.listing(root, recursive)
+    readers = objectstore.sources_for(root, tuple(sources))
+    files, skipped = [], [Skipped(name, reason) for name, reason in passed]
+    for name in names:
+        if not wanted(name, include, exclude):
+            continue
+        if name.endswith(".gz"):  # only plain objects are read from object storage so far
+            skipped.append(Skipped(name, "is a compressed object; only plain objects are read from object storage"))
+            continue
+        files.append(DataFile(root / name, name, choose(name, readers)))  # type: ignore[arg-type]
+    return files, skipped
+
+
+def check_data_dir(data_dir: Path | ObjectPath) -> None:
     """Raise ``DataDirError`` unless ``data_dir`` is a folder that can be listed (``--check`` asks too)."""
+    if isinstance(data_dir, ObjectPath):
+        objectstore.check(data_dir)
+        return
     if not data_dir.exists():
         raise DataDirError(f"data folder '{data_dir}' does not exist")
     if not data_dir.is_dir():

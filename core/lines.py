@@ -7,7 +7,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from core.parse import _text, count_newlines
 from core.sources import DEFAULT_SOURCES, Source, choose
@@ -68,7 +68,7 @@ def read_lines(
     source = choose(os.fspath(path), SOURCES.get())  # a gzip file's lines are read from its decompressed bytes
     try:
         with source.open(path, 0) as handle:
-            info = os.fstat(handle.fileno()) if hasattr(handle, "fileno") else os.stat(path)
+            info = _opened(handle, path, source)
             known = _starts.get((info.st_dev, info.st_ino), {})
             # Only starts within the file as it is now: a file cut shorter may have moved its lines. (A
             # stream's offsets are in its decompressed bytes: a wrong start is caught as it is read.)
@@ -78,6 +78,14 @@ def read_lines(
     except OSError:
         pass  # what was found before the error stands; the rest has no entry
     return scan.found
+
+
+def _opened(handle: Any, path: str | Path, source: Source) -> os.stat_result:
+    """Who the input just opened is: its open file's own (a local file), else as its source identifies it."""
+    try:
+        return os.fstat(handle.fileno())
+    except (AttributeError, OSError, ValueError):  # a stream, or an object in object storage: no descriptor
+        return source.identify(path)
 
 
 def _read_blocks(handle: BinaryIO, scan: _LineScan, block_bytes: int,

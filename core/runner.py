@@ -11,7 +11,7 @@ from typing import Callable
 import pluggy
 
 from core import checkpoint as checkpoints
-from core import sources
+from core import objectstore, sources
 from core.alertconfig import AlertConfig
 from core.alerts import Alerts
 from core.discover import discover
@@ -72,7 +72,7 @@ def _run_batch(
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
     checkpoint = checkpoints.load(settings, rules, reset=reset)
-    readers = sources.registered(pm)
+    readers = objectstore.sources_for(settings.data_dir, sources.registered(pm))
     files, skipped = discover(settings.data_dir, settings.include, settings.exclude, settings.recursive, readers)
     for entry in skipped:
         log.info("not reading %s: %s", entry.name, entry.reason)

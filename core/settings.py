@@ -15,12 +15,14 @@ import yaml
 from core import budget, redact
 from core.alertconfig import BLOCK_SCHEMA as ALERTS_SCHEMA
 from core.errors import ConfigError
+from core.objectstore import ObjectPath, is_url
 from core.validation import SchemaCheck
 
 log = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {
     "data_dir": "data",
+    "storage_options": {},
     "output_dir": "output",
     "include": ["*.txt", "*.log", "*.txt.gz", "*.log.gz"],
     "exclude": [".*", "*~", "*.tmp", "*.temp", "*.part", "*.partial", "*.swp", "*.crdownload"],
@@ -44,6 +46,8 @@ SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "properties": {
         "data_dir": {"type": "string", "minLength": 1},
+        # Passed to fsspec when data_dir is a URL (s3://...): endpoint_url, client_kwargs, anon, ...
+        "storage_options": {"type": "object"},
         "output_dir": {"type": "string", "minLength": 1},
         "include": _GLOBS,
         "exclude": _GLOBS,
@@ -104,7 +108,8 @@ class Settings:
     """Validated settings; paths are absolute, resolved against the settings file's folder."""
 
     source: Path
-    data_dir: Path
+    #: A local folder, or a folder in object storage (``s3://bucket/prefix``, with its storage options).
+    data_dir: Path | ObjectPath
     output_dir: Path
     include: tuple[str, ...]
     exclude: tuple[str, ...]
@@ -138,7 +143,7 @@ class Settings:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values, for hooks and for the run's record in summary.json."""
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        return {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in self.__dict__.items()}
 
 
 def load_settings(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> Settings:
@@ -244,7 +249,8 @@ def _resolve(source: Path, merged: dict[str, Any]) -> Settings:
     limits = merged["limits"]
     return Settings(
         source=source.resolve(),
-        data_dir=_absolute(base, merged["data_dir"]),
+        data_dir=(ObjectPath.of(merged["data_dir"], merged["storage_options"]) if is_url(merged["data_dir"])
+                  else _absolute(base, merged["data_dir"])),
         output_dir=_absolute(base, merged["output_dir"]),
         include=tuple(merged["include"]),
         exclude=tuple(merged["exclude"]),

@@ -27,7 +27,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from core import checkpoint as checkpoints
-from core import sources
+from core import objectstore, sources
 from core.alertconfig import AlertConfig
 from core.alerts import Alerts
 from core.checkpoint import Checkpoint
@@ -92,8 +92,11 @@ class ChangeSet(FileSystemEventHandler):
     def note(self, path: str | bytes, ready: bool = False) -> None:
         """Record that ``path`` changed; ``ready`` when it is known to be complete."""
         name = self._name(os.fsdecode(path))
-        if name is None:
-            return
+        if name is not None:
+            self.note_name(name, ready)
+
+    def note_name(self, name: str, ready: bool = False) -> None:
+        """Record that the input ``name`` (relative to the data folder, and wanted) changed."""
         with self._lock:
             entry = self._pending.setdefault(name, _Pending(time.monotonic()))
             entry.changed_at = time.monotonic()
@@ -171,7 +174,7 @@ class WatchLoop:
         self.writers = Writers(pm)
         self.changes = ChangeSet(settings)
         self.alerts = Alerts.for_run(alerts, self.checkpoint, watching=True, data_name=settings.data_dir.name)
-        self.sources = sources.registered(pm)
+        self.sources = objectstore.sources_for(settings.data_dir, sources.registered(pm))
         self.started_at = datetime.now(timezone.utc)
         self.started = time.perf_counter()
         self.commits = 0
@@ -196,8 +199,11 @@ class WatchLoop:
         A new configuration (``core.reload``) ends the pipeline of the old one at a commit boundary;
         the next pipeline, of the new rules, starts with a commit that rebuilds the rules changed.
         """
-        self._observer = start_observer(self.settings, self.changes, self.poll)
-        log.info("watching %s (%s)", self.settings.data_dir, type(self._observer).__name__)
+        if self.polls_listing:
+            log.info("watching %s (listing it every %d ms)", self.settings.data_dir, self.settings.poll_interval_ms)
+        else:
+            self._observer = start_observer(self.settings, self.changes, self.poll)
+            log.info("watching %s (%s)", self.settings.data_dir, type(self._observer).__name__)
         if self.alerts is not None:
             self.alerts.start()
         try:
@@ -215,8 +221,9 @@ class WatchLoop:
         finally:
             if self.alerts is not None:
                 self.alerts.close()
-            self._observer.stop()
-            self._observer.join(timeout=5)
+            if self._observer is not None:
+                self._observer.stop()
+                self._observer.join(timeout=5)
 
     def _close_alerts(self) -> None:
         """On a graceful stop: keep what the alerts delivered since the last commit, so a restart does not resend it."""
@@ -247,7 +254,7 @@ class WatchLoop:
             now = time.monotonic()
             if now >= next_rescan:
                 self._rescan()
-                next_rescan = now + self.settings.rescan_seconds
+                next_rescan = now + self._rescan_every()
             self._status_due(pipeline)
             if self.alerts is not None:
                 self.alerts.refresh(self.settings.output_dir)  # a delivery or failure since the last commit
@@ -258,6 +265,7 @@ class WatchLoop:
         """Take on a new configuration: its settings, and its rules (only the changed ones are rebuilt)."""
         old, self._config = self.settings, None
         self.settings, self.rules = config.settings, config.rules
+        self.sources = objectstore.sources_for(config.settings.data_dir, sources.registered(self.pm))  # new options
         self.changes.settings = config.settings
         checkpoints.adapt(self.checkpoint, config.rules)  # marks the new and changed rules for rebuilding
         rebuilt = [rule.name for rule in config.rules if rule.name in self.checkpoint.rebuild]
@@ -287,8 +295,20 @@ class WatchLoop:
         forget_gone(self.checkpoint, files, skipped)
         return files
 
+    @property
+    def polls_listing(self) -> bool:
+        """Whether the data folder is in object storage: no events there, its listing is polled instead."""
+        return isinstance(self.settings.data_dir, objectstore.ObjectPath)
+
+    def _rescan_every(self) -> float:
+        return self.settings.poll_interval_ms / 1000 if self.polls_listing else self.settings.rescan_seconds
+
     def _rescan(self) -> None:
-        """Notice what events may have missed (an overflowed event queue, files from before the start)."""
+        """Notice what events may have missed (an overflowed event queue, files from before the start);
+        in object storage, where there are no events, notice every new or grown object.
+
+        An object is whole once it is listed (uploads are atomic): it is read at once, not left to settle.
+        """
         for data_file in self._all_files():
             entry = self.checkpoint.ledger.entries.get(data_file.name)
             try:
@@ -296,14 +316,14 @@ class WatchLoop:
             except OSError:
                 continue
             if entry is None or size != entry.offset:
-                self.changes.note(str(data_file.path))
+                self.changes.note_name(data_file.name, ready=self.polls_listing)
 
     def _commit(self, pipeline: Pipeline, files: list[DataFile], *, catch_up: bool = False) -> None:
         # A file error describes the latest attempt, as in a batch run: forgotten when the file is tried
         # again. The catch-up tries every file, so it also forgets files gone since (and earlier runs' hooks).
         began = time.perf_counter()
         forget_run_failures(self.checkpoint, None if catch_up else {f.name for f in files})
-        present = [f for f in files if os.path.lexists(f.path) or _log_gone(f)]
+        present = [f for f in files if not isinstance(f.path, Path) or os.path.lexists(f.path) or _log_gone(f)]
         works = plan(present, self.checkpoint, self.hooks)
         rebuild_marked(self.settings, self.rules, self.checkpoint, self.stop, self.sources)  # new or changed rules
         # A file taken from the change set is closed after writing, renamed into place or settled:

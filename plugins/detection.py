@@ -275,7 +275,9 @@ def read_sample_lines(rule: Rule, locations: list[str]) -> dict[str, str | None]
     redactor = getattr(rule, "redactor", None)
     found: dict[str, str | None] = {}
     for name, numbers in by_file.items():
-        lines = read_lines(Path(folder) / name, numbers, max_bytes=SAMPLE_BYTES) if folder else {}
+        # A URL (object storage, ``s3://...``) is joined as a URL: ``Path`` would fold its ``//``.
+        where = (f"{folder}/{name}" if "://" in folder else Path(folder) / name) if folder else None
+        lines = read_lines(where, numbers, max_bytes=SAMPLE_BYTES) if where else {}
         for number in numbers:
             text = lines.get(number)
             found[f"{name}:{number}"] = redactor.redact(text) if (text is not None and redactor) else text
