@@ -101,3 +101,33 @@ def test_rule_tests_run_in_this_process_whatever_executor_the_settings_name(work
     sample.write_text("2025-07-22T12:00:00Z INFO PaymentService u1 ok\n", encoding="utf-8")
     assert workspace.main("test-rule", "payment-statuses", "--sample", str(sample), "--json") == 0
     assert '"INFO": 1' in capsys.readouterr().out
+
+
+def test_the_readme_s_process_executor_gives_the_threaded_run_s_outputs(workspace):
+    """README's "Write an executor" example, as printed, run through run_batch against the default threads."""
+    import re
+
+    from core.plugins import get_plugin_manager, rule_types
+    from core.ruleset import load_rules
+    from core.runner import run_batch
+    from core.settings import load_settings
+    from tests.conftest import REPO
+    from tests.test_watch import log_lines, outputs
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("**Write an executor.**"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 (the README's example)
+    workspace.write("a.log", log_lines(3, 3000))
+    workspace.write("b.log", log_lines(4, 500))
+    workspace.configure("chunk_bytes: 65536\nlimits: {max_line_bytes: 4096}\n")  # several ranges per file
+    results = []
+    for name, executor in (("threads", None), ("processes", namespace["ProcessExecutor"](2))):
+        settings = load_settings(workspace.settings, {"output_dir": str(workspace.root / name)})
+        pm = get_plugin_manager(settings.plugins)
+        run_batch(settings, pm, load_rules(settings, rule_types(pm)), executor=executor)
+        summary, anomalies = outputs(workspace.root / name)
+        results.append((summary, anomalies))
+    assert results[0] == results[1]
+    assert results[0][0]["totals"]["lines"] == 3500
