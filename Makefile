@@ -27,10 +27,12 @@ test: $(BIN)/.installed
 
 # The fast part, for the edit-test loop: leaves out the tests that generate millions of lines,
 # kill watchers at random points, run the suite again on the pure Python path, search inputs
-# with hypothesis, or merge detector states over random splits, and the tests marked slow; `make test`
-# (what CI runs) has them all.
+# with hypothesis, or merge detector states over random splits, the end-to-end tests of alerts,
+# metrics, config reload, object storage, serving and the report, and the tests marked slow;
+# `make test` (what CI runs) has them all.
 QUICK_SKIP := test_memory_cap test_watch_load test_fallback test_exactly_once test_degrade test_compare test_traffic \
-              test_property test_watch test_generate test_detectors
+              test_property test_watch test_generate test_detectors test_alerts test_metrics test_reload test_s3 \
+              test_serve test_report test_small_files test_ruletest test_sources test_executor_settings
 test-quick: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m 'not slow' $(foreach t,$(QUICK_SKIP),--ignore=tests/$(t).py)
 

@@ -78,6 +78,7 @@ def samples(anomalies: dict) -> dict[str, list]:
     return {a["id"]: a["samples"] for a in anomalies["anomalies"]}
 
 
+@pytest.mark.slow
 def test_many_ranges_give_the_line_numbers_of_one_range_and_of_the_pipelines_own_reading(workspace, pm):
     fill(workspace)
     many = run(workspace, pm, "many", 1024, ranges=True)  # about 250 ranges of 1 KiB
@@ -99,6 +100,7 @@ def test_many_ranges_give_the_line_numbers_of_one_range_and_of_the_pipelines_own
     assert {"unknown-statuses", "late-records", "implausible-timestamps"} <= kinds
 
 
+@pytest.mark.slow
 def test_a_second_run_with_ranges_reads_nothing_and_a_grown_file_is_read_on(workspace, pm):
     fill(workspace)
     run(workspace, pm, "out", 1024, ranges=True)

@@ -304,6 +304,7 @@ def chromium() -> str:
     return found
 
 
+@pytest.mark.slow
 def test_the_report_in_a_headless_browser(generated, hostile, tmp_path):
     executable = chromium()
     from playwright.sync_api import sync_playwright
@@ -366,6 +367,7 @@ def seen_in_the_browser(page: Any, summary: dict[str, Any]) -> None:
         assert box and box["width"] > 100 and box["height"] > 100
 
 
+@pytest.mark.slow
 def test_a_watcher_s_report_refreshes_itself_and_shows_a_file_that_landed(workspace):
     workspace.configure("watch: {settle_ms: 100, status_seconds: 0.2}\n")
     workspace.write("a.log", "2025-07-22T10:00:00Z SUCCESS Payment user1 paid\n")
