@@ -40,6 +40,12 @@ def enabled_rules(workspace: Workspace) -> list[str]:
     return yaml.safe_load(workspace.settings.read_text(encoding="utf-8"))["rules"]
 
 
+def enable_extra_rule(workspace: Workspace, limit: int = 2) -> None:
+    """``top-statuses`` (``EXTRA_RULE``) in a rule file of its own, enabled beside the shipped rules."""
+    workspace.rules_file("extra.yaml", EXTRA_RULE.format(limit=limit))
+    workspace.configure(f"rules: {json.dumps(enabled_rules(workspace) + ['top-statuses'])}\n")
+
+
 def test_two_batch_runs_over_the_same_data_count_once(workspace):
     workspace.write("a.log", log_lines(1, 200))
     workspace.write("b.txt", log_lines(2, 150))
@@ -76,8 +82,7 @@ def test_reset_starts_from_nothing(workspace):
 
 
 def test_changing_a_rule_parameter_rebuilds_that_rule_alone_and_equals_a_fresh_run(workspace):
-    workspace.rules_file("extra.yaml", EXTRA_RULE.format(limit=2))
-    workspace.configure(f"rules: {json.dumps(enabled_rules(workspace) + ['top-statuses'])}\n")
+    enable_extra_rule(workspace)
     grown = workspace.write("a.log", log_lines(8, 300))
     batch(workspace)
     assert len(workspace.summary()["top_statuses"]) == 2
@@ -95,8 +100,7 @@ def test_changing_a_rule_parameter_rebuilds_that_rule_alone_and_equals_a_fresh_r
 
 
 def test_changing_a_rule_parameter_keeps_the_other_rules_state(workspace):
-    workspace.rules_file("extra.yaml", EXTRA_RULE.format(limit=2))
-    workspace.configure(f"rules: {json.dumps(enabled_rules(workspace) + ['top-statuses'])}\n")
+    enable_extra_rule(workspace)
     workspace.write("a.log", log_lines(14, 200))
     gone = workspace.write("gone.log", log_lines(15, 100))
     batch(workspace)
@@ -118,8 +122,7 @@ def test_changing_a_rule_parameter_keeps_the_other_rules_state(workspace):
 
 
 def test_a_rule_rebuilt_after_a_file_was_replaced_counts_its_new_content_once(workspace):
-    workspace.rules_file("extra.yaml", EXTRA_RULE.format(limit=2))
-    workspace.configure(f"rules: {json.dumps(enabled_rules(workspace) + ['top-statuses'])}\n")
+    enable_extra_rule(workspace)
     workspace.write("a.log", log_lines(16, 100))
     replaced = workspace.write("x.log", log_lines(17, 100))
     batch(workspace)

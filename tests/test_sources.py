@@ -240,10 +240,9 @@ def test_a_watcher_counts_a_gzip_file_written_in_two_goes_once(workspace, tmp_pa
 
 def test_a_rule_with_new_parameters_is_rebuilt_from_a_gzip_file_as_from_a_plain_one(workspace, caplog):
     """The per-rule rebuild (``core.rebuild``) reads each counted file through its own source."""
-    from tests.test_exactly_once import EXTRA_RULE, enabled_rules
+    from tests.test_exactly_once import EXTRA_RULE, enable_extra_rule
 
-    workspace.rules_file("extra.yaml", EXTRA_RULE.format(limit=2))
-    workspace.configure(f"rules: {json.dumps(enabled_rules(workspace) + ['top-statuses'])}\n")
+    enable_extra_rule(workspace)
     workspace.write("a.log.gz", gzipped(log_lines(8, 300)))
     assert len(batch(workspace)["top_statuses"]) == 2
     workspace.rules_file("extra.yaml", EXTRA_RULE.format(limit=4))
