@@ -115,7 +115,7 @@ class Committer:
             if self._unsealed and self._error is None:
                 # Sealed here, with the rest of the merging, not when results are first read: the
                 # checkpoint holds the smaller state, and the outputs only judge the open windows.
-                self._checkpoint.state.seal()
+                self._checkpoint.state.seal(side_by_side=True)  # nothing else is left to run
                 self._unsealed = 0
                 self.announce(self._checkpoint.state)
         self.trimmer.check()  # before the outputs and the checkpoint are written

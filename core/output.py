@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import os
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -38,6 +36,10 @@ def _result_check(cls: type[Rule]) -> SchemaCheck | None:
     return SchemaCheck(cls.result_schema, shipped=shipped(cls)) if cls.result_schema else None
 
 
+def _result(rule: Rule) -> Any:
+    return rule.result()
+
+
 def rule_results(
     state: RunState, rules: list[Rule], output: str = "summary"
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -47,7 +49,10 @@ def rule_results(
     problems: list[str] = []
     failed = state.failed_rules()
     wanted = [rule for rule in rules if rule.output == output and rule.name not in failed]
-    for rule, result in zip(wanted, _results(state, wanted), strict=True):
+    # Side by side: a detector's result judges its open windows (on 2 CPUs, the anomalies of a
+    # 10M-line heavy-tailed run took 0.21 s instead of 0.34 s).
+    held = [state.rules[rule.name] for rule in wanted]
+    for rule, result in zip(wanted, guard.call_each(state.failures, held, "result", "", _result), strict=True):
         if result is guard.FAILED:
             continue
         check = _result_check(type(rule))
@@ -59,26 +64,6 @@ def rule_results(
     if problems:
         raise OutputValidationError(f"{output}.json", problems)
     return values, details
-
-
-def _results(state: RunState, rules: list[Rule]) -> list[Any]:
-    """Each rule's ``result()`` (or FAILED), the rules side by side on up to one thread per CPU.
-
-    A detector's result judges its open windows, mostly Polars and numpy work that runs without
-    the GIL, and each rule's state is its own: on 2 CPUs the anomalies of a 10M-line run are built
-    in about two thirds of the time. Each thread runs in a copy of this thread's context (the
-    sources sample lines are read through, ``core.lines.SOURCES``).
-    """
-    def one(rule: Rule) -> Any:
-        held = state.rules[rule.name]
-        return guard.call_rule(state.failures, held, "result", "", held.result)
-
-    workers = min(len(rules), os.cpu_count() or 1)
-    if workers < 2:
-        return [one(rule) for rule in rules]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="omp-result") as pool:
-        futures = [pool.submit(contextvars.copy_context().run, one, rule) for rule in rules]
-        return [future.result() for future in futures]
 
 
 def build_anomalies(state: RunState, rules: list[Rule], generated_at: str) -> dict[str, Any]:

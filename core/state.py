@@ -99,12 +99,19 @@ class RunState:
         """Keep the counts of the ``keep`` most recently merged files one by one; fold the others."""
         fold_oldest(self.files, self.earlier, keep)
 
-    def seal(self, path: str = "") -> None:
-        """Seal every rule that has not failed; a rule whose seal raises is failed like any other."""
+    def seal(self, path: str = "", side_by_side: bool = False) -> None:
+        """Seal every rule that has not failed; a rule whose seal raises is failed like any other.
+
+        ``side_by_side`` seals the rules on up to one thread per CPU (``guard.call_each``): for the
+        last seal of a run, when no chunk work is left to share the CPUs with.
+        """
         failed = self.failed_rules()
-        for name, rule in self.rules.items():
-            if name not in failed:
-                guard.call_rule(self.failures, rule, "seal", path, _seal, rule)
+        rules = [rule for name, rule in self.rules.items() if name not in failed]
+        if side_by_side:
+            guard.call_each(self.failures, rules, "seal", path, _seal)
+            return
+        for rule in rules:
+            guard.call_rule(self.failures, rule, "seal", path, _seal, rule)
 
     def rule_failures(self) -> list[Failure]:
         """The first failure of each failed rule (first by file name), for reporting."""

@@ -671,3 +671,49 @@ def test_hour_counts_agree_with_polars_over_the_whole_range():
         assert hour_counts(Batch("x.log", pl.DataFrame({"ts": ts}))) == [expected.get(hour, 0) for hour in range(24)]
 
     check()
+
+
+MEETING = '''\
+"""Two rules whose results wait for each other: they finish only if the engine reads them side by side."""
+import threading
+
+from core import Result, Rule, hookimpl
+
+MET = threading.Barrier(2, timeout=10)
+
+
+class Meeting(Rule):
+    type_name = "meeting"
+
+    def setup(self):
+        self.records = 0
+
+    def update(self, batch):
+        self.records += len(batch)
+
+    def merge(self, other):
+        self.records += other.records
+
+    def result(self):
+        MET.wait()  # raises BrokenBarrierError after 10 s alone: the rule is then failed by name
+        return Result({"records": self.records, "thread": threading.current_thread().name})
+
+
+@hookimpl
+def register_rule_types(register):
+    register(Meeting)
+'''
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="results run side by side only with 2 CPUs or more")
+def test_the_rules_results_are_read_side_by_side_on_threads_of_their_own(workspace):
+    (workspace.root / "meeting.py").write_text(MEETING)
+    workspace.rules_file("meeting.yaml", "- {name: first, type: meeting}\n- {name: second, type: meeting}\n")
+    workspace.configure("plugins: [meeting]\nrules: [payment-statuses, first, second]\n")
+    for name, text in TWO_FILES.items():
+        workspace.write(name, text)
+    assert workspace.main() == 0
+    summary = workspace.summary()
+    assert summary["rule_errors"] == []
+    assert summary["first"]["records"] == summary["second"]["records"] == 3
+    assert summary["first"]["thread"] != summary["second"]["thread"]
