@@ -174,7 +174,7 @@ def main() -> int:
                   f"{seconds:.1f} s, {size / 1e6 / seconds:.0f} MB/s (target: 1 GB < 60 s)", flush=True)
             # Each commit rewrites the whole checkpoint: how small files fare once the state is big.
             after, _ = drop_one_by_one(root, smalls[:args.after], summary, watcher, expected, prefix="after")
-            state_mb = (root / "output" / ".state" / "checkpoint.pickle").stat().st_size / 1e6
+            state_mb = (root / "output" / ".state" / "checkpoint.omp").stat().st_size / 1e6
             print(f"{len(after)} small files after it (checkpoint {state_mb:.0f} MB): "
                   f"p50 {percentile(after, 0.5):.3f} s, max {max(after):.3f} s", flush=True)
         watcher.send_signal(signal.SIGTERM)
