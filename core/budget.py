@@ -46,16 +46,10 @@ MIN_MMAP_THRESHOLD = 1024 * 1024
 #: glibc refuses a threshold above this on 64-bit systems (and would keep its default).
 MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
 #: Past this part of ``limits.memory_mb`` of resident memory, glibc's free heap is given back (see
-#: ``HeapTrimmer``); below it, never, so that small runs (the Tier 1-2 rules: about 150 MB) pay
-#: nothing for it. At 70 %, runs of every rule (250 to 300 MB) never trimmed, and their free heap
-#: grew through the first seconds of a run: peak RSS rose 20 % from 1M to 30M lines of the same
-#: traffic. At 45 %, with a trim every 16 MB of growth: heavy-tailed traffic, 1M / 10M / 30M lines,
-#: 229 / 248 / 253 MB (from 225 / 275 / 285), about 36 trims of 3 ms per 10M lines; what they cost
-#: is the pages faulted in again afterwards, about 0.9 s of system time per 10M lines
-#: (docs/scaling.md).
-TRIM_SHARE = 0.45
+#: ``HeapTrimmer``); below it, never, so that runs well inside the cap pay nothing for it.
+TRIM_SHARE = 0.7
 #: After a trim, the next waits until resident memory has grown by this much again.
-TRIM_STEP = 16 * MIB
+TRIM_STEP = 32 * MIB
 
 
 class MemoryTooSmall(ValueError):

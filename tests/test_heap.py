@@ -50,6 +50,5 @@ def test_past_its_threshold_the_trimmer_gives_the_free_heap_back_then_waits_for_
     assert trimmer.trims == 1
 
 
-def test_the_default_cap_trims_from_45_percent_of_it():
-    # Above what the Tier 1-2 rules take (about 150 MB), below what every rule takes (225-300 MB).
-    assert budget.HeapTrimmer.for_cap(500).trim_above == 225 * MIB
+def test_the_default_cap_trims_from_seventy_percent_of_it():
+    assert budget.HeapTrimmer.for_cap(500).trim_above == 350 * MIB
