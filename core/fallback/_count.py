@@ -10,10 +10,11 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 #: The version of ``core/_count.c`` this stands in for.
-VERSION = 1
+VERSION = 2
 _MAGIC = b"OMPC"
 _FORMAT_VERSION = 1
 # The compiled table's header: magic, version, approximate, reserved, capacity, offset, total, n.
@@ -165,3 +166,13 @@ class Counts:
             raise ValueError("trailing bytes")
         table.approximate, table.offset, table.total = bool(approximate), offset, total
         return table
+
+
+def repeats(hashes: Any) -> bytes:
+    """The rows (int64, ascending) of a buffer of 64-bit values whose value occurs more than once."""
+    values = np.frombuffer(memoryview(hashes).cast("B"), dtype=np.uint64)
+    ordered = np.sort(values)
+    same = ordered[1:] == ordered[:-1]
+    if not same.any():
+        return b""
+    return np.flatnonzero(np.isin(values, ordered[1:][same])).astype(np.int64).tobytes()
