@@ -147,7 +147,7 @@ def _stream(series: pl.Series) -> object:
 def repeated_rows(hashes: np.ndarray) -> np.ndarray:
     """The rows of ``hashes`` (64-bit values) whose value occurs more than once, ascending.
 
-    One compiled pass over a hash table, without the GIL (a sort and a Polars ``is_in`` took
-    about 2 ms a batch of 55k records; this about a tenth of it).
+    One compiled pass over a hash table, without the GIL: about 1.1 ms for a batch of 55k records,
+    where a numpy sort and a Polars ``is_in`` took about 2 ms.
     """
     return np.frombuffer(_count.repeats(np.ascontiguousarray(hashes)), dtype=np.int64)
