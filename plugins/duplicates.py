@@ -34,7 +34,7 @@ from core import hookimpl
 from core.counts import repeated_rows
 from core.tally import Weights
 from plugins.detection import DURATION, INSTANT, SAMPLE_LIMIT, file_column, params_schema, sample_locations
-from plugins.windows import FLAG_BYTES, MAX_FUTURE, MIN_TIME, Table, Tables, WindowedDetector, in_range
+from plugins.windows import FLAG_BYTES, MAX_FUTURE, MIN_TIME, Table, Tables, WindowedDetector, window_rows
 
 if TYPE_CHECKING:
     from core.parse import Batch
@@ -114,7 +114,7 @@ class DuplicateEvent(WindowedDetector):
         "copies": Copies(
             {"hash": pl.UInt64(), "us": pl.Int64(), "window": pl.Int64(), "n": pl.UInt32(),
              "file": pl.Categorical(), "line": pl.Int64()},
-            keys=("hash",),
+            keys=("hash",), keeps_order=True,
         ),
         "totals": Table({"window": pl.Int64(), "total": pl.Int64()}, keys=("window",), sums=("total",),
                         tallied=Weights(counts="total")),
@@ -246,9 +246,10 @@ class DuplicateEvent(WindowedDetector):
         return {"copies": self.tables["copies"].fold(copies), "totals": totals}
 
     def verdicts(self, data: Tables, lo: int | None, hi: int | None) -> list[dict[str, Any]]:
-        copies = data["copies"]
-        # Folded, each hash's copies are counted on its first row (see Copies).
-        counts = copies.filter((pl.col("n") > 1) & in_range(lo, hi)).select("hash", "n", "us", "window")
+        # A record's copies share its time, so all of them are in the windows judged. Folded, each
+        # hash's copies are counted on its first row (see Copies).
+        copies = window_rows(data["copies"], lo, hi)
+        counts = copies.filter(pl.col("n") > 1).select("hash", "n", "us", "window")
         if counts.is_empty():
             return []
         rows = counts.sort("us", "hash").rows()

@@ -20,7 +20,7 @@ from core import hookimpl
 from core.tally import Weights
 from plugins.detection import DURATION, FIELDS, INSTANT, file_column, params_schema, sample_locations
 from plugins.seasonal import deviance_z
-from plugins.windows import MAX_FUTURE, MIN_TIME, Table, Tables, WindowedDetector, in_range
+from plugins.windows import MAX_FUTURE, MIN_TIME, Table, Tables, WindowedDetector, window_rows
 
 if TYPE_CHECKING:
     from core.parse import Batch
@@ -125,7 +125,8 @@ class Frequency(WindowedDetector):
     def verdicts(self, data: Tables, lo: int | None, hi: int | None) -> list[dict[str, Any]]:
         counts, n = data["counts"], self.lookback
         start = data["start"]["first_window"].min() if data["start"].height else None
-        candidates = counts.filter(in_range(lo, hi) & (pl.col("count") >= self.min_count))
+        judged_rows = window_rows(counts, lo, hi)
+        candidates = judged_rows.filter(pl.col("count") >= self.min_count)
         if start is not None:
             candidates = candidates.filter(pl.col("window") - n >= start)
         if candidates.is_empty():
@@ -136,7 +137,7 @@ class Frequency(WindowedDetector):
             .group_by("key", "judged").agg(pl.col("count").sum().alias("sum"), pl.col("count").max().alias("max"))
         )
         # Thinned windows hold 1 in 2^level values: as many again stand behind each one counted.
-        active = counts.filter(in_range(lo, hi)).group_by("window").agg(pl.len().alias("active")).with_columns(
+        active = judged_rows.group_by("window").agg(pl.len().alias("active")).with_columns(
             active=pl.col("active") * 2 ** self.levels_of(pl.col("window")))
         judged = (
             candidates.join(before, left_on=["key", "window"], right_on=["key", "judged"], how="left")
@@ -153,7 +154,8 @@ class Frequency(WindowedDetector):
             return []
         wanted = judged.select("key", "window")
         near = pl.col("key").is_in(wanted["key"].implode()) & pl.col("window").is_in(wanted["window"].implode())
-        samples = sample_locations(data["samples"].filter(near).join(wanted, on=["key", "window"]), ["key", "window"])
+        located = window_rows(data["samples"], lo, hi).filter(near).join(wanted, on=["key", "window"])
+        samples = sample_locations(located, ["key", "window"])
         return [self._flag(row, samples.get((row["key"], row["window"]), [])) for row in judged.iter_rows(named=True)]
 
     def _flag(self, row: dict[str, Any], samples: list[str]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 
 from core import safestate
-from plugins.windows import Tables, WindowedDetector, in_range
+from plugins.windows import Tables, WindowedDetector, window_rows
 
 #: Seasonal history kept per key: the same time of day on this many days, of the week on this many weeks.
 DAYS = 7
@@ -477,7 +477,7 @@ class SeasonalDetector(WindowedDetector):
 
     def series(self, data: Tables, lo: int | None, hi: int | None) -> dict[str, tuple[int, np.ndarray, np.ndarray]]:
         """Per key, the windows to judge: ``(first, counts, totals)`` from the first not yet judged to ``hi``."""
-        counts = data["counts"].filter(in_range(lo, hi))
+        counts = window_rows(data["counts"], lo, hi)
         newest = self.newest[0] // self.width if self.newest else None
         if newest is None:
             return {}

@@ -82,6 +82,9 @@ class Table:
     #: Which columns hold counts, flagged counts, first and last times: such a table is folded by
     #: the compiled tally (``core.tally``), not by a Polars group-by.
     tallied: Weights | None = None
+    #: Whether ``fold`` keeps the order of the rows it keeps: the shared rows of parts are then put
+    #: in window order before folding, so that the folded table stays in window order too.
+    keeps_order: bool = False
     _aggs: list[pl.Expr] = field(init=False, repr=False, compare=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -118,10 +121,16 @@ class Table:
             return self.fold(frame)
         if len(frames) == 1:
             return frames[0]
-        if self.samples and self.keep_all:
-            return pl.concat(frames, how="vertical")
-        alone, shared = split_shared(frames)
-        return pl.concat([*alone, self.fold(shared)] if shared is not None else alone, how="vertical")
+        alone, shared, overlaps = split_shared(frames)
+        if shared is None:
+            return in_window_order(alone, None, [])
+        if self.samples and self.keep_all:  # every location is kept: the shared rows need only ordering
+            folded = shared.sort("window", maintain_order=True)
+        elif self.keeps_order and overlaps:
+            folded = self.fold(shared.sort("window", maintain_order=True))
+        else:
+            folded = self.fold(shared)
+        return in_window_order(alone, folded, overlaps)
 
     def fold(self, frame: pl.DataFrame) -> pl.DataFrame:
         """Fold the rows of several folded tables, concatenated."""
@@ -170,16 +179,20 @@ _TALLIED = ("count", "flagged", "first", "last")
 SPLIT_ROWS = 20_000
 
 
-def split_shared(frames: list[pl.DataFrame]) -> tuple[list[pl.DataFrame], pl.DataFrame | None]:
-    """The rows of windows that only one of ``frames`` has, and the others, concatenated (or None).
+def split_shared(
+    frames: list[pl.DataFrame],
+) -> tuple[list[pl.DataFrame], pl.DataFrame | None, list[tuple[int, int]]]:
+    """The rows of windows that only one of ``frames`` has, the others concatenated (or None), and those windows.
 
     A folded table has one row per key (keys include the window), so the rows of a window that
     only one table has are folded already: only windows that two tables share need folding. A
     batch's tables span a few windows and consecutive batches share about one, so this spares
-    folding nearly every row again each time parts are folded.
+    folding nearly every row again each time parts are folded. The shared windows are returned
+    as ranges ``(first, last)``; a table ordered by window (as tallies are) is cut into slices at
+    their bounds, not filtered.
     """
     if sum(f.height for f in frames) < SPLIT_ROWS:
-        return [], pl.concat(frames, how="vertical")
+        return [], pl.concat(frames, how="vertical"), []
     spans = sorted((f["window"].min(), f["window"].max()) for f in frames)
     overlaps: list[list[int]] = []
     for i, (_, hi) in enumerate(spans):
@@ -192,10 +205,64 @@ def split_shared(frames: list[pl.DataFrame]) -> tuple[list[pl.DataFrame], pl.Dat
             else:
                 overlaps.append([start, end])
     if not overlaps:
-        return frames, None
-    shared = pl.any_horizontal(pl.col("window").is_between(lo, hi) for lo, hi in overlaps)
-    alone = [f.filter(~shared) for f in frames]
-    return alone, pl.concat([f.filter(shared) for f in frames], how="vertical")
+        return frames, None, []
+    ranges = [(lo, hi) for lo, hi in overlaps]
+    shared_rows = pl.any_horizontal(pl.col("window").is_between(lo, hi) for lo, hi in ranges)
+    alone: list[pl.DataFrame] = []
+    shared: list[pl.DataFrame] = []
+    for frame in frames:
+        windows = frame["window"]
+        if not windows.is_sorted():
+            alone.append(frame.filter(~shared_rows))
+            shared.append(frame.filter(shared_rows))
+            continue
+        at = 0
+        for lo, hi in ranges:
+            start, end = bisect.bisect_left(windows, lo, lo=at), bisect.bisect_left(windows, hi + 1, lo=at)
+            if start > at:
+                alone.append(frame.slice(at, start - at))
+            if end > start:
+                shared.append(frame.slice(start, end - start))
+            at = end
+        if at < frame.height:
+            alone.append(frame.slice(at))
+    return alone, pl.concat(shared, how="vertical"), ranges
+
+
+def in_window_order(
+    alone: list[pl.DataFrame], folded: pl.DataFrame | None, ranges: list[tuple[int, int]],
+) -> pl.DataFrame:
+    """``split_shared``'s pieces and the fold of its shared rows as one table, ordered by window if they all are.
+
+    The rows of a shared range are all in ``folded``, and a piece alone holds windows no other
+    piece has, so ordering the pieces by their first window orders the rows. A table kept in
+    window order is sliced, not filtered, when its windows are cut (``window_rows``).
+    """
+    frames = [f for f in [*alone, folded] if f is not None and f.height]
+    if not all(f["window"].is_sorted() for f in frames):
+        return pl.concat(frames, how="vertical")
+    pieces = [f for f in alone if f.height]
+    if folded is not None and folded.height:
+        windows, at = folded["window"], 0
+        for lo, hi in ranges:
+            start, end = bisect.bisect_left(windows, lo, lo=at), bisect.bisect_left(windows, hi + 1, lo=at)
+            if end > start:
+                pieces.append(folded.slice(start, end - start))
+            at = end
+    pieces.sort(key=lambda f: f["window"][0])
+    return pl.concat(pieces, how="vertical") if pieces else frames[0] if frames else alone[0]
+
+
+def window_rows(frame: pl.DataFrame, lo: int | None, hi: int | None) -> pl.DataFrame:
+    """The rows of ``frame`` with ``lo <= window < hi`` (``None``: open): a slice when it is ordered by window."""
+    if (lo is None and hi is None) or not frame.height:
+        return frame
+    windows = frame["window"]
+    if not windows.is_sorted():
+        return frame.filter(in_range(lo, hi))
+    start = 0 if lo is None else bisect.bisect_left(windows, lo)
+    end = frame.height if hi is None else bisect.bisect_left(windows, hi, lo=start)
+    return frame.slice(start, max(0, end - start))
 
 
 def _smallest_locations(frame: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
@@ -211,8 +278,9 @@ def _smallest_locations(frame: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     return pl.concat([few, many], how="vertical")
 
 
-def _window_filter(tables: dict[str, Table], data: Tables, keep: pl.Expr) -> Tables:
-    return {name: data[name].filter(keep) if spec.windowed else data[name] for name, spec in tables.items()
+def _windows_from(tables: dict[str, Table], data: Tables, lo: int) -> Tables:
+    """``data`` without the rows of windows before ``lo``."""
+    return {name: window_rows(data[name], lo, None) if spec.windowed else data[name] for name, spec in tables.items()
             if name in data}
 
 
@@ -489,13 +557,12 @@ class WindowedDetector(Detector):
         last = None if hi is None else (hi - 1) // self.band
         bands = [b for b in sorted(self._bands) if (first is None or b >= first) and (last is None or b <= last)]
         start = None if lo is None else lo - self.lookback
-        keep = in_range(start, hi)
         parts: dict[str, list[pl.DataFrame]] = {name: [] for name, spec in self.tables.items() if spec.windowed}
         for band in bands:
             folded = self._fold_band(band)
             inside = (start is None or band * self.band >= start) and (hi is None or (band + 1) * self.band <= hi)
             for name, frames in parts.items():  # a band wholly in the range needs no filter
-                frames.append(folded[name] if inside else folded[name].filter(keep))
+                frames.append(folded[name] if inside else window_rows(folded[name], start, hi))
         data = {name: pl.concat(frames or [self.tables[name].empty()], how="vertical")
                 for name, frames in parts.items()}
         return {**data, **self._fold_whole()}
@@ -542,14 +609,13 @@ class WindowedDetector(Detector):
         if self.horizon is None:
             return
         oldest = self.horizon - self.lookback
-        keep = pl.col("window") >= oldest
         if self.thin_by is not None and advance:
             self._close_records(closed_from, self.horizon)
         for band, parts in list(self._bands.items()):
             if (band + 1) * self.band <= oldest:
                 del self._bands[band]
             elif advance and band * self.band < oldest:
-                self._bands[band] = [(self.horizon, _window_filter(self.tables, data, keep)) for _, data in parts]
+                self._bands[band] = [(self.horizon, _windows_from(self.tables, data, oldest)) for _, data in parts]
             elif advance:  # the whole band is kept
                 self._bands[band] = [(self.horizon, data) for _, data in parts]
 
@@ -656,7 +722,7 @@ class WindowedDetector(Detector):
         name, column = self.events
         fresh = window >= tag if tag is not None else pl.lit(True)
         self.late += int(data[name].filter(fresh & (window < horizon))[column].sum())
-        return _window_filter(self.tables, data, window >= horizon)
+        return _windows_from(self.tables, data, horizon)
 
     #: Windows are closed this many at a time (the horizon moves in steps of it): the state holds
     #: up to ``close_step - 1`` windows more than ``retention``.

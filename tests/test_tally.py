@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from unittest.mock import patch
 
 import polars as pl
 import pytest
@@ -13,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
+import plugins.windows
 from core.tally import Tally, Weights, tally
-from plugins.windows import SMALL_ROWS, Table
+from plugins.windows import SMALL_ROWS, Table, window_rows
 
 REPO = Path(__file__).resolve().parent.parent
 # Short values are kept inside Arrow's string views, long ones (over 12 bytes) in their buffers.
@@ -225,6 +227,45 @@ def test_small_tables_folded_in_python_equal_the_polars_fold(stat_parts, locatio
         in_polars = table.fold(pl.concat(frames)).select(list(table.schema))
         assert in_python.schema == in_polars.schema
         assert sorted(in_python.rows(), key=_nulls_first) == sorted(in_polars.rows(), key=_nulls_first)
+
+
+COUNTS = Table({"key": pl.String(), "window": pl.Int64(), "count": pl.Int64(), "first": pl.Int64(),
+                "last": pl.Int64()}, keys=("key", "window"), sums=("count",), mins=("first",), maxs=("last",),
+               tallied=Weights(counts="count", first="first", last="last"))
+KEPT = Table({"key": pl.String(), "window": pl.Int64(), "file": pl.Categorical(), "line": pl.Int64()},
+             keys=("key", "window"), samples=True, keep_all=True)
+count_rows = st.tuples(st.sampled_from(["u1", "u2", "é"]), st.integers(-3, 12), st.integers(1, 9),
+                       st.integers(-50, 50), st.integers(-50, 50))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(count_rows, max_size=15), min_size=2, max_size=5), st.lists(st.booleans(), min_size=5,
+       max_size=5), st.integers(-4, 13), st.integers(-4, 13))
+@pytest.mark.slow
+def test_folding_parts_by_shared_windows_keeps_every_row_and_the_window_order(parts, ordered, lo, hi):
+    # Parts come folded (a row per key and window) and, as tallies are, ordered by window; one
+    # that is not is filtered instead of sliced. Split at every size, the fold is the group-by's,
+    # and ordered parts fold into an ordered table, which later cuts slice (window_rows).
+    frames, locations = [], []
+    for part, in_order in zip(parts, ordered, strict=False):
+        rows = list({(key, window): (key, window, n, a, b) for key, window, n, a, b in part}.values())
+        rows.sort(key=lambda row: row[1], reverse=not in_order)
+        frames.append(pl.DataFrame(rows, schema=COUNTS.schema, orient="row"))
+        locations.append(pl.DataFrame([(key, window, "a.log", n) for key, window, n, _, _ in rows],
+                                      schema=KEPT.schema, orient="row"))
+    with patch.object(plugins.windows, "SPLIT_ROWS", 0):
+        folded, kept = COUNTS.reduce(frames), KEPT.reduce(locations)
+    every = pl.concat(frames)
+    expected = every.group_by("key", "window").agg(pl.col("count").sum(), pl.col("first").min(),
+                                                   pl.col("last").max())
+    assert sorted(folded.rows()) == sorted(expected.select(list(COUNTS.schema)).rows())
+    assert sorted(kept.rows()) == sorted(pl.concat(locations).rows())
+    if all(f["window"].is_sorted() for f in frames):
+        assert folded["window"].is_sorted() and kept["window"].is_sorted()
+    for table in (folded, every):
+        cut = table.filter((pl.col("window") >= lo) & (pl.col("window") < hi))
+        assert sorted(window_rows(table, lo, hi).rows()) == sorted(cut.rows())
+        assert sorted(window_rows(table, lo, None).rows()) == sorted(table.filter(pl.col("window") >= lo).rows())
 
 
 def _nulls_first(row: tuple) -> tuple:
