@@ -76,19 +76,24 @@ class Copies(Table):
         # Where some repeat (a busy user's chance repeats: about 1% of a heavy-tailed log's
         # records), only their rows are sorted and ranked, and the table keeps its row order (by
         # window, as a batch's is: what a band split reads fastest).
-        multi = frame[rows]
+        # Only the repeated rows' locations and counts are gathered (not whole rows: a DataFrame
+        # gather by a numpy index costs more than the fold).
         digests = hashes[rows]
-        order = np.lexsort((multi["line"].to_numpy(), multi["file"].cast(pl.String).to_numpy(), digests))
+        files = frame["file"].gather(rows).cast(pl.String).to_numpy()
+        order = np.lexsort((frame["line"].to_numpy()[rows], files, digests))
         rows, digests = rows[order], digests[order]
         starts = np.flatnonzero(np.r_[True, digests[1:] != digests[:-1]])
         group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(rows)]))
         rank = np.arange(len(rows)) - starts[group]
-        totals = np.add.reduceat(multi["n"].to_numpy()[order].astype(np.int64), starts)
         copies = frame["n"].to_numpy().copy()
+        totals = np.add.reduceat(copies[rows].astype(np.int64), starts)
         copies[rows] = np.where(rank == 0, totals[group], 0)
+        frame = frame.with_columns(n=pl.Series(copies, dtype=pl.UInt32))
+        if rank.max() < SAMPLE_LIMIT:  # the usual case: no hash has more copies than are kept
+            return frame
         keep = np.ones(frame.height, dtype=bool)
         keep[rows] = rank < SAMPLE_LIMIT
-        return frame.with_columns(n=pl.Series(copies, dtype=pl.UInt32)).filter(pl.Series(keep))
+        return frame.filter(pl.Series(keep))
 
 
 class DuplicateEvent(WindowedDetector):

@@ -9,8 +9,12 @@ import random
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from plugins.detection import SAMPLE_LIMIT
 from plugins.duplicates import DuplicateEvent
 from plugins.error_spike import ErrorSpike
 from plugins.flatline import Flatline
@@ -329,6 +333,27 @@ def test_frequency_new_burst_of_a_small_user_is_one_incident():
 
 
 # -- duplicate_event --------------------------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.sampled_from(["b.log", "a.log", "é.log"]), st.integers(1, 5)),
+                max_size=60))
+def test_folding_copies_keeps_the_smallest_locations_and_counts_on_the_first(rows):
+    # Each row a record (hash, file, line) standing for n copies; the fold keeps, per hash, its
+    # SAMPLE_LIMIT smallest locations in row order, with the hash's copies summed on the smallest.
+    rows = [(h, f, i, n) for i, (h, f, n) in enumerate(rows, 1)]
+    copies = DuplicateEvent.tables["copies"]
+    frame = pl.DataFrame([(h, 0, 0, n, f, line) for h, f, line, n in rows], schema=copies.schema, orient="row")
+    kept: dict[int, list[tuple[str, int]]] = {}
+    for h, f, line, _ in rows:
+        kept.setdefault(h, []).append((f, line))
+    smallest = {h: sorted(places)[:SAMPLE_LIMIT] for h, places in kept.items()}
+    total = {h: sum(n for g, _, _, n in rows if g == h) for h in kept}
+    expected = [(h, f, line, total[h] if (f, line) == smallest[h][0] else 0) for h, f, line, n in rows
+                if (f, line) in smallest[h]]
+    folded = copies.fold(frame)
+    assert list(zip(folded["hash"], folded["file"].cast(pl.String), folded["line"], folded["n"], strict=True)) == \
+        expected
 
 
 def test_duplicate_event_chance_repeats_without_an_id_are_nothing():
