@@ -379,6 +379,9 @@ class WindowedDetector(Detector):
         #: window's span held (see ``_span_records``); records per window, as batches come, kept
         #: from ``span`` windows before the horizon on (only where the detector may thin).
         self._levels: list[tuple[int, int]] = []
+        #: The levels the parts with a tag were thinned at (None: not known, as in a state saved
+        #: before it was kept): while they are ``_levels``, only the parts without a tag need it.
+        self._thinned_levels: list[tuple[int, int]] | None = []
         self._densest_closed = 0
         self._records: dict[int, int] = {}
 
@@ -438,6 +441,9 @@ class WindowedDetector(Detector):
         self._whole = [shifted_tables(tables, path, by) for tables in self._whole]
 
     def merge(self, other: WindowedDetector) -> None:
+        tagged = any(tag is not None for parts in other._bands.values() for tag, _ in parts)
+        if tagged and other._thinned_levels != self._levels:  # its thinned parts are not at my levels
+            self._thinned_levels = None
         for band, parts in other._bands.items():
             self._bands.setdefault(band, []).extend(parts)
         self._whole.extend(other._whole)
@@ -504,6 +510,7 @@ class WindowedDetector(Detector):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_thinned_levels", None)  # saved before it was kept: thin every part again
         # A state saved by a release without ``least_retention`` keeps its windows that long from
         # now on: the horizon waits for the watermark to pass it, and nothing closed re-opens.
         self.retention = max(self.retention, self.least_retention)
@@ -537,10 +544,12 @@ class WindowedDetector(Detector):
         if len(parts) == 1 and parts[0][0] == self.horizon:  # folded already, and nothing came since
             return parts[0][1]
         kept = [self._drop_late(tag, data, self.horizon) for tag, data in parts]
-        if self._levels and any(tag is None for tag, _ in parts):  # rows not thinned yet: a partial's
+        stale = self._thinned_levels != self._levels  # parts with a tag were thinned at other levels
+        if self._levels and (stale or any(tag is None for tag, _ in parts)):  # rows not thinned yet: a partial's
             keep = self.kept_keys()
-            kept = [{name: frame.filter(keep) if self.thin_by in frame.columns and frame.height else frame
-                     for name, frame in data.items()} for data in kept]
+            kept = [data if tag is not None and not stale else
+                    {name: frame.filter(keep) if self.thin_by in frame.columns and frame.height else frame
+                     for name, frame in data.items()} for (tag, _), data in zip(parts, kept, strict=True)]
         data = {name: spec.reduce([d[name] for d in kept]) for name, spec in self.tables.items() if spec.windowed}
         self._bands[band] = [(self.horizon, data)]
         return data
@@ -646,11 +655,12 @@ class WindowedDetector(Detector):
             return
         keep = self.kept_keys()
         thinned = {name for name, spec in self.tables.items() if spec.windowed and self.thin_by in spec.schema}
-        changed = self._levels != before
+        changed = self._levels != self._thinned_levels
         for band, parts in self._bands.items():  # parts thinned at these levels already are left alone
             self._bands[band] = [(tag, data if tag is not None and not changed else
                                   {name: frame.filter(keep) if name in thinned and frame.height else frame
                                    for name, frame in data.items()}) for tag, data in parts]
+        self._thinned_levels = list(self._levels)
 
     def _span_records(self, lo: int, hi: int) -> list[tuple[int, int]]:
         """For each window ``lo <= w < hi`` with records: the records of the ``span`` windows ending at it.

@@ -29,6 +29,7 @@ from tests.detector_data import (
     daily_cycle,
     evaluate,
     in_time_order,
+    random_sizes,
     rec,
     scrambled,
     synthetic,
@@ -404,3 +405,30 @@ def test_windowed_detectors_ignore_implausible_timestamps(rule):
     lines = background(range(70)) + ["2099-01-01T00:00:00Z SUCCESS PaymentService u x order 123"] * 150
     lines += ["1970-01-01T00:00:00Z FAILURE PaymentService u x order 123"] * 150
     assert run(rule, lines) == run(rule, background(range(70)))
+
+
+def test_a_thinned_state_merged_with_one_sealed_whole_thins_what_that_one_brings():
+    # Parts thinned at a state's levels are not filtered again (only a partial's are), so the
+    # parts of a state sealed whole (a larger bound: no thinning), merged into one that thinned,
+    # must be: after the merge no table holds a row its window's level drops.
+    lines = user_traffic(3, days=1, volume=600)
+    parts = batches(lines, sizes=random_sizes(len(lines), random.Random(3), 12))
+
+    def sealed(batches_: list, max_bytes: int) -> Frequency:
+        rule = Frequency("busy", min_count=20)
+        rule.limit_state(max_bytes)
+        state = rule.empty()
+        for batch in batches_:
+            partial = rule.empty()
+            partial.update(batch)
+            state.merge(partial)
+            state.seal()
+        return state
+
+    whole, thinned = sealed(parts[0::2], 10**9), sealed(parts[1::2], 200_000)
+    assert whole.degraded() is None and thinned.degraded() is not None
+    thinned.merge(whole)
+    data = thinned._data(None, None)
+    dropped = ~thinned.kept_keys()
+    assert data["counts"].height and data["counts"].filter(dropped).height == 0
+    assert data["samples"].height and data["samples"].filter(dropped).height == 0
