@@ -74,10 +74,9 @@ class Copies(Table):
         if not len(rows):
             return frame
         # Where some repeat (a busy user's chance repeats: about 1% of a heavy-tailed log's
-        # records), only their rows are sorted and ranked, and the table keeps its row order (by
+        # records), only their locations and counts are gathered (a whole-row gather costs more
+        # than the rest of the fold), sorted and ranked, and the table keeps its row order (by
         # window, as a batch's is: what a band split reads fastest).
-        # Only the repeated rows' locations and counts are gathered (not whole rows: a DataFrame
-        # gather by a numpy index costs more than the fold).
         digests = hashes[rows]
         files = frame["file"].gather(rows).cast(pl.String).to_numpy()
         order = np.lexsort((frame["line"].to_numpy()[rows], files, digests))

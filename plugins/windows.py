@@ -217,8 +217,7 @@ def split_shared(
             shared.append(frame.filter(shared_rows))
             continue
         at = 0
-        for lo, hi in ranges:
-            start, end = bisect.bisect_left(windows, lo, lo=at), bisect.bisect_left(windows, hi + 1, lo=at)
+        for start, end in _row_bounds(windows, ranges):
             if start > at:
                 alone.append(frame.slice(at, start - at))
             if end > start:
@@ -243,14 +242,22 @@ def in_window_order(
         return pl.concat(frames, how="vertical")
     pieces = [f for f in alone if f.height]
     if folded is not None and folded.height:
-        windows, at = folded["window"], 0
-        for lo, hi in ranges:
-            start, end = bisect.bisect_left(windows, lo, lo=at), bisect.bisect_left(windows, hi + 1, lo=at)
-            if end > start:
-                pieces.append(folded.slice(start, end - start))
-            at = end
+        pieces += [folded.slice(start, end - start) for start, end in _row_bounds(folded["window"], ranges)
+                   if end > start]
+    if not pieces:  # no rows at all
+        return folded if folded is not None else alone[0]
     pieces.sort(key=lambda f: f["window"][0])
-    return pl.concat(pieces, how="vertical") if pieces else frames[0] if frames else alone[0]
+    return pl.concat(pieces, how="vertical")
+
+
+def _row_bounds(windows: pl.Series, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """For each window range ``(first, last)``, in order: the rows ``[start, end)`` of an ordered column in it."""
+    bounds, at = [], 0
+    for lo, hi in ranges:
+        start = bisect.bisect_left(windows, lo, lo=at)
+        at = bisect.bisect_left(windows, hi + 1, lo=start)
+        bounds.append((start, at))
+    return bounds
 
 
 def window_rows(frame: pl.DataFrame, lo: int | None, hi: int | None) -> pl.DataFrame:
