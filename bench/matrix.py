@@ -48,6 +48,7 @@ FLATNESS_SIZES = (0.1, 1, 3)  # times a cell's lines and span: 1M, 10M and 30M l
 FLATNESS_TARGET = 0.15  # peak RSS may move at most this much (max / min - 1) across the sizes
 RSS_TARGET_MB = 400
 WALL_TARGETS = {"tier12": 0.5, "default": 1.0}  # at most this many times mawk's median wall time
+OUTPUT_SHARE_TARGET = 0.05  # building, checking and writing the outputs: under this share of the all-rules run
 SHORT = {"awk": "mawk", "tier12": "T1-2", "default": "all"}
 
 
@@ -203,13 +204,16 @@ def span_text(days):
 
 
 def missed_targets(trial):
-    """The targets a cell misses: Tier 1-2 <= 0.5x mawk, all rules <= 1.0x mawk, both <= 400 MB."""
+    """The targets a cell misses: Tier 1-2 <= 0.5x mawk, all rules <= 1.0x mawk, both <= 400 MB, outputs < 5 %."""
     missed = []
     for key, factor in WALL_TARGETS.items():
         if trial.wall(key) > factor * trial.wall("awk"):
             missed.append(f"{SHORT[key]} wall")
         if trial.rss(key) > RSS_TARGET_MB:
             missed.append(f"{SHORT[key]} RSS")
+    share = median_share(trial.shares)
+    if share is not None and share >= OUTPUT_SHARE_TARGET:
+        missed.append("output share")
     return missed
 
 
@@ -222,9 +226,15 @@ def results_text(verdict):
     return "; ".join(parts)
 
 
-def share_text(shares):
+def median_share(shares):
+    """The median output share of a cell's all-rules runs, or None if a run has none."""
     known = [s for s in shares if s is not None]
-    return f"{statistics.median(known):.0%}" if known and len(known) == len(shares) else "n/a"
+    return statistics.median(known) if known and len(known) == len(shares) else None
+
+
+def share_text(shares):
+    share = median_share(shares)
+    return "n/a" if share is None else f"{share:.1%}"
 
 
 def table_row(trial, ref, verdict):
@@ -255,7 +265,8 @@ def print_matrix(trials, rounds):
         missed += [key] if missed_targets(trial) else []
     print(f"\nmedian of {rounds} round(s); peak RSS is the largest of the rounds; output share: summary.json "
           "run.output_seconds / run.elapsed_seconds of the all-rules run (n/a: no such field yet); targets: "
-          f"T1-2 <= {WALL_TARGETS['tier12']}x mawk, all <= {WALL_TARGETS['default']}x mawk, both <= {RSS_TARGET_MB} MB")
+          f"T1-2 <= {WALL_TARGETS['tier12']}x mawk, all <= {WALL_TARGETS['default']}x mawk, "
+          f"both <= {RSS_TARGET_MB} MB, output share < {OUTPUT_SHARE_TARGET:.0%}")
     for key in wrong:
         print(f"cell {key}: Tier 1-2 results differ from reference.py's:")
         compare.print_differences(verdicts[key])
