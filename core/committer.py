@@ -32,14 +32,15 @@ from core.work import ChunkOutcome, RangeTask
 
 log = logging.getLogger(__name__)
 
-#: Input merged between two seals of the state (see ``Rule.seal``): one default chunk. Counted in
+#: Input merged between two seals of the state (see ``Rule.seal``): two default chunks. Counted in
 #: bytes, not chunks, so that the cadence is the same however the input is cut into chunks or
 #: ranges. A seal's copies of the windows it judges and what came since the last seal are both part
 #: of each peak of resident memory. Measured on heavy-tailed traffic, all rules: every 32 MiB, 403
 #: MB peak at 10M lines; every 16 MiB, 300 MB at 10M and 323 MB at 30M; every 4 MiB, 284 MB at
-#: both, at no measured cost there (7.45 s against 7.59 s at 10M, 4 rounds in alternation) and
-#: 1 to 3 % more time on the default and the dense traffic (3 rounds).
-SEAL_EVERY_BYTES = 4 * 1024 * 1024
+#: both. Since seals cut windows by slices, a seal's cost is mostly fixed: every 8 MiB took 0.96x
+#: the wall time of every 4 MiB at 10M lines (5 rounds in alternation) for 2-8 MB more, which the
+#: heap trimming (``budget.TRIM_SHARE``) more than gives back.
+SEAL_EVERY_BYTES = 8 * 1024 * 1024
 
 
 @dataclass

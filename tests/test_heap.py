@@ -50,5 +50,12 @@ def test_past_its_threshold_the_trimmer_gives_the_free_heap_back_then_waits_for_
     assert trimmer.trims == 1
 
 
-def test_the_default_cap_trims_from_seventy_percent_of_it():
-    assert budget.HeapTrimmer.for_cap(500).trim_above == 350 * MIB
+def test_the_trimming_threshold_follows_the_cap_between_the_base_process_and_half_of_it():
+    # Runs of every length peak alike only if the free heap is given back before the cap nears
+    # (docs/scaling.md): past the base process, under half the cap, at any cap.
+    for cap in (400, 500, 2000):
+        above = budget.HeapTrimmer.for_cap(cap).trim_above
+        assert budget.BASE_MB * MIB < above <= cap * MIB // 2, (cap, above >> 20)
+    assert budget.HeapTrimmer.for_cap(1000).trim_above == 2 * budget.HeapTrimmer.for_cap(500).trim_above
+    # A small cap trims from the base process on, not below it (where every check would trim).
+    assert budget.HeapTrimmer.for_cap(200).trim_above == budget.BASE_MB * MIB
