@@ -64,6 +64,8 @@ typedef struct {
 /* How many keys ahead the slot, and then the entry, a key will touch are fetched. */
 #define SLOT_AHEAD 16
 #define ENTRY_AHEAD 8
+/* A table of fewer slots than this (and as many entries at most) stays in the CPU's cache. */
+#define SMALL_SLOTS 4096
 
 static PyTypeObject CountsType;
 
@@ -85,13 +87,11 @@ key_text(const Counts *c, const Entry *e)
     return (const unsigned char *)c->arena.data + e->head[1];
 }
 
-/* The key p[0:n] with its hash and head. */
+/* The key p[0:n] with its hash and head, from the two words text_words gives it. */
 static inline Key
-make_key(const unsigned char *p, uint32_t n, int64_t weight)
+key_of_words(const unsigned char *p, uint32_t n, const uint64_t words[2], int64_t weight)
 {
     Key k = {.text = p, .weight = weight, .length = n};
-    uint64_t words[2];
-    text_words(p, (int32_t)n, words);
     k.hash = finish((SEED ^ (words[0] * P1) ^ ((words[1] * P2) >> 7)) * P2);
     if (n <= INLINE) { /* text_words gave the zero-padded view itself */
         k.head[0] = words[0];
@@ -103,6 +103,31 @@ make_key(const unsigned char *p, uint32_t n, int64_t weight)
         k.head[1] = 0;
     }
     return k;
+}
+
+/* The key p[0:n] with its hash and head. */
+static inline Key
+make_key(const unsigned char *p, uint32_t n, int64_t weight)
+{
+    uint64_t words[2];
+    text_words(p, (int32_t)n, words);
+    return key_of_words(p, n, words, weight);
+}
+
+/* The key of a column's row. A short key's words are its view's, read in place, rather than its
+ * bytes copied into a cleared view first (text_words): with the small tables' loop in add_block,
+ * 50k user names (7-10 bytes) took 12-19 ns a row instead of 27-32, and statuses 16-24 instead
+ * of 24-29 (three alternating runs). */
+static inline Key
+column_key(const Column *column, int64_t row, int64_t weight)
+{
+    int32_t length;
+    const unsigned char *p = view_text(column, row, &length);
+    if (length > INLINE)
+        return make_key(p, (uint32_t)length, weight);
+    uint64_t words[2];
+    inline_words(p - 4, length, words);
+    return key_of_words(p, (uint32_t)length, words, weight);
 }
 
 static inline int
@@ -325,6 +350,12 @@ fetch_entry(const Counts *c, const Key *k)
 static int
 add_block(Counts *c, const Key *keys, int n)
 {
+    if (c->slots && c->mask < SMALL_SLOTS) { /* the table is in cache: fetching ahead only costs */
+        for (int i = 0; i < n; i++)
+            if (!add_key(c, &keys[i]))
+                return 0;
+        return 1;
+    }
     for (int i = 0; i < n && i < SLOT_AHEAD; i++)
         fetch_slot(c, &keys[i]);
     for (int i = 0; i < n && i < ENTRY_AHEAD; i++)
@@ -361,9 +392,7 @@ add_column(Counts *c, const Column *column, const Column *weights)
     for (int64_t row = 0; row < column->length; row++) {
         if (!is_valid(column, row))
             continue;
-        int32_t length;
-        const unsigned char *p = view_text(column, row, &length);
-        keys[n] = make_key(p, (uint32_t)length, weights ? weights->ints[row] : 1);
+        keys[n] = column_key(column, row, weights ? weights->ints[row] : 1);
         c->total += keys[n].weight;
         if (++n == BLOCK) {
             if (!add_block(c, keys, n))

@@ -318,3 +318,25 @@ def test_a_cap_too_small_for_the_workers_is_a_config_error(tmp_path):
         load_settings(path)
     assert "limits.memory_mb: expected at least" in str(caught.value)
     assert "got 200; hint: raise limits.memory_mb" in str(caught.value)
+
+
+@settings(max_examples=60, deadline=None)
+@given(distinct=st.integers(1, 7000), long_every=st.integers(1, 5), seed=st.integers(0, 2**16), parts=st.integers(1, 4))
+def test_an_unbounded_table_counts_every_key_exactly_as_it_grows_past_the_small_tables_loop(
+    distinct, long_every, seed, parts
+):
+    # Small tables (in cache) add keys one by one and larger ones fetch ahead; short keys (up to 12
+    # bytes) are read from their views in place and longer ones hashed from their bytes. Whatever
+    # the path, every count is the true one, and the same keys added in other cuts give the same bytes.
+    rng = random.Random(seed)
+    keys = [f"u{i}" if i % long_every else f"long-user-name-{i}-é" for i in range(distinct)]
+    values = [rng.choice(keys) for _ in range(3 * distinct)] + keys
+    rng.shuffle(values)
+    counted, cut = KeyCounts(KeyCounts.capacity_for(1 << 30)), KeyCounts(KeyCounts.capacity_for(1 << 30))
+    counted.add(pl.Series(values, dtype=pl.String))
+    step = -(-len(values) // parts)
+    for start in range(0, len(values), step):
+        cut.add(pl.Series(values[start:start + step], dtype=pl.String))
+    assert not counted.approximate
+    assert dict(counted.top(len(keys))) == Counter(values)
+    assert sorted(cut.top(len(keys))) == sorted(counted.top(len(keys)))
