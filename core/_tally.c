@@ -11,7 +11,7 @@
 #include <Python.h>
 
 /* Raised with every change to what the module offers Python; core/tally.py checks it. */
-#define TALLY_VERSION 5
+#define TALLY_VERSION 6
 #define MAX_KEYS 8
 /* Which tables to build (the others are left empty). */
 enum { WANT_GROUPS = 1, WANT_SAMPLES = 2, WANT_TOTALS = 4 };
@@ -99,6 +99,8 @@ typedef struct {
     uint64_t flag_words[64][2]; /* each flag value of up to 12 bytes as an inline view's words */
     int64_t width, lo, hi;
     int sample_limit, top;
+    int skip;        /* rows whose flag value is a flag value are skipped; the others are all flagged */
+    int sample_bits; /* rows sampled: 1 in 2^sample_bits, by a hash of their keys and time */
     /* Results. */
     Group *groups;
     int64_t n_groups, *order; /* order: groups by window, then by first row */
@@ -310,11 +312,11 @@ grow(Tally *t, Slots *table)
     return 1;
 }
 
-/* The group of (row's keys, window), added if new; -1 if memory ran out. */
+/* The group of (row's keys, window), whose row_hash is keyed, added if new; -1 if memory ran out. */
 static inline int64_t
-find_group(Tally *t, Slots *table, int64_t row, int64_t window)
+find_group(Tally *t, Slots *table, int64_t row, int64_t window, uint64_t keyed)
 {
-    uint64_t keyed = row_hash(t->keys, t->n_keys, row), hash = slot_hash(keyed, window);
+    uint64_t hash = slot_hash(keyed, window);
     uint64_t tag = hash << 32, mask = table->mask, *slots = table->slots;
     uint64_t slot = (hash >> 32) & mask;
     for (; slots[slot]; slot = (slot + 1) & mask) {
@@ -322,7 +324,7 @@ find_group(Tally *t, Slots *table, int64_t row, int64_t window)
             continue;
         int64_t index = (int64_t)(slots[slot] & 0xFFFFFFFFULL) - 1;
         const Group *g = &t->groups[index];
-        if (g->window == window && same_keys(t->keys, t->n_keys, g->row, row))
+        if (g->window == window && g->hash == keyed && same_keys(t->keys, t->n_keys, g->row, row))
             return index;
     }
     int64_t index = t->n_groups++;
@@ -330,6 +332,52 @@ find_group(Tally *t, Slots *table, int64_t row, int64_t window)
     t->groups[index] = (Group){.hash = keyed, .window = window, .row = row, .first = INT64_MAX, .last = INT64_MIN};
     if ((uint64_t)t->n_groups * 2 > mask && !grow(t, table))
         return -1;
+    return index;
+}
+
+/* Rows are taken BLOCK at a time: their slots are fetched first, then their groups and samples,
+ * then they are added, so that the cache misses of a block overlap instead of following each
+ * other (a table of a batch's users is larger than the cache). */
+#define BLOCK 32
+/* While there are fewer groups than this, the slots and groups in use stay in the cache: rows are
+ * added without fetching ahead (which costs more than it saves there). */
+#define FEW_GROUPS 2048
+
+/* Whether a flagged row is among the 1 in 2^sample_bits sampled: a function of its keys and time
+ * alone, so that the same rows are picked however the input is split. */
+static inline int
+picked(const Tally *t, uint64_t keyed, int64_t when)
+{
+    return !t->sample_bits || finish(keyed ^ ((uint64_t)when * P3)) >> (64 - t->sample_bits) == 0;
+}
+
+/* Adds one row (in range, of window) to its group; returns the group's index, or -1 if memory ran out. */
+static inline int64_t
+add_row(Tally *t, Slots *table, int64_t row, int64_t when, int64_t window, uint64_t keyed, int64_t cached)
+{
+    /* Without keys a group is its window: the last row's, usually. */
+    int64_t index = t->n_keys == 0 && cached >= 0 && t->groups[cached].window == window
+                        ? cached
+                        : find_group(t, table, row, window, keyed);
+    if (index < 0)
+        return -1;
+    Group *g = &t->groups[index];
+    int64_t weight = t->counts ? t->counts->ints[row] : 1;
+    int64_t marked = t->flaggeds ? t->flaggeds->ints[row] : t->skip || is_flagged(t, row) ? weight : 0;
+    g->count += weight;
+    g->flagged += marked;
+    if (t->firsts || t->lasts) { /* folding tallies: the times come with the rows */
+        if (t->firsts && is_valid(t->firsts, row) && t->firsts->ints[row] < g->first)
+            g->first = t->firsts->ints[row];
+        if (t->lasts && is_valid(t->lasts, row) && t->lasts->ints[row] > g->last)
+            g->last = t->lasts->ints[row];
+    }
+    else if (marked) {
+        g->first = when < g->first ? when : g->first;
+        g->last = when > g->last ? when : g->last;
+    }
+    if (marked && t->sample_limit && picked(t, keyed, when))
+        add_sample(t, g, index, row, when);
     return index;
 }
 
@@ -354,44 +402,50 @@ run_tally(Tally *t)
     const int64_t *us = t->us->ints;
     int64_t window = 0, window_start = 0, cached = -1;
     int have_window = 0;
-    for (int64_t row = 0; row < rows; row++) {
-        int64_t when = us[row];
-        if (when < t->lo || when > t->hi)
-            continue;
-        if (t->top)
-            t->newest[t->n_newest++] = when;
-        /* Rows come roughly in time order: the last row's window is usually this one's. */
-        if (!have_window || when < window_start || when - window_start >= t->width) {
-            window = floor_div(when, t->width);
-            window_start = window * t->width;
-            have_window = 1;
+    int64_t block_rows[BLOCK], block_windows[BLOCK];
+    uint64_t block_keyed[BLOCK];
+    for (int64_t from = 0; from < rows; from += BLOCK) {
+        int64_t to = from + BLOCK < rows ? from + BLOCK : rows;
+        int n = 0;
+        for (int64_t row = from; row < to; row++) {
+            int64_t when = us[row];
+            if (when < t->lo || when > t->hi || (t->skip && is_flagged(t, row)))
+                continue;
+            if (t->top)
+                t->newest[t->n_newest++] = when;
+            /* Rows come roughly in time order: the last row's window is usually this one's. */
+            if (!have_window || when < window_start || when - window_start >= t->width) {
+                window = floor_div(when, t->width);
+                window_start = window * t->width;
+                have_window = 1;
+            }
+            block_rows[n] = row;
+            block_windows[n] = window;
+            block_keyed[n] = row_hash(t->keys, t->n_keys, row);
+            n++;
         }
-        /* Without keys a group is its window: the last row's, usually. */
-        int64_t index = t->n_keys == 0 && cached >= 0 && t->groups[cached].window == window
-                            ? cached
-                            : find_group(t, &table, row, window);
-        if (index < 0) {
-            free(table.slots);
-            return 0;
+        if (t->n_keys && t->n_groups >= FEW_GROUPS) {
+            for (int i = 0; i < n; i++)
+                __builtin_prefetch(&table.slots[(slot_hash(block_keyed[i], block_windows[i]) >> 32) & table.mask]);
+            for (int i = 0; i < n; i++) {
+                uint64_t hash = slot_hash(block_keyed[i], block_windows[i]);
+                uint64_t held = table.slots[(hash >> 32) & table.mask];
+                if (!held)
+                    continue;
+                int64_t index = (int64_t)(held & 0xFFFFFFFFULL) - 1;
+                __builtin_prefetch(&t->groups[index]);
+                if (t->sample_limit)
+                    __builtin_prefetch(&t->sample_lines[index * t->sample_limit], 1);
+            }
         }
-        cached = index;
-        Group *g = &t->groups[index];
-        int64_t weight = t->counts ? t->counts->ints[row] : 1;
-        int64_t marked = t->flaggeds ? t->flaggeds->ints[row] : is_flagged(t, row) ? weight : 0;
-        g->count += weight;
-        g->flagged += marked;
-        if (t->firsts || t->lasts) { /* folding tallies: the times come with the rows */
-            if (t->firsts && is_valid(t->firsts, row) && t->firsts->ints[row] < g->first)
-                g->first = t->firsts->ints[row];
-            if (t->lasts && is_valid(t->lasts, row) && t->lasts->ints[row] > g->last)
-                g->last = t->lasts->ints[row];
+        for (int i = 0; i < n; i++) {
+            int64_t row = block_rows[i];
+            cached = add_row(t, &table, row, us[row], block_windows[i], block_keyed[i], cached);
+            if (cached < 0) {
+                free(table.slots);
+                return 0;
+            }
         }
-        else if (marked) {
-            g->first = when < g->first ? when : g->first;
-            g->last = when > g->last ? when : g->last;
-        }
-        if (marked && t->sample_limit)
-            add_sample(t, g, index, row, when);
     }
     free(table.slots);
     largest(t->newest, t->n_newest, t->top);
@@ -634,17 +688,21 @@ export_table(Table *out, const Tally *t, int kind, int with_keys)
 /* ---- The Python function ------------------------------------------------------------------- */
 
 PyDoc_STRVAR(tally_doc,
-"tally(us, lines, keys, flag, flag_values, width, lo, hi, sample_limit, top, emit_keys, wanted, weights)\n--\n\n"
+"tally(us, lines, keys, flag, flag_values, skip, width, lo, hi, sample_limit, sample_bits, top, emit_keys, wanted,\n"
+"      weights)\n--\n\n"
 "Tally rows per (keys, window = floor(us / width)), counting only rows with lo <= us <= hi.\n"
 "us, lines and each of keys (a tuple) and flag (or None) are Arrow stream capsules of one\n"
 "chunk without nulls: Int64 or Datetime('us') (us, lines, int keys), UInt64 (int keys, handed\n"
 "back as UInt64) or String views (string keys, flag). A row is flagged when flag is None or\n"
-"its flag value is one of flag_values (a tuple of bytes). Returns (groups, samples, totals,\n"
+"its flag value is one of flag_values (a tuple of bytes); with skip true, those rows are not\n"
+"counted at all, and every other row is flagged. Returns (groups, samples, totals,\n"
 "newest): each table as (length, columns), its columns a tuple of (arrow_schema, arrow_array)\n"
 "capsule pairs,\n"
 "  groups:  keys..., window, count, flagged, first, last (min and max us of flagged rows);\n"
 "  samples: keys..., window, us, line, n: each group's sample_limit flagged rows with the\n"
-"           smallest lines; n is the group's flagged count on its first row, 0 on the others;\n"
+"           smallest lines, of the rows picked: with sample_bits > 0, the 1 in 2^sample_bits\n"
+"           whose finish(row_hash(keys) ^ us * P3) has sample_bits leading zeros; n is the\n"
+"           group's flagged count on its first row, 0 on the others;\n"
 "  totals:  window, count, flagged, per window;\n"
 "and newest, the top largest us counted, largest first. Groups and samples are ordered by\n"
 "window, then by first row; with emit_keys false a uint64 'hash' of the keys stands for them.\n"
@@ -659,18 +717,19 @@ tally(PyObject *Py_UNUSED(module), PyObject *args)
     PyObject *us_capsule, *lines_capsule, *key_capsules, *flag_capsule, *flag_values;
     long long width, lo, hi;
     PyObject *weights[4];
-    int sample_limit, top, emit_keys, wanted;
-    if (!PyArg_ParseTuple(args, "OOO!OO!LLLiipi(OOOO)", &us_capsule, &lines_capsule, &PyTuple_Type, &key_capsules,
-                          &flag_capsule, &PyTuple_Type, &flag_values, &width, &lo, &hi, &sample_limit, &top,
-                          &emit_keys, &wanted, &weights[0], &weights[1], &weights[2], &weights[3]))
+    int skip, sample_limit, sample_bits, top, emit_keys, wanted;
+    if (!PyArg_ParseTuple(args, "OOO!OO!pLLLiiipi(OOOO)", &us_capsule, &lines_capsule, &PyTuple_Type, &key_capsules,
+                          &flag_capsule, &PyTuple_Type, &flag_values, &skip, &width, &lo, &hi, &sample_limit,
+                          &sample_bits, &top, &emit_keys, &wanted, &weights[0], &weights[1], &weights[2], &weights[3]))
         return NULL;
     if (!(wanted & WANT_SAMPLES))
         sample_limit = 0; /* none to build: none to collect */
     Py_ssize_t n_keys = PyTuple_GET_SIZE(key_capsules), n_values = PyTuple_GET_SIZE(flag_values);
-    if (width <= 0 || sample_limit < 0 || sample_limit > 1000 || top < 0 || n_keys > MAX_KEYS
-        || (lines_capsule == Py_None && sample_limit > 0)) {
-        PyErr_SetString(PyExc_ValueError,
-                        "width > 0, 0 <= sample_limit <= 1000, top >= 0, at most 8 keys, lines for samples");
+    if (width <= 0 || sample_limit < 0 || sample_limit > 1000 || sample_bits < 0 || sample_bits > 63 || top < 0
+        || n_keys > MAX_KEYS || (lines_capsule == Py_None && sample_limit > 0)
+        || (skip && flag_capsule == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "width > 0, 0 <= sample_limit <= 1000, 0 <= sample_bits <= 63, top >= 0, "
+                                          "at most 8 keys, lines for samples, flag for skip");
         return NULL;
     }
     Column us = {0}, lines = {0}, flag = {0}, keys[MAX_KEYS], weighed[4];
@@ -680,7 +739,7 @@ tally(PyObject *Py_UNUSED(module), PyObject *args)
     Py_ssize_t lengths[64];
     Tally t = {.us = &us, .lines = &lines, .keys = keys, .n_keys = (int)n_keys, .flag_values = values,
                .flag_lengths = lengths, .n_flag_values = n_values, .width = width, .lo = lo, .hi = hi,
-               .sample_limit = sample_limit, .top = top};
+               .skip = skip, .sample_limit = sample_limit, .sample_bits = sample_bits, .top = top};
     Table groups = {.n_keys = (int)n_keys, .emit_keys = emit_keys, .n_ints = 5};
     Table samples = {.n_keys = (int)n_keys, .emit_keys = emit_keys, .n_ints = 4};
     Table totals = {.n_ints = 3};

@@ -19,7 +19,7 @@ from core.columns import Columns
 from core.parse import ORDINAL_LINE_BITS, Batch
 
 #: The version of ``core/_tally.c`` this module is written for.
-TALLY_VERSION = 5
+TALLY_VERSION = 6
 _tally = compiled.load("_tally", TALLY_VERSION, "the compiled tally")
 #: Wider than any time in microseconds (years 1 to 9999 are within 2.6e17): ``-EVER`` and
 #: ``EVER`` bound a tally that counts every row, and a window ``EVER`` wide holds them all.
@@ -69,7 +69,9 @@ def tally(
     hi: int,
     keys: Sequence[str] = (),
     flag: tuple[str, Collection[str]] | None = None,
+    skip: tuple[str, Collection[str]] | None = None,
     sample_limit: int = 5,
+    sample_one_in: int = 1,
     top: int = 100,
     hash_keys: bool = False,
     tables: Collection[str] = TABLES,
@@ -80,7 +82,9 @@ def tally(
     """Tally ``frame``'s rows with ``lo <= time <= hi`` (microseconds) per ``keys`` and window of ``width``.
 
     A row's window is ``floor(time / width)``. ``flag`` is ``(column, values)``: rows whose
-    ``column`` is one of ``values`` are flagged; without it every row is. With ``hash_keys``
+    ``column`` is one of ``values`` are flagged; without it every row is. ``skip``, also
+    ``(column, values)`` and instead of ``flag``, leaves those rows out altogether (and flags every
+    other): the unknown statuses of a batch are tallied without hashing its known ones. With ``hash_keys``
     the groups carry a stable 64-bit ``hash`` of their keys instead of the keys themselves.
     The columns must hold no nulls: times are Datetime or Int64 microseconds, keys strings or
     integers (Int64 and UInt64 keys come back as they are, other integers as Int64). Only the
@@ -88,12 +92,20 @@ def tally(
 
     With ``weights``, rows are themselves tallies being folded into one (see ``Weights``).
     ``line`` is a column's name or a Series of the frame's height: what samples are ranked by.
+    With ``sample_one_in`` (a power of two) above 1, only that share of the flagged rows can be a
+    sample: the ones a hash of their keys and time picks, the same rows however the input is split.
     """
-    flag_stream, flag_values = (None, ()) if flag is None else (_stream(frame[flag[0]]), _encoded(flag[1]))
+    bits = sample_one_in.bit_length() - 1
+    if sample_one_in < 1 or sample_one_in != 1 << bits:
+        raise ValueError(f"sample_one_in: expected a power of two, got {sample_one_in}")
+    if flag is not None and skip is not None:
+        raise ValueError("flag and skip: give one of them")
+    marks = flag if skip is None else skip
+    flag_stream, flag_values = (None, ()) if marks is None else (_stream(frame[marks[0]]), _encoded(marks[1]))
     lines = frame[line] if isinstance(line, str) else line
     groups, samples, totals, newest = _tally.tally(
         _stream(frame[time]), None if lines is None else _stream(lines), tuple(_stream(frame[k]) for k in keys),
-        flag_stream, flag_values, width, lo, hi, sample_limit, top, not hash_keys,
+        flag_stream, flag_values, skip is not None, width, lo, hi, sample_limit, bits, top, not hash_keys,
         sum(1 << TABLES.index(name) for name in set(tables)),
         tuple(None if name is None else _stream(frame[name]) for name in (weights or Weights())),
     )

@@ -44,20 +44,18 @@ class UnknownStatus(Detector):
         self.others = 0
 
     def update(self, batch: Batch) -> None:
-        # One compiled pass counts every status (a batch has a handful), with times and samples;
-        # dirty logs have a few unknown statuses in nearly every batch.
-        found = shared(batch, width=EVER, lo=-EVER, hi=EVER, keys=["status"], sample_limit=SAMPLE_LIMIT, top=0,
-                       tables=("groups", "samples"))
-        groups, allowed = found.groups, set(self.allowed)
-        statuses = groups["status"].to_list()
-        if set(statuses) <= allowed:
+        # One compiled pass counts the unknown statuses, with times and samples; the allowed ones
+        # are skipped before they are hashed. Dirty logs have a few in nearly every batch.
+        found = shared(batch, width=EVER, lo=-EVER, hi=EVER, keys=["status"], skip=("status", self.allowed),
+                       sample_limit=SAMPLE_LIMIT, top=0, tables=("groups", "samples"))
+        groups = found.groups
+        if not groups.height:
             return
         stats: dict[str, tuple[int, int, int]] = {}
-        columns = (groups[c].to_list() for c in ("count", "first", "last"))
-        for status, count, first, last in zip(statuses, *columns, strict=True):
-            seen = (count, first, last)
-            if status not in allowed:  # records before and after 1970 fall in two windows
-                stats[status] = _combined(stats[status], seen) if status in stats else seen
+        columns = (groups[c].to_list() for c in ("status", "count", "first", "last"))
+        for status, count, first, last in zip(*columns, strict=True):
+            seen = (count, first, last)  # records before and after 1970 fall in two windows
+            stats[status] = _combined(stats[status], seen) if status in stats else seen
         samples: dict[str, list[tuple[str, int]]] = {}
         for status, place in zip(found.samples["status"].to_list(), sample_places(batch, found), strict=True):
             if status in stats:

@@ -346,6 +346,9 @@ class WindowedDetector(Detector):
     band_us: ClassVar[int] = BAND
     #: How a batch is tallied (``core.tally``): flagged rows are the ones sampled and timed.
     sample_limit: ClassVar[int] = SAMPLE_LIMIT
+    #: Only 1 in this many flagged records (a power of two, picked by a hash of their keys and
+    #: time: the same records in every split) can be a sample.
+    sample_one_in: int = 1
     hash_keys: ClassVar[bool] = False
     tally_tables: ClassVar[tuple[str, ...]] = ("groups", "samples", "totals")
     #: Whether ``batch_tables`` reads only the tally's counts (see ``core.tally.shared``).
@@ -423,7 +426,8 @@ class WindowedDetector(Detector):
         found = shared(
             batch, counts_only=self.tally_counts_only, width=self.width, lo=self.min_time,
             hi=batch.now + self.max_future, keys=self.tally_keys(), flag=self.tally_flag(),
-            sample_limit=self.sample_limit, top=self.watermark_rank, hash_keys=self.hash_keys, tables=self.tally_tables,
+            sample_limit=self.sample_limit, sample_one_in=self.sample_one_in, top=self.watermark_rank,
+            hash_keys=self.hash_keys, tables=self.tally_tables,
         )
         if not found.newest:  # no plausible record
             return

@@ -220,8 +220,10 @@ def tally_params(draw: st.DrawFn) -> dict[str, Any]:
         width=draw(st.sampled_from([1, 7_000_000, 60_000_000, 86_400_000_000, 2**62])),
         lo=draw(st.one_of(st.integers(-4 * 86_400_000_000, 0), st.just(-(2**62)))),
         hi=draw(st.one_of(st.integers(0, 4 * 86_400_000_000), st.just(2**62))),
-        keys=keys, flag=draw(st.one_of(st.none(), flag_values.map(lambda values: ("status", values)))),
-        sample_limit=draw(st.integers(0, 6)), top=draw(st.integers(0, 12)), hash_keys=draw(st.booleans()),
+        keys=keys, **{draw(st.sampled_from(["flag", "flag", "skip"])):
+                      draw(st.one_of(st.none(), flag_values.map(lambda values: ("status", values))))},
+        sample_limit=draw(st.integers(0, 6)), sample_one_in=draw(st.sampled_from([1, 1, 2, 4, 8])),
+        top=draw(st.integers(0, 12)), hash_keys=draw(st.booleans()),
         tables=draw(st.one_of(st.just(tally_module.TABLES),
                               st.lists(st.sampled_from(tally_module.TABLES), unique=True))),
         time=draw(st.sampled_from(["ts", "ts", "ikey"])), line=draw(st.sampled_from(["line", "line", None])),

@@ -294,3 +294,50 @@ def test_rules_that_read_the_same_counts_share_one_tally_of_a_batch():
     for band, [(_, mine)] in together._bands.items():
         [(_, theirs)] = alone._bands[band]
         assert all(mine[name].equals(theirs[name]) for name in mine)
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**32), cut=st.integers(0, 3000), one_in=st.sampled_from([2, 8, 64]),
+       keys=st.sampled_from([[], ["user"], ["service", "user"]]))
+def test_sampled_rows_are_picked_by_their_keys_and_time_whatever_the_split(seed, cut, one_in, keys):
+    # 3000 records, many per (user, minute): the rows that can be samples must be the same in a
+    # tally of the whole, of two parts, and with other line numbers, and about 1 in one_in.
+    rng = __import__("random").Random(seed)
+    records = [(rng.randrange(20 * MINUTE), rng.choice(WORDS[:6]), f"u{rng.randrange(40)}", "ERROR")
+               for _ in range(3000)]
+    options = dict(width=MINUTE, lo=-(2**62), hi=2**62, keys=keys, sample_limit=1000, top=0)
+
+    def picked(frame: pl.DataFrame, **more) -> set[tuple]:
+        samples = tally(frame, **options, sample_one_in=one_in, **more).samples
+        return set(zip(*(samples[name].to_list() for name in [*keys, "us"]), strict=True))
+
+    whole = frame_of(records)
+    everything = picked(whole)
+    assert everything == picked(whole[:cut]) | picked(whole[cut:])
+    assert everything == picked(frame_of(records, shuffle_lines=True))
+    distinct = {(*(dict(zip(["service", "user"], r[1:3], strict=True))[k] for k in keys), r[0]) for r in records}
+    mean = len(distinct) / one_in  # within 5 standard deviations of a binomial count
+    assert abs(len(everything) - mean) <= 5 * mean**0.5
+    # And each group's samples are the ones with the smallest lines among its picked rows.
+    few = tally(whole, **{**options, "sample_limit": 2}, sample_one_in=one_in).samples
+    every = tally(whole, **options, sample_one_in=one_in).samples.frame(
+        **{c: c for c in [*keys, "window", "line"]})
+    smallest = every.sort("line").group_by([*keys, "window"], maintain_order=True).head(2)
+    assert sorted(few["line"].to_list()) == sorted(smallest["line"].to_list())
+    with pytest.raises(ValueError, match="power of two"):
+        tally(whole, **options, sample_one_in=3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(records=rows, skipped=st.lists(st.sampled_from([*STATUSES, "absent"]), max_size=3),
+       keys=st.sampled_from([[], ["status"], ["user", "service"]]), width=st.sampled_from([MINUTE, 2**62]))
+def test_skipping_rows_by_a_value_tallies_the_others_as_if_they_were_alone(records, skipped, keys, width):
+    frame = frame_of(records)
+    options = dict(width=width, lo=-(2**62), hi=2**62, keys=keys, sample_limit=3, top=4)
+    found = as_frames(tally(frame, skip=("status", skipped), **options))
+    alone = as_frames(tally(frame.filter(~pl.col("status").is_in(skipped)), **options))
+    assert found["newest"] == alone["newest"]
+    for name in ("groups", "samples", "totals"):
+        assert_frame_equal(found[name], alone[name])
+    with pytest.raises(ValueError, match="flag and skip"):
+        tally(frame, flag=("status", ["ERROR"]), skip=("status", skipped), **options)

@@ -15,7 +15,7 @@ import polars as pl
 from core.fallback.words import P1, P2, P3, Texts, as_words, finish, own_bytes, rotl, shr
 
 #: The TALLY_VERSION of core/_tally.c this module does what it does for.
-VERSION = 5
+VERSION = 6
 
 _MAX_KEYS = 8
 _WANT_GROUPS, _WANT_SAMPLES, _WANT_TOTALS = 1, 2, 4
@@ -66,8 +66,9 @@ def _open(capsule: object, name: str, nullable: bool = False) -> _Column:
 # ---- The Python function ------------------------------------------------------------------------
 
 
-def tally(us: object, lines: object, keys: tuple, flag: object, flag_values: tuple, width: int, lo: int, hi: int,
-          sample_limit: int, top: int, emit_keys: bool, wanted: int, weights: tuple) -> tuple:
+def tally(us: object, lines: object, keys: tuple, flag: object, flag_values: tuple, skip: bool, width: int, lo: int,
+          hi: int, sample_limit: int, sample_bits: int, top: int, emit_keys: bool, wanted: int,
+          weights: tuple) -> tuple:
     """Tally rows per (keys, window = floor(us / width)), as ``core._tally.tally`` does; see its docstring.
 
     The tables come back as (length, columns), each column a Series where the compiled module
@@ -78,17 +79,18 @@ def tally(us: object, lines: object, keys: tuple, flag: object, flag_values: tup
         raise TypeError("keys and flag_values: expected tuples; weights: a tuple of 4")
     if not wanted & _WANT_SAMPLES:
         sample_limit = 0  # none to build: none to collect
-    if (width <= 0 or not 0 <= sample_limit <= 1000 or top < 0 or len(keys) > _MAX_KEYS
-            or (lines is None and sample_limit > 0)):
-        raise ValueError("width > 0, 0 <= sample_limit <= 1000, top >= 0, at most 8 keys, lines for samples")
+    if (width <= 0 or not 0 <= sample_limit <= 1000 or not 0 <= sample_bits <= 63 or top < 0
+            or len(keys) > _MAX_KEYS or (lines is None and sample_limit > 0) or (skip and flag is None)):
+        raise ValueError("width > 0, 0 <= sample_limit <= 1000, 0 <= sample_bits <= 63, top >= 0, "
+                         "at most 8 keys, lines for samples, flag for skip")
     rows = _rows(us, lines, keys, flag, flag_values, weights)
-    counted = _counted(rows, width, lo, hi, None if flag is None else _strings(flag_values), weights)
+    counted = _counted(rows, width, lo, hi, None if flag is None else _strings(flag_values), skip, weights)
     groups = _groups(counted, len(keys), weights)
     key_columns = _key_columns(groups, keys, rows, emit_keys)
     newest = counted["us"].sort(descending=True).head(top).to_list() if top else []
     return (
         _table(groups, key_columns, _GROUP_INTS, wanted & _WANT_GROUPS),
-        _samples(counted, groups, key_columns, len(keys), sample_limit),
+        _samples(counted, groups, key_columns, len(keys), sample_limit, sample_bits),
         _table(_totals(groups), [], _TOTAL_INTS, wanted & _WANT_TOTALS),
         newest,
     )
@@ -133,18 +135,22 @@ def _strings(values: tuple[bytes, ...]) -> list[str]:
     return strings
 
 
-def _counted(rows: dict[str, _Column], width: int, lo: int, hi: int, flag_values: list[str] | None,
+def _counted(rows: dict[str, _Column], width: int, lo: int, hi: int, flag_values: list[str] | None, skip: bool,
              weights: tuple) -> pl.DataFrame:
-    """The rows with lo <= us <= hi, in order: their keys, window, weight and flagged weight (``marked``)."""
+    """The rows with lo <= us <= hi (and, with ``skip``, a flag value not among ``flag_values``), in order:
+    their keys, window, weight and flagged weight (``marked``)."""
     frame = pl.DataFrame([column.values.alias(name) for name, column in rows.items()]).with_row_index("row")
     weight = pl.col("counts") if weights[0] is not None else pl.lit(1, pl.Int64)
     if weights[1] is not None:
         marked = pl.col("flagged")
-    elif flag_values is not None:
+    elif flag_values is not None and not skip:
         marked = pl.when(pl.col("flag").is_in(flag_values)).then(weight).otherwise(0)
     else:
         marked = weight
-    return frame.filter(pl.col("us").is_between(lo, hi)).with_columns(
+    counted = pl.col("us").is_between(lo, hi)
+    if skip:
+        counted &= ~pl.col("flag").is_in(flag_values)
+    return frame.filter(counted).with_columns(
         window=pl.col("us") // width, weight=weight, marked=marked,
     )
 
@@ -174,13 +180,18 @@ def _totals(groups: pl.DataFrame) -> pl.DataFrame:
 
 
 def _samples(counted: pl.DataFrame, groups: pl.DataFrame, key_columns: list[pl.Series], n_keys: int,
-             sample_limit: int) -> tuple:
+             sample_limit: int, sample_bits: int) -> tuple:
     """Per group, its flagged rows with the smallest lines (the earlier row first on a tie), in group order."""
     if not sample_limit:
         return _table(None, key_columns, _SAMPLE_INTS, False)
     by = [*(f"key{k}" for k in range(n_keys)), "window"]
+    marked = counted.filter(pl.col("marked") != 0)
+    if sample_bits:  # picked in C by finish(row_hash(keys) ^ us * P3)'s leading bits
+        keyed = _row_hashes([marked[f"key{k}"] for k in range(n_keys)], marked.height)
+        us = marked["us"].to_numpy().astype(np.int64).view(np.uint64)
+        marked = marked.filter(pl.Series(shr(finish(keyed ^ (us * P3)), 64 - sample_bits) == 0))
     flagged = (
-        counted.filter(pl.col("marked") != 0).select(*by, "us", "line", "row")
+        marked.select(*by, "us", "line", "row")
         .join(groups.select(*by, "group"), on=by).sort("group", "line", "row")
     )
     group = flagged["group"].to_numpy().astype(np.int64)
@@ -221,6 +232,11 @@ def _key_columns(groups: pl.DataFrame, keys: tuple, rows: dict[str, _Column], em
 
 def _key_hashes(columns: list[pl.Series], height: int) -> np.ndarray:
     """finish(row_hash) in core/_tally.c: each key as two words, folded into one hash per row."""
+    return finish(_row_hashes(columns, height))
+
+
+def _row_hashes(columns: list[pl.Series], height: int) -> np.ndarray:
+    """row_hash in core/_tally.c (not finished)."""
     h = np.full(height, _SEED, dtype=np.uint64)
     for column in columns:
         if column.dtype == pl.String:
@@ -229,7 +245,7 @@ def _key_hashes(columns: list[pl.Series], height: int) -> np.ndarray:
             first, second = as_words(column.to_numpy()), np.zeros(height, dtype=np.uint64)
         h = (h ^ (first * P1) ^ shr(second * P2, 7)) * P2
         h ^= shr(h, 29)
-    return finish(h)
+    return h
 
 
 def _string_words(strings: pl.Series) -> tuple[np.ndarray, np.ndarray]:
