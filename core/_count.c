@@ -137,7 +137,7 @@ same_key(const Counts *c, const Entry *e, const Key *k)
         return 0;
     if (k->length <= INLINE)
         return e->head[1] == k->head[1];
-    return memcmp(c->arena.data + e->head[1], k->text, k->length) == 0;
+    return same_bytes((const unsigned char *)c->arena.data + e->head[1], k->text, (int32_t)k->length); /* > INLINE */
 }
 
 /* Fills e with the key, a long key's bytes appended to arena. Returns 0 when out of memory. */
