@@ -14,7 +14,8 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 import pluggy
 
@@ -28,6 +29,16 @@ if TYPE_CHECKING:
     from core.stats import FileStats
 
 log = logging.getLogger(__name__)
+
+
+class ThreadProfile(Protocol):
+    """What profiles a thread's calls (``core.profile.RunProfile``)."""
+
+    def thread(self) -> AbstractContextManager[None]: ...
+
+
+#: The run's profile (``runpipeline --profile``), if any: ``call_each``'s threads are profiled into it too.
+PROFILE: contextvars.ContextVar[ThreadProfile | None] = contextvars.ContextVar("profile", default=None)
 
 
 class Failed:
@@ -70,9 +81,15 @@ def call_each(failures: set[Failure], rules: list[Rule], phase: str, path: str,
     if workers < 2:
         return [call_rule(failures, rule, phase, path, method, rule) for rule in rules]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"omp-{phase}") as pool:
-        futures = [pool.submit(contextvars.copy_context().run, call_rule, failures, rule, phase, path, method, rule)
+        futures = [pool.submit(contextvars.copy_context().run, _profiled_call, failures, rule, phase, path, method)
                    for rule in rules]
         return [future.result() for future in futures]
+
+
+def _profiled_call(failures: set[Failure], rule: Rule, phase: str, path: str, method: Callable[[Rule], Any]) -> Any:
+    profile = PROFILE.get()
+    with profile.thread() if profile is not None else nullcontext():
+        return call_rule(failures, rule, phase, path, method, rule)
 
 
 def announce(failures: Iterable[Failure], hooks: PluginHooks | None) -> None:

@@ -50,8 +50,9 @@ class RunProfile:
         # pstats' own file format (what Stats.dump_stats writes), through a temp file and os.replace
         atomic_write(folder / STATS_FILE, marshal.dumps(pstats.Stats(*self._profiles).stats), shared=True)
         report = io.StringIO()
-        report.write(f"Profile of one run: {len(self._profiles)} threads (the reader and merger, and the workers) "
-                     "combined.\nTimes are summed over threads, so they can exceed the run's wall time.\n"
+        report.write(f"Profile of one run: {len(self._profiles)} threads (the reader and merger, the workers, "
+                     "and the ones that seal and read the rules) combined.\n"
+                     "Times are summed over threads, so they can exceed the run's wall time.\n"
                      f"Open {STATS_FILE} with `python -m pstats` or snakeviz for the full detail.\n\n")
         for order in ("cumulative", "tottime"):
             report.write(f"=== top {_TOP} by {order} time ===\n")

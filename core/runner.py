@@ -11,7 +11,7 @@ from typing import Callable
 import pluggy
 
 from core import checkpoint as checkpoints
-from core import objectstore, sources
+from core import guard, objectstore, sources
 from core.alertconfig import AlertConfig
 from core.alerts import Alerts
 from core.discover import discover
@@ -53,8 +53,12 @@ def run_batch(
     """
     if profile is None:
         return _run_batch(settings, pm, rules, reset, on_progress, on_start, None, stop, executor, alerts)
-    with profile.thread():
-        return _run_batch(settings, pm, rules, reset, on_progress, on_start, profile, stop, executor, alerts)
+    token = guard.PROFILE.set(profile)  # the threads that seal and read the rules, too
+    try:
+        with profile.thread():
+            return _run_batch(settings, pm, rules, reset, on_progress, on_start, profile, stop, executor, alerts)
+    finally:
+        guard.PROFILE.reset(token)
 
 
 def _run_batch(

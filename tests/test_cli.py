@@ -327,7 +327,8 @@ def test_enabled_rule_that_no_file_defines(workspace):
     result = workspace.run()
     assert_clean_failure(result, workspace)
     assert "settings.yaml: rules: unknown rule 'top-user' (did you mean 'top-users'?)" in result.stderr
-    defined = sorted(r["name"] for f in (workspace.root / "rules").glob("*.yaml") for r in yaml.safe_load(f.read_text()))
+    files = (workspace.root / "rules").glob("*.yaml")
+    defined = sorted(r["name"] for f in files for r in yaml.safe_load(f.read_text()))
     assert "payment-statuses" in defined
     assert f"defined rules: {', '.join(defined)}" in result.stderr
 
@@ -562,7 +563,7 @@ def test_normal_run_prints_the_human_summary(workspace):
     assert "\x1b" not in result.stdout + result.stderr  # not a terminal: no progress bar, no colours
 
 
-def test_profile_covers_the_workers_and_the_main_thread(workspace):
+def test_profile_covers_the_workers_the_result_threads_and_the_main_thread(workspace):
     # Enough lines for several chunks, so that the worker threads do the parsing.
     workspace.write("a.log", RECORDS * 2000)
     workspace.configure("chunk_bytes: 70000\nlimits: {max_line_bytes: 1024}\n")
@@ -570,10 +571,11 @@ def test_profile_covers_the_workers_and_the_main_thread(workspace):
     assert result.returncode == 0, result.stderr
     report = (workspace.output / "profile.txt").read_text()
     assert f"profile: {(workspace.output / 'profile.txt').resolve()} (and profile.pstats)" in result.stdout
-    assert "threads (the reader and merger, and the workers)" in report
+    assert "threads (the reader and merger, the workers, and the ones that seal and read the rules)" in report
     stats = pstats.Stats(str(workspace.output / "profile.pstats"))
     functions = {name for _, _, name in stats.stats}
     assert {"_run_batch", "_merge", "parse_chunk", "update"} <= functions  # main thread and workers
+    assert "_result" in functions  # the rules' results, read side by side on threads of their own
     assert workspace.summary()["totals"]["records"] == 6000
 
 
