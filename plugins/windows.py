@@ -558,9 +558,8 @@ class WindowedDetector(Detector):
         stale = self._thinned_levels != self._levels  # parts with a tag were thinned at other levels
         if self._levels and (stale or any(tag is None for tag, _ in parts)):  # rows not thinned yet: a partial's
             keep = self.kept_keys()
-            kept = [data if tag is not None and not stale else
-                    {name: frame.filter(keep) if self.thin_by in frame.columns and frame.height else frame
-                     for name, frame in data.items()} for (tag, _), data in zip(parts, kept, strict=True)]
+            kept = [data if tag is not None and not stale else self._thinned(data, keep)
+                    for (tag, _), data in zip(parts, kept, strict=True)]
         data = {name: spec.reduce([d[name] for d in kept]) for name, spec in self.tables.items() if spec.windowed}
         self._bands[band] = [(self.horizon, data)]
         return data
@@ -665,13 +664,16 @@ class WindowedDetector(Detector):
         if not self._levels:
             return
         keep = self.kept_keys()
-        thinned = {name for name, spec in self.tables.items() if spec.windowed and self.thin_by in spec.schema}
         changed = self._levels != self._thinned_levels
         for band, parts in self._bands.items():  # parts thinned at these levels already are left alone
-            self._bands[band] = [(tag, data if tag is not None and not changed else
-                                  {name: frame.filter(keep) if name in thinned and frame.height else frame
-                                   for name, frame in data.items()}) for tag, data in parts]
+            self._bands[band] = [(tag, data if tag is not None and not changed else self._thinned(data, keep))
+                                 for tag, data in parts]
         self._thinned_levels = list(self._levels)
+
+    def _thinned(self, data: Tables, keep: pl.Expr) -> Tables:
+        """``data`` with only the rows ``keep`` (``kept_keys``) keeps in the tables that hold ``thin_by``."""
+        return {name: frame.filter(keep) if self.thin_by in frame.columns and frame.height else frame
+                for name, frame in data.items()}
 
     def _span_records(self, lo: int, hi: int) -> list[tuple[int, int]]:
         """For each window ``lo <= w < hi`` with records: the records of the ``span`` windows ending at it.
