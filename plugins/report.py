@@ -32,8 +32,9 @@ MAX_BARS = 25
 MAX_SAMPLES = 200
 EXAMPLES = 3
 #: The run metrics shown, under the names the page gives them (summary.json's keys on the left).
-RUN_METRICS = {"started_at": "Started at (UTC)", "elapsed_seconds": "Elapsed (s)", "lines_per_second": "Lines per second",
-               "bytes_per_second": "Bytes per second", "peak_rss_mb": "Peak RSS (MB)", "workers": "Workers",
+RUN_METRICS = {"started_at": "Started at (UTC)", "elapsed_seconds": "Elapsed (s)",
+               "lines_per_second": "Lines per second", "bytes_per_second": "Bytes per second",
+               "peak_rss_mb": "Peak RSS (MB)", "workers": "Workers",
                "compiled": "Compiled extensions", "output_seconds": "Writing outputs (s)",
                "checkpoint_seconds": "Checkpoint (s)", "version": "Version"}
 _STYLE = Style(
@@ -127,6 +128,7 @@ def _panels(summary: dict[str, Any], anomalies: dict[str, Any],
     for name, key in _rules_of(summary, "timeline"):
         yield _timeline(name, key, summary[key], incidents)
     yield _incidents(anomalies, incidents)
+    yield _alerts(summary.get("alerts"))
     for name, key in _rules_of(summary, "top_k"):
         yield _top(name, key, summary[key], summary["details"].get(key))
     for name, key in _rules_of(summary, "peak_hours"):
@@ -192,8 +194,8 @@ def _more(shown: int, total: int, what: str) -> str:
 def _figure(title: str, svg: str, table: str, *, table_open: bool = False) -> str:
     """A chart with its caption, and its numbers as a table (open, or behind a disclosure)."""
     numbers = table if table_open else f"<details><summary>The numbers behind the chart</summary>{table}</details>"
-    return (f'<figure class="{"side" if table_open else "wide"}"><figcaption>{_e(title)}</figcaption><div class="chart" role="img" aria-label="{_e(title)}">'
-            f"{svg}</div>{numbers}</figure>")
+    return (f'<figure class="{"side" if table_open else "wide"}"><figcaption>{_e(title)}</figcaption>'
+            f'<div class="chart" role="img" aria-label="{_e(title)}">{svg}</div>{numbers}</figure>')
 
 
 def _chart(kind: type, **config: Any) -> Any:
@@ -270,7 +272,8 @@ def _ranked(name: str, key: str, ranked: list[tuple[str, int | None]], total: in
     counted = [(value, count) for value, count in ranked if isinstance(count, int)]
     if counted:
         table = _figure(f"{title}: records per value", _bars(title, counted), table, table_open=True)
-    return _section(key, title, _rule_note(name, key) + _approximate(detail) + table + _more(len(rows), total, "values"))
+    body = _rule_note(name, key) + _approximate(detail) + table + _more(len(rows), total, "values")
+    return _section(key, title, body)
 
 
 def _hours(name: str, key: str, peaks: list[str], histogram: dict[str, int] | None) -> Panel | None:
@@ -312,7 +315,7 @@ def _timeline_svg(points: list[dict[str, Any]], marks: list[list[int]]) -> str:
     chart.x_labels = labels
     chart.x_labels_major = labels[::step]
     chart.add("records", [p["records"] for p in points], formatter=_exact)
-    chart.add("incident", [p["records"] if m else None for p, m in zip(points, marks)],
+    chart.add("incident", [p["records"] if m else None for p, m in zip(points, marks, strict=True)],
               stroke=False, show_dots=True, dots_size=5, formatter=_exact)
     chart.add("failure rate % (right axis)", [_rate(p) for p in points], secondary=True,
               formatter=lambda v: f"{v:.2f}%")
@@ -321,7 +324,7 @@ def _timeline_svg(points: list[dict[str, Any]], marks: list[list[int]]) -> str:
 
 def _timeline_table(points: list[dict[str, Any]], marks: list[list[int]]) -> str:
     rows = [[_e(p["start"]), _n(p["records"]), _n(p["failures"]), f"{_rate(p):.2f}%",
-             ", ".join(f"#{i}" for i in m)] for p, m in zip(points, marks)]
+             ", ".join(f"#{i}" for i in m)] for p, m in zip(points, marks, strict=True)]
     return _table("Records and failures per bucket of event time", ["Start (UTC)", "Records", "Failures",
                   "Failure rate", "Incidents"], rows, numeric=(1, 2, 3))
 
@@ -437,8 +440,8 @@ def _malformed(totals: dict[str, Any], samples: list[dict[str, Any]]) -> Panel:
     body = f"<p>{_n(totals['malformed'])} malformed lines, each counted under one reason.</p>"
     body += _table("Malformed lines per reason", ["Reason", "Lines", "First samples (redacted)"], rows, numeric=(1,))
     shown = samples[:MAX_SAMPLES]
-    every = [[f"<code>{_e(s['file'])}:{s['line']}</code>", _e(s["reason"]), f'<span class="line">{_e(s["text"])}</span>']
-             for s in shown]
+    every = [[f"<code>{_e(s['file'])}:{s['line']}</code>", _e(s["reason"]),
+              f'<span class="line">{_e(s["text"])}</span>'] for s in shown]
     body += (f"<details><summary>All {_n(len(samples))} samples kept (the first malformed lines of each file)"
              f"</summary>{_table('Malformed samples', ['Where', 'Reason', 'Line'], every)}</details>")
     return _section("malformed", "Malformed lines", body + _more(len(shown), len(samples), "samples"))
@@ -447,6 +450,40 @@ def _malformed(totals: dict[str, Any], samples: list[dict[str, Any]]) -> Panel:
 def _samples(samples: list[dict[str, Any]]) -> str:
     return "".join(f'<code>{_e(s["file"])}:{s["line"]}</code><span class="line">{_e(s["text"])}</span>'
                    for s in samples)
+
+
+def _alerts(alerts: dict[str, Any] | None) -> Panel | None:
+    """Where incidents went: each destination, what waits or fails, what is silenced (summary.json's ``alerts``)."""
+    if alerts is None:
+        return None
+    destinations = [[_e(name), _e(d["type"]), _n(d["sent"]), _n(d["queued"]), "failing" if d["failing"] else "",
+                     _e(_blank(d["last_sent_at"])), _e(" ".join(filter(None, (d["last_error_at"], d["last_error"]))))]
+                    for name, d in sorted(alerts["destinations"].items())]
+    body = _table("Destinations", ["Destination", "Type", "Sent", "Queued", "State", "Last sent", "Last error"],
+                  destinations, numeric=(2, 3))
+    body += (f'<p class="note">Incidents delivered by this process: {_n(alerts["sent_total"])}. '
+             f'Failed sends: {_n(alerts["failures_total"])}.</p>')
+    waiting = [[_e(state), _e(n["destination"]), f"<code>{_e(n['id'])}</code>", _e(n["event"]), _n(n["attempts"]),
+                _e(_blank(n["queued_at"])), _e(_blank(n["next_try"])), _e(_blank(n["error"]))]
+               for state, notes in (("failed", alerts["failed"]), ("queued", alerts["queued"])) for n in notes]
+    if waiting:
+        body += _table("Notifications not delivered yet, the failing first", ["State", "Destination", "Incident",
+                       "Event", "Attempts", "Queued at", "Next try", "Error"], waiting[:MAX_ROWS], numeric=(4,))
+    silenced = [[f"<code>{_e(s['id'])}</code>", _e(_blank(s["rule"])), _e(_blank(s["key"])), _e(s["until"])]
+                for s in alerts["silenced"]]
+    if silenced:
+        body += _table("Silenced incidents", ["Incident", "Rule", "Key", "Until"], silenced[:MAX_ROWS])
+    folded = [[_e(n["destination"]), f"<code>{_e(n['id'])}</code>", _e(_blank(n["sent_at"]))]
+              for n in alerts["not_shown"]]
+    if folded:
+        body += _table('Incidents a message counted as "and N more"', ["Destination", "Incident", "Sent at"],
+                       folded[:MAX_ROWS])
+    quiet = alerts["no_data"]
+    if quiet["after_seconds"] is not None:
+        open_now = f"open: <code>{_e(quiet['incident'])}</code>" if quiet["incident"] else "not open"
+        body += (f'<p class="note">A no-data alert fires after {_n(quiet["after_seconds"])} s without a record; '
+                 f'the last record came at {_e(_blank(quiet["last_record_at"]))}; the alert is {open_now}.</p>')
+    return _section("alerts", "Alerts", body)
 
 
 def _files(files: list[dict[str, Any]]) -> Panel | None:

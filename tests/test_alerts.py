@@ -8,6 +8,7 @@ single line. ``odd-statuses`` flags CHARGEBACK, DISPUTE, HOLD, VOID and REVERSAL
 
 from __future__ import annotations
 
+import html
 import json
 import signal
 import socket
@@ -671,3 +672,42 @@ def test_readme_destination_plugin_works_as_printed(workspace, receiver, monkeyp
     assert receiver.bodies[0]["text"].splitlines()[1].startswith("[high] odd-statuses CHARGEBACK: ")
     assert receiver.bodies[0]["text"].startswith("Oh My Payments: 1 incident: high odd-statuses CHARGEBACK\n")
     assert "refunds:REFUND" not in receiver.bodies[0]["text"]  # low: under min_severity high
+
+
+def test_the_report_shows_each_destination_what_waits_and_what_is_silenced(workspace, receiver):
+    receiver.failing = True  # down: both notifications wait, with the endpoint's error
+    plant(workspace, f"""\
+        destinations:
+          - {{name: ops, type: webhook, url: "{receiver.url}"}}
+        silences: [{{rule: odd-statuses, key: VOID, until: "2099-01-01T00:00:00Z"}}]
+        """)
+    workspace.write("a.log", lines("CHARGEBACK", "REFUND", "VOID"))
+    assert workspace.main("-q", "--alerts") == 0
+    alerts = alerts_of(workspace)
+    assert sorted(n["id"] for n in alerts["queued"] + alerts["failed"]) == ["odd-statuses:CHARGEBACK",
+                                                                            "refunds:REFUND"]
+    page = (workspace.output / "report.html").read_text()
+    section = page[page.index('<section id="p-alerts">'):]
+    section = section[:section.index("</section>")]
+    assert "<td>ops</td><td>webhook</td>" in section
+    for waiting in alerts["queued"] + alerts["failed"]:
+        assert f"<code>{waiting['id']}</code>" in section
+        assert waiting["error"] and waiting["error"] in html.unescape(section)
+    assert ("<tr><td><code>odd-statuses:VOID</code></td><td>odd-statuses</td><td>VOID</td>"
+            "<td>2099-01-01T00:00:00Z</td></tr>") in section
+    assert "Failed sends: 1" in section
+
+    receiver.failing = False  # back: the next run delivers them, and the page says so
+    assert workspace.main("-q", "--alerts") == 0
+    assert alerts_of(workspace)["destinations"]["ops"]["sent"] == 2
+    page = (workspace.output / "report.html").read_text()
+    section = page[page.index('<section id="p-alerts">'):]
+    assert '<td>ops</td><td>webhook</td><td class="n">2</td><td class="n">0</td>' in section
+    assert "Notifications not delivered yet" not in section[:section.index("</section>")]
+
+
+def test_without_alerts_the_report_has_no_alerts_panel(workspace, receiver):
+    plant(workspace, f"destinations: [{{name: ops, type: webhook, url: '{receiver.url}'}}]\n")
+    workspace.write("a.log", lines("CHARGEBACK"))
+    assert workspace.main("-q") == 0  # a batch run without --alerts sends nothing and reports no alerts
+    assert 'id="p-alerts"' not in (workspace.output / "report.html").read_text()
