@@ -11,6 +11,8 @@ import sys
 import textwrap
 import time
 from array import array
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -87,6 +89,30 @@ def every_line_the_full_way() -> SimpleNamespace:
 def pm():
     """A fresh plugin manager per test, without third-party entry points."""
     return get_plugin_manager(load_entrypoints=False)
+
+
+@contextmanager
+def plugged(pm: Any, plugins: dict[str, Any]) -> Iterator[Any]:
+    """``pm`` with ``plugins`` (name -> plugin) registered in that order while inside, unregistered after."""
+    for name, plugin in plugins.items():
+        pm.register(plugin, name=name)
+    try:
+        yield pm
+    finally:
+        for name in plugins:
+            pm.unregister(name=name)
+
+
+def run_plugged(settings_path: Path, pm: Any, plugins: dict[str, Any], **kwargs: Any) -> Any:
+    """An in-process batch run of the rules ``settings_path`` enables, with ``plugins`` registered for it."""
+    from core.plugins import rule_types
+    from core.ruleset import load_rules
+    from core.runner import run_batch
+    from core.settings import load_settings
+
+    with plugged(pm, plugins):
+        settings = load_settings(settings_path)
+        return run_batch(settings, pm, load_rules(settings, rule_types(pm)), **kwargs)
 
 
 @dataclass

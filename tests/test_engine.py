@@ -15,6 +15,7 @@ from core.plugins import rule_types
 from core.ruleset import load_rules
 from core.runner import run_batch
 from core.settings import load_settings
+from tests.conftest import plugged, run_plugged
 
 LINES = 60_000  # about 4 MB: sixteen chunks of the smallest size
 
@@ -59,13 +60,10 @@ def big_file_run(workspace, pm):
     def run(fail: bool = False):
         workspace.rules_file("order.yaml", f"- {{name: order, type: merge_order, fail: {str(fail).lower()}}}\n")
         workspace.configure("rule_files: [rules/order.yaml]\nrules: [order]\nworkers: 2\nchunk_bytes: 262144\n")
-        pm.register(Plugin(), name="merge-order")
-        try:
+        with plugged(pm, {"merge-order": Plugin()}):
             settings = load_settings(workspace.settings)
             rules = load_rules(settings, rule_types(pm))
             return run_batch(settings, pm, rules), rules
-        finally:
-            pm.unregister(name="merge-order")
 
     return run
 
@@ -156,14 +154,9 @@ def test_every_chunk_of_a_run_is_judged_by_one_clock_taken_when_the_run_starts(w
         workspace.write(f"small-{n}.log", f"2025-07-22T13:00:{n:02d}Z INFO S user{n} fine\n")
     workspace.rules_file("clocks.yaml", "- {name: clocks, type: clocks}\n")
     workspace.configure("rule_files: [rules/clocks.yaml]\nrules: [clocks]\nworkers: 2\nchunk_bytes: 262144\n")
-    pm.register(ClocksPlugin(), name="clocks")
-    try:
-        settings = load_settings(workspace.settings)
-        before = time.time_ns() // 1000
-        report = run_batch(settings, pm, load_rules(settings, rule_types(pm)))
-        after = time.time_ns() // 1000
-    finally:
-        pm.unregister(name="clocks")
+    before = time.time_ns() // 1000
+    report = run_plugged(workspace.settings, pm, {"clocks": ClocksPlugin()})
+    after = time.time_ns() // 1000
     assert report.summary["totals"]["files"] == 21
     assert len(report.summary["clocks"]) == 1
     assert before <= report.summary["clocks"][0] <= after

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import textwrap
 from pathlib import Path
 
 import pluggy
@@ -25,7 +24,7 @@ from core.ruleset import load_rules
 from core.runner import run_batch
 from core.settings import load_settings
 from plugins.hours import hour_counts
-from tests.conftest import COUNTING_PLUGIN, REPO
+from tests.conftest import COUNTING_PLUGIN, REPO, plugged, run_plugged
 
 HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, "ohmypayments_spec")]
 
@@ -110,12 +109,8 @@ def test_a_rule_type_registered_twice_by_two_plugins_is_an_error(pm):
         def register_rule_types(self, register):
             register(Impostor)
 
-    pm.register(Plugin(), name="impostor")
-    try:
-        with pytest.raises(ConfigError, match="rule type 'top_k' is registered twice"):
-            rule_types(pm)
-    finally:
-        pm.unregister(name="impostor")
+    with plugged(pm, {"impostor": Plugin()}), pytest.raises(ConfigError, match="rule type 'top_k' is registered twice"):
+        rule_types(pm)
 
 
 class Recorder:
@@ -151,12 +146,7 @@ def recorded_run(workspace, pm):
     workspace.write("a.log", "2025-07-22T12:00:00Z INFO S u1 ok\nnot a record\n")
     workspace.write("b.log", "2025-07-22T13:00:00Z FAILURE S u2 bad\n")
     recorder = Recorder()
-    pm.register(recorder, name="recorder")
-    try:
-        settings = load_settings(workspace.settings)
-        run_batch(settings, pm, load_rules(settings, rule_types(pm)))
-    finally:
-        pm.unregister(name="recorder")
+    run_plugged(workspace.settings, pm, {"recorder": recorder})
     return recorder.calls
 
 
@@ -166,11 +156,8 @@ def test_hook_register_rule_types(pm):
         def register_rule_types(self, register):
             register(FailOnUpdate)
 
-    pm.register(Plugin(), name="fail-on-update")
-    try:
+    with plugged(pm, {"fail-on-update": Plugin()}):
         assert rule_types(pm)["fail_on_update"] is FailOnUpdate
-    finally:
-        pm.unregister(name="fail-on-update")
 
 
 def test_hook_before_run(recorded_run):
@@ -204,12 +191,7 @@ def test_hook_register_output_writers(workspace, pm):
             register(Lines())
 
     workspace.write("a.log", "2025-07-22T12:00:00Z INFO S u1 ok\n")
-    pm.register(Registers(), name="lines-writer")
-    try:
-        settings = load_settings(workspace.settings)
-        report = run_batch(settings, pm, load_rules(settings, rule_types(pm)))
-    finally:
-        pm.unregister(name="lines-writer")
+    report = run_plugged(workspace.settings, pm, {"lines-writer": Registers()})
     assert not report.failed
     assert (workspace.output / "lines.txt").read_text(encoding="utf-8") == "1 lines, 0 incidents"
 
@@ -236,14 +218,11 @@ def test_hook_register_alerters(workspace, pm):
 
     workspace.write("a.log", "2025-07-22T12:00:00Z CHARGEBACK S u1 disputed\n")
     workspace.configure("alerts: {destinations: [{type: collect, box: inbox}]}\n")
-    pm.register(Registers(), name="collecting-alerter")
-    try:
+    with plugged(pm, {"collecting-alerter": Registers()}):
         assert alerter_types(pm)["collect"].plugin == "collecting-alerter"
         settings = load_settings(workspace.settings)
         rules = load_rules(settings, rule_types(pm))
         run_batch(settings, pm, rules, alerts=load_alerts(settings, pm, [r.name for r in rules]))
-    finally:
-        pm.unregister(name="collecting-alerter")
     assert sent == [("inbox", ["unknown-statuses:CHARGEBACK"])]
 
 
@@ -282,16 +261,12 @@ def test_hook_register_sources(workspace, pm):
     workspace.write("cut.log.bz2", bz2.compress(text.encode())[:60])
     workspace.configure('include: ["*.log", "*.log.bz2"]\n')
     plugin = type("Bzip2Plugin", (), {"register_sources": staticmethod(namespace["register_sources"])})
-    pm.register(plugin, name="bzip2-source")
-    try:
-        settings = load_settings(workspace.settings)
-        report = run_batch(settings, pm, load_rules(settings, rule_types(pm)))
-    finally:
-        pm.unregister(name="bzip2-source")
+    report = run_plugged(workspace.settings, pm, {"bzip2-source": plugin})
     files = {f["path"]: f for f in report.summary["files"]}
     assert files["a.log.bz2"]["lines"] == 42 and files["a.log.bz2"]["malformed"] == 1
     [unknown] = [a for a in report.anomalies["anomalies"] if a["rule"] == "unknown-statuses"]
-    assert unknown["samples"] == [{"location": "a.log.bz2:42", "text": "2025-07-22T12:01:00Z WEIRD S u1 an unknown status"}]
+    assert unknown["samples"] == [{"location": "a.log.bz2:42",
+                                   "text": "2025-07-22T12:01:00Z WEIRD S u1 an unknown status"}]
     assert report.summary["malformed_samples"][0] == {"file": "a.log.bz2", "line": 41, "reason": "missing_fields",
                                                       "text": "not a line"}
     [error] = report.summary["file_errors"]
@@ -302,12 +277,7 @@ def test_hook_on_error(workspace, pm):
     workspace.write("a.log", "2025-07-22T12:00:00Z INFO S u1 ok\n")
     os.symlink(workspace.root / "nowhere.log", workspace.data / "gone.log")
     recorder = Recorder()
-    pm.register(recorder, name="recorder")
-    try:
-        settings = load_settings(workspace.settings)
-        run_batch(settings, pm, load_rules(settings, rule_types(pm)))
-    finally:
-        pm.unregister(name="recorder")
+    run_plugged(workspace.settings, pm, {"recorder": recorder})
     assert ("on_error", "gone.log", None, "FileNotFoundError") in recorder.calls
 
 
@@ -489,14 +459,8 @@ def test_a_hook_that_raises_costs_only_its_own_plugin_s_hooks(workspace, pm):
     for name, text in TWO_FILES.items():
         workspace.write(name, text)
     recorder, raising = Recorder(), Raising()
-    pm.register(recorder, name="recorder")
-    pm.register(raising, name="raising")  # registered last: pluggy calls it first
-    try:
-        settings = load_settings(workspace.settings)
-        report = run_batch(settings, pm, load_rules(settings, rule_types(pm)))
-    finally:
-        pm.unregister(name="recorder")
-        pm.unregister(name="raising")
+    # raising registered last: pluggy calls it first
+    report = run_plugged(workspace.settings, pm, {"recorder": recorder, "raising": raising})
     assert [c[1] for c in recorder.calls if c[0] == "after_file"] == ["a.log", "b.log"]
     assert ("on_error", "a.log", None, "PluginFailed") in recorder.calls
     assert report.failed and report.summary["rule_errors"] == [
@@ -541,10 +505,10 @@ def test_a_folder_beside_settings_never_stands_in_for_a_library(workspace, monke
     workspace.write("a.log", "2025-07-22T12:00:00Z INFO S u1 ok\n")
     from tests.test_watch import Watcher
 
-    for settings in ("plugins: []\nrules: [payment-statuses]\n",
-                     "plugins: [beside]\nrules: [payment-statuses, record-count]\n"):
-        workspace.configure(settings)
-        if "beside" in settings:
+    for text in ("plugins: []\nrules: [payment-statuses]\n",
+                 "plugins: [beside]\nrules: [payment-statuses, record-count]\n"):
+        workspace.configure(text)
+        if "beside" in text:
             workspace.rules_file("beside.yaml", "- {name: record-count, type: count_records}\n")
         shutil.rmtree(workspace.output, ignore_errors=True)  # so that the first summary.json is this watcher's
         with Watcher(workspace) as watcher:
@@ -589,8 +553,9 @@ def test_a_plugin_package_beside_settings_loads_with_its_own_modules(workspace, 
     package = workspace.root / "omp_beside_pkg"
     package.mkdir()
     (package / "rules.py").write_text(COUNTING_PLUGIN.replace("@hookimpl\ndef", "def"))
-    (package / "__init__.py").write_text("from core import hookimpl\nfrom omp_beside_pkg.rules import CountRecords\n"
-                                         "\n@hookimpl\ndef register_rule_types(register):\n    register(CountRecords)\n")
+    (package / "__init__.py").write_text(
+        "from core import hookimpl\nfrom omp_beside_pkg.rules import CountRecords\n"
+        "\n@hookimpl\ndef register_rule_types(register):\n    register(CountRecords)\n")
     workspace.rules_file("count.yaml", "- {name: record-count, type: count_records}\n")
     workspace.configure("plugins: [omp_beside_pkg]\nrules: [record-count]\n")
     workspace.write("a.log", "2025-07-22T12:00:00Z INFO S u1 ok\n")
