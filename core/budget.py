@@ -1,10 +1,11 @@
 """Share ``limits.memory_mb`` out: a fixed base, the input in flight (chunks and their parsing), rule states.
 
 Measured with all default rules (Python 3.11, Polars 2.1, 2 cores; 2M and 10M lines, caps of
-250, 300 and 500 MB): peak RSS ~ 170 MB + each chunk being worked on ~10 times its size (its
-bytes, its columns, the tallies' arrays and Polars' scratch) + each chunk waiting in a slot ~1.3
-times its size + the rule states. An idle process with every plugin loaded holds ~70 MB; the
-rest of the base is the allocators' reserve and Polars' scratch, whatever the chunk size.
+250, 300 and 500 MB): peak RSS ~ 170 MB + each chunk being worked on ~5 times its size (its
+bytes, its columns, the tallies' arrays and Polars' scratch; ~10 times before the compiled scan
+and tallies) + each chunk waiting in a slot ~1.3 times its size + the rule states. An idle
+process with every plugin loaded holds ~70 MB; the rest of the base is the allocators' reserve
+and Polars' scratch, whatever the chunk size.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 #: The interpreter, Polars, the plugins, the allocators' reserve and scratch (measured 168 to 171 MB).
 BASE_MB = 170
-#: A chunk being parsed costs this many times its size.
-PARSE_FACTOR = 9
+#: A chunk being parsed costs this many times its size: its bytes, its columns, the tallies' arrays
+#: and Polars' scratch. Measured (Tier 1-2 rules, 10M lines, 2 workers, two chunks queued) as what
+#: peak RSS gains from 4 to 8 MiB chunks: 55-59 MB, 4.9 to 5.4 times each chunk being parsed once
+#: the queued chunks (1.3 times) are counted.
+PARSE_FACTOR = 5
 #: The part of the memory left after ``BASE_MB`` that the input in flight may take: the defaults
-#: (2 workers, 4 MiB chunks, queue_size 2) take 88 of 99 MiB under the default 500 MB cap.
+#: (2 workers, 6 MiB chunks, queue_size 1) take 78 of 99 MiB under the default 500 MB cap.
 INPUT_SHARE = 0.3
 #: The part of it that rule states may take, all together: the rest is headroom for merging,
 #: checkpoints and writing the outputs. It depends on ``limits.memory_mb`` alone, not on the

@@ -137,10 +137,46 @@ inline_words(const unsigned char *view, int32_t length, uint64_t words[2])
     words[1] &= kept >= 16 ? ~0ULL : kept <= 8 ? 0 : (1ULL << (8 * (kept - 8))) - 1;
 }
 
+static inline uint64_t
+word_at(const unsigned char *p)
+{
+    uint64_t word;
+    memcpy(&word, p, 8);
+    return word;
+}
+
+static inline uint64_t
+rotl(uint64_t x, int r)
+{
+    return (x << r) | (x >> (64 - r));
+}
+
+/* text_words_long for 12 < n < 32 without a branch on n: names of mixed lengths (services of 13
+ * to 23 bytes) made the loop's branches mispredict on about every other row. Every load stays
+ * within the n bytes; what a shorter string does not use is selected away. */
+static inline void
+text_words_short(const unsigned char *p, int32_t n, uint64_t words[2])
+{
+    uint64_t looped = (uint64_t)0 - (uint64_t)(n >= 16); /* all ones if the 16-byte round runs */
+    int32_t i = (int32_t)(looped & 16), mid = n - 8 < 8 ? n - 8 : 8, tail = n - 8 < i ? n - 8 : i;
+    uint64_t a = (uint64_t)n * P3;
+    uint64_t round_a = rotl(a + word_at(p) * P1, 23), round_b = rotl(word_at(p + mid) * P2, 29);
+    a = (round_a & looped) | (a & ~looped);
+    uint64_t b = round_b & looped;
+    a += word_at(p + n - 8) * P1;
+    b += (word_at(p + tail) * P2) & ((uint64_t)0 - (uint64_t)(i + 8 < n));
+    words[0] = a;
+    words[1] = b;
+}
+
 /* A long string's length and bytes (n > 12) folded into two words, with multiplies that do not wait on each other. */
 static inline void
 text_words_long(const unsigned char *p, int32_t n, uint64_t words[2])
 {
+    if (n < 32) {
+        text_words_short(p, n, words);
+        return;
+    }
     uint64_t a = (uint64_t)n * P3, b = 0, word;
     int32_t i = 0;
     for (; i + 16 <= n; i += 16) {
@@ -166,6 +202,11 @@ text_words_long(const unsigned char *p, int32_t n, uint64_t words[2])
 static inline int
 same_bytes(const unsigned char *p, const unsigned char *q, int32_t n)
 {
+    if (n <= 32) { /* without a branch on n: its first, last and middle words (overlapping) */
+        int32_t second = n - 8 < 8 ? n - 8 : 8, third = n - 8 < 16 ? n - 8 : 16;
+        return ((word_at(p) ^ word_at(q)) | (word_at(p + n - 8) ^ word_at(q + n - 8))
+                | (word_at(p + second) ^ word_at(q + second)) | (word_at(p + third) ^ word_at(q + third))) == 0;
+    }
     uint64_t a, b;
     for (int32_t i = 0; i + 8 < n; i += 8) {
         memcpy(&a, p + i, 8);

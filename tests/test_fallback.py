@@ -262,6 +262,23 @@ def test_a_tally_is_the_compiled_one(drawn, params):
 
 
 @needs_tally
+def test_keys_of_every_length_hash_and_group_as_the_stand_in_does():
+    # Keys of 13 to 31 bytes are hashed and compared without a branch on their length, 32 bytes
+    # and up by a loop: every length, and a key that differs from another in any one byte only.
+    keys = []
+    for n in range(1, 72):
+        base = "".join(chr(0x61 + (i * 7 + n) % 26) for i in range(n))
+        keys += [base, *(base[:i] + "#" + base[i + 1:] for i in range(n))]
+    frame = pl.DataFrame({"ts": [0] * len(keys), "user": keys, "line": range(len(keys))})
+    params = dict(width=60, lo=0, hi=1, keys=["user"], hash_keys=False, tables=("groups",))
+    expected, found = tallied(TALLY, frame, params), tallied(pure_tally, frame, params)
+    assert_frame_equal(found["groups"], expected["groups"])
+    assert expected["groups"]["count"].to_list() == [1] * len(keys)  # no two keys taken for one
+    hashed = {**params, "hash_keys": True}
+    assert_frame_equal(tallied(pure_tally, frame, hashed)["groups"], tallied(TALLY, frame, hashed)["groups"])
+
+
+@needs_tally
 @pytest.mark.parametrize("change", [
     lambda f: f.with_columns(user=pl.lit(None, pl.String)),
     lambda f: f.with_columns(user=pl.lit(1.5)),
