@@ -145,17 +145,25 @@ class Frequency(WindowedDetector):
             candidates = candidates.filter(pl.col("window") - n >= start)
         if candidates.is_empty():
             return []
+        # The history of the candidates' values only: a few rows each, found without joining
+        # every (value, window) of the span (nearly all of them one-off values).
+        history = window_rows(counts, candidates["window"].min() - n, candidates["window"].max()).filter(
+            pl.col("key").is_in(candidates["key"].unique().implode()))
         before = (
-            counts.join(candidates.select("key", pl.col("window").alias("judged")), on="key")
+            history.join(candidates.select("key", pl.col("window").alias("judged")), on="key")
             .filter((pl.col("window") < pl.col("judged")) & (pl.col("window") >= pl.col("judged") - n))
             .group_by("key", "judged").agg(pl.col("count").sum().alias("sum"), pl.col("count").max().alias("max"))
         )
-        # Thinned windows hold 1 in 2^level values: as many again stand behind each one counted.
-        active = judged_rows.group_by("window").agg(pl.len().alias("active")).with_columns(
+        # Active values per window: the folded table has a row per (value, window). Thinned
+        # windows hold 1 in 2^level values: as many again stand behind each one counted.
+        windows, active = np.unique(judged_rows["window"].to_numpy(), return_counts=True)
+        population = pl.DataFrame({"window": windows, "active": active},
+                                  schema={"window": pl.Int64, "active": pl.Int64})
+        population = population.join(data["totals"], on="window", how="left").with_columns(
             active=pl.col("active") * 2 ** self.levels_of(pl.col("window")))
         judged = (
             candidates.join(before, left_on=["key", "window"], right_on=["key", "judged"], how="left")
-            .join(data["totals"], on="window", how="left").join(active, on="window", how="left")
+            .join(population, on="window", how="left")
             .with_columns(own=(pl.col("sum").fill_null(0) - pl.col("max").fill_null(0)) / (n - 1),
                           population=pl.col("total") / pl.col("active"))
             .with_columns(expected=pl.max_horizontal("own", "population", pl.lit(0.5)))
