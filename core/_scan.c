@@ -161,10 +161,10 @@ round64(uint64_t h, uint64_t word)
  * A record's hash: its time in microseconds and the UTF-8 text "STATUS SERVICE USER[ MESSAGE]"
  * (the space and message only if the message is not empty), which names the fields unambiguously
  * because the first three hold no space; its lowest bit is carries_id's answer for the message,
- * which starts at message_at (n if there is none). Two lanes take
- * alternate words, so that the multiplies of a long message do not wait on each other; the last word is the text's last 8 bytes, which
- * may overlap words before (the length, in lane b, tells texts apart). It depends on the values
- * alone: every build, run and machine gives a record the same hash.
+ * which starts at message_at (n if there is none). Two lanes take alternate words, so that the
+ * multiplies of a long message do not wait on each other; the last word is the text's last 8
+ * bytes, which may overlap words before (the length, in lane b, tells texts apart). It depends on
+ * the values alone: every build, run and machine gives a record the same hash.
  */
 /* SWAR tests on 8 bytes at once (Bit Twiddling Hacks): does a byte lie strictly between m and n
  * (m, n < 128), or equal v? */
@@ -221,10 +221,11 @@ carries_id(const unsigned char *message, size_t n)
     return 0;
 }
 
+/* *seen is the OR of the words hashed, which cover every byte of text: whether any is past ASCII. */
 static inline uint64_t
-record_hash(int64_t ts, const unsigned char *text, size_t n, size_t message_at)
+record_hash(int64_t ts, const unsigned char *text, size_t n, size_t message_at, uint64_t *seen)
 {
-    uint64_t a = round64(0x0DDBA11ULL, (uint64_t)ts), b = round64(P3, (uint64_t)n), word = 0;
+    uint64_t a = round64(0x0DDBA11ULL, (uint64_t)ts), b = round64(P3, (uint64_t)n), word = 0, any = 0;
     if (n < 8) {
         if (n)
             memcpy(&word, text, n);
@@ -234,15 +235,19 @@ record_hash(int64_t ts, const unsigned char *text, size_t n, size_t message_at)
         for (; i + 16 < n; i += 16) {
             memcpy(&word, text + i, 8);
             a = round64(a, word);
+            any |= word;
             memcpy(&word, text + i + 8, 8);
             b = round64(b, word);
+            any |= word;
         }
         if (i + 8 < n) {
             memcpy(&word, text + i, 8);
             b = round64(b, word);
+            any |= word;
         }
         memcpy(&word, text + n - 8, 8);
     }
+    *seen = any | word;
     uint64_t h = round64(a, word) ^ (((b << 27) | (b >> 37)) * P3);
     h ^= h >> 33;
     h *= 0xff51afd7ed558ccdULL;
@@ -582,32 +587,24 @@ add_text(Scan *scan, int column, const unsigned char *p, size_t n)
 
 /*
  * Appends the hash of the record in line[0:content] (see record_hash): the line's own bytes from
- * its status on, unless the message holds bytes to decode.
+ * its status on, unless the message holds bytes to decode. Those are rare: the line's bytes are
+ * hashed first, and again decoded only if the hash saw a byte past ASCII in the message.
  */
 static int
 add_hash(Scan *scan, const unsigned char *line, size_t content, const size_t spaces[4], int found, int64_t ts)
 {
-    size_t from = spaces[0] + 1, to = content;
-    const unsigned char *text = line + from;
-    if (found == 4) {
-        const unsigned char *message = line + spaces[3] + 1;
-        size_t length = content - spaces[3] - 1;
-        if (length == 0) {
-            to = spaces[3];
-        }
-        else if (has_high_byte(message, length)) {
-            scan->scratch.used = 0;
-            if (!append(&scan->scratch, text, (size_t)(message - text))
-                || !append_decoded(&scan->scratch, message, length))
-                return 0;
-            text = (const unsigned char *)scan->scratch.data;
-            from = 0;
-            to = scan->scratch.used;
-        }
+    size_t from = spaces[0] + 1, to = found == 4 && content == spaces[3] + 1 ? spaces[3] : content;
+    /* The message starts after the third space (the fourth of the line). */
+    size_t message_at = found == 4 ? spaces[3] - spaces[0] : to - from;
+    uint64_t seen, hash = record_hash(ts, line + from, to - from, message_at, &seen);
+    const unsigned char *message = line + from + message_at;
+    size_t length = message_at < to - from ? to - from - message_at : 0; /* past the end: no message */
+    if ((seen & HIGHS) && length && has_high_byte(message, length)) {
+        scan->scratch.used = 0;
+        if (!append(&scan->scratch, line + from, message_at) || !append_decoded(&scan->scratch, message, length))
+            return 0;
+        hash = record_hash(ts, (const unsigned char *)scan->scratch.data, scan->scratch.used, message_at, &seen);
     }
-    /* The message starts after the third space: in the line's own bytes, or in the decoded copy. */
-    size_t message_at = found == 4 ? spaces[3] + 1 - spaces[0] - 1 : to - from;
-    uint64_t hash = record_hash(ts, text, to - from, message_at);
     return append(&scan->values[RECORD_HASH], &hash, sizeof hash);
 }
 
@@ -868,7 +865,7 @@ py_record_hash(PyObject *Py_UNUSED(module), PyObject *args)
     }
     if (message_at > text.used)
         message_at = text.used;
-    uint64_t hash = ok ? record_hash(ts, (const unsigned char *)text.data, text.used, message_at) : 0;
+    uint64_t seen, hash = ok ? record_hash(ts, (const unsigned char *)text.data, text.used, message_at, &seen) : 0;
     PyObject *result = ok ? PyLong_FromUnsignedLongLong(hash) : PyErr_NoMemory();
     free(text.data);
     return result;

@@ -244,18 +244,28 @@ window_rank(const int64_t *windows, int64_t n, int64_t window)
 }
 
 /*
- * Orders the groups by window, then by first appearance: a counting sort over the distinct
- * windows, which are few (a batch spans minutes to hours), found as runs of equal windows.
+ * Orders the groups by window, then by first appearance. Rows come in time order, mostly, and the
+ * groups then are in that order already; otherwise a counting sort over the distinct windows,
+ * which are few (a batch spans minutes to hours), found as runs of equal windows.
  */
 static int
 order_groups(Tally *t)
 {
-    int64_t n = t->n_groups, n_windows = 0;
+    int64_t n = t->n_groups, n_windows = 0, sorted = 1;
     t->order = malloc(sizeof *t->order * (size_t)(n ? n : 1));
-    int64_t *windows = malloc(sizeof *windows * (size_t)(n ? n : 1));
+    if (!t->order)
+        return 0;
+    while (sorted < n && t->groups[sorted].window >= t->groups[sorted - 1].window)
+        sorted++;
+    if (sorted >= n) {
+        for (int64_t g = 0; g < n; g++)
+            t->order[g] = g;
+        return 1;
+    }
+    int64_t *windows = malloc(sizeof *windows * (size_t)n);
     int64_t *starts = calloc((size_t)n + 1, sizeof *starts);
-    int64_t *ranks = malloc(sizeof *ranks * (size_t)(n ? n : 1));
-    int ok = t->order && windows && starts && ranks;
+    int64_t *ranks = malloc(sizeof *ranks * (size_t)n);
+    int ok = windows && starts && ranks;
     for (int64_t g = 0; ok && g < n; g++)
         if (g == 0 || t->groups[g].window != t->groups[g - 1].window)
             windows[n_windows++] = t->groups[g].window;
@@ -437,7 +447,7 @@ run_tally(Tally *t)
                     continue;
                 int64_t index = (int64_t)(held & 0xFFFFFFFFULL) - 1;
                 __builtin_prefetch(&t->groups[index]);
-                if (t->sample_limit)
+                if (t->sample_limit && picked(t, block_keyed[i], us[block_rows[i]])) /* only its samples are written */
                     __builtin_prefetch(&t->sample_lines[index * t->sample_limit], 1);
             }
         }

@@ -439,6 +439,21 @@ def test_a_record_hash_names_the_record_not_how_its_line_is_written():
     assert len(set(hashes(different))) == len(different)
 
 
+@pytest.mark.parametrize("user, message", [
+    ("ü-7", "card charged"),  # past ASCII in a field, not in the message: hashed as it is
+    ("u1", "paid for the café on the corner"),  # valid UTF-8: decoding changes nothing
+    ("u1", "a message long enough for the loop \udcff in its middle words, and more"),
+    ("u1", "a message long enough for the loop, its invalid byte last: \udcff"),
+    ("ü-7", "\udce9"),  # a message of one invalid byte, after a field past ASCII
+])
+def test_a_record_hash_of_bytes_past_ascii_is_the_hash_of_the_decoded_fields(user, message):
+    # The scan hashes a line's own bytes and decodes only where it saw bytes past ASCII in the
+    # message (\udcXX stands for the invalid byte 0xXX, which decoding replaces with U+FFFD).
+    line = f"{TS} paid svc {user} {message}".encode("utf-8", "surrogateescape")
+    decoded = line.decode("utf-8", "replace").split(" ", 4)
+    assert hashes([line]) == [hash_of(utc(2024, 3, 5, 14, 7, 9), *decoded[1:])]
+
+
 def test_a_record_hash_is_the_same_in_every_build():
     # duplicate_event's anomaly keys are this hash, and users keep them: a change must be deliberate
     # (a new SCAN_VERSION, which also rebuilds checkpoints that hold the old hashes).
@@ -534,7 +549,8 @@ def polars_instant(timestamp: str) -> datetime | None:
         return None
     parsed = pl.Series([timestamp]).str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%#z", strict=False, time_unit="us")
     micros = parsed.cast(pl.Int64)[0]  # years 0 and 10000 have no Python datetime
-    first, last = datetime(1, 1, 1, tzinfo=timezone.utc), datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc)
+    first = datetime(1, 1, 1, tzinfo=timezone.utc)
+    last = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc)
     if micros is None or not epoch_us(first) <= micros <= epoch_us(last):
         return None
     return parsed[0]

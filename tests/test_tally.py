@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from unittest.mock import patch
 
@@ -341,3 +342,36 @@ def test_skipping_rows_by_a_value_tallies_the_others_as_if_they_were_alone(recor
         assert_frame_equal(found[name], alone[name])
     with pytest.raises(ValueError, match="flag and skip"):
         tally(frame, flag=("status", ["ERROR"]), skip=("status", skipped), **options)
+
+
+def _many_records(n: int, seed: int, in_time_order: bool) -> pl.DataFrame:
+    rng = __import__("random").Random(seed)
+    records = [(rng.randrange(30 * MINUTE), rng.choice(WORDS), f"user{rng.randrange(n // 2)}", rng.choice(STATUSES))
+               for _ in range(n)]
+    return frame_of(sorted(records) if in_time_order else records)
+
+
+def test_threads_tallying_side_by_side_get_what_one_thread_gets():
+    # The tally runs without the GIL: tallies of several sizes, in time order (whose groups need no
+    # sorting) and not, interleaved on four threads at once, must each give what it gave alone.
+    frames = [_many_records(n, seed, ordered) for seed, (n, ordered) in
+              enumerate([(50, True), (40_000, True), (40_000, False), (300_000, False), (3_000, True)])]
+    options = dict(width=MINUTE, lo=-(2**62), hi=2**62, keys=["user"], flag=("status", ["ERROR"]), sample_limit=3,
+                   top=5, tables=("groups", "samples", "totals"))
+    alone = [as_frames(tally(frame, **options)) for frame in frames]
+    for frame, expected in zip(frames[:3] + frames[4:], alone[:3] + alone[4:], strict=True):  # and as Polars says
+        wanted = reference(frame, **{k: v for k, v in options.items() if k != "tables"})
+        assert_frame_equal(expected["groups"], wanted["groups"], check_dtypes=False)
+
+    def work(shift: int) -> list[dict]:
+        order = [(shift + i) % len(frames) for i in range(3 * len(frames))]
+        return [(i, as_frames(tally(frames[i], **options))) for i in order]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = [r for done in pool.map(work, range(4)) for r in done]
+    assert len(results) == 4 * 3 * len(frames)
+    for i, found in results:
+        assert found["newest"] == alone[i]["newest"]
+        for name in ("groups", "samples", "totals"):
+            assert_frame_equal(found[name], alone[i][name])
+
