@@ -94,9 +94,6 @@ def _discover_objects(
     for name in names:
         if not wanted(name, include, exclude):
             continue
-        if name.endswith(".gz"):  # only plain objects are read from object storage so far
-            skipped.append(Skipped(name, "is a compressed object; only plain objects are read from object storage"))
-            continue
         files.append(DataFile(root / name, name, choose(name, readers)))  # type: ignore[arg-type]
     return files, skipped
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from core.errors import DataDirError
-from core.sources import PLAIN, Handle, Range, Source, digest
+from core.sources import PLAIN, Compressed, ForwardStream, GzipStream, Handle, Range, Source, digest
 
 #: Bytes fetched beyond what a read asks for.
 READ_AHEAD = 1024 * 1024
@@ -123,27 +123,69 @@ class ObjectSource:
             raise _oserror(url, exc) from None
 
     def open(self, path: str | os.PathLike[str], offset: int) -> Handle:
-        url = os.fspath(path)
-        fs, key = filesystem(url, self.options)
-        try:
-            # Read-ahead keeps the last bytes fetched, so the reader's seek back to a partial line costs
-            # no request; each read fetches what it asks for plus READ_AHEAD (s3fs's default, 50 MiB,
-            # would fetch far past the end of a worker's range).
-            handle = fs.open(key, "rb", cache_type="readahead", block_size=READ_AHEAD)
-            handle.seek(offset)
-        except Exception as exc:  # noqa: BLE001
-            raise _oserror(url, exc) from None
-        return handle
+        return _open(os.fspath(path), self.options, offset)  # type: ignore[no-any-return]
 
     def split(self, path: str | os.PathLike[str], start: int, size: int, range_bytes: int) -> list[Range]:
         return PLAIN.split(path, start, size, range_bytes)
 
 
+@dataclass(frozen=True)
+class GzipObjectSource(Compressed):
+    """Gzip objects (``*.gz``) under an ``ObjectPath``: decompressed as they are fetched, as a local ``.gz`` is.
+
+    An object is who ``ObjectSource`` says it is. Its versions, whose decompressed sizes and resume
+    points are kept (``core.sources.Compressed``), are told apart by their ETags: an upload within
+    the same second and of the same size may hold other bytes.
+    """
+
+    name: ClassVar[str] = "gzip-object"
+    pattern: ClassVar[str] = "*.gz"
+    options: str = "{}"
+
+    def identify(self, path: str | os.PathLike[str]) -> os.stat_result:
+        return ObjectSource(self.options).identify(path)
+
+    def version(self, path: str | os.PathLike[str], info: os.stat_result | None = None) -> tuple[Any, ...]:
+        url = os.fspath(path)
+        fs, key = filesystem(url, self.options)
+        try:
+            return _version(url, fs.info(key))
+        except Exception as exc:  # noqa: BLE001
+            raise _oserror(url, exc) from None
+
+    def stream(self, path: str | os.PathLike[str]) -> ForwardStream:
+        url = os.fspath(path)
+        handle = _open(url, self.options, 0)
+        # The version the handle reads (s3fs keeps the object's details from when it was opened).
+        details = getattr(handle, "details", None)
+        version = _version(url, details) if isinstance(details, dict) and "size" in details else self.version(url)
+        return GzipStream(url, raw=handle, version=version)
+
+
+def _version(url: str, info: dict[str, Any]) -> tuple[Any, ...]:
+    return url, int(info["size"]), str(info.get("ETag") or info.get("etag") or info.get("mtime") or "")
+
+
+def _open(url: str, options: str, offset: int) -> Any:
+    """The object at ``url`` opened for reading at ``offset``: ``OSError`` naming it if it cannot be."""
+    fs, key = filesystem(url, options)
+    try:
+        # Read-ahead keeps the last bytes fetched, so the reader's seek back to a partial line costs
+        # no request; each read fetches what it asks for plus READ_AHEAD (s3fs's default, 50 MiB,
+        # would fetch far past the end of a worker's range).
+        handle = fs.open(key, "rb", cache_type="readahead", block_size=READ_AHEAD)
+        handle.seek(offset)
+    except Exception as exc:  # noqa: BLE001  (a third-party client: anything it raises is a read error)
+        raise _oserror(url, exc) from None
+    return handle
+
+
 def sources_for(data_dir: object, sources: tuple[Source, ...]) -> tuple[Source, ...]:
-    """The sources of a run over ``data_dir``: an object store's ``ObjectSource`` first (it reads every input there)."""
+    """The sources of a run over ``data_dir``: an object store's first (they read every input there, gzip
+    objects and the rest)."""
     if not isinstance(data_dir, ObjectPath) or any(isinstance(s, ObjectSource) for s in sources):
         return sources
-    return (ObjectSource(data_dir.options), *sources)
+    return (GzipObjectSource(data_dir.options), ObjectSource(data_dir.options), *sources)
 
 
 def listing(root: ObjectPath, recursive: bool) -> tuple[list[str], list[tuple[str, str]]]:

@@ -19,7 +19,7 @@ import threading
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, BinaryIO, ClassVar, Protocol, Sequence
+from typing import Any, BinaryIO, ClassVar, Hashable, Protocol, Sequence
 
 #: How many leading bytes identify a file's content, so a reused inode is still caught.
 FINGERPRINT_BYTES = 1024
@@ -182,10 +182,14 @@ class Compressed(PlainFile):
     def split(self, path: str | os.PathLike[str], start: int, size: int, range_bytes: int) -> list[Range]:
         return [Range(start, None)]
 
+    def version(self, path: str | os.PathLike[str], info: os.stat_result | None = None) -> tuple[Hashable, ...]:
+        """What tells one version of the file from another: device, inode, size and modification time."""
+        info = info or os.stat(path)
+        return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
     def _scan(self, path: str | os.PathLike[str], info: os.stat_result | None = None) -> tuple[int, str]:
         """The decompressed size and the hash of the last ``FINGERPRINT_BYTES``, by one read of the file."""
-        info = info or os.stat(path)
-        key = (self.name, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        key = (self.name, *self.version(path, info))
         with _SCANS_LOCK:
             found = _SCANS.get(key)
         if isinstance(found, DamagedStream):  # the same version of a damaged file: damaged still
@@ -294,9 +298,9 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
 
 #: Compressed bytes read at a time.
 _INPUT_BYTES = 1024 * 1024
-#: Decompressed size and tail hash per version of a compressed file, (source, device, inode, size,
-#: mtime), or why it cannot be read to its end.
-_SCANS: OrderedDict[tuple[str, int, int, int, int], tuple[int, str] | DamagedStream] = OrderedDict()
+#: Decompressed size and tail hash per version of a compressed file, (source, *``Compressed.version``),
+#: or why it cannot be read to its end.
+_SCANS: OrderedDict[tuple[Hashable, ...], tuple[int, str] | DamagedStream] = OrderedDict()
 _SCANS_KEPT = 4096
 _SCANS_LOCK = threading.Lock()
 
@@ -427,8 +431,8 @@ class _Resume:
     inflate: Any
 
 
-_RESUMES: OrderedDict[tuple[int, int, int, int], list[_Resume]] = OrderedDict()
-_RESUME_SPACING: dict[tuple[int, int, int, int], int] = {}
+_RESUMES: OrderedDict[Hashable, list[_Resume]] = OrderedDict()
+_RESUME_SPACING: dict[Hashable, int] = {}
 
 
 class GzipStream(ForwardStream):
@@ -436,11 +440,15 @@ class GzipStream(ForwardStream):
     padding between them is skipped), as ``gzip -d`` reads them. Seeking forward decompresses up
     to the offset, from the nearest resume point before it."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], raw: BinaryIO | None = None, version: Hashable = None) -> None:
+        """``raw``, the compressed bytes, is opened from ``path`` unless given, with the ``version`` of
+        the file it reads (an object's); resume points are kept per version."""
         super().__init__(path)
-        self._raw = open_regular(path)
-        info = os.fstat(self._raw.fileno())
-        self._key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        self._raw = raw if raw is not None else open_regular(path)
+        if version is None:
+            info = os.fstat(self._raw.fileno())
+            version = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        self._key = version
         self._raw_read = 0  # compressed bytes read so far
         self._produced = 0  # decompressed bytes made so far (returned or pending)
         self._inflate = zlib.decompressobj(wbits=31)

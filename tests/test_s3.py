@@ -7,6 +7,7 @@ address from the ``storage_options`` block.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import pickle
 import socket
@@ -15,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from core.objectstore import ObjectPath, ObjectSource, listing, sources_for
-from core.sources import DEFAULT_SOURCES
+from core.objectstore import GzipObjectSource, ObjectPath, ObjectSource, listing, sources_for
+from core.sources import DEFAULT_SOURCES, choose
 from tests.conftest import REPO, Workspace, load_bench, run_cli, wait_for
 from tests.test_watch import Watcher, outputs
 
@@ -138,12 +139,60 @@ def test_an_object_rewritten_is_read_again_as_a_local_file_rewritten_is(workspac
     assert {f["path"]: f["lines"] for f in outputs(remote)[0]["files"]}["dup.log"] == 2 + 40
 
 
+@pytest.mark.slow
+def test_gzip_objects_are_read_as_local_gzip_files_are(workspace, bucket, tmp_path, capsys):
+    # Rotated logs are uploaded compressed: a .gz object's lines are its decompressed content, its
+    # duplicates' sample lines are read back from it, it is counted on (not again) once uploaded
+    # again with more lines, a compressed copy of a log already counted is not counted twice, and a
+    # damaged one is a file error that leaves the other objects counted: all as in a local folder.
+    workspace.configure(f"rules: [{ALL_RULES}]\ninclude: ['*.log', '*.gz']\n")
+    example = (REPO / "data" / "example_input.txt").read_bytes()
+    dups = f"{DUP}\n{DUP}\n".encode()
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    remote_settings = tmp_path / "remote.yaml"
+    remote_settings.write_text(workspace.settings.read_text() + "\n" + bucket.settings(), encoding="utf-8")
+    from core.cli import main
+
+    def both(code: int = 0) -> tuple[dict, dict]:
+        assert workspace.main("--output-dir", str(local)) == code, capsys.readouterr().err
+        assert main(["--settings", str(remote_settings), "--output-dir", str(remote)]) == code, capsys.readouterr().err
+        return outputs(remote), outputs(local)
+
+    local_copy(workspace, bucket, {"app.log.1.gz": gzip.compress(example), "dup.log.gz": gzip.compress(dups),
+                                   "current.log": example[:500].rsplit(b"\n", 1)[0] + b"\n"})
+    ours, theirs = both()
+    assert ours == theirs
+    files = {f["path"]: f["lines"] for f in ours[0]["files"]}
+    assert files["app.log.1.gz"] == example.count(b"\n") + 1 and files["dup.log.gz"] == 2  # no newline at its end
+    duplicate = [i for i in ours[1]["anomalies"] if i["type"] == "duplicate_event" and i["subject"]["user"] == "u9"]
+    assert [(s["location"], s["text"]) for s in duplicate[0]["samples"]] == [("dup.log.gz:1", DUP),
+                                                                            ("dup.log.gz:2", DUP)]
+
+    # Uploaded again with more lines; the current log rotated into a compressed copy; a damaged one.
+    more = b"2025-07-23T00:00:01Z FAILURE PaymentService u1 declined\n"
+    rotated = (workspace.data / "current.log").read_bytes()
+    (workspace.data / "current.log").unlink()
+    bucket.client.delete_object(Bucket=bucket.name, Key="logs/current.log")
+    local_copy(workspace, bucket, {"dup.log.gz": gzip.compress(dups + more), "current.log.1.gz": gzip.compress(rotated),
+                                   "broken.log.gz": gzip.compress(example)[:200]})
+    ours, theirs = both(code=3)  # a file could not be read
+    errors = [(e["file"], e["error"].replace(bucket.url, "DATA")) for e in ours[0].pop("file_errors")]
+    local_errors = [(e["file"], e["error"].replace(str(workspace.data), "DATA")) for e in theirs[0].pop("file_errors")]
+    assert errors == local_errors  # named the same, but for where the folder is
+    assert ours == theirs
+    # current.log.1.gz is current.log, counted already; the broken one's lines up to where it breaks count.
+    assert {f["path"]: f["lines"] for f in ours[0]["files"]} == {**files, "dup.log.gz": 3, "broken.log.gz": 1}
+    assert [file for file, _ in errors] == ["broken.log.gz"] and "is a truncated gzip stream" in errors[0][1]
+
+
 def test_what_travels_to_a_worker_pickles_and_names_an_object_the_same_everywhere():
     root = ObjectPath.of("s3://bucket/logs/", {"endpoint_url": "http://127.0.0.1:9", "client_kwargs": {"a": 1}})
     assert str(root / "api/a.log") == "s3://bucket/logs/api/a.log" and root.name == "logs"
-    source = ObjectSource(root.options)
-    assert pickle.loads(pickle.dumps((root, source))) == (root, source)
-    assert sources_for(root, DEFAULT_SOURCES)[0] == source
+    source, gzipped = ObjectSource(root.options), GzipObjectSource(root.options)
+    assert pickle.loads(pickle.dumps((root, source, gzipped))) == (root, source, gzipped)
+    assert sources_for(root, DEFAULT_SOURCES)[:2] == (gzipped, source)
+    assert choose("api/a.log.gz", sources_for(root, DEFAULT_SOURCES)) == gzipped
+    assert choose("api/a.log", sources_for(root, DEFAULT_SOURCES)) == source
     assert sources_for(Path("/data"), DEFAULT_SOURCES) == DEFAULT_SOURCES  # a local folder: no change
 
 
@@ -208,7 +257,11 @@ def test_a_batch_run_on_a_dask_cluster_reads_the_bucket(workspace, bucket, sched
     big = tmp_path / "gen.log"
     load_bench("generate").main(["--lines", "20000", "--out", str(big), "--seed", "7",
                                  "--manifest", str(tmp_path / "gen.manifest.json")])
-    local_copy(workspace, bucket, {**example_files(), "gen.log": big.read_bytes()})
+    older = tmp_path / "older.log"  # a rotated log, compressed: read whole by one worker
+    load_bench("generate").main(["--lines", "3000", "--out", str(older), "--seed", "8",
+                                 "--manifest", str(tmp_path / "older.manifest.json")])
+    local_copy(workspace, bucket, {**example_files(), "gen.log": big.read_bytes(),
+                                   "older.log.gz": gzip.compress(older.read_bytes())})
     local, remote = tmp_path / "local", tmp_path / "remote"
     remote_settings = tmp_path / "remote.yaml"
     remote_settings.write_text(
@@ -219,6 +272,7 @@ def test_a_batch_run_on_a_dask_cluster_reads_the_bucket(workspace, bucket, sched
     assert main(on_cluster) == 0, capsys.readouterr().err
     assert outputs(remote) == outputs(local)
     assert outputs(remote)[1]["anomalies"]
+    assert {f["path"]: f["lines"] for f in outputs(remote)[0]["files"]}["older.log.gz"] == 3000
     # And on: only the new object is read.
     more = "2025-07-23T00:00:01Z FAILURE PaymentService u1 declined\n"
     local_copy(workspace, bucket, {"new.log": more.encode()})
