@@ -339,16 +339,19 @@ def _holds(entry: LedgerEntry, path: Path, size: int, source: Source) -> bool:
 
 
 def _sibling(path: Path, name: str, other: str) -> Path:
-    """The path of ``other``, a name in the same data folder as ``path`` (named ``name``)."""
+    """The path of ``other``, a name in the same data folder as ``path`` (named ``name``); an
+    object's (``core.objectstore.ObjectPath``) is another object under the same prefix."""
+    if not isinstance(path, Path):
+        return path.sibling(name, other)  # type: ignore[no-any-return]
     return path.parents[len(Path(name).parts) - 1] / other
 
 
 def _is_file(path: Path, entry: LedgerEntry) -> bool:
     """Whether ``path`` is still the file ``entry`` was counted from: same device and inode (not a
     reused one: it holds what was counted)."""
-    source = choose(path.name)
+    source = choose(path.name) if isinstance(path, Path) else path.source()  # type: ignore[attr-defined]
     try:
-        other = os.stat(path)
+        other = path.stat()
         return (other.st_dev, other.st_ino) == (entry.dev, entry.ino) and _holds(entry, path, source.size(path),
                                                                                   source)
     except OSError:
@@ -357,7 +360,7 @@ def _is_file(path: Path, entry: LedgerEntry) -> bool:
 
 def _same_file(path: Path, info: os.stat_result) -> bool:
     try:
-        other = os.stat(path)
+        other = path.stat()
     except OSError:
         return False
     return (other.st_dev, other.st_ino) == (info.st_dev, info.st_ino)

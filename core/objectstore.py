@@ -58,6 +58,20 @@ class ObjectPath:
     def resolve(self) -> ObjectPath:
         return self
 
+    def sibling(self, name: str, other: str) -> ObjectPath:
+        """The object named ``other`` in the data folder where this one is named ``name``."""
+        if not self.url.endswith("/" + name):
+            raise ValueError(f"{self.url} is not named {name}")
+        return ObjectPath(self.url[: len(self.url) - len(name)] + other, self.options)
+
+    def stat(self) -> os.stat_result:
+        """Who the object is now, as ``ObjectSource.identify`` says; ``OSError`` if it cannot be read."""
+        return ObjectSource(self.options).identify(self)
+
+    def source(self) -> Source:
+        """The source that reads this object: gzip or plain."""
+        return next(s for s in (GzipObjectSource(self.options), ObjectSource(self.options)) if s.matches(self.name))
+
     def __fspath__(self) -> str:
         return self.url
 

@@ -280,3 +280,32 @@ def test_a_batch_run_on_a_dask_cluster_reads_the_bucket(workspace, bucket, sched
     assert main(on_cluster) == 0, capsys.readouterr().err
     assert outputs(remote) == outputs(local)
     assert outputs(remote)[0]["totals"]["lines"] > 20_000
+
+
+@pytest.mark.slow
+def test_a_watcher_on_a_dask_cluster_polls_the_bucket(workspace, bucket, scheduler):
+    """The workers read new and grown objects, a gzip one too; a compressed copy of an object counted is not read."""
+    workspace.configure(f"rules: [{ALL_RULES}]\nwatch: {{poll_interval_ms: 200}}\ninclude: ['*.log', '*.gz']\n"
+                        f"data_dir: {bucket.url}\n"
+                        f"storage_options: {{endpoint_url: '{bucket.endpoint}', key: testing, secret: testing}}\n")
+    first = b"2025-07-22T12:00:00Z INFO PaymentService u1 ok\n"
+    bucket.put("a.log", first)
+    with Watcher(workspace, "--scheduler", scheduler) as watcher:
+        watcher.wait_for(lambda: _lines(workspace.output) == 1, "the first object counted")
+        other = b"2025-07-22T12:00:01Z ERROR LedgerService u2 posting failed\n"
+        bucket.put("b.log.gz", gzip.compress(other * 2))
+        watcher.wait_for(lambda: _lines(workspace.output) == 3, "a new gzip object counted")
+        bucket.put("a.log", first * 4)  # uploaded again, grown: only its new lines count
+        watcher.wait_for(lambda: _lines(workspace.output) == 6, "a grown object counted")
+        bucket.put("a.log.1.gz", gzip.compress(first * 4))  # a rotated copy, while a.log is still there
+        watcher.wait_for(lambda: "a.log.1.gz is a copy of a.log, which is counted: read once" in watcher.log,
+                         "the copy known for what it is")
+        assert watcher.stop() == 0
+    assert {f["path"]: f["lines"] for f in outputs(workspace.output)[0]["files"]} == {"a.log": 4, "b.log.gz": 2}
+
+
+def _lines(folder: Path) -> int:
+    try:
+        return outputs(folder)[0]["totals"]["lines"]
+    except (FileNotFoundError, ValueError):
+        return -1
