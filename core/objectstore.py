@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from core.errors import DataDirError
-from core.sources import PLAIN, Compressed, ForwardStream, GzipStream, Handle, Range, Source, digest
+from core.sources import PLAIN, Compressed, ForwardStream, GzipStream, Handle, Range, Source, choose, digest
 
 #: Bytes fetched beyond what a read asks for.
 READ_AHEAD = 1024 * 1024
@@ -70,7 +70,7 @@ class ObjectPath:
 
     def source(self) -> Source:
         """The source that reads this object: gzip or plain."""
-        return next(s for s in (GzipObjectSource(self.options), ObjectSource(self.options)) if s.matches(self.name))
+        return choose(self.name, sources_for(self, ()))
 
     def __fspath__(self) -> str:
         return self.url
