@@ -719,11 +719,12 @@ class WindowedDetector(Detector):
             limit = pl.when(pl.col("window") >= window).then(top).otherwise(limit)
         return digest <= limit
 
-    def levels_of(self, windows: pl.Expr) -> pl.Expr:
-        """The thinning level of each window (0: every key kept)."""
-        level = pl.lit(0, pl.Int64)
-        for window, step in self._levels:
-            level = pl.when(windows >= window).then(pl.lit(step, pl.Int64)).otherwise(level)
+    def level_of(self, window: int) -> int:
+        """The thinning level of a window (0: every key kept)."""
+        level = 0
+        for start, step in self._levels:
+            if window >= start:
+                level = step
         return level
 
     def degraded(self) -> str | None:
