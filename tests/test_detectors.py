@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 import subprocess
@@ -11,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core import safestate
 from plugins.duplicates import DuplicateEvent
@@ -235,6 +239,53 @@ def test_the_daily_rules_keep_a_day_of_windows_whatever_their_retention():
         known = safestate.classes([type(rule)])
         assert safestate.loads(safestate.dumps(rule, known), known).retention == day
     assert Frequency("busy", retention="10m").retention == seventy_minutes  # its 6 windows of history and one
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_busy_users_verdicts_follow_the_rule_on_any_table(data):
+    # Frequency.verdicts judges a seal's windows with NumPy and one Polars query: this checks it
+    # against the rule written out row by row, on tables a seal can hold and some it rarely does
+    # (windows out of order, a window without its total, thinned windows, one-off values).
+    n = data.draw(st.integers(2, 4), label="history_windows")
+    rule = Frequency("busy", min_count=5, ratio=2, z=1.5, history_windows=n, retention="1d")
+    rule._levels = data.draw(st.sampled_from([[], [(4, 1)], [(2, 1), (6, 3)]]), label="levels")
+    keys = ["u1", "u2", "u3", "a-much-longer-user-name"]
+    cells = data.draw(st.dictionaries(st.tuples(st.sampled_from(keys), st.integers(0, 9)), st.integers(1, 60),
+                                      min_size=1, max_size=30), label="counts")
+    rows = sorted(cells.items(), key=lambda kv: kv[0][1])
+    if data.draw(st.booleans(), label="out of window order"):
+        rows = data.draw(st.permutations(rows))
+    counts = pl.DataFrame([(k, w, c, 0, 0) for (k, w), c in rows], orient="row",
+                          schema=rule.tables["counts"].schema)
+    windows = sorted({w for _, w in cells})
+    missing = data.draw(st.sets(st.sampled_from(windows), max_size=1), label="windows without a total")
+    totals = pl.DataFrame({"window": [w for w in windows if w not in missing],
+                           "total": [sum(c for (_, w2), c in cells.items() if w2 == w) + data.draw(
+                               st.integers(0, 50)) for w in windows if w not in missing]})
+    start = data.draw(st.integers(-2, 4), label="first window")
+    lo, hi = data.draw(st.integers(0, 5), label="lo"), data.draw(st.integers(5, 10), label="hi")
+    tables = {"counts": counts, "totals": totals, "samples": rule.tables["samples"].empty(),
+              "start": pl.DataFrame({"key": ["all"], "first_window": [start]}, schema=rule.tables["start"].schema)}
+    found = {(a["key"], a["_w"]): a for a in rule.verdicts(tables, lo, hi)}
+
+    total_of = dict(zip(totals["window"].to_list(), totals["total"].to_list(), strict=True))
+    expected = {}
+    for (key, window), count in cells.items():
+        if not lo <= window < hi or count < 5 or window - n < start:
+            continue
+        past = [c for (k, w), c in cells.items() if k == key and window - n <= w < window]
+        own = (sum(past) - max(past)) / (n - 1) if past else 0.0
+        level = max([step for at, step in rule._levels if window >= at] or [0])
+        active = sum(1 for (_, w) in cells if w == window) * 2 ** level
+        population = total_of[window] / active if window in total_of else None
+        mean = max(own, population or 0.0, 0.5)
+        z = math.copysign(math.sqrt(max(0.0, 2 * (count * math.log(count / mean) - (count - mean)))), count - mean)
+        if z >= 1.5 and count >= 2 * mean:
+            expected[(key, window)] = (count, round(mean, 3), round(own, 3),
+                                       None if population is None else round(population, 3))
+    assert {k: (a["count"], a["expected"], a["detail"]["own_level"], a["detail"]["population_level"])
+            for k, a in found.items()} == expected
 
 
 def _updated(rule, batch):
