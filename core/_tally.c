@@ -303,11 +303,16 @@ slot_hash(uint64_t keyed, int64_t window)
     return (keyed ^ ((uint64_t)window * P3)) * P1; /* the low bits tag; the high bits pick the slot */
 }
 
-/* Doubles the table (it is kept at most half full, and small while groups are few, for the cache). */
+/* Grows the table (it is kept at most half full, and small while groups are few, for the cache):
+ * to twice its size, or at once to what the groups seen by `row` make likely for all `rows` (a
+ * batch of users has a group for nearly every row, and doubling up to that took five rehashes). */
 static int
-grow(Tally *t, Slots *table)
+grow(Tally *t, Slots *table, int64_t row, int64_t rows)
 {
     uint64_t capacity = 2 * (table->mask + 1);
+    double projected = (double)t->n_groups * (double)rows / (double)(row + 1);
+    while ((double)capacity < 2 * projected && capacity < 2 * (uint64_t)rows)
+        capacity *= 2;
     uint64_t *slots = calloc((size_t)capacity, sizeof *slots);
     if (!slots)
         return 0;
@@ -341,7 +346,7 @@ find_group(Tally *t, Slots *table, int64_t row, int64_t window, uint64_t keyed)
     int64_t index = t->n_groups++;
     slots[slot] = tag | (uint64_t)(index + 1);
     t->groups[index] = (Group){.hash = keyed, .window = window, .row = row, .first = INT64_MAX, .last = INT64_MIN};
-    if ((uint64_t)t->n_groups * 2 > mask && !grow(t, table))
+    if ((uint64_t)t->n_groups * 2 > mask && !grow(t, table, row, t->us->length))
         return -1;
     return index;
 }
@@ -397,9 +402,9 @@ static int
 run_tally(Tally *t)
 {
     int64_t rows = t->us->length, some = rows ? rows : 1;
-    uint64_t capacity = 1024;
-    while (capacity < (uint64_t)rows)
-        capacity *= 2;
+    /* Small at first: most tallies have a few groups (statuses, services, windows), and a table
+     * the size of the batch cost more to clear than they took to count. */
+    uint64_t capacity = 4096;
     Slots table = {calloc((size_t)capacity, sizeof(uint64_t)), capacity - 1};
     /* A group is one cache line (64 bytes): aligned, each of its updates touches one line, not two. */
     void *groups = NULL;

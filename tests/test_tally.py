@@ -111,6 +111,29 @@ def test_the_tally_is_what_polars_computes(records, width, bounds, keys, flaggin
         assert_frame_equal(found[name], expected[name], check_dtypes=False)
 
 
+@pytest.mark.parametrize("shape", ["few then many", "many then few", "many throughout", "few throughout"])
+def test_the_table_of_groups_grows_right_however_the_groups_come(shape):
+    # The table of groups starts small and grows to what its first rows' groups make likely for
+    # the whole batch: a batch whose first rows have few groups and its later ones many (or the
+    # other way round) makes that guess wrong. Every user comes back once all of them were seen,
+    # so a group the table lost as it grew would be counted twice, not once.
+    rng = __import__("random").Random(7)
+    n = 20_000
+    many = {"few then many": lambda i: i >= n // 2, "many then few": lambda i: i < n // 2,
+            "many throughout": lambda i: True, "few throughout": lambda i: False}[shape]
+    users = [f"user{rng.randrange(n) if many(i) else rng.randrange(40)}" for i in range(n)]
+    again = users[:]
+    rng.shuffle(again)
+    records = [(i * 1_000_000, rng.choice(WORDS), user, rng.choice(STATUSES)) for i, user in enumerate(users + again)]
+    frame = frame_of(records)
+    params = dict(width=86_400_000_000, lo=0, hi=2**62, keys=["user"], flag=("status", ["FAILURE", "ERROR"]),
+                  sample_limit=2, top=3)
+    found, expected = as_frames(tally(frame, **params)), reference(frame, **params)
+    assert found["groups"].height == expected["groups"].height == len(set(users))
+    for name in ("groups", "samples", "totals"):
+        assert_frame_equal(found[name], expected[name], check_dtypes=False)
+
+
 def test_only_the_tables_asked_for_are_built():
     frame = frame_of([(0, "a", "b", "ERROR"), (1, "a", "c", "SUCCESS")])
     found = tally(frame, width=MINUTE, lo=0, hi=10, keys=["user"], tables=("totals",))
