@@ -138,10 +138,10 @@ class Frequency(WindowedDetector):
 
     def verdicts(self, data: Tables, lo: int | None, hi: int | None) -> list[dict[str, Any]]:
         # A seal judges a few windows of tens of thousands of (value, window) rows, of which a few
-        # dozen reach min_count: those are judged in NumPy and Python, with one Polars query for
-        # their history. A query costs about 0.3 ms whatever its size, and the joins of every
-        # judged row that did this before took 18 of them (0.26 s of a 10M-line run) and copies
-        # of the judged rows (most of busy-users' part of a seal's memory).
+        # dozen reach min_count on usual traffic: only those are joined to their history (one
+        # Polars query), and the rest is NumPy over them. A query costs about 0.3 ms whatever its
+        # size: joining every judged row to its history and population took 18 of them (0.26 s
+        # of a 10M-line run), and copies of the judged rows (most of a seal's memory spikes).
         counts, n = data["counts"], self.lookback
         judged_rows = window_rows(counts, lo, hi)
         if not judged_rows.height:
@@ -155,19 +155,18 @@ class Frequency(WindowedDetector):
         if not len(rows):
             return []
         candidates = judged_rows[pl.Series(rows)]
-        keys, windows = candidates["key"].to_list(), window[rows]
+        windows = window[rows]
         # Each candidate's own level: its records in the n windows before (the largest left out).
-        past = window_rows(counts, int(windows.min()) - n, int(windows.max())).filter(
-            pl.col("key").is_in(pl.Series(keys).unique().implode()))
-        before: dict[str, list[tuple[int, int]]] = {}
-        for key, at, records in zip(past["key"].to_list(), past["window"].to_list(), past["count"].to_list(),
-                                    strict=True):
-            before.setdefault(key, []).append((at, records))
+        past = window_rows(counts, int(windows.min()) - n, int(windows.max())).lazy()
+        judged = pl.LazyFrame({"key": candidates["key"], "judged": windows, "at": np.arange(len(rows))})
+        before = (
+            past.join(judged, on="key")
+            .filter((pl.col("window") < pl.col("judged")) & (pl.col("window") >= pl.col("judged") - n))
+            .group_by("at").agg(pl.col("count").sum().alias("sum"), pl.col("count").max().alias("max"))
+            .collect()
+        )
         own = np.zeros(len(rows))
-        for i, (key, at) in enumerate(zip(keys, windows.tolist(), strict=True)):
-            seen = [records for w, records in before.get(key, ()) if at - n <= w < at]
-            if seen:
-                own[i] = (sum(seen) - max(seen)) / (n - 1)
+        own[before["at"].to_numpy()] = (before["sum"].to_numpy() - before["max"].to_numpy()) / (n - 1)
         # The population's level: records per active value in the window. The judged rows have a
         # row per (value, window); a thinned window holds 1 in 2^level values, and as many again
         # stand behind each one counted.
@@ -176,9 +175,8 @@ class Frequency(WindowedDetector):
         else:
             present, many = np.unique(window, return_counts=True)
             active = many[np.searchsorted(present, windows)]
-        active = active * np.array([2 ** self.level_of(w) for w in windows.tolist()], dtype=np.int64)
-        totals = dict(zip(data["totals"]["window"].to_list(), data["totals"]["total"].to_list(), strict=True))
-        total = np.array([totals.get(w, np.nan) for w in windows.tolist()], dtype=float)
+        active = active * 2 ** self.levels_at(windows)
+        total = _totals_at(data["totals"], windows)
         population = total / active
         expected = np.fmax(np.fmax(own, population), 0.5)
         observed = count[rows]
@@ -188,9 +186,9 @@ class Frequency(WindowedDetector):
             return []
         judged = candidates[pl.Series(flagged)].to_dicts()
         for row, i in zip(judged, flagged.tolist(), strict=True):
-            level = None if np.isnan(population[i]) else float(population[i])  # no total: not known
-            row.update(own=float(own[i]), population=level, expected=float(expected[i]), z=float(z[i]),
-                       total=totals.get(row["window"]))
+            known = not np.isnan(total[i])  # a window without a total has no population level
+            row.update(own=float(own[i]), population=float(population[i]) if known else None,
+                       expected=float(expected[i]), z=float(z[i]), total=int(total[i]) if known else None)
         wanted = pl.DataFrame({"key": [row["key"] for row in judged], "window": [row["window"] for row in judged]},
                               schema=_KEY)
         near = pl.col("key").is_in(wanted["key"].implode()) & pl.col("window").is_in(wanted["window"].implode())
@@ -219,6 +217,15 @@ class Frequency(WindowedDetector):
                 "window_records": row["total"],
             },
         )
+
+
+def _totals_at(totals: pl.DataFrame, windows: np.ndarray) -> np.ndarray:
+    """The ``total`` of each of ``windows`` in a table of (window, total), NaN where it has none."""
+    order = np.argsort(totals["window"].to_numpy(), kind="stable")
+    known, values = totals["window"].to_numpy()[order], totals["total"].to_numpy()[order].astype(float)
+    at = np.minimum(np.searchsorted(known, windows), max(0, len(known) - 1))
+    found = (at < len(known)) & (known[at] == windows) if len(known) else np.zeros(len(windows), dtype=bool)
+    return np.where(found, values[at] if len(known) else np.nan, np.nan)
 
 
 def sample_one_in(min_count: int) -> int:

@@ -24,6 +24,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import polars as pl
 
 from core import Result
@@ -719,13 +720,11 @@ class WindowedDetector(Detector):
             limit = pl.when(pl.col("window") >= window).then(top).otherwise(limit)
         return digest <= limit
 
-    def level_of(self, window: int) -> int:
-        """The thinning level of a window (0: every key kept)."""
-        level = 0
-        for start, step in self._levels:
-            if window >= start:
-                level = step
-        return level
+    def levels_at(self, windows: np.ndarray) -> np.ndarray:
+        """The thinning level of each window (0: every key kept)."""
+        starts = np.array([start for start, _ in self._levels], dtype=np.int64)
+        steps = np.array([0] + [step for _, step in self._levels], dtype=np.int64)
+        return steps[np.searchsorted(starts, windows, "right")]  # levels rise with the window
 
     def degraded(self) -> str | None:
         if not self._levels:
