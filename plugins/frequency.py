@@ -222,10 +222,13 @@ class Frequency(WindowedDetector):
 def _totals_at(totals: pl.DataFrame, windows: np.ndarray) -> np.ndarray:
     """The ``total`` of each of ``windows`` in a table of (window, total), NaN where it has none."""
     order = np.argsort(totals["window"].to_numpy(), kind="stable")
-    known, values = totals["window"].to_numpy()[order], totals["total"].to_numpy()[order].astype(float)
-    at = np.minimum(np.searchsorted(known, windows), max(0, len(known) - 1))
-    found = (at < len(known)) & (known[at] == windows) if len(known) else np.zeros(len(windows), dtype=bool)
-    return np.where(found, values[at] if len(known) else np.nan, np.nan)
+    known, values = totals["window"].to_numpy()[order], totals["total"].to_numpy()[order]
+    total = np.full(len(windows), np.nan)
+    if len(known):
+        at = np.minimum(np.searchsorted(known, windows), len(known) - 1)
+        hit = known[at] == windows
+        total[hit] = values[at[hit]]
+    return total
 
 
 def sample_one_in(min_count: int) -> int:
