@@ -184,8 +184,7 @@ class Compressed(PlainFile):
 
     def version(self, path: str | os.PathLike[str], info: os.stat_result | None = None) -> tuple[Hashable, ...]:
         """What tells one version of the file from another: device, inode, size and modification time."""
-        info = info or os.stat(path)
-        return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+        return file_version(info or os.stat(path))
 
     def _scan(self, path: str | os.PathLike[str], info: os.stat_result | None = None) -> tuple[int, str]:
         """The decompressed size and the hash of the last ``FINGERPRINT_BYTES``, by one read of the file."""
@@ -295,6 +294,11 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
 
 
 # -- gzip ---------------------------------------------------------------------------------------
+
+def file_version(info: os.stat_result) -> tuple[Hashable, ...]:
+    """A local file's version (``Compressed.version``): device, inode, size and modification time."""
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
 
 #: Compressed bytes read at a time.
 _INPUT_BYTES = 1024 * 1024
@@ -445,10 +449,7 @@ class GzipStream(ForwardStream):
         the file it reads (an object's); resume points are kept per version."""
         super().__init__(path)
         self._raw = raw if raw is not None else open_regular(path)
-        if version is None:
-            info = os.fstat(self._raw.fileno())
-            version = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-        self._key = version
+        self._key = version if version is not None else file_version(os.fstat(self._raw.fileno()))
         self._raw_read = 0  # compressed bytes read so far
         self._produced = 0  # decompressed bytes made so far (returned or pending)
         self._inflate = zlib.decompressobj(wbits=31)
