@@ -11,6 +11,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 FLAGS = ["-O3", "-std=c11"]
+HEADERS = ["core/arrow.h", "core/column.h", "core/pool.h"]  # a change to any rebuilds the modules
 
 
 class OptionalBuildExt(build_ext):
@@ -51,8 +52,8 @@ class OptionalBuildExt(build_ext):
 setup(
     cmdclass={"build_ext": OptionalBuildExt},
     ext_modules=[
-        Extension("core._scan", ["core/_scan.c"], depends=["core/arrow.h"], extra_compile_args=FLAGS),
-        Extension("core._tally", ["core/_tally.c"], depends=["core/arrow.h", "core/column.h"], extra_compile_args=FLAGS),
-        Extension("core._count", ["core/_count.c"], depends=["core/arrow.h", "core/column.h"], extra_compile_args=FLAGS),
+        Extension("core._scan", ["core/_scan.c"], depends=HEADERS, extra_compile_args=FLAGS),
+        Extension("core._tally", ["core/_tally.c"], depends=HEADERS, extra_compile_args=FLAGS),
+        Extension("core._count", ["core/_count.c"], depends=HEADERS, extra_compile_args=FLAGS),
     ],
 )

@@ -16,6 +16,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+/* Freed buffers kept for reuse (core/pool.h). */
+#define POOL_CACHE_MB 16
 #include "column.h"
 #include <structmember.h>
 
@@ -159,7 +161,7 @@ static int
 rehash(Counts *c, int64_t size)
 {
     int reuse = c->slots && size == c->mask + 1;
-    uint32_t *slots = reuse ? memset(c->slots, 0, sizeof *slots * (size_t)size) : calloc((size_t)size, sizeof *slots);
+    uint32_t *slots = reuse ? memset(c->slots, 0, sizeof *slots * (size_t)size) : pool_calloc((size_t)size, sizeof *slots);
     if (!slots)
         return 0;
     for (int64_t i = 0; i < c->n; i++) {
@@ -169,7 +171,7 @@ rehash(Counts *c, int64_t size)
         slots[slot] = (uint32_t)(i + 1);
     }
     if (!reuse)
-        free(c->slots);
+        pool_free(c->slots);
     c->slots = slots;
     c->mask = size - 1;
     return 1;
@@ -183,7 +185,7 @@ reserve_entries(Counts *c, int64_t want)
 {
     if (want > c->allocated) {
         size_t before = c->entries ? (size_t)((char *)c->entries - (char *)c->block) : 0;
-        void *block = realloc(c->block, sizeof(Entry) * (size_t)want + 32);
+        void *block = pool_realloc(c->block, sizeof(Entry) * (size_t)want + 32);
         if (!block)
             return 0;
         size_t pad = (32 - (uintptr_t)block % 32) % 32;
@@ -224,7 +226,7 @@ median_count(const Counts *c, int64_t *median)
             return 1;
         }
     }
-    int64_t *v = malloc(sizeof *v * (size_t)(n ? n : 1));
+    int64_t *v = pool_malloc(sizeof *v * (size_t)(n ? n : 1));
     if (!v)
         return 0;
     v[0] = 0;
@@ -251,7 +253,7 @@ median_count(const Counts *c, int64_t *median)
             break;
     }
     *median = v[k > 0 ? k : 0];
-    free(v);
+    pool_free(v);
     return 1;
 }
 
@@ -275,14 +277,14 @@ purge(Counts *c)
         if (n > INLINE) {
             e.head[1] = arena.used;
             if (!append(&arena, key_text(c, &c->entries[i]), n)) {
-                free(arena.data);
+                pool_free(arena.data);
                 return 0;
             }
         }
         e.count -= median;
         c->entries[kept++] = e;
     }
-    free(c->arena.data);
+    pool_free(c->arena.data);
     c->arena = arena;
     c->n = kept;
     c->offset += median;
@@ -430,9 +432,9 @@ add_counts(Counts *c, const Counts *other)
 static void
 clear(Counts *c)
 {
-    free(c->block);
-    free(c->slots);
-    free(c->arena.data);
+    pool_free(c->block);
+    pool_free(c->slots);
+    pool_free(c->arena.data);
     c->block = NULL;
     c->entries = NULL;
     c->slots = NULL;
@@ -585,7 +587,7 @@ Counts_top(Counts *c, PyObject *arg)
     if (k < 0)
         return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_ValueError, "k must be at least 0");
     int64_t size = k < c->n ? k : c->n;
-    const Entry **heap = malloc(sizeof *heap * (size_t)(size ? size : 1));
+    const Entry **heap = pool_malloc(sizeof *heap * (size_t)(size ? size : 1));
     if (!heap)
         return PyErr_NoMemory();
     /* A heap of the best size seen, its worst at the root; each better entry replaces the root. */
@@ -613,7 +615,7 @@ Counts_top(Counts *c, PyObject *arg)
         heap[0] = heap[n - 1];
         sift_down(c, heap, n - 1, 0);
     }
-    free(heap);
+    pool_free(heap);
     return result;
 }
 
@@ -643,14 +645,14 @@ Counts_items(Counts *c, PyObject *Py_UNUSED(ignored))
         ok = ok && append(&views, view, 16) && append(&counts, &e->count, 8);
     }
     if (!ok) {
-        free(views.data);
-        free(data.data);
-        free(counts.data);
+        pool_free(views.data);
+        pool_free(data.data);
+        pool_free(counts.data);
         return PyErr_NoMemory();
     }
     PyObject *keys = export_array("vu", "key", c->n, 0, NULL, &views, &data);
     PyObject *values = keys ? export_array("l", "count", c->n, 0, NULL, &counts, NULL) : NULL;
-    free(counts.data);
+    pool_free(counts.data);
     if (!values) {
         Py_XDECREF(keys);
         return NULL;
@@ -858,7 +860,7 @@ count_repeats(PyObject *Py_UNUSED(module), PyObject *arg)
     int64_t *out_rows = NULL;
     int ok = 0;
     Py_BEGIN_ALLOW_THREADS
-    seen = calloc((size_t)capacity, sizeof *seen);
+    seen = pool_calloc((size_t)capacity, sizeof *seen);
     if (seen) {
         uint64_t mask = (uint64_t)capacity - 1;
 #define REPEAT_SLOT(v) (((v) * 0x9E3779B97F4A7C15ULL) >> 32 & mask)
@@ -877,7 +879,7 @@ count_repeats(PyObject *Py_UNUSED(module), PyObject *arg)
                     seen[slot].row = -seen[slot].row;
             }
         }
-        out_rows = malloc((size_t)(found ? found : 1) * sizeof *out_rows);
+        out_rows = pool_malloc((size_t)(found ? found : 1) * sizeof *out_rows);
         if (out_rows) {
             int64_t k = 0;
             for (int64_t i = 0; i < n && k < found; i++) {
@@ -892,15 +894,15 @@ count_repeats(PyObject *Py_UNUSED(module), PyObject *arg)
 #undef REPEAT_SLOT
 #undef REPEAT_AHEAD
     }
-    free(seen);
+    pool_free(seen);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
     if (!ok) {
-        free(out_rows);
+        pool_free(out_rows);
         return PyErr_NoMemory();
     }
     PyObject *result = PyBytes_FromStringAndSize((const char *)out_rows, (Py_ssize_t)(found * 8));
-    free(out_rows);
+    pool_free(out_rows);
     return result;
 }
 

@@ -19,6 +19,8 @@
 /* Raised with every change to what the module offers Python; core/parse.py checks it. */
 #define SCAN_VERSION 3
 
+/* Freed buffers kept for reuse (core/pool.h): a batch's columns, for the next batches. */
+#define POOL_CACHE_MB 32
 #include "arrow.h"
 
 /* ---- Timestamps ---------------------------------------------------------------------------- */
@@ -687,13 +689,13 @@ static void
 free_scan(Scan *scan)
 {
     for (int c = 0; c < MAX_COLUMNS; c++) {
-        free(scan->values[c].data);
-        free(scan->offsets[c].data);
+        pool_free(scan->values[c].data);
+        pool_free(scan->offsets[c].data);
     }
     Buffer *lists[] = {&scan->malformed, &scan->reasons, &scan->malformed_starts, &scan->malformed_ends,
                        &scan->others, &scan->other_starts, &scan->other_ends, &scan->scratch};
     for (size_t i = 0; i < sizeof lists / sizeof *lists; i++)
-        free(lists[i]->data);
+        pool_free(lists[i]->data);
 }
 
 /*
@@ -867,7 +869,7 @@ py_record_hash(PyObject *Py_UNUSED(module), PyObject *args)
         message_at = text.used;
     uint64_t seen, hash = ok ? record_hash(ts, (const unsigned char *)text.data, text.used, message_at, &seen) : 0;
     PyObject *result = ok ? PyLong_FromUnsignedLongLong(hash) : PyErr_NoMemory();
-    free(text.data);
+    pool_free(text.data);
     return result;
 }
 

@@ -16,6 +16,8 @@
 /* Which tables to build (the others are left empty). */
 enum { WANT_GROUPS = 1, WANT_SAMPLES = 2, WANT_TOTALS = 4 };
 
+/* Freed buffers kept for reuse (core/pool.h): a tally's tables, for the next tallies. */
+#define POOL_CACHE_MB 16
 #include "column.h"
 
 /*
@@ -105,6 +107,7 @@ typedef struct {
     /* Results. */
     Group *groups;
     int64_t n_groups, *order; /* order: groups by window, then by first row */
+    int64_t group_room;       /* groups (and their samples) there is room for: half the table's slots */
     /* sample_limit per group: each sample's line and time, by line (kept, not the row: reading
      * them back through the row was a cache miss each when the samples were built) */
     int64_t *sample_lines, *sample_us;
@@ -252,7 +255,7 @@ static int
 order_groups(Tally *t)
 {
     int64_t n = t->n_groups, n_windows = 0, sorted = 1;
-    t->order = malloc(sizeof *t->order * (size_t)(n ? n : 1));
+    t->order = pool_malloc(sizeof *t->order * (size_t)(n ? n : 1));
     if (!t->order)
         return 0;
     while (sorted < n && t->groups[sorted].window >= t->groups[sorted - 1].window)
@@ -262,9 +265,9 @@ order_groups(Tally *t)
             t->order[g] = g;
         return 1;
     }
-    int64_t *windows = malloc(sizeof *windows * (size_t)n);
-    int64_t *starts = calloc((size_t)n + 1, sizeof *starts);
-    int64_t *ranks = malloc(sizeof *ranks * (size_t)n);
+    int64_t *windows = pool_malloc(sizeof *windows * (size_t)n);
+    int64_t *starts = pool_calloc((size_t)n + 1, sizeof *starts);
+    int64_t *ranks = pool_malloc(sizeof *ranks * (size_t)n);
     int ok = windows && starts && ranks;
     for (int64_t g = 0; ok && g < n; g++)
         if (g == 0 || t->groups[g].window != t->groups[g - 1].window)
@@ -286,9 +289,9 @@ order_groups(Tally *t)
         starts[w + 1] += starts[w];
     for (int64_t g = 0; ok && g < n; g++)
         t->order[starts[ranks[g]]++] = g;
-    free(windows);
-    free(starts);
-    free(ranks);
+    pool_free(windows);
+    pool_free(starts);
+    pool_free(ranks);
     return ok;
 }
 
@@ -303,6 +306,29 @@ slot_hash(uint64_t keyed, int64_t window)
     return (keyed ^ ((uint64_t)window * P3)) * P1; /* the low bits tag; the high bits pick the slot */
 }
 
+/* Room for `groups` groups and their samples. The table is kept at most half full, so a table of
+ * n slots needs room for n / 2 groups: most tallies have a few, and room for a group per row of
+ * the batch (10 MB, with the samples) was mostly never touched. */
+static int
+make_room(Tally *t, int64_t groups)
+{
+    if (groups <= t->group_room)
+        return 1;
+    size_t samples = (size_t)groups * (size_t)(t->sample_limit ? t->sample_limit : 1);
+    Group *more = pool_realloc(t->groups, sizeof *t->groups * (size_t)groups);
+    if (more)
+        t->groups = more;
+    int64_t *lines = more ? pool_realloc(t->sample_lines, sizeof *t->sample_lines * samples) : NULL;
+    if (lines)
+        t->sample_lines = lines;
+    int64_t *us = lines ? pool_realloc(t->sample_us, sizeof *t->sample_us * samples) : NULL;
+    if (!us)
+        return 0;
+    t->sample_us = us;
+    t->group_room = groups;
+    return 1;
+}
+
 /* Grows the table (it is kept at most half full, and small while groups are few, for the cache):
  * to twice its size, or at once to what the groups seen by `row` make likely for all `rows` (a
  * batch of users has a group for nearly every row, and doubling up to that took five rehashes). */
@@ -313,9 +339,11 @@ grow(Tally *t, Slots *table, int64_t row, int64_t rows)
     double projected = (double)t->n_groups * (double)rows / (double)(row + 1);
     while ((double)capacity < 2 * projected && capacity < 2 * (uint64_t)rows)
         capacity *= 2;
-    uint64_t *slots = calloc((size_t)capacity, sizeof *slots);
-    if (!slots)
+    uint64_t *slots = pool_calloc((size_t)capacity, sizeof *slots);
+    if (!slots || !make_room(t, (int64_t)(capacity / 2) < rows ? (int64_t)(capacity / 2) : rows)) {
+        pool_free(slots);
         return 0;
+    }
     for (int64_t index = 0; index < t->n_groups; index++) {
         uint64_t hash = slot_hash(t->groups[index].hash, t->groups[index].window);
         uint64_t slot = (hash >> 32) & (capacity - 1);
@@ -323,7 +351,7 @@ grow(Tally *t, Slots *table, int64_t row, int64_t rows)
             slot = (slot + 1) & (capacity - 1);
         slots[slot] = (hash << 32) | (uint64_t)(index + 1);
     }
-    free(table->slots);
+    pool_free(table->slots);
     *table = (Slots){slots, capacity - 1};
     return 1;
 }
@@ -405,16 +433,12 @@ run_tally(Tally *t)
     /* Small at first: most tallies have a few groups (statuses, services, windows), and a table
      * the size of the batch cost more to clear than they took to count. */
     uint64_t capacity = 4096;
-    Slots table = {calloc((size_t)capacity, sizeof(uint64_t)), capacity - 1};
-    /* A group is one cache line (64 bytes): aligned, each of its updates touches one line, not two. */
-    void *groups = NULL;
-    t->groups = posix_memalign(&groups, 64, sizeof *t->groups * (size_t)some) == 0 ? groups : NULL;
-    size_t samples = (size_t)some * (size_t)(t->sample_limit ? t->sample_limit : 1);
-    t->sample_lines = malloc(sizeof *t->sample_lines * samples);
-    t->sample_us = malloc(sizeof *t->sample_us * samples);
-    t->newest = malloc(sizeof *t->newest * (size_t)some);
-    if (!table.slots || !t->groups || !t->sample_lines || !t->sample_us || !t->newest) {
-        free(table.slots);
+    Slots table = {pool_calloc((size_t)capacity, sizeof(uint64_t)), capacity - 1};
+    /* A group is one cache line (64 bytes): every block of the pool is 64-byte aligned, so each of
+     * its updates touches one line, not two. */
+    t->newest = pool_malloc(sizeof *t->newest * (size_t)(t->top ? some : 1));
+    if (!table.slots || !t->newest || !make_room(t, (int64_t)capacity / 2 < some ? (int64_t)capacity / 2 : some)) {
+        pool_free(table.slots);
         return 0;
     }
     const int64_t *us = t->us->ints;
@@ -460,12 +484,12 @@ run_tally(Tally *t)
             int64_t row = block_rows[i];
             cached = add_row(t, &table, row, us[row], block_windows[i], block_keyed[i], cached);
             if (cached < 0) {
-                free(table.slots);
+                pool_free(table.slots);
                 return 0;
             }
         }
     }
-    free(table.slots);
+    pool_free(table.slots);
     largest(t->newest, t->n_newest, t->top);
     if (t->n_newest > t->top)
         t->n_newest = t->top;
@@ -475,11 +499,11 @@ run_tally(Tally *t)
 static void
 free_tally(Tally *t)
 {
-    free(t->groups);
-    free(t->order);
-    free(t->sample_lines);
-    free(t->sample_us);
-    free(t->newest);
+    pool_free(t->groups);
+    pool_free(t->order);
+    pool_free(t->sample_lines);
+    pool_free(t->sample_us);
+    pool_free(t->newest);
 }
 
 /* ---- Output columns ------------------------------------------------------------------------ */
@@ -579,11 +603,11 @@ set_length(Table *out, const Tally *t, int64_t length, int nullable, const unsig
     for (int i = nullable; i < out->n_ints; i++) {
         out->nulls[i] = nulls;
         if (!append(&out->validity[i], bits.data, bits.used)) {
-            free(bits.data);
+            pool_free(bits.data);
             return 0;
         }
     }
-    free(bits.data);
+    pool_free(bits.data);
     return 1;
 }
 
@@ -591,9 +615,9 @@ set_length(Table *out, const Tally *t, int64_t length, int nullable, const unsig
 static int
 build_groups(Table *out, const Tally *t)
 {
-    unsigned char *timed = malloc((size_t)t->n_groups + 1);
+    unsigned char *timed = pool_malloc((size_t)t->n_groups + 1);
     if (!timed || !prepare(out, t->n_groups)) {
-        free(timed);
+        pool_free(timed);
         return 0;
     }
     int ok = 1;
@@ -605,7 +629,7 @@ build_groups(Table *out, const Tally *t)
         ok = set_keys(out, row, t, g);
     }
     ok = ok && set_length(out, t, t->n_groups, 3, timed);
-    free(timed);
+    pool_free(timed);
     return ok;
 }
 
@@ -656,9 +680,9 @@ static void
 free_table(Table *out)
 {
     for (int i = 0; i < MAX_KEYS; i++)
-        free(out->keys[i].data), free(out->key_data[i].data);
+        pool_free(out->keys[i].data), pool_free(out->key_data[i].data);
     for (int i = 0; i < 5; i++)
-        free(out->ints[i].data), free(out->validity[i].data);
+        pool_free(out->ints[i].data), pool_free(out->validity[i].data);
 }
 
 static const char *KEY_NAMES[MAX_KEYS] = {"key0", "key1", "key2", "key3", "key4", "key5", "key6", "key7"};

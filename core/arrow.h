@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pool.h"
+
 /* ---- The Arrow C data and stream interfaces, as their specification gives them ---------------- */
 
 #define ARROW_FLAG_NULLABLE 2
@@ -62,7 +64,7 @@ reserve(Buffer *b, size_t more)
     size_t capacity = b->capacity ? b->capacity : 4096;
     while (capacity < b->used + more)
         capacity *= 2;
-    char *data = realloc(b->data, capacity);
+    char *data = pool_realloc(b->data, capacity);
     if (!data)
         return 0;
     b->data = data;
@@ -93,8 +95,8 @@ release_column(struct ArrowArray *array)
 {
     ColumnData *column = array->private_data;
     for (int i = 0; i < 4; i++)
-        free(column->owned[i]);
-    free(column);
+        pool_free(column->owned[i]);
+    pool_free(column);
     array->release = NULL;
 }
 
@@ -110,7 +112,7 @@ free_schema_capsule_pointer(struct ArrowSchema *schema)
 {
     if (schema && schema->release)
         schema->release(schema);
-    free(schema);
+    pool_free(schema);
 }
 
 static void
@@ -118,7 +120,7 @@ free_array_capsule_pointer(struct ArrowArray *array)
 {
     if (array && array->release)
         array->release(array);
-    free(array);
+    pool_free(array);
 }
 
 static void
@@ -139,7 +141,7 @@ take(Buffer *b)
 {
     if (!b->data && !reserve(b, 1))
         return NULL;
-    char *shrunk = realloc(b->data, b->used ? b->used : 1);
+    char *shrunk = pool_realloc(b->data, b->used ? b->used : 1);
     void *kept = shrunk ? shrunk : b->data;
     *b = (Buffer){0};
     return kept;
@@ -154,9 +156,9 @@ static PyObject *
 export_array(const char *format, const char *name, int64_t length, int64_t null_count, Buffer *validity,
              Buffer *values, Buffer *data)
 {
-    struct ArrowSchema *schema = calloc(1, sizeof *schema);
-    struct ArrowArray *array = calloc(1, sizeof *array);
-    ColumnData *column = calloc(1, sizeof *column);
+    struct ArrowSchema *schema = pool_calloc(1, sizeof *schema);
+    struct ArrowArray *array = pool_calloc(1, sizeof *array);
+    ColumnData *column = pool_calloc(1, sizeof *column);
     int64_t data_size = data ? (int64_t)data->used : 0;
     Buffer *parts[3] = {validity, values, data};
     int complete = schema && array && column;
@@ -167,15 +169,15 @@ export_array(const char *format, const char *name, int64_t length, int64_t null_
             column->owned[k] = take(parts[k]);
             complete = column->owned[k] != NULL;
         }
-        free(parts[k]->data);
+        pool_free(parts[k]->data);
         *parts[k] = (Buffer){0};
     }
     if (!complete) {
         for (int k = 0; column && k < 3; k++)
-            free(column->owned[k]);
-        free(schema);
-        free(array);
-        free(column);
+            pool_free(column->owned[k]);
+        pool_free(schema);
+        pool_free(array);
+        pool_free(column);
         return PyErr_NoMemory();
     }
     for (int k = 0; k < 3; k++)
