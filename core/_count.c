@@ -17,7 +17,7 @@
 #include <Python.h>
 
 /* Freed buffers kept for reuse (core/pool.h). */
-#define POOL_CACHE_MB 16
+#define POOL_CACHE_MB 4
 #include "column.h"
 #include <structmember.h>
 

@@ -17,7 +17,7 @@
 enum { WANT_GROUPS = 1, WANT_SAMPLES = 2, WANT_TOTALS = 4 };
 
 /* Freed buffers kept for reuse (core/pool.h): a tally's tables, for the next tallies. */
-#define POOL_CACHE_MB 16
+#define POOL_CACHE_MB 8
 #include "column.h"
 
 /*

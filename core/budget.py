@@ -28,7 +28,7 @@ BASE_MB = 170
 #: the queued chunks (1.3 times) are counted.
 PARSE_FACTOR = 5
 #: The part of the memory left after ``BASE_MB`` that the input in flight may take: the defaults
-#: (2 workers, 6 MiB chunks, queue_size 1) take 78 of 99 MiB under the default 500 MB cap.
+#: (2 workers, 7.5 MiB chunks, queue_size 1) take 97.5 of 99 MiB under the default 500 MB cap.
 INPUT_SHARE = 0.3
 #: The part of it that rule states may take, all together: the rest is headroom for merging,
 #: checkpoints and writing the outputs. It depends on ``limits.memory_mb`` alone, not on the
@@ -124,6 +124,10 @@ def return_freed_buffers(chunk_bytes: int) -> bool:
     pages fault in one by one: with the compiled scan, that was a third of the system time. At
     four chunks, the buffers of a chunk's size are reused from the heap: 10M lines, Tier 1-2
     rules, 2.2 -> 2.0 s for 8 MB more, and no growth at 30M lines (231 MB; all rules 339 MB).
+    Since then the compiled modules' buffers come from their own mappings (``core/pool.h``); what
+    it still governs are the chunks' bytes the reader reads (a Python bytes each) and NumPy's arrays:
+    at 1 or 4 MiB, 10M lines of cell a took 0.1-0.2 s longer, and cell b's 1M- and 30M-line peaks
+    both fell about 10 MB.
     Returns whether it could be set (not glibc: nothing to do).
     """
     try:
@@ -147,7 +151,10 @@ class HeapTrimmer:
     ends up free and resident: 30M lines with 20M distinct users, all rules, had 190 MB free in a
     heap of 250 MB, and ``malloc_trim`` gave back 60 to 80 MB of peak RSS for about 7 ms a call.
     ``check`` costs a read of ``/proc/self/statm``; it trims once resident memory passes
-    ``trim_above``, and again only after it has grown by ``TRIM_STEP`` since.
+    ``trim_above``, and again only after it has grown by ``TRIM_STEP`` since. Since the compiled
+    modules' buffers left glibc's heaps (``core/pool.h``) it has little to do: 10M lines of cell a
+    trim once (3 MB), 30M lines of heavy-tailed traffic 8 times (106 MB in all), where 10M lines of
+    a trimmed 31 times (1,057 MB given back and faulted in again) before.
     """
 
     def __init__(self, trim_above: int) -> None:
