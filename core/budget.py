@@ -126,8 +126,8 @@ def return_freed_buffers(chunk_bytes: int) -> bool:
     rules, 2.2 -> 2.0 s for 8 MB more, and no growth at 30M lines (231 MB; all rules 339 MB).
     Since then the compiled modules' buffers come from their own mappings (``core/pool.h``); what
     it still governs are the chunks' bytes the reader reads (a Python bytes each) and NumPy's arrays:
-    at 1 or 4 MiB, 10M lines of cell a took 0.1-0.2 s longer, and cell b's 1M- and 30M-line peaks
-    both fell about 10 MB.
+    at 1 or 4 MiB, 10M lines of cell a took 0.1-0.2 s longer, and cell b's peaks fell 10-14 MB at
+    1M lines and 7-9 MB at 30M (one run each).
     Returns whether it could be set (not glibc: nothing to do).
     """
     try:
