@@ -30,7 +30,11 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#ifndef MADV_POPULATE_WRITE
+#if !defined(MAP_ANONYMOUS) && defined(MAP_ANON)
+#define MAP_ANONYMOUS MAP_ANON
+#endif
+
+#if defined(__linux__) && !defined(MADV_POPULATE_WRITE)
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
 #endif
 
@@ -94,7 +98,7 @@ pool_reuse(size_t length)
     return found;
 }
 
-static size_t
+static inline size_t
 pool_pages(size_t bytes)
 {
     return (bytes + POOL_PAGE - 1) / POOL_PAGE * POOL_PAGE;
@@ -123,8 +127,11 @@ pool_get(size_t size, size_t touch, int *fresh)
         if (base == MAP_FAILED)
             return NULL;
         *fresh = 1;
+#ifdef MADV_POPULATE_WRITE
         if (touch) /* faulted in by one call, not a fault a page (ignored where the kernel lacks it) */
-            madvise(base, pool_pages(touch + POOL_OFFSET) < length ? pool_pages(touch + POOL_OFFSET) : length, MADV_POPULATE_WRITE);
+            madvise(base, pool_pages(touch + POOL_OFFSET) < length ? pool_pages(touch + POOL_OFFSET) : length,
+                    MADV_POPULATE_WRITE);
+#endif
         *POOL_HEADER(base + POOL_OFFSET) = (PoolHeader){length, 0};
     }
     PoolHeader *header = POOL_HEADER(base + POOL_OFFSET);
@@ -203,6 +210,7 @@ pool_realloc(void *p, size_t size)
     PoolHeader *header = POOL_HEADER(p);
     if (size <= header->capacity && (header->mapped ? size >= header->capacity / 4 : size >= header->capacity / 2))
         return p;
+#ifdef __linux__ /* mremap is Linux's: elsewhere a mapping grows by a copy, below */
     if (header->mapped && size > header->capacity && size <= SIZE_MAX - POOL_OFFSET - POOL_PAGE * 2) {
         /* Grown where it is, or its pages moved: never copied, and never held twice. */
         size_t length = pool_round(size + POOL_OFFSET);
@@ -213,6 +221,7 @@ pool_realloc(void *p, size_t size)
         *header = (PoolHeader){length, length - POOL_OFFSET};
         return base + POOL_OFFSET;
     }
+#endif
     size_t kept = header->capacity < size ? header->capacity : size;
     int fresh;
     void *q = pool_get(size, kept, &fresh);
