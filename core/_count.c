@@ -40,8 +40,7 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
-    Entry *entries;       /* aligned to 32 bytes inside `block`, so that no entry spans two cache lines */
-    void *block;
+    Entry *entries;       /* 64-byte aligned, as every block of core/pool.h: no entry spans two cache lines */
     int64_t n, allocated; /* entries used and allocated; n <= capacity + 1 */
     uint32_t *slots;      /* index + 1 of an entry, 0 for a free slot; a power of two, at most 3/4 full */
     int64_t mask;
@@ -178,21 +177,16 @@ rehash(Counts *c, int64_t size)
 }
 
 /* Room for `want` entries, and slots at most 3/4 full with them (a slot is 4 bytes, 16 to a cache
- * line: a probe past a taken slot mostly reads the same line). realloc keeps a large block's
- * pages where they are (mremap), so the entries are moved only when their alignment changes. */
+ * line: a probe past a taken slot mostly reads the same line). A large block grows by mremap
+ * (core/pool.h): its pages are moved, not copied. */
 static int
 reserve_entries(Counts *c, int64_t want)
 {
     if (want > c->allocated) {
-        size_t before = c->entries ? (size_t)((char *)c->entries - (char *)c->block) : 0;
-        void *block = pool_realloc(c->block, sizeof(Entry) * (size_t)want + 32);
-        if (!block)
+        Entry *entries = pool_realloc(c->entries, sizeof(Entry) * (size_t)want);
+        if (!entries)
             return 0;
-        size_t pad = (32 - (uintptr_t)block % 32) % 32;
-        if (pad != before && c->n)
-            memmove((char *)block + pad, (char *)block + before, sizeof(Entry) * (size_t)c->n);
-        c->block = block;
-        c->entries = (Entry *)((char *)block + pad);
+        c->entries = entries;
         c->allocated = want;
     }
     int64_t size = c->slots ? c->mask + 1 : 2048;
@@ -432,10 +426,9 @@ add_counts(Counts *c, const Counts *other)
 static void
 clear(Counts *c)
 {
-    pool_free(c->block);
+    pool_free(c->entries);
     pool_free(c->slots);
     pool_free(c->arena.data);
-    c->block = NULL;
     c->entries = NULL;
     c->slots = NULL;
     c->arena = (Buffer){0};

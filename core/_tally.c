@@ -314,17 +314,21 @@ make_room(Tally *t, int64_t groups)
 {
     if (groups <= t->group_room)
         return 1;
-    size_t samples = (size_t)groups * (size_t)(t->sample_limit ? t->sample_limit : 1);
     Group *more = pool_realloc(t->groups, sizeof *t->groups * (size_t)groups);
-    if (more)
-        t->groups = more;
-    int64_t *lines = more ? pool_realloc(t->sample_lines, sizeof *t->sample_lines * samples) : NULL;
-    if (lines)
-        t->sample_lines = lines;
-    int64_t *us = lines ? pool_realloc(t->sample_us, sizeof *t->sample_us * samples) : NULL;
-    if (!us)
+    if (!more)
         return 0;
-    t->sample_us = us;
+    t->groups = more;
+    if (t->sample_limit) { /* without samples, nothing reads or writes them */
+        size_t samples = (size_t)groups * (size_t)t->sample_limit;
+        int64_t *lines = pool_realloc(t->sample_lines, sizeof *t->sample_lines * samples);
+        if (!lines)
+            return 0;
+        t->sample_lines = lines;
+        int64_t *us = pool_realloc(t->sample_us, sizeof *t->sample_us * samples);
+        if (!us)
+            return 0;
+        t->sample_us = us;
+    }
     t->group_room = groups;
     return 1;
 }
@@ -644,6 +648,8 @@ build_samples(Table *out, const Tally *t)
         return 0;
     for (int64_t i = 0; i < t->n_groups; i++) {
         const Group *g = &t->groups[t->order[i]];
+        if (!g->samples)
+            continue; /* and a tally without samples has no sample arrays to point into */
         const int64_t *lines = t->sample_lines + t->order[i] * t->sample_limit;
         const int64_t *us = t->sample_us + t->order[i] * t->sample_limit;
         for (int s = 0; s < g->samples; s++, row++) {
