@@ -86,7 +86,8 @@ typedef struct {
     uint64_t hash;       /* row_hash of its keys */
     int64_t window, row; /* row: the group's first row, whose keys it reports */
     int64_t count, flagged, first, last;
-    int32_t samples;
+    int32_t samples; /* how many */
+    int32_t sampled; /* its samples' place + 1 in the sample arrays; 0 before its first */
 } Group;
 _Static_assert(sizeof(Group) == 64, "a group is one cache line");
 
@@ -107,10 +108,13 @@ typedef struct {
     /* Results. */
     Group *groups;
     int64_t n_groups, *order; /* order: groups by window, then by first row */
-    int64_t group_room;       /* groups (and their samples) there is room for: half the table's slots */
-    /* sample_limit per group: each sample's line and time, by line (kept, not the row: reading
-     * them back through the row was a cache miss each when the samples were built) */
+    int64_t group_room;       /* groups there is room for: half the table's slots */
+    /* sample_limit per group that has a sample, in the order of their first: each sample's line
+     * and time, by line (kept, not the row: reading them back through the row was a cache miss
+     * each when the samples were built). Only 1 in 2^sample_bits rows is a sample: room for every
+     * group's was 5 MB a batch of users on default traffic, every page of it written. */
     int64_t *sample_lines, *sample_us;
+    int64_t n_sampled, sample_room;
     int64_t *newest, n_newest;
 } Tally;
 
@@ -144,15 +148,39 @@ floor_div(int64_t a, int64_t b)
     return (a % b != 0 && a < 0) ? q - 1 : q;
 }
 
-/* Keeps the group's sample_limit rows with the smallest lines, in line order. */
-static inline void
-add_sample(Tally *t, Group *g, int64_t group, int64_t row, int64_t when)
+/* Room for twice the groups with samples (a large block grows by mremap: nothing copied). */
+static int
+more_samples(Tally *t)
 {
-    int64_t *lines = t->sample_lines + group * t->sample_limit, *us = t->sample_us + group * t->sample_limit;
+    int64_t room = t->sample_room ? 2 * t->sample_room : 1024;
+    size_t bytes = sizeof(int64_t) * (size_t)room * (size_t)t->sample_limit;
+    int64_t *lines = pool_realloc(t->sample_lines, bytes);
+    if (!lines)
+        return 0;
+    t->sample_lines = lines;
+    int64_t *us = pool_realloc(t->sample_us, bytes);
+    if (!us)
+        return 0;
+    t->sample_us = us;
+    t->sample_room = room;
+    return 1;
+}
+
+/* Keeps the group's sample_limit rows with the smallest lines, in line order; 0 if memory ran out. */
+static inline int
+add_sample(Tally *t, Group *g, int64_t row, int64_t when)
+{
+    if (!g->sampled) {
+        if (t->n_sampled == t->sample_room && !more_samples(t))
+            return 0;
+        g->sampled = (int32_t)++t->n_sampled;
+    }
+    int64_t *lines = t->sample_lines + (g->sampled - 1) * t->sample_limit;
+    int64_t *us = t->sample_us + (g->sampled - 1) * t->sample_limit;
     int64_t line = t->lines->ints[row];
     int n = g->samples;
     if (n == t->sample_limit && lines[n - 1] <= line)
-        return;
+        return 1;
     if (n < t->sample_limit)
         g->samples = ++n;
     int i = n - 1;
@@ -162,6 +190,7 @@ add_sample(Tally *t, Group *g, int64_t group, int64_t row, int64_t when)
     }
     lines[i] = line;
     us[i] = when;
+    return 1;
 }
 
 static int
@@ -306,9 +335,9 @@ slot_hash(uint64_t keyed, int64_t window)
     return (keyed ^ ((uint64_t)window * P3)) * P1; /* the low bits tag; the high bits pick the slot */
 }
 
-/* Room for `groups` groups and their samples. The table is kept at most half full, so a table of
- * n slots needs room for n / 2 groups: most tallies have a few, and room for a group per row of
- * the batch (10 MB, with the samples) was mostly never touched. */
+/* Room for `groups` groups. The table is kept at most half full, so a table of n slots needs room
+ * for n / 2 groups: most tallies have a few, and room for a group per row of the batch (10 MB,
+ * with the samples) was mostly never touched. */
 static int
 make_room(Tally *t, int64_t groups)
 {
@@ -318,17 +347,6 @@ make_room(Tally *t, int64_t groups)
     if (!more)
         return 0;
     t->groups = more;
-    if (t->sample_limit) { /* without samples, nothing reads or writes them */
-        size_t samples = (size_t)groups * (size_t)t->sample_limit;
-        int64_t *lines = pool_realloc(t->sample_lines, sizeof *t->sample_lines * samples);
-        if (!lines)
-            return 0;
-        t->sample_lines = lines;
-        int64_t *us = pool_realloc(t->sample_us, sizeof *t->sample_us * samples);
-        if (!us)
-            return 0;
-        t->sample_us = us;
-    }
     t->group_room = groups;
     return 1;
 }
@@ -424,8 +442,8 @@ add_row(Tally *t, Slots *table, int64_t row, int64_t when, int64_t window, uint6
         g->first = when < g->first ? when : g->first;
         g->last = when > g->last ? when : g->last;
     }
-    if (marked && t->sample_limit && picked(t, keyed, when))
-        add_sample(t, g, index, row, when);
+    if (marked && t->sample_limit && picked(t, keyed, when) && !add_sample(t, g, row, when))
+        return -1;
     return index;
 }
 
@@ -478,10 +496,7 @@ run_tally(Tally *t)
                 uint64_t held = table.slots[(hash >> 32) & table.mask];
                 if (!held)
                     continue;
-                int64_t index = (int64_t)(held & 0xFFFFFFFFULL) - 1;
-                __builtin_prefetch(&t->groups[index]);
-                if (t->sample_limit && picked(t, block_keyed[i], us[block_rows[i]])) /* only its samples are written */
-                    __builtin_prefetch(&t->sample_lines[index * t->sample_limit], 1);
+                __builtin_prefetch(&t->groups[(int64_t)(held & 0xFFFFFFFFULL) - 1]);
             }
         }
         for (int i = 0; i < n; i++) {
@@ -650,8 +665,8 @@ build_samples(Table *out, const Tally *t)
         const Group *g = &t->groups[t->order[i]];
         if (!g->samples)
             continue; /* and a tally without samples has no sample arrays to point into */
-        const int64_t *lines = t->sample_lines + t->order[i] * t->sample_limit;
-        const int64_t *us = t->sample_us + t->order[i] * t->sample_limit;
+        const int64_t *lines = t->sample_lines + (g->sampled - 1) * t->sample_limit;
+        const int64_t *us = t->sample_us + (g->sampled - 1) * t->sample_limit;
         for (int s = 0; s < g->samples; s++, row++) {
             int64_t values[4] = {g->window, us[s], lines[s], s == 0 ? g->flagged : 0};
             set_ints(out, row, values);
