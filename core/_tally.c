@@ -335,17 +335,86 @@ slot_hash(uint64_t keyed, int64_t window)
     return (keyed ^ ((uint64_t)window * P3)) * P1; /* the low bits tag; the high bits pick the slot */
 }
 
+/*
+ * The groups of finished tallies that outgrew their first block, kept for the next ones: a batch
+ * of users has a group for every row or two (4 MB a batch on default traffic), and as a fresh
+ * mapping each of its pages was faulted in again, a fifth of the process's page faults. About
+ * one per worker; the pool's own cache (POOL_CACHE_MB) is churned by the tables' columns.
+ */
+#define SPARE_GROUPS 2
+static struct {
+    pthread_mutex_t lock;
+    Group *kept[SPARE_GROUPS];
+    int n;
+} spare_groups = {PTHREAD_MUTEX_INITIALIZER, {NULL}, 0};
+
+/* The smallest kept block with room for `bytes`, taken out; NULL if none. */
+static Group *
+take_spare(size_t bytes)
+{
+    Group *found = NULL;
+    pthread_mutex_lock(&spare_groups.lock);
+    int best = -1;
+    for (int i = 0; i < spare_groups.n; i++) {
+        size_t room = POOL_HEADER(spare_groups.kept[i])->capacity;
+        if (room >= bytes && (best < 0 || room < POOL_HEADER(spare_groups.kept[best])->capacity))
+            best = i;
+    }
+    if (best >= 0) {
+        found = spare_groups.kept[best];
+        spare_groups.kept[best] = spare_groups.kept[--spare_groups.n];
+    }
+    pthread_mutex_unlock(&spare_groups.lock);
+    return found;
+}
+
+/* Keeps a finished tally's groups block if it is a large one; the smallest of the kept ones and it is freed. */
+static void
+keep_spare(Group *groups)
+{
+    if (!groups || POOL_HEADER(groups)->capacity < POOL_MIN_BYTES) {
+        pool_free(groups);
+        return;
+    }
+    pthread_mutex_lock(&spare_groups.lock);
+    if (spare_groups.n < SPARE_GROUPS) {
+        spare_groups.kept[spare_groups.n++] = groups;
+        groups = NULL;
+    }
+    else {
+        int smallest = 0;
+        for (int i = 1; i < spare_groups.n; i++)
+            if (POOL_HEADER(spare_groups.kept[i])->capacity < POOL_HEADER(spare_groups.kept[smallest])->capacity)
+                smallest = i;
+        if (POOL_HEADER(spare_groups.kept[smallest])->capacity < POOL_HEADER(groups)->capacity) {
+            Group *out = spare_groups.kept[smallest];
+            spare_groups.kept[smallest] = groups;
+            groups = out;
+        }
+    }
+    pthread_mutex_unlock(&spare_groups.lock);
+    pool_free(groups);
+}
+
 /* Room for `groups` groups. The table is kept at most half full, so a table of n slots needs room
  * for n / 2 groups: most tallies have a few, and room for a group per row of the batch (10 MB,
- * with the samples) was mostly never touched. */
+ * with the samples) was mostly never touched. A large block is a kept one if there is one. */
 static int
 make_room(Tally *t, int64_t groups)
 {
     if (groups <= t->group_room)
         return 1;
-    Group *more = pool_realloc(t->groups, sizeof *t->groups * (size_t)groups);
-    if (!more)
+    size_t bytes = sizeof *t->groups * (size_t)groups;
+    Group *more = bytes >= POOL_MIN_BYTES ? take_spare(bytes) : NULL;
+    if (more) {
+        if (t->n_groups)
+            memcpy(more, t->groups, sizeof *t->groups * (size_t)t->n_groups);
+        pool_free(t->groups);
+        groups = (int64_t)(POOL_HEADER(more)->capacity / sizeof *t->groups);
+    }
+    else if (!(more = pool_realloc(t->groups, bytes))) {
         return 0;
+    }
     t->groups = more;
     t->group_room = groups;
     return 1;
@@ -518,7 +587,7 @@ run_tally(Tally *t)
 static void
 free_tally(Tally *t)
 {
-    pool_free(t->groups);
+    keep_spare(t->groups);
     pool_free(t->order);
     pool_free(t->sample_lines);
     pool_free(t->sample_us);
