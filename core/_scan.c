@@ -533,6 +533,9 @@ classify(const unsigned char *line, size_t length, size_t max_line_bytes, size_t
 
 /* ---- The scan ------------------------------------------------------------------------------ */
 
+/* Long strings of a key column remembered for repeats: a power of two. */
+#define SEEN_SLOTS 256
+
 typedef struct {
     /* Record columns: int64 values for ts and line; offsets and bytes for the strings. */
     Buffer values[MAX_COLUMNS];
@@ -544,6 +547,12 @@ typedef struct {
     /* The text a record hash is taken of, where the message had to be decoded first. */
     Buffer scratch;
     int64_t lines, records, blank;
+    /* Per key column (status, service, user): where its last long strings are in its data, by a
+     * hash of their text, so that a repeat points at the same bytes (see add_key). */
+    struct {
+        uint64_t hash;
+        int32_t offset, length;
+    } seen[3][SEEN_SLOTS];
 } Scan;
 
 /* Appends a string view for the last n bytes of the column's data (moved inline if short). */
@@ -575,6 +584,46 @@ static inline int
 add_string(Scan *scan, int column, const unsigned char *p, size_t n)
 {
     return append(&scan->values[column], p, n) && add_view(scan, column, n);
+}
+
+/*
+ * add_string for a key column: a string longer than a view holds inline that the column had
+ * lately gets a view of the same bytes, not a copy. Services' names are mostly that long and
+ * repeat on every line: their bytes were 1.6 MB a batch of default traffic, copied on every line,
+ * and copied again by every Polars operation that gathers the column; now they are a few hundred.
+ */
+static inline int
+add_key(Scan *scan, int column, const unsigned char *p, size_t n)
+{
+    if (n <= 12)
+        return add_string(scan, column, p, n);
+    uint64_t head, tail;
+    memcpy(&head, p, 8);
+    memcpy(&tail, p + n - 8, 8);
+    uint64_t hash = ((head * 0x9E3779B97F4A7C15ULL) ^ (tail + n) * 0xC2B2AE3D27D4EB4FULL) * 0x165667B19E3779F9ULL;
+    __typeof__(scan->seen[0][0]) *seen = &scan->seen[column - STATUS][hash >> 56 & (SEEN_SLOTS - 1)];
+    Buffer *data = &scan->values[column];
+    if (seen->length == (int32_t)n && seen->hash == hash && memcmp((char *)data->data + seen->offset, p, n) == 0) {
+        Buffer *views = &scan->offsets[column];
+        if (!reserve(views, 16))
+            return 0;
+        unsigned char *view = (unsigned char *)views->data + views->used;
+        int32_t index = 0;
+        memcpy(view, &seen->length, 4);
+        memcpy(view + 4, p, 4);
+        memcpy(view + 8, &index, 4);
+        memcpy(view + 12, &seen->offset, 4);
+        views->used += 16;
+        return 1;
+    }
+    if (!add_string(scan, column, p, n))
+        return 0;
+    if (data->used - n <= INT32_MAX) {
+        seen->hash = hash;
+        seen->offset = (int32_t)(data->used - n);
+        seen->length = (int32_t)n;
+    }
+    return 1;
 }
 
 /* add_string for text that may hold invalid UTF-8, as the contract decodes it. */
@@ -651,9 +700,9 @@ run_scan(Scan *scan, const unsigned char *data, size_t size, size_t max_line_byt
             size_t user_end = found == 4 ? spaces[3] : content;
             int64_t number = first_line + index;
             if (!append(&scan->values[TS], &ts, sizeof ts) || !append(&scan->values[LINE], &number, sizeof number)
-                || !add_string(scan, STATUS, line + spaces[0] + 1, spaces[1] - spaces[0] - 1)
-                || !add_string(scan, SERVICE, line + spaces[1] + 1, spaces[2] - spaces[1] - 1)
-                || !add_string(scan, USER, line + spaces[2] + 1, user_end - spaces[2] - 1))
+                || !add_key(scan, STATUS, line + spaces[0] + 1, spaces[1] - spaces[0] - 1)
+                || !add_key(scan, SERVICE, line + spaces[1] + 1, spaces[2] - spaces[1] - 1)
+                || !add_key(scan, USER, line + spaces[2] + 1, user_end - spaces[2] - 1))
                 return 0;
             if (optional & WITH_MESSAGE) {
                 size_t message = found == 4 ? spaces[3] + 1 : content;

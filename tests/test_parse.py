@@ -124,6 +124,28 @@ def test_non_ascii_tokens_are_accepted():
     assert (record["status"], record["service"], record["user"]) == ("é", "サービス", "пользователь")
 
 
+@given(st.lists(st.sampled_from(["PaymentService", "PaymentServiceX", "PaymentSe+vice", "PaymentSe-vice",
+                                  "AuthenticationService", "AuthenticationServicE", "AuthentiXationService", "svc",
+                                  "ABCDEFGHIJKLM"]),
+                min_size=1, max_size=60),
+       st.integers(0, 4))
+@settings(max_examples=100, deadline=None)
+def test_repeated_long_keys_read_back_as_written(services, shift):
+    # Long keys are stored once and repeats point at them: texts with the same first and last 8
+    # bytes and length (so the same place in the scan's table) must still come back as written.
+    users = [f"user-with-a-long-name-{(i + shift) % 3}" for i in range(len(services))]
+    statuses = ["DECLINED_BY_ISSUER" if i % 2 else "OK" for i in range(len(services))]
+    data = b"".join(f"{TS} {st_} {svc} {user} m{i}\n".encode()
+                    for i, (st_, svc, user) in enumerate(zip(statuses, services, users)))
+    batch, stats = parse(data)
+    assert stats.records == len(services)
+    frame = batch.frame
+    assert frame["service"].to_list() == services
+    assert frame["user"].to_list() == users
+    assert frame["status"].to_list() == statuses
+    assert frame.filter(pl.col("service") == services[0]).height == services.count(services[0])
+
+
 # --- timestamps ------------------------------------------------------------------------------
 
 
