@@ -278,13 +278,14 @@ def count_newlines(data: bytes, size: int) -> int:
 def _with_file(frame: pl.DataFrame, path: str) -> pl.DataFrame:
     """The full record batch: ``message`` and ``record_hash`` (as placeholders where no rule reads
     them) and ``file`` added."""
-    # Built from the columns as they are: a select would be a Polars query per chunk.
-    height, built = frame.height, frame.columns
-    message = frame["message"] if "message" in built else constant("", height, pl.String()).alias("message")
-    digest = frame["record_hash"] if "record_hash" in built else constant(0, height, pl.UInt64()).alias("record_hash")
-    columns = [frame["ts"], frame["status"], frame["service"], frame["user"], message, digest,
-               constant(path, height, pl.String()).alias("file"), frame["line"]]
-    return pl.DataFrame(columns)
+    # The constant columns are Polars' scalar columns: a value and a length, never a row each
+    # (a chunk's file and empty message were 2.6 MB, written out and then copied by every filter
+    # of the batch). Building them is a query, 0.1 ms a chunk more.
+    built = frame.columns
+    message = pl.col("message") if "message" in built else pl.lit("", dtype=pl.String).alias("message")
+    digest = pl.col("record_hash") if "record_hash" in built else pl.lit(0, dtype=pl.UInt64).alias("record_hash")
+    return frame.select("ts", "status", "service", "user", message, digest,
+                        pl.lit(path, dtype=pl.String).alias("file"), "line")
 
 
 def _empty_frame() -> pl.DataFrame:
