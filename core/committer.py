@@ -23,7 +23,7 @@ from core import budget, guard
 from core.checkpoint import Checkpoint
 from core.guard import PluginHooks
 from core.ledger import Work
-from core.parse import Chunk
+from core.parse import Chunk, ChunkPlace
 from core.profile import RunProfile
 from core.settings import Settings
 from core.state import Failure, RunState
@@ -60,7 +60,7 @@ class FileRun:
 
 #: A chunk of work: a chunk of one file, or the chunks of several small files, or a range that
 #: a worker reads itself; each with its file's run.
-Parts = list[tuple[FileRun, Chunk | RangeTask]]
+Parts = list[tuple[FileRun, Chunk | ChunkPlace | RangeTask]]
 
 
 @dataclass

@@ -181,7 +181,8 @@ class Pipeline:
         # once a file's earliest malformed lines are in, its later chunks have none to add.
         chunks = [(chunk, len(run.stats.samples) < self.settings.malformed_samples) for run, chunk in parts]
         work = chunk_work if self.profile is None else self._profiled
-        self.committer.enqueue(Entry(parts, self.executor.submit(work, self._spec(), chunks)))
+        places: Parts = [(run, chunk.place()) for run, chunk in parts]  # the bytes go with the work alone
+        self.committer.enqueue(Entry(places, self.executor.submit(work, self._spec(), chunks)))
 
     def _spec(self) -> WorkSpec:
         return WorkSpec(tuple(self.rules), self.committer.failed, self.columns, self.settings.max_line_bytes,

@@ -23,7 +23,6 @@ import numpy as np
 import polars as pl
 
 from core import compiled
-from core.columns import constant
 from core.stats import FileStats, MalformedLine
 
 #: The version of ``core/_scan.c`` this module is written for.
@@ -90,6 +89,26 @@ class Chunk:
     def open_tail(self) -> bool:
         """The last line has no newline (yet)."""
         return self.size > 0 and self.data[self.size - 1] != _NEWLINE
+
+    def place(self) -> ChunkPlace:
+        """Where the chunk is, without its bytes: what merging it needs."""
+        return ChunkPlace(self.path, self.first_line, self.start, self.end, self.open_tail, self.before)
+
+
+@dataclass(frozen=True)
+class ChunkPlace:
+    """A ``Chunk``'s place in its file, and whether its last line is open, without its bytes.
+
+    The merge queue holds these: a chunk's bytes (7.5 MiB by default) are needed only until it
+    is parsed, and held by the queue they stayed until its merge, a seal included.
+    """
+
+    path: str
+    first_line: int
+    start: int
+    end: int
+    open_tail: bool
+    before: str | None = None
 
 
 @dataclass(frozen=True)

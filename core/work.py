@@ -105,8 +105,14 @@ def chunk_work(spec: WorkSpec, chunks: list[tuple[Chunk, bool]]) -> ChunkOutcome
     others one batch per file.
     """
     started = time.perf_counter()
-    parsed = [_parse(spec, chunk, samples) for chunk, samples in chunks]
     where = chunks[0][0].path + (f" and {len(chunks) - 1} more" if len(chunks) > 1 else "")
+    parsed = []
+    for index, (chunk, samples) in enumerate(chunks):
+        parsed.append(_parse(spec, chunk, samples))
+        # Parsed, its bytes are not needed: the list is the one the executor holds until the
+        # chunk is merged (a seal included), so it lets go of them here.
+        chunks[index] = (chunk.place(), samples)
+    del chunk
     outcome = ChunkOutcome(RunState.empty(list(spec.rules), spec.failed, where), [stats for _, stats in parsed])
     batches = [batch for batch, stats in parsed if stats.lines]
     if batches:
