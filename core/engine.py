@@ -158,7 +158,7 @@ class Pipeline:
         )
         try:
             for chunk in reader:
-                lines.remember(work.path, chunk.first_line, chunk.start)  # to read sample lines back later
+                lines.remember(work.path, chunk.first_line, chunk.start, reader.starts)  # to read sample lines back
                 chunk = Chunk(work.name, chunk.data, chunk.first_line, chunk.start, chunk.end, chunk.overlong,
                               chunk.before)
                 if small:

@@ -13,16 +13,20 @@ from core.parse import _text, count_newlines
 from core.sources import DEFAULT_SOURCES, Source, choose
 
 #: Bytes read at a time. A block with no wanted line in it costs one read and one count of its
-#: newlines (compiled, without the GIL); only the block holding a wanted line is searched.
-BLOCK_BYTES = 8 * 1024 * 1024
+#: newlines (compiled, without the GIL); only the block holding a wanted line is searched. The
+#: engine notes a line start about every 256 KiB it reads (``core.reader.START_EVERY``), so that
+#: a wanted line is mostly in the first block read after a seek: blocks of 8 MiB read 8 MiB a line.
+BLOCK_BYTES = 256 * 1024
 #: Inside that block, newlines are counted this many bytes at a time to reach the wanted line,
 #: and only the last stretch is walked line by line.
 _STRIDE = 64 * 1024
 #: Bytes kept of a line beyond ``max_bytes``: enough to finish a UTF-8 character cut at the limit.
 _SLACK = 4
-#: Files whose line starts are remembered, and starts kept per file (the engine notes one per chunk).
-_FILES = 1024
-_STARTS_PER_FILE = 65536
+#: Files whose line starts are remembered (the most recently read), and starts kept per file: the
+#: engine notes one about every 256 KiB (a 1 GB file's 4,000 fit); a file with more keeps every
+#: other one, then notes on. At most about 12 MB (an entry is ~90 bytes) however long a run.
+_FILES = 32
+_STARTS_PER_FILE = 4096
 
 #: Known line starts, per file (device, inode): line number -> byte offset. A cache the engine
 #: fills as it reads chunks, so that a sample line near the end of a large file is read by
@@ -35,8 +39,9 @@ _starts: OrderedDict[tuple[int, int], dict[int, int]] = OrderedDict()
 SOURCES: ContextVar[Sequence[Source]] = ContextVar("omp_sources", default=DEFAULT_SOURCES)
 
 
-def remember(path: str | Path, line: int, offset: int) -> None:
-    """Note that line ``line`` of ``path`` starts at byte ``offset`` (best effort; never raises)."""
+def remember(path: str | Path, line: int, offset: int, more: Iterable[tuple[int, int]] = ()) -> None:
+    """Note that line ``line`` of ``path`` starts at byte ``offset``, and each (line, offset) of
+    ``more`` too (best effort; never raises)."""
     try:
         info = os.stat(path)
     except OSError:
@@ -47,8 +52,14 @@ def remember(path: str | Path, line: int, offset: int) -> None:
         known = _starts[key] = {}
         while len(_starts) > _FILES:
             _starts.popitem(last=False)
-    if len(known) < _STARTS_PER_FILE:
-        known[line] = offset
+    else:
+        _starts.move_to_end(key)
+    for number, start in ((line, offset), *more):
+        if len(known) >= _STARTS_PER_FILE:  # every other one, spread over the file
+            kept = sorted(known.items())[::2]
+            known.clear()
+            known.update(kept)
+        known[number] = start
 
 
 def read_lines(
@@ -72,7 +83,8 @@ def read_lines(
             known = _starts.get((info.st_dev, info.st_ino), {})
             # Only starts within the file as it is now: a file cut shorter may have moved its lines. (A
             # stream's offsets are in its decompressed bytes: a wrong start is caught as it is read.)
-            jumps = sorted((line, offset) for line, offset in known.items()
+            # (Copied in one step first: the engine may be noting more, and thinning them, meanwhile.)
+            jumps = sorted((line, offset) for line, offset in list(known.items())
                            if offset <= info.st_size or not source.seekable)
             _read_blocks(handle, scan, max(1, block_bytes), jumps)
     except OSError:

@@ -155,3 +155,56 @@ def test_remembered_line_starts_are_used_and_a_stale_one_is_not_trusted(tmp_path
     with open(path, "r+b") as out:
         out.write(b"".join(b"longer line %d\n" % n for n in range(1, 2001)))
     assert read_lines(path, [1500], block_bytes=64) == {1500: "longer line 1500"}
+
+
+@pytest.mark.parametrize("every", [64, 100, 1000])
+def test_the_readers_line_starts_are_line_starts_with_their_numbers(tmp_path, monkeypatch, every):
+    # Lines of every length, some longer than the stride between starts, and a last one open.
+    from core import reader as reader_module
+
+    monkeypatch.setattr(reader_module, "START_EVERY", every)
+    texts = [("x" * ((n * 37) % 250)) + f" {n}" for n in range(1, 400)]
+    data = ("\n".join(texts)).encode()
+    path = tmp_path / "mixed.log"
+    path.write_bytes(data)
+    starts = {}
+    reader = reader_module.ChunkReader(str(path), 4096, 65536)
+    for chunk in reader:
+        starts.update(reader.starts)
+        for line, offset in reader.starts:
+            assert chunk.start < offset < chunk.end
+    assert len(starts) > len(data) // 4096  # several a chunk
+    for line, offset in starts.items():
+        assert offset == 0 or data[offset - 1:offset] == b"\n"
+        assert data[:offset].count(b"\n") + 1 == line
+
+
+def test_line_starts_past_the_limit_are_thinned_and_still_right(tmp_path, monkeypatch):
+    monkeypatch.setattr(lines, "_STARTS_PER_FILE", 16)
+    path = tmp_path / "big.log"
+    data = b"".join(b"line %d\n" % n for n in range(1, 3001))
+    path.write_bytes(data)
+    offsets = [0]
+    for n in range(1, 3000):
+        offsets.append(offsets[-1] + len(b"line %d\n" % n))
+    lines.remember(path, 1, 0, [(n, offsets[n - 1]) for n in range(10, 3001, 10)])
+    known = lines._starts[(os.stat(path).st_dev, os.stat(path).st_ino)]
+    assert len(known) <= 16
+    assert max(known) >= 2900 and min(known) <= 300  # spread over the file, not only its start
+    assert all(offsets[n - 1] == at for n, at in known.items())
+    wanted = [2, 999, 1500, 2999, 3000]
+    assert read_lines(path, wanted, block_bytes=64) == {n: f"line {n}" for n in wanted}
+
+
+def test_the_line_starts_of_few_files_are_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(lines, "_FILES", 3)
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"f{i}.log")
+        paths[-1].write_bytes(b"a\nb\n")
+        lines.remember(paths[-1], 2, 2)
+    lines.remember(paths[2], 1, 0)  # read again: the most recent, kept longest
+    lines.remember(tmp_path / "f0.log", 1, 0)
+    keys = [(os.stat(p).st_dev, os.stat(p).st_ino) for p in paths]
+    assert keys[2] in lines._starts and keys[0] in lines._starts and keys[1] not in lines._starts
+    assert len(lines._starts) <= 3
