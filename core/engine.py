@@ -157,7 +157,12 @@ class Pipeline:
             source=work.source,
         )
         try:
-            for chunk in reader:
+            chunks = iter(reader)
+            while True:
+                self.committer.wait_for_room()  # before reading: a chunk read is never held waiting for a slot
+                chunk = next(chunks, None)
+                if chunk is None:
+                    break
                 lines.remember(work.path, chunk.first_line, chunk.start, reader.starts)  # to read sample lines back
                 chunk = Chunk(work.name, chunk.data, chunk.first_line, chunk.start, chunk.end, chunk.overlong,
                               chunk.before)
