@@ -834,7 +834,9 @@ scan(PyObject *Py_UNUSED(module), PyObject *args)
                                    as_bytes(&state.others), as_bytes(&state.other_starts),
                                    as_bytes(&state.other_ends));
     }
+    Py_BEGIN_ALLOW_THREADS /* giving large blocks back is a system call each (munmap) */
     free_scan(&state);
+    Py_END_ALLOW_THREADS
     return result;
 }
 

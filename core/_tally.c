@@ -961,10 +961,13 @@ tally(PyObject *Py_UNUSED(module), PyObject *args)
             Py_XDECREF(newest);
         }
     }
+    /* Without the GIL: giving a large block back is a system call (munmap, a TLB shootdown on every CPU). */
+    Py_BEGIN_ALLOW_THREADS
     free_tally(&t);
     free_table(&groups);
     free_table(&samples);
     free_table(&totals);
+    Py_END_ALLOW_THREADS
     close_column(&us);
     close_column(&lines);
     close_column(&flag);
