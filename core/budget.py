@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -131,8 +132,7 @@ def return_freed_buffers(chunk_bytes: int) -> bool:
     Returns whether it could be set (not glibc: nothing to do).
     """
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = _libc().mallopt
     except (OSError, AttributeError):
         return False
     threshold = min(MAX_MMAP_THRESHOLD, max(MIN_MMAP_THRESHOLD, MMAP_THRESHOLD_CHUNKS * chunk_bytes))
@@ -195,6 +195,18 @@ _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 def _malloc_trim() -> Callable[[int], int] | None:
     """glibc's ``malloc_trim``, or None (another C library)."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        return _libc().malloc_trim
     except (OSError, AttributeError):
         return None
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """The C library: the process's own symbols where they have ``mallopt`` (glibc), else found by name.
+
+    ``ctypes.util.find_library`` runs ``ldconfig -p`` in a subprocess (2 ms, twice a start).
+    """
+    own = ctypes.CDLL(None)
+    if hasattr(own, "mallopt"):
+        return own
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -15,7 +15,7 @@ import threading
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from core import __version__, budget
 from core.alertconfig import AlertConfig, load_alerts
@@ -27,8 +27,10 @@ from core.objectstore import is_url
 from core.plugins import get_plugin_manager, rule_types
 from core.profile import RunProfile
 from core.ruleset import load_rules
-from core.serve import OutputServer
 from core.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from core.serve import OutputServer
 
 try:
     from core import ruletest
@@ -223,6 +225,8 @@ def _serving(settings: Settings, args: argparse.Namespace) -> Iterator[OutputSer
     if args.serve is None:
         yield None
         return
+    from core.serve import OutputServer  # http.server: 8 ms of start-up a run without --serve need not pay
+
     with OutputServer(settings.output_dir, args.serve) as server:
         if not args.quiet:
             until = "while watching" if args.watch else "after the run, until Ctrl-C or SIGTERM"

@@ -11,12 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import smtplib
 import subprocess
-import urllib.error
 import urllib.parse
-import urllib.request
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +65,10 @@ class Webhook(Alerter):
         self.timeout = seconds(timeout)
 
     def send(self, message: Message) -> None:
+        # Imported when an alert is sent: with ssl and email, 10 ms of every start otherwise.
+        import urllib.error
+        import urllib.request
+
         headers = {"Content-Type": "application/json", "User-Agent": f"ohmypayments/{__version__}", **self.headers,
                    **{name: os.environ.get(variable, "") for name, variable in self.from_env.items()}}
         body = json.dumps(message.document(), ensure_ascii=False).encode("utf-8")
@@ -155,6 +155,9 @@ class Email(Alerter):
         self.prefix, self.timeout = subject_prefix, seconds(timeout)
 
     def send(self, message: Message) -> None:
+        import smtplib  # imported when an e-mail is sent, as the webhook's urllib.request
+        from email.message import EmailMessage
+
         mail = EmailMessage()
         mail["Subject"] = f"{self.prefix} {message.subject()}".strip()
         mail["From"], mail["To"] = self.sender, ", ".join(self.to)
