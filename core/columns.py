@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator, Mapping
 
+import numpy as np
 import polars as pl
 
 #: A column as a module hands it over: an (arrow_schema, arrow_array) pair of capsules from a
@@ -71,3 +72,24 @@ def _one(value: object, dtype: pl.DataType) -> pl.Series:
     # Made once per value: building a Series from Python (a Categorical above all) holds the GIL
     # longer than repeating it does, and every chunk of a file wants its path.
     return pl.Series([value], dtype=dtype)
+
+
+def stack(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """``pl.concat(frames, how="vertical")`` (frames of one schema, at least one), appended chunk by chunk.
+
+    ``pl.concat`` goes through Polars' thread pool: with two workers concatenating at once, 4
+    frames of 20k rows took 123 us a pair of calls instead of 14 us for one. Appending them to a
+    copy of the first takes 4 to 9 us, and makes the same frame (of as many chunks).
+    """
+    if len(frames) == 1:
+        return frames[0]
+    stacked = frames[0].clone()  # a new frame of the same columns, not a copy of their data
+    for frame in frames[1:]:
+        stacked.vstack(frame, in_place=True)
+    return stacked
+
+
+def rows_of(frame: pl.DataFrame, keep: np.ndarray) -> pl.DataFrame:
+    """``frame.filter(keep)`` for a boolean mask, column by column: no Polars query (see ``stack``)."""
+    mask = pl.Series(keep)
+    return pl.DataFrame([column.filter(mask) for column in frame.get_columns()])

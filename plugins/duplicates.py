@@ -31,6 +31,7 @@ import numpy as np
 import polars as pl
 
 from core import hookimpl
+from core.columns import constant, rows_of
 from core.counts import repeated_rows
 from core.tally import Weights
 from plugins.detection import DURATION, INSTANT, SAMPLE_LIMIT, file_column, params_schema, sample_locations
@@ -236,14 +237,25 @@ class DuplicateEvent(WindowedDetector):
 
     def batch_tables(self, batch: Batch, found: Tally) -> Tables:
         totals = found.totals.frame(window="window", total="count")
-        us = pl.col("ts").dt.epoch("us")
+        # Built from the batch's columns and NumPy, not a Polars query: a query runs on Polars'
+        # thread pool, where both workers' queries wait for each other (1.4 ms a batch in a run
+        # of 10M lines against 0.3 ms alone; this takes 0.2 ms).
         frame = batch.frame
+        columns = ["ts", "record_hash", "line"] + (["file"] if batch.files else [])
+        frame = pl.DataFrame([frame[name] for name in columns])
+        us = frame["ts"].cast(pl.Int64)  # a cast, not to_physical (a query)
         if totals["total"].sum() < frame.height:  # records outside the plausible range are not compared
-            frame = frame.filter(us.is_between(self.min_time, found.hi))
+            times = us.to_numpy()
+            frame = rows_of(frame, (times >= self.min_time) & (times <= found.hi))
+            us = frame["ts"].cast(pl.Int64)
         if not frame.height:
             return {"copies": self.tables["copies"].empty(), "totals": totals}
-        copies = frame.select(hash=pl.col("record_hash"), us=us, window=us // self.width, n=pl.lit(1, pl.UInt32),
-                              file=file_column(batch, frame), line=pl.col("line"))
+        copies = pl.DataFrame([
+            frame["record_hash"].alias("hash"), us.alias("us"),
+            pl.Series("window", np.floor_divide(us.to_numpy(), self.width)),
+            constant(1, frame.height, pl.UInt32()).alias("n"), file_column(batch, frame).alias("file"),
+            frame["line"],
+        ])
         # One row per record is a folded table while no record repeats in the batch; where some do
         # (a busy user's chance repeats: about 1% of a heavy-tailed log's records), only their rows
         # are folded (see Copies.fold).
@@ -253,10 +265,11 @@ class DuplicateEvent(WindowedDetector):
         # A record's copies share its time, so all of them are in the windows judged. Folded, each
         # hash's copies are counted on its first row (see Copies).
         copies = window_rows(data["copies"], lo, hi)
-        counts = copies.filter(pl.col("n") > 1).select("hash", "n", "us", "window")
-        if counts.is_empty():
+        repeated = pl.Series(np.flatnonzero(copies["n"].to_numpy() > 1))  # NumPy: no Polars query, nearly always none
+        if not len(repeated):
             return []
-        rows = counts.sort("us", "hash").rows()
+        rows = sorted(zip(*(copies[name].gather(repeated).to_list() for name in ("hash", "n", "us", "window")),
+                          strict=True), key=lambda row: (row[2], row[0]))
         # A repeat of an id-less line on a day with more of them than a verdict tolerates is never
         # reported (``extra_flags``), and the count only grows: it is kept without its locations.
         days = self._loose_days()

@@ -432,3 +432,25 @@ def test_a_thinned_state_merged_with_one_sealed_whole_thins_what_that_one_brings
     dropped = ~thinned.kept_keys()
     assert data["counts"].height and data["counts"].filter(dropped).height == 0
     assert data["samples"].height and data["samples"].filter(dropped).height == 0
+
+
+@pytest.mark.parametrize("rule", [Frequency("f", min_count=20), DuplicateEvent("d")])
+def test_thinning_keeps_the_rows_kept_keys_names(rule):
+    # _thinned filters with NumPy, not the kept_keys expression (a Polars query): the same rows,
+    # string keys (hashed) and hash keys alike, across several level breaks and unordered windows.
+    lines = user_traffic(3, days=1, volume=600)
+    rule.limit_state(10**9)
+    state = rule.empty()
+    for batch in batches(lines, sizes=random_sizes(len(lines), random.Random(5), 8)):
+        state.update(batch)
+    data = state._data(None, None)
+    windows = data[rule.events[0]]["window"]
+    first, last = int(windows.min()), int(windows.max())
+    state._levels = [(first + (last - first) // 4, 1), (first + (last - first) // 2, 3), (last, 7)]
+    shuffled = {name: frame.sample(fraction=1.0, shuffle=True, seed=1) for name, frame in data.items()
+                if rule.tables[name].windowed}  # what bands hold, and thinning sees
+    thinned = state._thinned(shuffled)
+    for name, frame in shuffled.items():
+        expected = frame.filter(state.kept_keys()) if rule.thin_by in frame.columns and frame.height else frame
+        assert thinned[name].equals(expected), name
+        assert 0 < thinned[name].height < frame.height or rule.thin_by not in frame.columns or not frame.height
