@@ -22,7 +22,7 @@
 #include <structmember.h>
 
 /* Raised with every change to what the module offers Python; core/counts.py checks it. */
-#define COUNT_VERSION 2
+#define COUNT_VERSION 3
 /* The serialised form: magic, then its own version. */
 static const char MAGIC[4] = {'O', 'M', 'P', 'C'};
 #define FORMAT_VERSION 1
@@ -492,6 +492,65 @@ Counts_add(Counts *c, PyObject *capsule)
     return out_of_memory(ok);
 }
 
+/* A key's entry index, or -1 if the table does not hold it. Needs no GIL. */
+static inline int64_t
+find_key(const Counts *c, const Key *k)
+{
+    if (!c->slots)
+        return -1;
+    uint64_t slot = k->hash & (uint64_t)c->mask;
+    for (uint32_t index; (index = c->slots[slot]) != 0; slot = (slot + 1) & (uint64_t)c->mask)
+        if (same_key(c, &c->entries[index - 1], k))
+            return (int64_t)index - 1;
+    return -1;
+}
+
+PyDoc_STRVAR(positions_doc,
+"positions(column) -> (rows, entries)\n--\n\n"
+"The rows (int64 bytes, ascending) of a String column whose value is one of the table's keys, and\n"
+"for each, its key's entry (int64 bytes): keys are numbered in the order they came, while the\n"
+"table was never purged. Nulls are never found.");
+
+static PyObject *
+Counts_positions(Counts *c, PyObject *capsule)
+{
+    Column column = {0};
+    if (!open_column(capsule, &column, "column", 1)) {
+        close_column(&column);
+        return NULL;
+    }
+    if (column.kind != VIEWS) {
+        close_column(&column);
+        return PyErr_Format(PyExc_TypeError, "column: expected a String column");
+    }
+    if (c->offset) {
+        close_column(&column);
+        return PyErr_Format(PyExc_ValueError, "positions: the table was purged: its entries are not numbered");
+    }
+    Buffer rows = {0}, entries = {0};
+    int ok = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t row = 0; ok && row < column.length; row++) {
+        if (!is_valid(&column, row))
+            continue;
+        Key k = column_key(&column, row, 1);
+        int64_t entry = find_key(c, &k);
+        if (entry >= 0)
+            ok = append(&rows, &row, sizeof row) && append(&entries, &entry, sizeof entry);
+    }
+    Py_END_ALLOW_THREADS
+    close_column(&column);
+    PyObject *result = NULL;
+    if (!ok)
+        PyErr_NoMemory();
+    else
+        result = Py_BuildValue("(y#y#)", rows.data ? rows.data : "", (Py_ssize_t)rows.used,
+                               entries.data ? entries.data : "", (Py_ssize_t)entries.used);
+    pool_free(rows.data);
+    pool_free(entries.data);
+    return result;
+}
+
 PyDoc_STRVAR(add_weighted_doc,
 "add_weighted(keys, weights)\n--\n\nAdd each weight (an Int64 column) to its key (a String column), in row order.");
 
@@ -798,6 +857,7 @@ static PyGetSetDef getset[] = {
 static PyMethodDef methods[] = {
     {"add", (PyCFunction)Counts_add, METH_O, add_doc},
     {"add_weighted", (PyCFunction)Counts_add_weighted, METH_VARARGS, add_weighted_doc},
+    {"positions", (PyCFunction)Counts_positions, METH_O, positions_doc},
     {"merge", (PyCFunction)Counts_merge, METH_O, merge_doc},
     {"top", (PyCFunction)Counts_top, METH_O, top_doc},
     {"items", (PyCFunction)Counts_items, METH_NOARGS, items_doc},

@@ -15,7 +15,7 @@ import polars as pl
 from core import compiled, safestate
 
 #: The version of ``core/_count.c`` this module is written for.
-COUNT_VERSION = 2
+COUNT_VERSION = 3
 _count = compiled.load("_count", COUNT_VERSION, "the compiled counts")
 
 #: Memory of a table, per key of up to 12 bytes: an entry of 32 bytes, and slots of 4 bytes, a
@@ -142,6 +142,21 @@ def _stream(series: pl.Series) -> object:
     if series.n_chunks() > 1:
         series = series.rechunk()
     return series.__arrow_c_stream__()
+
+
+def positions(column: pl.Series, values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of a String ``column`` whose value is one of ``values`` (distinct), and which one each is.
+
+    One compiled pass without the GIL and without a Polars query: a join of 90k rows of user
+    names to a few of them took 2 ms, 5 ms while the other worker ran queries (Polars' thread
+    pool is shared).
+    """
+    table = _count.Counts(max(1, len(values)))
+    table.add(_stream(pl.Series(values, dtype=pl.String())))
+    if len(table) != len(values):
+        raise ValueError("positions: expected distinct values")
+    rows, which = table.positions(_stream(column))
+    return np.frombuffer(rows, dtype=np.int64), np.frombuffer(which, dtype=np.int64)
 
 
 def repeated_rows(hashes: np.ndarray) -> np.ndarray:

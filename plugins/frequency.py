@@ -23,10 +23,25 @@ import numpy as np
 import polars as pl
 
 from core import hookimpl
+from core.counts import positions
 from core.tally import Weights
-from plugins.detection import DURATION, FIELDS, INSTANT, file_column, params_schema, sample_locations
+from plugins.detection import (
+    DURATION,
+    FIELDS,
+    INSTANT,
+    file_column,
+    params_schema,
+    sample_locations,
+)
 from plugins.seasonal import deviance_z
-from plugins.windows import MAX_FUTURE, MIN_TIME, Table, Tables, WindowedDetector, window_rows
+from plugins.windows import (
+    MAX_FUTURE,
+    MIN_TIME,
+    Table,
+    Tables,
+    WindowedDetector,
+    window_rows,
+)
 
 if TYPE_CHECKING:
     from core.parse import Batch
@@ -156,17 +171,8 @@ class Frequency(WindowedDetector):
             return []
         candidates = judged_rows[pl.Series(rows)]
         windows = window[rows]
-        # Each candidate's own level: its records in the n windows before (the largest left out).
-        past = window_rows(counts, int(windows.min()) - n, int(windows.max())).lazy()
-        judged = pl.LazyFrame({"key": candidates["key"], "judged": windows, "at": np.arange(len(rows))})
-        before = (
-            past.join(judged, on="key")
-            .filter((pl.col("window") < pl.col("judged")) & (pl.col("window") >= pl.col("judged") - n))
-            .group_by("at").agg(pl.col("count").sum().alias("sum"), pl.col("count").max().alias("max"))
-            .collect()
-        )
-        own = np.zeros(len(rows))
-        own[before["at"].to_numpy()] = (before["sum"].to_numpy() - before["max"].to_numpy()) / (n - 1)
+        own = _own_levels(window_rows(counts, int(windows.min()) - n, int(windows.max())),
+                          candidates["key"].to_list(), windows, n)
         # The population's level: records per active value in the window. The judged rows have a
         # row per (value, window); a thinned window holds 1 in 2^level values, and as many again
         # stand behind each one counted.
@@ -217,6 +223,39 @@ class Frequency(WindowedDetector):
                 "window_records": row["total"],
             },
         )
+
+
+def _own_levels(past: pl.DataFrame, keys: list[str], windows: np.ndarray, n: int) -> np.ndarray:
+    """Each candidate's own level: its key's records per window in the ``n`` windows before, the largest left out.
+
+    ``past`` holds the rows (key, window, count) of those windows. Only the candidates' keys'
+    rows are found (``core.counts.positions``, one pass over the keys), then summed in NumPy: a
+    Polars join of every past row to the candidates was a query a seal, 5 ms while the other
+    worker ran its own (10M lines of default traffic: 0.3 s of 60 seals).
+    """
+    own = np.zeros(len(keys))
+    distinct = list(dict.fromkeys(keys))
+    found, which = positions(past["key"], distinct)
+    if not len(found):
+        return own
+    # Rows ordered by (key, window): each candidate's are one run, found by two binary searches.
+    at = past["window"].to_numpy()[found]
+    base = min(int(windows.min()) - n, int(at.min()))
+    span = max(int(windows.max()), int(at.max())) - base + 1
+    code = which * span + (at - base)
+    order = np.argsort(code, kind="stable")
+    code, count = code[order], past["count"].to_numpy()[found][order]
+    number = {key: i for i, key in enumerate(distinct)}
+    start = np.array([number[key] for key in keys], dtype=np.int64) * span + (windows - base)
+    lo, hi = np.searchsorted(code, start - n), np.searchsorted(code, start)
+    total = np.concatenate([[0], np.cumsum(count)])
+    largest = np.zeros(len(keys), dtype=count.dtype)
+    for step in range(int((hi - lo).max())):  # a run has a row per window at most (n), once folded
+        inside = lo + step < hi
+        largest = np.where(inside, np.maximum(largest, count[np.minimum(lo + step, len(count) - 1)]), largest)
+    seen = hi > lo
+    own[seen] = (total[hi] - total[lo] - largest)[seen] / (n - 1)
+    return own
 
 
 def _totals_at(totals: pl.DataFrame, windows: np.ndarray) -> np.ndarray:

@@ -454,3 +454,25 @@ def test_thinning_keeps_the_rows_kept_keys_names(rule):
         expected = frame.filter(state.kept_keys()) if rule.thin_by in frame.columns and frame.height else frame
         assert thinned[name].equals(expected), name
         assert 0 < thinned[name].height < frame.height or rule.thin_by not in frame.columns or not frame.height
+
+
+@given(st.lists(st.tuples(st.sampled_from(["u1", "u2", "a-much-longer-user-name", "é"]), st.integers(0, 12),
+                          st.integers(1, 500)), max_size=60),
+       st.lists(st.tuples(st.sampled_from(["u1", "u2", "a-much-longer-user-name", "é", "absent"]),
+                          st.integers(0, 14)), min_size=1, max_size=12),
+       st.integers(2, 7))
+@settings(max_examples=150, deadline=None)
+def test_own_levels_are_the_join_of_each_candidate_to_its_key_s_past_windows(rows, candidates, n):
+    # What Frequency.verdicts judges a candidate against, as the Polars join it replaces computed
+    # it: rows of a key may repeat in a window (summed), a candidate's key may have no past.
+    from plugins.frequency import _own_levels
+
+    past = pl.DataFrame(rows, schema={"key": pl.String(), "window": pl.Int64(), "count": pl.Int64()}, orient="row")
+    keys, windows = [key for key, _ in candidates], np.array([window for _, window in candidates], dtype=np.int64)
+    judged = pl.DataFrame({"key": keys, "judged": windows, "at": np.arange(len(keys))})
+    before = (past.join(judged, on="key")
+              .filter((pl.col("window") < pl.col("judged")) & (pl.col("window") >= pl.col("judged") - n))
+              .group_by("at").agg(pl.col("count").sum().alias("sum"), pl.col("count").max().alias("max")))
+    expected = np.zeros(len(keys))
+    expected[before["at"].to_numpy()] = (before["sum"].to_numpy() - before["max"].to_numpy()) / (n - 1)
+    assert _own_levels(past, keys, windows, n).tolist() == pytest.approx(expected.tolist())

@@ -445,3 +445,38 @@ def test_the_rows_of_repeated_hashes_are_the_compiled_ones(draws, spread):
     assert compiled_rows.tolist() == pure_rows.tolist()
     counts = {value: draws.count(value) for value in draws}
     assert compiled_rows.tolist() == [row for row, value in enumerate(draws) if counts[value] > 1]
+
+
+_NAMES = st.one_of(st.sampled_from(["user1", "user12", "", "é" * 7, "PaymentProcessingService"]),
+                   st.text(max_size=30))
+
+
+@given(st.lists(st.one_of(_NAMES, st.none()), max_size=200), st.lists(_NAMES, max_size=12, unique=True))
+@settings(max_examples=200, deadline=None)
+def test_the_positions_of_some_keys_in_a_column_are_the_stand_ins_and_the_plain_ones(column, values):
+    # Keys of every length (inline and not: 12 bytes), nulls (never found), keys not in the column.
+    import numpy as np
+
+    from core.counts import positions
+    from core.fallback import _count as pure_count
+
+    series = pl.Series(column, dtype=pl.String())
+    rows, which = positions(series, values)
+    expected = [(row, values.index(value)) for row, value in enumerate(column) if value is not None and value in values]
+    assert list(zip(rows.tolist(), which.tolist(), strict=True)) == expected
+    table = pure_count.Counts(max(1, len(values)))
+    table.add(pl.Series(values, dtype=pl.String()).__arrow_c_stream__())
+    found = table.positions(series.__arrow_c_stream__())
+    pure_rows, pure_which = (np.frombuffer(part, dtype=np.int64) for part in found)
+    assert (pure_rows.tolist(), pure_which.tolist()) == (rows.tolist(), which.tolist())
+
+
+def test_positions_refuses_values_that_repeat_or_a_purged_table():
+    from core import counts
+
+    with pytest.raises(ValueError, match="distinct"):
+        counts.positions(pl.Series(["a"]), ["a", "a"])
+    table = counts._count.Counts(1)
+    table.add(pl.Series(["a", "a", "b"]).__arrow_c_stream__())  # the second key purges
+    with pytest.raises(ValueError, match="purged"):
+        table.positions(pl.Series(["a"]).__arrow_c_stream__())

@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 #: The version of ``core/_count.c`` this stands in for.
-VERSION = 2
+VERSION = 3
 _MAGIC = b"OMPC"
 _FORMAT_VERSION = 1
 # The compiled table's header: magic, version, approximate, reserved, capacity, offset, total, n.
@@ -84,6 +84,14 @@ class Counts:
         for key, weight in zip(keys, weights, strict=True):
             self.total += weight
             self._add(key, weight)
+
+    def positions(self, stream: object) -> tuple[bytes, bytes]:
+        if self.offset:
+            raise ValueError("positions: the table was purged: its entries are not numbered")
+        numbers = {key: number for number, key in enumerate(self._counts)}
+        found = [(row, numbers[value]) for row, value in enumerate(_values(stream)) if value in numbers]
+        rows = np.array([row for row, _ in found], dtype=np.int64)
+        return rows.tobytes(), np.array([number for _, number in found], dtype=np.int64).tobytes()
 
     def merge(self, other: Counts) -> None:
         if not isinstance(other, Counts):
