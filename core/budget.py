@@ -45,11 +45,12 @@ MIN_CHUNK_BYTES = 256 * 1024
 _M_MMAP_THRESHOLD = -3
 #: glibc ``mallopt`` parameter; free memory beyond this much at the top of a heap is given back.
 _M_TRIM_THRESHOLD = -1
-#: The mmap threshold is this many chunks, so that chunk buffers come from the heap and are reused.
-MMAP_THRESHOLD_CHUNKS = 4
-MIN_MMAP_THRESHOLD = 1024 * 1024
-#: glibc refuses a threshold above this on 64-bit systems (and would keep its default).
-MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
+#: Buffers from this size up are mappings of their own (see ``return_freed_buffers``).
+MMAP_THRESHOLD = 256 * 1024
+#: Free memory at the top of a heap beyond this many chunks (1 to 32 MiB) is given back.
+TRIM_THRESHOLD_CHUNKS = 4
+MIN_TRIM_THRESHOLD = 1024 * 1024
+MAX_TRIM_THRESHOLD = 32 * 1024 * 1024
 #: Past this part of ``limits.memory_mb`` of resident memory, glibc's free heap is given back (see
 #: ``HeapTrimmer``); below it, never, so that short runs pay nothing for it. glibc's free heap is
 #: what grows with a run's length (docs/scaling.md): heavy-tailed traffic, all rules, 1M / 10M
@@ -116,31 +117,30 @@ def rule_state_bytes(memory_mb: int, weights: list[float]) -> list[int]:
 
 
 def return_freed_buffers(chunk_bytes: int) -> bool:
-    """Fix glibc's mmap threshold at ``MMAP_THRESHOLD_CHUNKS`` chunks (1 to 32 MiB).
+    """Fix glibc's mmap threshold at ``MMAP_THRESHOLD`` and its trim threshold at ``TRIM_THRESHOLD_CHUNKS`` chunks.
 
     By default glibc raises its mmap threshold each time a large buffer is freed, up to 32 MiB,
     and stops trimming its heap to match: measured (with the parser of the time) on 10M lines
     with no rule enabled, 526 MB peak RSS by default, 254 MB with the threshold fixed at 1 MiB.
-    A fixed threshold keeps trimming. At 1 MiB every chunk-sized buffer was a fresh mapping whose
-    pages fault in one by one: with the compiled scan, that was a third of the system time. At
-    four chunks, the buffers of a chunk's size are reused from the heap: 10M lines, Tier 1-2
-    rules, 2.2 -> 2.0 s for 8 MB more, and no growth at 30M lines (231 MB; all rules 339 MB).
-    Since then the compiled modules' buffers come from their own mappings (``core/pool.h``); what
-    it still governs are the chunks' bytes the reader reads (a Python bytes each) and NumPy's arrays:
-    at 1 or 4 MiB, 10M lines of cell a took 0.1-0.2 s longer, and cell b's peaks fell 10-14 MB at
-    1M lines and 7-9 MB at 30M (one run each).
+    A fixed threshold keeps trimming. The compiled modules' buffers come from their own mappings
+    (``core/pool.h``) and the chunks' bytes from kept buffers (``core.reader.ChunkBuffers``); what
+    it still governs are NumPy's arrays and Python's larger objects. From 256 KiB up, as in
+    ``core/pool.h``, they are mappings of their own: the seasonal detectors' arrays, made larger
+    at every seal as their history grows, had left the heap in pieces that small objects held,
+    and a long run's peak grew with it (cell b, error spikes alone: 1M lines 150 MB, 30M lines
+    176 MB, against 142 MB at 30M now).
     Returns whether it could be set (not glibc: nothing to do).
     """
     try:
         mallopt = _libc().mallopt
     except (OSError, AttributeError):
         return False
-    threshold = min(MAX_MMAP_THRESHOLD, max(MIN_MMAP_THRESHOLD, MMAP_THRESHOLD_CHUNKS * chunk_bytes))
+    trim = min(MAX_TRIM_THRESHOLD, max(MIN_TRIM_THRESHOLD, TRIM_THRESHOLD_CHUNKS * chunk_bytes))
     # Fixing the mmap threshold leaves the trim threshold at 128 KiB: the heap gave back every
-    # freed megabyte and faulted it in again for the next batch. A threshold's worth of free heap
+    # freed megabyte and faulted it in again for the next batch. A few chunks' worth of free heap
     # is kept (10M lines, all rules: about half the page faults, and 0.1 s, for 10-20 MB of RSS;
     # twice that saved no more time and cost as much RSS again).
-    return bool(mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, threshold))
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, trim))
 
 
 class HeapTrimmer:

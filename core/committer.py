@@ -19,7 +19,7 @@ from collections import deque
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
 
-from core import budget, guard
+from core import budget, guard, reader
 from core.checkpoint import Checkpoint
 from core.guard import PluginHooks
 from core.ledger import Work
@@ -120,6 +120,7 @@ class Committer:
                 self._checkpoint.state.seal(side_by_side=True)  # nothing else is left to run
                 self._unsealed = 0
                 self.announce(self._checkpoint.state)
+        reader.BUFFERS.release()  # every chunk is merged: no buffer is needed until the next pass
         self.trimmer.check()  # before the outputs and the checkpoint are written
         self._raise_error()
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import sys
+import threading
 from collections.abc import Generator, Iterator
 
 from core.parse import Chunk, count_newlines
@@ -19,6 +22,64 @@ MAX_GROWTH = 2.0
 #: (``core.lines``). With a start a chunk only, reading a report's 53 sample lines back out of a
 #: 1 GB file took 40-80 ms, most of the time it took to build the anomalies.
 START_EVERY = 256 * 1024
+#: Chunk buffers kept for reuse (see ``ChunkBuffers``): what is in flight at once with the default
+#: settings (a chunk per worker, one queued, the one being read and the one before it) and one more.
+KEPT_BUFFERS = 6
+
+
+class ChunkBuffers:
+    """The buffers plain files' chunks are read into, kept for the next chunks once nobody holds them.
+
+    A chunk read as a new bytes object was a new buffer of ``chunk_bytes`` each time: from the heap,
+    where it left holes that other buffers filled (a run's peak grew with its length), or a new
+    mapping whose pages all faulted in (a third of the system time). A kept buffer is reused only
+    when this list holds the one reference to it left: whatever still reads a chunk's bytes (a
+    queued chunk, a worker parsing it, a slice being decoded) keeps its buffer out of reuse, so no
+    bytes change under anyone. Buffers beyond ``KEPT_BUFFERS`` in use at once are not kept.
+    """
+
+    def __init__(self, keep: int = KEPT_BUFFERS) -> None:
+        self._keep = keep
+        self._kept: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def read(self, handle: io.FileIO, size: int) -> bytes | bytearray:
+        """``handle.read(size)``: one read, into a kept buffer (or a new bytes object for a short read)."""
+        buffer = self._take(size)
+        got = handle.readinto(buffer) or 0
+        if got == size:
+            return buffer
+        if got <= size // 2:  # a small file or a file's end: a copy costs less than resizing the buffer twice
+            return bytes(memoryview(buffer)[:got])
+        del buffer[got:]  # within its memory: grown back when taken again
+        return buffer
+
+    def release(self) -> None:
+        """Keep no buffer (between runs: they would stay resident); those in use go when their chunks do."""
+        with self._lock:
+            self._kept = []
+
+    def _take(self, size: int) -> bytearray:
+        with self._lock:
+            kept = self._kept
+            for index in range(len(kept)):
+                if sys.getrefcount(kept[index]) == 2:  # the list's reference and this call's: nobody else's
+                    buffer = kept[index]
+                    break
+            else:
+                buffer = bytearray(size)
+                if len(kept) < self._keep:
+                    kept.append(buffer)
+                return buffer
+        if len(buffer) > size:
+            del buffer[size:]
+        elif len(buffer) < size:
+            buffer += bytes(size - len(buffer))
+        return buffer
+
+
+#: The chunk buffers of every reader of this process.
+BUFFERS = ChunkBuffers()
 
 
 class ChunkReader:
@@ -92,7 +153,7 @@ class ChunkReader:
     def _chunks(self, handle: Handle) -> Iterator[Chunk]:
         # Each chunk is one read, handed over whole: the partial line at its end is read again
         # as the start of the next chunk, so no chunk is ever copied.
-        while block := handle.read(self._chunk_size()):
+        while block := self._read(handle, self._chunk_size()):
             cut = block.rfind(b"\n") + 1
             if cut:
                 yield self._whole_lines(block, cut)
@@ -100,6 +161,13 @@ class ChunkReader:
                     handle.seek(self.offset)
             elif not (yield from self._one_line(handle, block)):
                 return
+
+    @staticmethod
+    def _read(handle: Handle, size: int) -> bytes | bytearray:
+        """A chunk's bytes: a plain file's into a kept buffer (``BUFFERS``), any other handle's as it reads them."""
+        if type(handle) is io.FileIO:
+            return BUFFERS.read(handle, size)
+        return handle.read(size)
 
     def _chunk_size(self) -> int:
         """``chunk_bytes``, up to ``MAX_GROWTH`` times as much where the lines read so far are long.
@@ -115,11 +183,12 @@ class ChunkReader:
             return self.chunk_bytes
         return int(self.chunk_bytes * max(1.0, min(MAX_GROWTH, read / lines / NOMINAL_LINE_BYTES)))
 
-    def _one_line(self, handle: Handle, pending: bytes) -> Generator[Chunk, None, bool]:
+    def _one_line(self, handle: Handle, pending: bytes | bytearray) -> Generator[Chunk, None, bool]:
         """Read on to the end of the line that fills all of ``pending``; False at the end of the file.
 
         A line still unfinished past ``max_line_bytes`` is skipped as it is read.
         """
+        pending = bytes(pending)  # grown below: not a kept buffer (a line longer than a chunk is rare)
         while len(pending) <= self.max_line_bytes + 1:  # one byte of slack: a last \r is not content
             more = handle.read(self.chunk_bytes)
             if not more:

@@ -9,7 +9,7 @@ import pytest
 from core import budget
 
 MIB = budget.MIB
-BLOCK = 256 * 1024  # below the mmap threshold: from the heap
+BLOCK = 128 * 1024  # below the mmap threshold (256 KiB): from the heap
 
 pytestmark = pytest.mark.skipif(budget._malloc_trim() is None, reason="not glibc: there is nothing to trim")
 
@@ -20,8 +20,8 @@ def fragmented_heap():
     libc = ctypes.CDLL(None)
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
-    budget.return_freed_buffers(4 * MIB)  # as a pipeline sets it: a 16 MiB mmap threshold
-    blocks = [libc.malloc(BLOCK) for _ in range(800)]
+    budget.return_freed_buffers(4 * MIB)  # as a pipeline sets it
+    blocks = [libc.malloc(BLOCK) for _ in range(1600)]
     assert all(blocks)
     for block in blocks:
         ctypes.memset(block, 1, BLOCK)

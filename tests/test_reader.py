@@ -363,3 +363,37 @@ def test_end_reads_the_file_as_if_it_ended_there(tmp_path, chunk_bytes):
     path.write_bytes(open_tail + b" more\n")
     chunks, _ = read(path, chunk_bytes, end=len(open_tail))
     assert b"".join(c.data[: c.end - c.start] for c in chunks) == open_tail
+
+
+def test_a_kept_chunk_buffer_is_reused_only_once_nobody_holds_its_chunk(tmp_path):
+    # Chunks held (queued, being parsed) keep their buffers: the bytes every held chunk had when
+    # read stay its bytes, however many chunks come after; a chunk let go frees its buffer.
+    from core.reader import BUFFERS
+
+    lines = [f"2025-07-22T12:{i // 60 % 60:02d}:{i % 60:02d}Z INFO PaymentService user{i} line {i}\n"
+             for i in range(6000)]
+    path = tmp_path / "a.log"
+    path.write_text("".join(lines))
+    BUFFERS.release()
+    held, copies, kept = [], [], 0
+    for chunk in ChunkReader(str(path), 4096, 1024):
+        if len(held) < 4:  # hold a few, as a queue and busy workers do
+            held.append(chunk)
+            copies.append(bytes(chunk.data[:chunk.size]))
+        kept += any(chunk.data is buffer for buffer in BUFFERS._kept)
+    assert [bytes(c.data[:c.size]) for c in held] == copies  # not overwritten by the chunks after
+    assert b"".join(copies) == "".join(lines).encode()[:sum(len(c) for c in copies)]
+    assert len(BUFFERS._kept) <= 6 and kept >= 80  # ~93 chunks, all but the last in a kept buffer
+    BUFFERS.release()
+
+
+def test_chunks_read_into_kept_buffers_give_the_file_s_lines(tmp_path):
+    # Full chunks, a shorter last one (resized within its buffer), a small file (a copy), and
+    # every byte seen once, in order, across two readers of the same buffers.
+    for size in (50_000, 81_920, 120, 0):
+        text = "".join(f"line {i} {'x' * (i % 37)}\n" for i in range(size // 10))[:size]
+        path = tmp_path / f"f{size}.log"
+        path.write_text(text)
+        for _ in range(2):
+            chunks = list(ChunkReader(str(path), 8192, 4096))
+            assert b"".join(bytes(c.data[:c.size]) for c in chunks) == text.encode()
