@@ -79,7 +79,7 @@ class Copies(Table):
         # than the rest of the fold), sorted and ranked, and the table keeps its row order (by
         # window, as a batch's is: what a band split reads fastest).
         digests = hashes[rows]
-        files = frame["file"].gather(rows).cast(pl.String).to_numpy()
+        files = frame["file"][rows].cast(pl.String).to_numpy()  # indexing, not gather (a query)
         order = np.lexsort((frame["line"].to_numpy()[rows], files, digests))
         rows, digests = rows[order], digests[order]
         starts = np.flatnonzero(np.r_[True, digests[1:] != digests[:-1]])
@@ -88,12 +88,13 @@ class Copies(Table):
         copies = frame["n"].to_numpy().copy()
         totals = np.add.reduceat(copies[rows].astype(np.int64), starts)
         copies[rows] = np.where(rank == 0, totals[group], 0)
-        frame = frame.with_columns(n=pl.Series(copies, dtype=pl.UInt32))
+        frame = frame.clone()  # the same columns: only "n" is replaced (with_columns is a query)
+        frame.replace_column(frame.get_column_index("n"), pl.Series("n", copies, dtype=pl.UInt32))
         if rank.max() < SAMPLE_LIMIT:  # the usual case: no hash has more copies than are kept
             return frame
         keep = np.ones(frame.height, dtype=bool)
         keep[rows] = rank < SAMPLE_LIMIT
-        return frame.filter(pl.Series(keep))
+        return rows_of(frame, keep)
 
 
 class DuplicateEvent(WindowedDetector):
@@ -265,10 +266,10 @@ class DuplicateEvent(WindowedDetector):
         # A record's copies share its time, so all of them are in the windows judged. Folded, each
         # hash's copies are counted on its first row (see Copies).
         copies = window_rows(data["copies"], lo, hi)
-        repeated = pl.Series(np.flatnonzero(copies["n"].to_numpy() > 1))  # NumPy: no Polars query, nearly always none
+        repeated = np.flatnonzero(copies["n"].to_numpy() > 1)  # NumPy, not a Polars query: nearly always none
         if not len(repeated):
             return []
-        rows = sorted(zip(*(copies[name].gather(repeated).to_list() for name in ("hash", "n", "us", "window")),
+        rows = sorted(zip(*(copies[name].to_numpy()[repeated].tolist() for name in ("hash", "n", "us", "window")),
                           strict=True), key=lambda row: (row[2], row[0]))
         # A repeat of an id-less line on a day with more of them than a verdict tolerates is never
         # reported (``extra_flags``), and the count only grows: it is kept without its locations.
@@ -278,7 +279,7 @@ class DuplicateEvent(WindowedDetector):
                 days[us // _DAY] = days.get(us // _DAY, 0) + 1
         located = [digest for digest, _, us, _ in rows
                    if digest & 1 or not self.ids_only or days[us // _DAY] <= LOOSE_OTHERS + 1]
-        wanted = copies.filter(pl.col("hash").is_in(pl.Series(located, dtype=pl.UInt64()).implode()))
+        wanted = rows_of(copies, np.isin(copies["hash"].to_numpy(), np.array(located, dtype=np.uint64)))
         samples = sample_locations(wanted, ["hash"]) if located else {}
         flags = []
         for digest, n, us, window in rows:
