@@ -161,5 +161,12 @@ class Rule:
         each checkpoint, so that state stays bounded in a long run; ``merge`` never needs to.
         """
 
+    def compact(self) -> None:
+        """Put the state in the form results are read from and checkpoints saved in; optional.
+
+        The engine calls it after the last seal of a pass, with the rules side by side, before
+        the results are read: work the first ``result`` (or the checkpoint) would do anyway.
+        """
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"

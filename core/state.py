@@ -108,7 +108,7 @@ class RunState:
         failed = self.failed_rules()
         rules = [rule for name, rule in self.rules.items() if name not in failed]
         if side_by_side:
-            guard.call_each(self.failures, rules, "seal", path, _seal)
+            guard.call_each(self.failures, rules, "seal", path, _seal_last)
             return
         for rule in rules:
             guard.call_rule(self.failures, rule, "seal", path, _seal, rule)
@@ -128,4 +128,11 @@ class RunState:
 
 def _seal(rule: Rule) -> None:
     rule.seal()
+    rule.note_state_size()
+
+
+def _seal_last(rule: Rule) -> None:
+    """The last seal of a pass: and the state compacted, as results are read from it (``Rule.compact``)."""
+    rule.seal()
+    rule.compact()
     rule.note_state_size()

@@ -514,11 +514,14 @@ class WindowedDetector(Detector):
         """Bytes a subclass keeps outside its tables (none by default)."""
         return 0
 
-    def __getstate__(self) -> dict[str, Any]:
-        # A checkpoint holds one folded table set per band, not the parts it came from.
+    def compact(self) -> None:
+        """Each band's parts folded into one table set, as a checkpoint holds them and results read them."""
         for band in list(self._bands):
             self._fold_band(band)
         self._fold_whole()
+
+    def __getstate__(self) -> dict[str, Any]:
+        self.compact()  # a checkpoint holds one folded table set per band, not the parts it came from
         return self.__dict__
 
     def __setstate__(self, state: dict[str, Any]) -> None:
