@@ -310,24 +310,43 @@ def all_rules_command(path, tmp):
 
 
 def time_flatness(sizes, paths, commands, rounds, tmp):
-    """Every round, each cell's sizes in alternation; return run name -> [(wall, rss)]."""
+    """Every round, each cell's sizes in alternation; return run name -> [(wall, rss)] and run name -> [state MB]."""
     times = {name: [] for name in sizes}
+    states = {name: [] for name in sizes}
     for r in range(rounds):
         for key in dict.fromkeys(name[0] for name in sizes):
             own = {name: commands[name] for name in sizes if name[0] == key}
             for name in own:
                 compare.warm(paths[name])
             compare.run_round(own, tmp, r, times)
-    return times
+            for name in own:
+                states[name].append(rule_state_mb(output_dir(commands[name]) / "summary.json"))
+    return times, states
 
 
-def print_flatness(sizes, paths, times):
+def output_dir(command):
+    """The output folder a runpipeline command line writes to."""
+    return Path(command[command.index("--output-dir") + 1])
+
+
+def rule_state_mb(summary_path):
+    """The rules' state at its largest (summary.json's run.rule_state, each rule's peak_bytes, summed), in MB.
+
+    Each rule's largest state after a seal: their sum bounds what the rules held at once. It
+    says how much of a larger run's peak RSS is state that grew with the input.
+    """
+    rules = json.loads(summary_path.read_text())["run"].get("rule_state", {})
+    return sum(rule.get("peak_bytes", 0) for rule in rules.values()) / 1e6
+
+
+def print_flatness(sizes, paths, times, states):
     """The table of sizes, then each cell's peak RSS spread against the target; return True if all are flat."""
-    print("\n| cell | lines | span | MB | median wall s | peak RSS MB |\n|---|---|---|---|---|---|")
+    print("\n| cell | lines | span | MB | median wall s | peak RSS MB | rule state at its largest, MB |\n"
+          "|---|---|---|---|---|---|---|")
     for name, cell in sizes.items():
         print(f"| {name[0]}: {cell.title} | {cell.lines:,} | {span_text(cell.days)} | "
               f"{paths[name].stat().st_size / 1e6:,.0f} | {statistics.median(w for w, _ in times[name]):.2f} | "
-              f"{max(r for _, r in times[name]):.0f} |")
+              f"{max(r for _, r in times[name]):.0f} | {max(states[name]):.1f} |")
     print()
     flat = True
     for key in dict.fromkeys(name[0] for name in sizes):
@@ -347,9 +366,9 @@ def run_flatness(args, tmp):
     load_before = os.getloadavg()
     print(f"{machine()}; {args.rounds} round(s); scale {args.scale:g}; load average (1, 5, 15 min) before "
           f"{load_text(load_before)}", flush=True)
-    times = time_flatness(sizes, paths, commands, args.rounds, tmp)
+    times, states = time_flatness(sizes, paths, commands, args.rounds, tmp)
     load_after = os.getloadavg()
-    flat = print_flatness(sizes, paths, times)
+    flat = print_flatness(sizes, paths, times, states)
     print(f"machine: {machine()}; load average (1, 5, 15 min) before {load_text(load_before)}, "
           f"after {load_text(load_after)}")
     print(f"every cell within the flatness target: {'MET' if flat else 'NOT MET'}")
