@@ -161,7 +161,7 @@ def prepare(keys, args, tmp):
         trial = Trial(key, cell, path, reference_output(path), tmp / key)
         trial.tmp.mkdir()
         commands = compare.runs(path, trial.tmp)
-        every = dict(zip(compare.RUN_KEYS, commands))
+        every = dict(zip(compare.RUN_KEYS, commands, strict=True))
         trial.names = {k: every[k] for k in ("awk", "tier12", "default")}
         trial.commands = {name: commands[name] for name in trial.names.values()}
         trial.times = {name: [] for name in trial.commands}
@@ -306,7 +306,7 @@ def all_rules_command(path, tmp):
     """The all-default-rules run over one file, writing to tmp."""
     tmp.mkdir()
     commands = compare.runs(path, tmp)
-    return commands[dict(zip(compare.RUN_KEYS, commands))["default"]]
+    return commands[dict(zip(compare.RUN_KEYS, commands, strict=True))["default"]]
 
 
 def time_flatness(sizes, paths, commands, rounds, tmp):
