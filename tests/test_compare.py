@@ -1,4 +1,4 @@
-"""Check bench/compare.py --matrix on a tiny scale: one table with a row per requested cell, and exit 0."""
+"""Check bench/compare.py --matrix and --flatness on a tiny scale: one table each, and exit 0."""
 
 import re
 import subprocess
@@ -7,11 +7,16 @@ import sys
 from tests.conftest import REPO
 
 
-def test_matrix_prints_one_row_per_cell_and_exits_0(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "compare.py"), "--matrix", "--scale", "0.001",
-                           "--rounds", "1", "--cells", "a,g", "--cache-dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120, check=False)
+def compare(tmp_path, *args):
+    """bench/compare.py run with ``args``, one round, its cells cached in tmp_path; it must exit 0."""
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "compare.py"), *args, "--rounds", "1",
+                           "--cache-dir", str(tmp_path)], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc
+
+
+def test_matrix_prints_one_row_per_cell_and_exits_0(tmp_path):
+    proc = compare(tmp_path, "--matrix", "--scale", "0.001", "--cells", "a,g")
     header = [line for line in proc.stdout.splitlines() if line.startswith("| cell |")]
     rows = [line for line in proc.stdout.splitlines() if re.match(r"\| [a-g]: ", line)]
     assert len(header) == 1 and [row[2] for row in rows] == ["a", "g"]
@@ -25,10 +30,7 @@ def test_matrix_prints_one_row_per_cell_and_exits_0(tmp_path):
 
 
 def test_flatness_prints_each_size_with_its_rule_state(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "compare.py"), "--flatness", "--scale", "0.002",
-                           "--rounds", "1", "--cells", "a", "--cache-dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    proc = compare(tmp_path, "--flatness", "--scale", "0.002", "--cells", "a")
     header = [line for line in proc.stdout.splitlines() if line.startswith("| cell |")]
     rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("| a: ")]
     assert len(header) == 1 and "rule state" in header[0] and len(rows) == 3
