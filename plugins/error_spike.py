@@ -40,7 +40,7 @@ class ErrorSpike(SeasonalDetector):
     many_files = True  # samples are placed by each record's file (``plugins.detection.file_column``)
     description = "A burst of failures: a failure rate far above what the same time of day had, and not by chance."
     default_severity = "high"
-    state_version = 3  # 2 had no thinning (records per window, levels)
+    state_version = 4  # 3 kept every array of its judged windows over four weeks; 2 had no thinning
     rate = True
     params_schema = params_schema({
         "statuses": STATUS_LIST,

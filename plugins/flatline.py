@@ -37,7 +37,7 @@ class Flatline(SeasonalDetector):
     many_files = True  # counts per window, no sample locations
     description = "A service whose volume falls far below (or surges far above) what the same time of day had."
     default_severity = "high"
-    state_version = 3  # 2 had no thinning (records per window, levels)
+    state_version = 4  # 3 kept every array of its judged windows over four weeks; 2 had no thinning
     complete_only = True
     params_schema = params_schema({
         "field": {"enum": list(FIELDS)},

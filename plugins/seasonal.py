@@ -50,6 +50,8 @@ TAIL_Z = 1.6449
 SLOW = 6
 #: Residual rows kept per window: daily, weekly, recent, and the slow scale.
 ROWS = 4
+#: Expectations a key keeps: the slow scale's sum at a window reaches back ``SLOW - 1`` windows.
+EXPECTED_KEPT = SLOW - 1
 
 
 class Judged(NamedTuple):
@@ -65,33 +67,39 @@ class Judged(NamedTuple):
 @safestate.register
 @dataclass
 class History:
-    """One key's judged windows, from ``first`` on: counts (and totals, for rates), flags and residuals."""
+    """One key's judged windows, from ``first`` to ``end``: what judging later windows reads of them.
+
+    ``counts`` (and ``totals``, for rates only) and ``flags`` cover every window kept (``Model.keep``,
+    four weeks): the seasonal models' lags reach that far back. Counts are whole numbers, kept as
+    4-byte integers while they fit. ``residuals`` and ``expected`` cover only the last windows, as
+    many as judging reads (``Model.residuals_kept``, ``EXPECTED_KEPT``): the dispersion's week before
+    the day being judged, and the slow scale's sums. At nine days of 10-minute windows that is 22
+    bytes a window instead of the 49 of every array over every window.
+    """
 
     first: int
-    counts: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    totals: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint32))
+    totals: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint32))
     flags: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
-    residuals: np.ndarray = field(default_factory=lambda: np.zeros((ROWS, 0), dtype=np.float32))
-    expected: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the z each window was judged with
+    residuals: np.ndarray = field(default_factory=lambda: np.zeros((ROWS, 0), dtype=np.float32))  # the last windows
+    expected: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the last windows
 
     @property
     def end(self) -> int:
         return self.first + len(self.counts)
 
-    def trim(self, keep: int) -> None:
-        """Keep the last ``keep`` windows."""
-        cut = len(self.counts) - keep
-        if cut > 0:
-            self.first += cut
-            self.counts, self.totals, self.flags = self.counts[cut:], self.totals[cut:], self.flags[cut:]
-            self.residuals, self.expected, self.scores = self.residuals[:, cut:], self.expected[cut:], self.scores[cut:]
-
 
 def history_bytes(history: History) -> int:
     """Bytes of one key's judged history."""
-    arrays = (history.counts, history.totals, history.flags, history.residuals, history.expected, history.scores)
+    arrays = (history.counts, history.totals, history.flags, history.residuals, history.expected)
     return sum(array.nbytes for array in arrays)
+
+
+def _whole(values: np.ndarray) -> np.ndarray:
+    """Counts as 4-byte integers where they fit (they are whole numbers); as they are otherwise."""
+    if not len(values) or (values.max() < 2**32 and values.min() >= 0 and not np.any(values % 1)):
+        return values.astype(np.uint32)
+    return values
 
 
 @safestate.register
@@ -115,6 +123,12 @@ class Model:
         """Windows of history a key keeps: enough for the weekly model and a week of residuals."""
         return WEEKS * 7 * self.day + 2
 
+    @property
+    def residuals_kept(self) -> int:
+        """Windows of residuals a key keeps: a model's dispersion is read over the week before the first
+        window of the day judged, which begins up to a day before the history's end."""
+        return 8 * self.day + 2
+
 
 def deviance_z(observed: np.ndarray, expected: np.ndarray, trials: np.ndarray | None = None) -> np.ndarray:
     """Signed root of the Poisson (or, with ``trials``, binomial) deviance: a z-score for each count."""
@@ -132,89 +146,129 @@ def deviance_z(observed: np.ndarray, expected: np.ndarray, trials: np.ndarray | 
 
 
 def judge(history: History | None, first: int, counts: np.ndarray, totals: np.ndarray, model: Model,
-          *, commit: bool) -> tuple[History, Judged]:
+          *, commit: bool) -> tuple[History | None, Judged]:
     """Judge windows ``first ..`` of one key (``counts``, and ``totals`` for rates) after its ``history``.
 
     Windows are judged a day at a time, so that every seasonal baseline window is already
-    judged (and its flag known) when it is used. With ``commit`` the history is extended in place;
-    otherwise it is left as it was (windows still open are judged again later).
+    judged (and its flag known) when it is used. With ``commit`` the history returned is a new
+    one, with the windows judged; otherwise it is ``history`` as it was (windows still open are
+    judged again later). ``first`` is at the history's end or after it (a gap is zeros).
     """
     return judge_many([(history, first, counts, totals)], model, commit=commit)[0]
 
 
 def judge_many(series: list[tuple[History | None, int, np.ndarray, np.ndarray]], model: Model,
-               *, commit: bool) -> list[tuple[History, Judged]]:
+               *, commit: bool) -> list[tuple[History | None, Judged]]:
     """``judge`` for many keys: ``(history, first, counts, totals)`` each, judged as one per set of alike keys.
 
     Keys whose histories start and end at the same windows (every key a seal judged, usually)
     are stacked and judged in one pass of numpy calls per day rather than one per key: the
     calls, not the arithmetic, are what a key's day costs (~1 ms).
     """
-    works = [_extend(history, first, counts, totals, commit=commit) for history, first, counts, totals in series]
     alike: dict[tuple[int, int, int], list[int]] = {}
-    for i, (work, (_, first, _, _)) in enumerate(zip(works, series, strict=True)):
-        alike.setdefault((work.first, work.end, first), []).append(i)
-    for (work_first, work_end, first), members in alike.items():
-        stack = _Stack.of([works[i] for i in members])
-        start, end, day = first - work_first, work_end - work_first, model.day
+    for i, (history, first, counts, _) in enumerate(series):
+        if history is not None and first < history.end:
+            raise ValueError(f"windows from {first} judged again after a history up to {history.end}")
+        start = history.first if history is not None else first
+        alike.setdefault((start, first, first + len(counts)), []).append(i)
+    found: list[tuple[History | None, Judged]] = [None] * len(series)  # type: ignore[list-item]
+    for (stack_first, first, end), members in alike.items():
+        stack = _Stack.of([series[i] for i in members], stack_first, first, end, model)
+        start, day = first - stack_first, model.day
         lo = start
-        while lo < end:
+        while lo < end - stack_first:
             # A day at a time, from the start of the epoch day: what a window is judged with
             # (flags, residuals) is what was known when its day began, so the verdicts do not
             # depend on where earlier calls stopped (seals may come at any point in a day).
-            known = (work_first + lo) // day * day - work_first
-            hi = min(known + day, end)
+            known = (stack_first + lo) // day * day - stack_first
+            hi = min(known + day, end - stack_first)
             _judge_day(stack, lo, hi, known, model)
             lo = hi
-        stack.write_back([works[i] for i in members], start)
-    found = []
-    for work, (_, first, _, _) in zip(works, series, strict=True):
-        start = first - work.first
-        judged = Judged(first, work.counts[start:], work.expected[start:].copy(), work.scores[start:].copy(),
-                        work.flags[start:].copy())
-        if commit:
-            work.trim(model.keep)
-        found.append((work, judged))
+        for row, i in enumerate(members):
+            found[i] = (stack.history(row, model) if commit else series[i][0], stack.judged(row))
     return found
 
 
 @dataclass
 class _Stack:
-    """The histories of keys with the same windows, one row each (what ``_judge_day`` judges)."""
+    """The histories of keys with the same windows and the windows to judge, one row each (what ``_judge_day`` judges).
+
+    Window ``i`` of ``counts``, ``totals`` and ``flags`` is the ``first + i``-th; ``residuals``,
+    ``expected`` and ``scores`` cover only the windows from ``residuals_from`` and ``expected_from``
+    on (indexes into the others), what judging reads of them and writes.
+    """
 
     first: int
+    judged_from: int  # the first window judged (an index)
     counts: np.ndarray
-    totals: np.ndarray
+    totals: np.ndarray  # (keys, 0) unless the model judges rates
     flags: np.ndarray
-    residuals: np.ndarray  # (keys, ROWS, windows)
+    residuals_from: int
+    residuals: np.ndarray  # (keys, ROWS, windows from residuals_from)
+    expected_from: int
     expected: np.ndarray
-    scores: np.ndarray
+    scores: np.ndarray  # the z each window was judged with, from expected_from
 
     @classmethod
-    def of(cls, works: list[History]) -> _Stack:
-        return cls(works[0].first, *(np.stack([getattr(w, name) for w in works])
-                                     for name in ("counts", "totals", "flags", "residuals", "expected", "scores")))
+    def of(cls, series: list[tuple[History | None, int, np.ndarray, np.ndarray]], stack_first: int, first: int,
+           end: int, model: Model) -> _Stack:
+        keys, size, judged_from = len(series), end - stack_first, first - stack_first
+        residuals_from = max(0, judged_from - model.residuals_kept)
+        expected_from = max(0, judged_from - EXPECTED_KEPT)
+        stack = cls(stack_first, judged_from, np.zeros((keys, size)), np.zeros((keys, size if model.rate else 0)),
+                    np.zeros((keys, size), dtype=bool), residuals_from,
+                    np.full((keys, ROWS, size - residuals_from), np.nan, dtype=np.float32), expected_from,
+                    np.zeros((keys, size - expected_from)), np.zeros((keys, size - expected_from)))
+        for row, (history, _, counts, totals) in enumerate(series):
+            stack.counts[row, judged_from:] = counts
+            if model.rate:
+                stack.totals[row, judged_from:] = totals
+            if history is None:
+                continue
+            kept = history.end - stack_first  # windows of the history; a gap up to ``first`` stays zero
+            stack.counts[row, :kept] = history.counts
+            if model.rate:
+                stack.totals[row, :kept] = history.totals
+            stack.flags[row, :kept] = history.flags
+            for array, since, tail in ((stack.residuals, residuals_from, history.residuals),
+                                       (stack.expected, expected_from, history.expected)):
+                take = min(tail.shape[-1], kept - since)
+                if take > 0:
+                    array[row, ..., kept - since - take:kept - since] = tail[..., tail.shape[-1] - take:]
+        return stack
 
-    def write_back(self, works: list[History], start: int) -> None:
-        """What judging wrote (from window ``start`` on, and the residuals before it stay) back into each history."""
-        for row, work in enumerate(works):
-            work.flags[start:] = self.flags[row, start:]
-            work.residuals[:, start:] = self.residuals[row, :, start:]
-            work.expected[start:] = self.expected[row, start:]
-            work.scores[start:] = self.scores[row, start:]
+    def history(self, row: int, model: Model) -> History:
+        """Row ``row`` as a key's history, its last ``Model.keep`` windows."""
+        size = self.counts.shape[1]
+        cut = max(0, size - model.keep)
+        residuals = self.residuals[row, :, max(0, size - model.residuals_kept - self.residuals_from):]
+        expected = self.expected[row, max(0, size - EXPECTED_KEPT - self.expected_from):]
+        return History(self.first + cut, _whole(self.counts[row, cut:]),
+                       _whole(self.totals[row, cut:]) if model.rate else np.zeros(0, dtype=np.uint32),
+                       self.flags[row, cut:].copy(), residuals.copy(), expected.copy())
+
+    def judged(self, row: int) -> Judged:
+        """What judging found in row ``row``, from the first window judged."""
+        start = self.judged_from - self.expected_from
+        return Judged(self.first + self.judged_from, self.counts[row, self.judged_from:].copy(),
+                      self.expected[row, start:].copy(), self.scores[row, start:].copy(),
+                      self.flags[row, self.judged_from:].copy())
 
 
 def _judge_day(work: _Stack, lo: int, hi: int, known: int, model: Model) -> None:
     """Judge windows ``lo:hi`` of one day (indexes into ``work``); ``known`` is the day's first window."""
     expected, z, residuals, seasonal = _judge_span(work, lo, hi, known, model)
-    work.expected[:, lo:hi] = expected
-    slow = _slow(work, lo, hi, model)
-    work.residuals[:, :3, lo:hi] = residuals
-    work.residuals[:, 3, lo:hi] = slow
+    e_lo, e_hi = lo - work.expected_from, hi - work.expected_from  # the windows in the arrays of the last windows
+    r_lo, r_hi = lo - work.residuals_from, hi - work.residuals_from
+    work.expected[:, e_lo:e_hi] = expected
+    sums, expected_sums = _window_sums(work.counts, lo, hi), _window_sums(work.expected, e_lo, e_hi)
+    slow = _slow(work, lo, hi, sums, expected_sums, model)
+    work.residuals[:, :3, r_lo:r_hi] = residuals
+    work.residuals[:, 3, r_lo:r_hi] = slow
     spread = _dispersion(work, known, 3, model.day)[0]
     slow_z = slow / np.sqrt(np.where(np.isnan(spread), 1.0, spread))[:, None]
     ratio = _ratio(work.counts[:, lo:hi], expected)
-    slow_ratio = _ratio(_window_sums(work.counts, lo, hi), _window_sums(work.expected, lo, hi))
+    slow_ratio = _ratio(sums, expected_sums)
     # The slow scale looks for sustained shortfalls only: a quiet service shows slowly at small
     # counts, while a surge large enough to matter shows in its own window. On it the sum must be
     # surprising, and the window itself as low as a drop must be: a normal window just after an
@@ -227,7 +281,7 @@ def _judge_day(work: _Stack, lo: int, hi: int, known: int, model: Model) -> None
     down = low & (ratio <= 1 / effect)
     work.flags[:, lo:hi] = (up & model.up) | (down & model.down)
     # A window flagged on the slow scale scores what that scale saw.
-    work.scores[:, lo:hi] = np.where((slow_z < 0) & (np.abs(slow_z) > np.abs(z)), slow_z, z)
+    work.scores[:, e_lo:e_hi] = np.where((slow_z < 0) & (np.abs(slow_z) > np.abs(z)), slow_z, z)
 
 
 def _nan_to(values: np.ndarray, value: float) -> np.ndarray:
@@ -240,44 +294,28 @@ def _ratio(observed: np.ndarray, expected: np.ndarray) -> np.ndarray:
 
 
 def _window_sums(values: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """For each window ``lo:hi`` (of each row), the sum of it and the ``SLOW - 1`` before it."""
-    padded = np.concatenate([np.zeros((len(values), SLOW)), _nan_to(values[:, :hi], 0.0)], axis=1)
-    total = np.cumsum(padded, axis=1)
-    ends = np.arange(lo, hi) + SLOW
-    return total[:, ends] - total[:, ends - SLOW]
+    """For each window ``lo:hi`` (of each row), the sum of it and the ``SLOW - 1`` before it (none before 0).
+
+    Summed directly, not as differences of a running total: a sum is the same however long the
+    history before it is.
+    """
+    total = np.zeros((len(values), hi - lo))
+    for back in range(SLOW):
+        since = max(lo - back, 0)
+        part = values[:, since:max(hi - back, 0)]
+        if part.shape[1]:
+            total[:, since + back - lo:] += _nan_to(part, 0.0)
+    return total
 
 
-def _slow(work: _Stack, lo: int, hi: int, model: Model) -> np.ndarray:
-    """The raw z of each window's sum with the ``SLOW - 1`` before it, against the sum of their expectations."""
-    observed, expected = _window_sums(work.counts, lo, hi), _window_sums(work.expected, lo, hi)
+def _slow(work: _Stack, lo: int, hi: int, observed: np.ndarray, expected: np.ndarray, model: Model) -> np.ndarray:
+    """The raw z of each window's sum with the ``SLOW - 1`` before it (``observed``), against the sum of their
+    expectations (``expected``)."""
     if model.rate:
         totals = _window_sums(work.totals, lo, hi)
         rate = np.minimum(np.divide(expected, totals, out=np.zeros(totals.shape), where=totals > 0), 1 - 1e-9)
         return np.where(totals > 0, deviance_z(observed, rate * totals, totals), 0.0)
     return np.where(expected > 0, deviance_z(observed, np.maximum(expected, 0.5)), 0.0)
-
-
-def _extend(history: History | None, first: int, counts: np.ndarray, totals: np.ndarray, *,
-            commit: bool) -> History:
-    """``history`` followed by the new windows (zeros fill any gap), as a new object unless ``commit``."""
-    if history is None:
-        history = History(first)
-    gap = max(0, first - history.end)
-    pad = np.zeros(gap)
-    extended = History(
-        history.first,
-        np.concatenate([history.counts[: first - history.first], pad, counts]),
-        np.concatenate([history.totals[: first - history.first], pad, totals]),
-        np.concatenate([history.flags[: first - history.first], np.zeros(gap + len(counts), dtype=bool)]),
-        np.concatenate([history.residuals[:, : first - history.first],
-                        np.full((ROWS, gap + len(counts)), np.nan, dtype=np.float32)], axis=1),
-        np.concatenate([history.expected[: first - history.first], np.zeros(gap + len(counts))]),
-        np.concatenate([history.scores[: first - history.first], np.zeros(gap + len(counts))]),
-    )
-    if commit:
-        history.__dict__.update(extended.__dict__)
-        return history
-    return extended
 
 
 def _judge_span(work: _Stack, lo: int, hi: int, known: int,
@@ -399,7 +437,8 @@ def _dispersion(work: _Stack, known: int, index: int, day: int) -> tuple[np.ndar
 
     NaN for a row with fewer than ``MIN_RESIDUALS`` residuals there (the model is not used yet).
     """
-    past = work.residuals[:, index, max(0, known - 7 * day):max(0, known)]
+    since = work.residuals_from
+    past = work.residuals[:, index, max(0, known - 7 * day) - since:max(0, known) - since]
     count = np.sum(~np.isnan(past), axis=1)
     middle = sorted_median(np.sort(past, axis=1), count)
     spread = sorted_quantile(np.sort(np.abs(past - middle[:, None]), axis=1), count, TAIL).astype(np.float64) / TAIL_Z

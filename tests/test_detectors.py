@@ -601,3 +601,36 @@ def test_keys_judged_together_get_the_verdicts_each_gets_alone(rate):
     alone = run(False)
     assert any(any(flags) for step in alone[:3] for _, flags, _, _ in step), "something must be flagged"
     assert run(True) == alone
+
+
+@pytest.mark.parametrize("rate", [False, True])
+def test_a_history_keeps_what_judging_reads_and_no_more(rate):
+    # Five weeks of one key judged in one call, or seal by seal at random points with the history
+    # kept in between (its residuals and expectations only for the last windows, its counts as
+    # integers): the same verdicts, bit for bit. And what the key keeps stays bounded by the windows
+    # judging reads, however long it runs.
+    from plugins.seasonal import EXPECTED_KEPT, ROWS, Model, history_bytes, judge
+
+    rng = np.random.default_rng(5)
+    model = Model(600_000_000, rate=rate)
+    day, size = model.day, 37 * model.day
+    totals = rng.poisson(30 * (1.5 + np.sin(np.arange(size) * 2 * np.pi / day))).astype(float)
+    counts = rng.binomial(totals.astype(int), 0.05).astype(float) if rate else totals.copy()
+    counts[rng.integers(0, size, 12)] *= 5
+    counts[20 * day: 20 * day + 30] = 0  # an outage: the slow scale's sums see it
+    _, whole = judge(None, 0, counts, totals, model, commit=True)
+    history, found, lo = None, [], 0
+    for hi in [*sorted(rng.choice(np.arange(1, size), 60, replace=False).tolist()), size]:
+        history, judged = judge(history, lo, counts[lo:hi], totals[lo:hi], model, commit=True)
+        assert judged.first == lo
+        found.append(judged)
+        lo = hi
+    for name in ("flagged", "expected", "z"):
+        assert np.concatenate([getattr(j, name) for j in found]).tolist() == getattr(whole, name).tolist(), name
+    assert whole.flagged.sum() >= 3, "something must be flagged"
+    assert (history.first, history.end) == (size - model.keep, size)
+    assert history.counts.dtype == np.uint32 and len(history.totals) == (model.keep if rate else 0)
+    assert history.residuals.shape == (ROWS, model.residuals_kept) and len(history.expected) == EXPECTED_KEPT
+    assert history_bytes(history) <= model.keep * (9 if rate else 5) + model.residuals_kept * ROWS * 4 + EXPECTED_KEPT * 8
+    with pytest.raises(ValueError, match="judged again"):
+        judge(history, size - 1, counts[-1:], totals[-1:], model, commit=True)
