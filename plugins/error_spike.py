@@ -119,8 +119,7 @@ class ErrorSpike(SeasonalDetector):
             counts = data["counts"]
             overall = counts.group_by("window").agg(pl.col("count", "total").sum(), pl.col("first").min(),
                                                     pl.col("last").max()).with_columns(key=pl.lit(ALL))
-            data = {**data, "counts": pl.concat([counts, overall.select(counts.columns)]),
-                    "samples": pl.concat([data["samples"], data["samples"].with_columns(key=pl.lit(ALL))])}
+            data = {**data, "counts": pl.concat([counts, overall.select(counts.columns)])}
         return super().verdicts(data, lo, hi)
 
     def _groups(self, table: Columns) -> pl.Series:
@@ -144,7 +143,12 @@ class ErrorSpike(SeasonalDetector):
         windows = {(key, window) for key, window, *_ in kept}
         wanted = pl.DataFrame({"key": [k for k, _ in windows], "window": [w for _, w in windows]},
                               schema=_GROUP)
-        samples = sample_locations(data["samples"].join(wanted, on=["key", "window"]), ["key", "window"])
+        located = data["samples"]
+        overall = [window for key, window in windows if key == ALL]
+        if self.overall and overall:  # key ``all``'s samples are every key's, in its flagged windows only
+            everyone = located.filter(pl.col("window").is_in(overall)).with_columns(key=pl.lit(ALL))
+            located = pl.concat([located, everyone])
+        samples = sample_locations(located.join(wanted, on=["key", "window"]), ["key", "window"])
         times = {(k, w): (a, b) for k, w, a, b in
                  data["counts"].join(wanted, on=["key", "window"]).select("key", "window", "first", "last").rows()}
         return [self._flag(row, samples.get(row[:2], []), times.get(row[:2], (None, None))) for row in kept]

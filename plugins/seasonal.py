@@ -95,13 +95,6 @@ def history_bytes(history: History) -> int:
     return sum(array.nbytes for array in arrays)
 
 
-def _whole(values: np.ndarray) -> np.ndarray:
-    """Counts as 4-byte integers where they fit (they are whole numbers); as they are otherwise."""
-    if not len(values) or (values.max() < 2**32 and values.min() >= 0 and not np.any(values % 1)):
-        return values.astype(np.uint32)
-    return values
-
-
 @safestate.register
 @dataclass(frozen=True)
 class Model:
@@ -184,8 +177,9 @@ def judge_many(series: list[tuple[History | None, int, np.ndarray, np.ndarray]],
             hi = min(known + day, end - stack_first)
             _judge_day(stack, lo, hi, known, model)
             lo = hi
-        for row, i in enumerate(members):
-            found[i] = (stack.history(row, model) if commit else series[i][0], stack.judged(row))
+        histories = stack.histories(model) if commit else [series[i][0] for i in members]
+        for row, (i, history) in enumerate(zip(members, histories, strict=True)):
+            found[i] = (history, stack.judged(row))
     return found
 
 
@@ -237,15 +231,23 @@ class _Stack:
                     array[row, ..., kept - since - take:kept - since] = tail[..., tail.shape[-1] - take:]
         return stack
 
-    def history(self, row: int, model: Model) -> History:
-        """Row ``row`` as a key's history, its last ``Model.keep`` windows."""
+    def histories(self, model: Model) -> list[History]:
+        """Each row as a key's history, its last ``Model.keep`` windows.
+
+        Counts are whole numbers (sums of records), kept as 4-byte integers while every count of
+        the stack fits one, as 8-byte floats otherwise.
+        """
         size = self.counts.shape[1]
         cut = max(0, size - model.keep)
-        residuals = self.residuals[row, :, max(0, size - model.residuals_kept - self.residuals_from):]
-        expected = self.expected[row, max(0, size - EXPECTED_KEPT - self.expected_from):]
-        return History(self.first + cut, _whole(self.counts[row, cut:]),
-                       _whole(self.totals[row, cut:]) if model.rate else np.zeros(0, dtype=np.uint32),
-                       self.flags[row, cut:].copy(), residuals.copy(), expected.copy())
+        counts, totals = self.counts[:, cut:], self.totals[:, cut:]
+        whole = np.uint32 if counts.max(initial=0) < 2**32 and totals.max(initial=0) < 2**32 else np.float64
+        residuals = self.residuals[:, :, max(0, size - model.residuals_kept - self.residuals_from):]
+        expected = self.expected[:, max(0, size - EXPECTED_KEPT - self.expected_from):]
+        no_totals = np.zeros(0, dtype=whole)
+        return [History(self.first + cut, counts[row].astype(whole),
+                        totals[row].astype(whole) if model.rate else no_totals,
+                        self.flags[row, cut:].copy(), residuals[row].copy(), expected[row].copy())
+                for row in range(len(counts))]
 
     def judged(self, row: int) -> Judged:
         """What judging found in row ``row``, from the first window judged."""
@@ -524,12 +526,16 @@ class SeasonalDetector(WindowedDetector):
         stop = stop if hi is None else min(hi, stop)
         found: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
         self._stale: set[str] = set()  # keys whose history is too old, on a read (which deletes nothing)
-        # Each key's windows as numpy arrays: one partition per key rather than a tuple per row.
+        # Each key's windows as numpy arrays: the rows sorted by key and cut where it changes (one
+        # Polars query, where partitioning made one per key).
         rows: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         if counts.height:
-            for (key,), part in counts.select("key", "window", "count", "total").partition_by(
-                    "key", as_dict=True, maintain_order=False).items():
-                rows[key] = (part["window"].to_numpy(), part["count"].to_numpy(), part["total"].to_numpy())
+            frame = counts.select("key", "window", "count", "total").sort("key")
+            starts = np.flatnonzero(frame["key"].is_first_distinct().to_numpy())
+            windows, count, total = (frame[name].to_numpy() for name in ("window", "count", "total"))
+            ends = [*starts[1:].tolist(), frame.height]
+            for key, start, end in zip(frame["key"].gather(starts).to_list(), starts.tolist(), ends, strict=True):
+                rows[key] = (windows[start:end], count[start:end], total[start:end])
         # A stray record years before the rest must not make every window since worth judging:
         # nothing older than the history a key keeps can change a verdict.
         floor = stop - self.model.keep

@@ -225,9 +225,15 @@ def test_error_spike_by_service_finds_a_spike_spread_thin_over_every_service_as_
     for index in range(20):
         counts = rng.poisson(np.full(days * DAY_WINDOWS, 40.0))
         parts.append(synthetic(rng, counts, failures=rng.binomial(counts, rate), service=f"Service{index}"))
-    found = run(ErrorSpike("spikes", by="service"), in_time_order(*parts))
+    lines = in_time_order(*parts)
+    found = run(ErrorSpike("spikes", by="service"), lines)
     assert [(a["key"], a["kind"], a["window_start"]) for a in found] == [("all", "spike", at(minute_of_window(start)))]
     assert found[0]["subject"] == {"records": "all", "statuses": ["FAILURE", "ERROR"]}
+    # Its samples are failures of any service, inside the incident.
+    sampled = [lines[int(location.rsplit(":", 1)[1]) - 1].split() for location in locations(found[0])]
+    assert len(sampled) == 5
+    for stamp, status, *_ in sampled:
+        assert status in ("FAILURE", "ERROR") and found[0]["window_start"] <= stamp < found[0]["window_end"]
 
 
 # -- merging: a state split any way gives the same incidents -----------------------------------------
