@@ -73,8 +73,8 @@ class History:
     four weeks): the seasonal models' lags reach that far back. Counts are whole numbers, kept as
     4-byte integers while they fit. ``residuals`` and ``expected`` cover only the last windows, as
     many as judging reads (``Model.residuals_kept``, ``EXPECTED_KEPT``): the dispersion's week before
-    the day being judged, and the slow scale's sums. At nine days of 10-minute windows that is 22
-    bytes a window instead of the 49 of every array over every window.
+    the day being judged, and the slow scale's sums. At nine days of 10-minute windows that is 23
+    bytes a window for rates and 19 for counts, instead of the 49 of every array over every window.
     """
 
     first: int
