@@ -631,6 +631,7 @@ def test_a_history_keeps_what_judging_reads_and_no_more(rate):
     assert (history.first, history.end) == (size - model.keep, size)
     assert history.counts.dtype == np.uint32 and len(history.totals) == (model.keep if rate else 0)
     assert history.residuals.shape == (ROWS, model.residuals_kept) and len(history.expected) == EXPECTED_KEPT
-    assert history_bytes(history) <= model.keep * (9 if rate else 5) + model.residuals_kept * ROWS * 4 + EXPECTED_KEPT * 8
+    bound = model.keep * (9 if rate else 5) + model.residuals_kept * ROWS * 4 + EXPECTED_KEPT * 8
+    assert history_bytes(history) <= bound
     with pytest.raises(ValueError, match="judged again"):
         judge(history, size - 1, counts[-1:], totals[-1:], model, commit=True)
