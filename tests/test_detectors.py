@@ -635,3 +635,21 @@ def test_a_history_keeps_what_judging_reads_and_no_more(rate):
     assert history_bytes(history) <= bound
     with pytest.raises(ValueError, match="judged again"):
         judge(history, size - 1, counts[-1:], totals[-1:], model, commit=True)
+
+
+def test_a_history_keeps_counts_past_four_bytes_exactly():
+    # A window of more than 2^32 records (one key, a flood of lines with one timestamp) must not
+    # wrap: the history keeps such counts as 8-byte floats, and judging on reads them back whole.
+    from plugins.seasonal import Model, judge
+
+    model = Model(600_000_000)
+    counts = np.full(3 * model.day, 1000.0)
+    counts[2 * model.day + 5] = 5_000_000_000.0
+    history, _ = judge(None, 0, counts[: 2 * model.day], counts[: 2 * model.day], model, commit=True)
+    assert history.counts.dtype == np.uint32
+    history, judged = judge(history, 2 * model.day, counts[2 * model.day:], counts[2 * model.day:], model,
+                            commit=True)
+    assert history.counts.dtype == np.float64 and history.counts[-model.day + 5] == 5_000_000_000.0
+    assert judged.flagged[5] and judged.observed[5] == 5_000_000_000.0
+    history, judged = judge(history, 3 * model.day, counts[:10], counts[:10], model, commit=True)
+    assert history.counts[-model.day - 10 + 5] == 5_000_000_000.0 and not judged.flagged.any()
