@@ -167,14 +167,13 @@ def judge_many(series: list[tuple[History | None, int, np.ndarray, np.ndarray]],
     found: list[tuple[History | None, Judged]] = [None] * len(series)  # type: ignore[list-item]
     for (stack_first, first, end), members in alike.items():
         stack = _Stack.of([series[i] for i in members], stack_first, first, end, model)
-        start, day = first - stack_first, model.day
-        lo = start
-        while lo < end - stack_first:
+        lo, stop, day = first - stack_first, end - stack_first, model.day
+        while lo < stop:
             # A day at a time, from the start of the epoch day: what a window is judged with
             # (flags, residuals) is what was known when its day began, so the verdicts do not
             # depend on where earlier calls stopped (seals may come at any point in a day).
             known = (stack_first + lo) // day * day - stack_first
-            hi = min(known + day, end - stack_first)
+            hi = min(known + day, stop)
             _judge_day(stack, lo, hi, known, model)
             lo = hi
         histories = stack.histories(model) if commit else [series[i][0] for i in members]
