@@ -127,9 +127,18 @@ def _walk(folder: Path, recursive: bool, skipped: list[Skipped]) -> list[Path]:
                 found.extend(_walk(path, recursive, skipped))
             elif not entry.name.startswith("."):
                 skipped.append(Skipped(str(path), "is a subfolder (set 'recursive: true' to read subfolders)"))
-        elif entry.is_dir():
+        elif _links_to_folder(entry):
             skipped.append(Skipped(str(path), "is a symlink to a folder, which is never followed"))
         else:
             # A dangling link, a FIFO or a device is reported when it is planned, never opened.
             found.append(path)
     return found
+
+
+def _links_to_folder(entry: os.DirEntry) -> bool:
+    """Whether ``entry`` is a symlink to a folder; False where the link cannot be followed (a loop, a
+    dangling link), so that it is planned like any file, and reported when opening it fails."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False

@@ -522,6 +522,19 @@ def test_symlinked_folder_is_never_followed(workspace):
     assert [f["path"] for f in summary["files"]] == ["a.log"]
 
 
+def test_a_symlink_loop_is_reported_and_the_other_files_are_read(workspace):
+    # Following a loop fails with ELOOP: listing the folder must not stop there, as a dangling link does not.
+    workspace.write("a.log", f"{rec('alice')}\n{rec('bob')}\n")
+    os.symlink("self.log", workspace.data / "self.log")
+    os.symlink("two.log", workspace.data / "one.log")
+    os.symlink("one.log", workspace.data / "two.log")
+    summary = run(workspace, code=3)
+    assert [e["file"] for e in summary["file_errors"]] == ["one.log", "self.log", "two.log"]
+    assert all("Too many levels of symbolic links" in e["error"] for e in summary["file_errors"])
+    assert [f["path"] for f in summary["files"]] == ["a.log"]
+    assert counts(summary) == {"files": 1, "lines": 2, "records": 2, "blank": 0, "malformed": 0}
+
+
 def run_bounded(workspace, code: int) -> dict[str, Any]:
     """``run``, but a run that hangs fails the test after 20 s instead of hanging the suite."""
     try:
