@@ -79,7 +79,8 @@ def discover(
         if (info.st_dev, info.st_ino) in seen:
             skipped.append(Skipped(name, f"same file as {seen[(info.st_dev, info.st_ino)]}"))
             continue
-        seen[(info.st_dev, info.st_ino)] = name
+        if valid_name(name):  # one that is not is refused (``core.run.plan``): another name of it is read
+            seen[(info.st_dev, info.st_ino)] = name
         files.append(DataFile(path, name, choose(name, sources)))
     return files, skipped
 
@@ -142,3 +143,17 @@ def _links_to_folder(entry: os.DirEntry) -> bool:
         return entry.is_dir()
     except OSError:
         return False
+
+
+def valid_name(name: str) -> bool:
+    """Whether a file name is text: no byte that is not UTF-8 (which Python keeps as a lone surrogate)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(name: str) -> str:
+    """A file name as text to show: bytes that are not UTF-8 written as ``\\xff``."""
+    return name if valid_name(name) else os.fsencode(name).decode("utf-8", "backslashreplace")

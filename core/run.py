@@ -19,7 +19,7 @@ from core import checkpoint as checkpoints
 from core import guard, lines
 from core.alerts import Alerts
 from core.checkpoint import Checkpoint
-from core.discover import DataFile, Skipped
+from core.discover import DataFile, Skipped, shown, valid_name
 from core.guard import PluginHooks
 from core.ledger import Work
 from core.output import build_anomalies, build_summary, check_output, state_memory, write_checked
@@ -69,12 +69,14 @@ def plan(files: list[DataFile], checkpoint: Checkpoint, hooks: PluginHooks) -> l
     works = []
     for data_file in files:
         try:
+            if not valid_name(data_file.name):  # names are columns, keys and JSON text: they must be text
+                raise OSError("its name is not valid UTF-8: rename it to have it read")
             work = checkpoint.ledger.plan(data_file.name, data_file.path, data_file.source)
         except OSError as exc:
-            message = f"cannot read {data_file.path}: {exc.strerror or exc}"
-            checkpoint.state.failures.add(Failure("file", data_file.name, "", message))
+            message = f"cannot read {shown(str(data_file.path))}: {exc.strerror or exc}"
+            checkpoint.state.failures.add(Failure("file", shown(data_file.name), "", message))
             log.error("%s", message)
-            hooks.on_error(exc, data_file.name, None)
+            hooks.on_error(exc, shown(data_file.name), None)
             continue
         if work is not None:
             works.append(work)

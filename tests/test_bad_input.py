@@ -535,6 +535,24 @@ def test_a_symlink_loop_is_reported_and_the_other_files_are_read(workspace):
     assert counts(summary) == {"files": 1, "lines": 2, "records": 2, "blank": 0, "malformed": 0}
 
 
+def test_a_file_name_that_is_not_utf8_is_reported_and_its_other_names_are_read(workspace):
+    # Names become columns, ledger keys and JSON text: a name with bytes that are not UTF-8 cannot.
+    workspace.write("a.log", f"{rec('alice')}\n")
+    bad = os.path.join(os.fsencode(workspace.data), b"bad\xff\xfe.log")
+    with open(bad, "wb") as out:
+        out.write(f"{rec('bob')}\n{rec('carol')}\n".encode())
+    os.link(bad, workspace.data / "z.log")  # the same file under a name that can be read
+    summary = run(workspace, code=3)
+    assert summary["file_errors"] == [{
+        "file": "bad\\xff\\xfe.log",
+        "error": f"cannot read {workspace.data}/bad\\xff\\xfe.log: its name is not valid UTF-8: rename it to have it read",
+    }]
+    assert [f["path"] for f in summary["files"]] == ["a.log", "z.log"]
+    assert summary["top_users"] == ["alice", "bob", "carol"]
+    summary = run(workspace, code=3)  # reported again on every run, and nothing counted twice
+    assert summary["totals"]["records"] == 3
+
+
 def run_bounded(workspace, code: int) -> dict[str, Any]:
     """``run``, but a run that hangs fails the test after 20 s instead of hanging the suite."""
     try:
