@@ -103,6 +103,8 @@ class Ledger:
         self.base: tuple[str, str] | None = None
         self._changed: set[str] = set()
         self._departed_changed: set[Identity] = set()
+        #: The names the last ``forget_missing`` found gone, by the identity of their file (not saved).
+        self._left: dict[Identity, str] = {}
 
     def changes(self) -> tuple[dict[str, LedgerEntry | None], dict[Identity, LedgerEntry | None]]:
         """Each entry changed since the base as it is now, by name and by identity; None where removed."""
@@ -187,8 +189,10 @@ class Ledger:
 
     def forget_missing(self, present: set[str]) -> None:
         """Move the files whose names are not in ``present`` (the data folder as listed) to ``departed``."""
+        self._left = {}
         for name in [n for n in self.entries if n not in present]:
             entry = self.entries.pop(name)
+            self._left[(entry.dev, entry.ino)] = name
             self._changed.add(name)
             self._depart(name, entry)
             if self._index is not None and self._index.get((entry.dev, entry.ino)) == name:
@@ -277,13 +281,19 @@ class Ledger:
 
     def _rename(self, old: str | None, new: str, entry: LedgerEntry) -> None:
         """``new`` is the file known as ``old`` (None: a departed file come back): it is counted on."""
-        if old is None:  # a departed file's counts are mixed with its old name's new file's: left there
+        if old is None:
             del self.departed[(entry.dev, entry.ino)]
             self._departed_changed.add((entry.dev, entry.ino))
-            log.info("%s is a file counted before under another name: counting on from byte %d", new, entry.offset)
+            # Gone from its name in this listing (so nothing new is there): renamed. Gone before, its
+            # counts under that name may be mixed with a newer file's there: they are left there.
+            old = self._left.pop((entry.dev, entry.ino), None)
+            if old is None:
+                log.info("%s is a file counted before under another name: counting on from byte %d", new,
+                         entry.offset)
         else:
             del self.entries[old]
             self._changed.add(old)
+        if old is not None:
             self.renamed.append((old, new))
             log.info("%s was renamed to %s: counting on from byte %d", old, new, entry.offset)
         self.entries[new] = entry

@@ -289,10 +289,16 @@ def test_a_renamed_file_that_grew_is_counted_on_from_its_offset(workspace, caplo
     _batch_in_process(workspace, caplog)
     with open(path, "a", encoding="utf-8") as out:
         out.write(log_lines(23, 7))
-    os.rename(path, workspace.data / "app.log.1.log")
+    os.rename(path, workspace.data / "app.log.1.log")  # and nothing new at its old name
     summary = _batch_in_process(workspace, caplog)
+    assert "app.log was renamed to app.log.1.log: counting on from byte" in caplog.text
     assert summary["run"]["lines_read"] == 7
     assert summary["totals"]["lines"] == 57
+    # Its counts moved with it: one file, listed once, under the name it has now.
+    assert [f["path"] for f in summary["files"]] == ["app.log.1.log"]
+    assert summary["totals"]["files"] == 1
+    fresh_summary, _ = fresh_outputs(workspace)
+    assert without_run(summary) == fresh_summary
 
 
 @pytest.mark.parametrize("link", ["hard", "symbolic"])
