@@ -439,6 +439,19 @@ _RESUMES: OrderedDict[Hashable, list[_Resume]] = OrderedDict()
 _RESUME_SPACING: dict[Hashable, int] = {}
 
 
+def _before_damage(inflate: Any, data: bytes, step: int = 512) -> bytes:
+    """What ``inflate`` (a zlib decompressor) makes of ``data`` before it meets the damage in it."""
+    out = []
+    for at in range(0, len(data), step):
+        try:
+            out.append(inflate.decompress(data[at:at + step]))
+        except zlib.error:
+            break
+        if inflate.eof:
+            break
+    return b"".join(out)
+
+
 class GzipStream(ForwardStream):
     """A gzip file's decompressed bytes. Members of a multi-member file follow each other (zero
     padding between them is skipped), as ``gzip -d`` reads them. Seeking forward decompresses up
@@ -522,10 +535,16 @@ class GzipStream(ForwardStream):
                     raise DamagedStream(self.path, "is a truncated gzip stream (it ends before its end marker)")
                 self._ended = True
                 return
+        before = self._inflate.copy()
         try:
             more = self._inflate.decompress(self._input, max(wanted, 64 * 1024))
         except zlib.error as exc:
             what = "is not a gzip file" if not self._input.startswith(b"\x1f\x8b") else "is a corrupt gzip stream"
+            # zlib drops what a call decompressed when it meets the damage: the bytes before it are
+            # decompressed again, a little input at a time, so that their lines are counted.
+            salvaged = _before_damage(before, self._input)
+            self._pending += salvaged
+            self._produced += len(salvaged)
             raise DamagedStream(self.path, f"{what} ({exc})") from None
         self._pending += more
         self._produced += len(more)

@@ -6,7 +6,9 @@ import gzip
 import json
 import logging
 import os
+import random
 import shutil
+import zlib
 
 import pytest
 
@@ -168,6 +170,37 @@ def test_a_corrupt_or_truncated_gzip_file_is_a_file_error_naming_it_and_the_othe
     files = {f["path"]: f["lines"] for f in summary["files"]}
     assert files["good.log"] == 50
     assert 0 < files["cut.log.gz"] < 2000  # its complete lines before the cut, never a cut-off last line
+
+
+def _damaged_midway(whole: bytes) -> tuple[bytes, int]:
+    """``whole`` with 2,000 random bytes in its middle that zlib finds corrupt before the end (not
+    only at the checksum), and the complete lines a decoder fed 512 bytes at a time makes before it."""
+    middle = len(whole) // 2
+    for seed in range(100):
+        damaged = whole[:middle] + random.Random(seed).randbytes(2000) + whole[middle + 2000:]
+        inflate, out = zlib.decompressobj(wbits=31), b""
+        try:
+            for at in range(0, len(damaged), 512):
+                out += inflate.decompress(damaged[at:at + 512])
+        except zlib.error as exc:
+            if "data check" not in str(exc):
+                return damaged, out.count(b"\n")
+    raise AssertionError("no damage found that zlib reports before the checksum")
+
+
+def test_a_gzip_file_damaged_in_the_middle_has_the_lines_before_the_damage_counted(workspace):
+    # zlib drops what one call decompressed when it meets the damage: a small file is one call.
+    text = log_lines(30, 20000)
+    damaged, before = _damaged_midway(gzipped(text))
+    assert 5000 < before < 15000
+    workspace.write("torn.log.gz", damaged)
+    summary = batch(workspace, code=3)
+    [error] = summary["file_errors"]
+    assert "torn.log.gz: is a corrupt gzip stream" in error["error"]
+    assert "the lines before it are counted" in error["error"]
+    totals = summary["totals"]
+    assert before - 100 <= totals["lines"] <= before  # the lines before the damage, within one step of input
+    assert batch(workspace, code=3)["totals"] == totals  # damaged still: reported again, nothing counted twice
 
 
 def test_a_gzip_file_completed_after_a_run_read_it_half_written_is_counted_once(workspace):
