@@ -347,9 +347,17 @@ def _incident_marks(points: list[dict[str, Any]], width: int, incidents: list[di
     marks: list[list[int]] = []
     for point in points:
         start = _instant(point["start"])
-        end = start + timedelta(seconds=width)
+        end = _after(start, width)
         marks.append([i for i, (lo, hi) in spans if lo is not None and lo < end and hi is not None and hi >= start])
     return marks
+
+
+def _after(start: datetime, seconds: int) -> datetime:
+    """``seconds`` after ``start``, or the last instant there is (a point of year 9999, a width of ages)."""
+    try:
+        return start + timedelta(seconds=seconds)
+    except OverflowError:
+        return datetime.max.replace(tzinfo=start.tzinfo)
 
 
 def _span(incident: dict[str, Any]) -> tuple[datetime | None, datetime | None]:

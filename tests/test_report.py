@@ -271,6 +271,15 @@ def test_panels_follow_the_rule_types_whatever_their_keys_and_absent_data_leaves
     assert page.count("<svg") == 2  # the two bar charts, no empty ones
 
 
+def test_a_timeline_point_in_the_last_hour_there_is_still_renders(generated):
+    # A point's end (its start plus the width) is past what a datetime holds: 9999-12-31T23:00 + 1 h.
+    summary, anomalies = generated
+    last = {"start": "9999-12-31T23:00:00Z", "records": 2, "failures": 1}
+    far = {**summary, "timeline": {**summary["timeline"], "points": [*summary["timeline"]["points"], last]}}
+    page = render_report(far, anomalies)
+    assert "9999-12-31" in page
+
+
 def test_a_summary_without_rule_results_or_detectors_still_renders(generated):
     summary, _ = generated
     bare = {k: v for k, v in summary.items() if k not in ("payment_statuses", "top_users", "timeline")}
