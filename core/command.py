@@ -207,16 +207,24 @@ def _run(args: argparse.Namespace, command: str) -> int:
         raise ConfigError([f"--profile: profiles the threads of this process, but executor '{settings.executor}' "
                            "works on the chunks elsewhere; profile a run with --executor threads instead"])
     check_data_dir(settings.data_dir)  # a missing data folder is refused before the output folder is made
+    _check_output_dir(settings)
     # One process per output folder, from before the state is read until after it is last written.
     with StateLock(state_dir(settings), settings.output_dir, command) as lock:
         lock.acquire(wait=args.wait_lock)
         with _graceful_stop() as stop, _serving(settings, args) as server:
             if args.watch:
-                return _watch(settings, pm, rules, args, stop.event, alerts)
+                return _watch(settings, pm, rules, args, stop.event, alerts, lock)
             code = _batch(settings, pm, rules, args, stop, alerts if args.alerts or alerts.batch else None)
             if server is not None and stop.signum is None:
                 stop.event.wait()  # the outputs stay served until Ctrl-C or SIGTERM
             return code
+
+
+def _check_output_dir(settings: Settings) -> None:
+    """Raise ``DataDirError`` where the output folder, or its state folder, is something else than a folder."""
+    for folder, what in ((settings.output_dir, "output folder"), (state_dir(settings), "state folder")):
+        if isinstance(folder, Path) and (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+            raise DataDirError(f"{what} '{folder}' is not a folder; move it away, or choose another output folder")
 
 
 @contextlib.contextmanager
@@ -352,7 +360,7 @@ def _check(settings: Settings, quiet: bool) -> int:
 
 
 def _watch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespace, stop: threading.Event,
-           alerts: AlertConfig | None = None) -> int:
+           alerts: AlertConfig | None = None, lock: StateLock | None = None) -> int:
     from core.reload import ConfigWatch, on_sighup
     from core.watch import WatchLoop
 
@@ -366,7 +374,7 @@ def _watch(settings: Settings, pm: Any, rules: list[Any], args: argparse.Namespa
         server = metrics.serve(args.metrics_port, args.metrics_addr)
     config = ConfigWatch(settings, pm, _overrides(args), check=lambda changed: _check(changed, quiet=True))
     loop = WatchLoop(settings, pm, rules, stop, poll=args.poll, reset=args.reset, alerts=alerts, metrics=metrics,
-                     config=config)
+                     config=config, lock=lock)
     try:
         with on_sighup(config.hup):  # SIGHUP: read the configuration again
             loop.run()

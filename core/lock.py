@@ -37,7 +37,11 @@ class StateLock:
     def acquire(self, *, wait: bool = False) -> None:
         """Take the lock, or raise ``StateLocked`` naming its holder; with ``wait``, wait for it instead."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:  # a symlink put in its place is refused, never followed to overwrite what it points at
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot open the lock file ({exc.strerror}; a symlink or a folder "
+                                     "in its place?)", str(self.path)) from None
         try:
             if not _try_lock(fd):
                 holder = self.holder()
@@ -51,6 +55,29 @@ class StateLock:
             os.close(fd)
             raise
         self._fd = fd
+
+    def keep(self) -> None:
+        """Hold the lock on the file at ``path`` now; raise ``StateLocked`` if another process took it.
+
+        The lock is on a file: if the output folder (or its lock file) is deleted while a watcher
+        holds it, a run started then creates a new one and locks that. A watcher calls this before
+        each commit: the lock file it holds is still there, or it takes the new one, or it stops.
+        """
+        if self._fd is None:
+            return
+        try:
+            at, held = os.stat(self.path, follow_symlinks=False), os.fstat(self._fd)
+            if (at.st_dev, at.st_ino) == (held.st_dev, held.st_ino):
+                return
+        except OSError:
+            pass
+        log.warning("the lock file '%s' was deleted or replaced while this process held it (the output folder "
+                    "deleted?); taking it again", self.path)
+        old, self._fd = self._fd, None
+        try:
+            self.acquire()
+        finally:
+            os.close(old)
 
     def release(self) -> None:
         if self._fd is not None:

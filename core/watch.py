@@ -34,6 +34,7 @@ from core.checkpoint import Checkpoint
 from core.discover import DataFile, discover, wanted
 from core.engine import Pipeline
 from core.guard import PluginHooks
+from core.lock import StateLock
 from core.metrics import Metrics
 from core.metrics import register as register_metrics
 from core.rebuild import rebuild_marked
@@ -163,7 +164,7 @@ class WatchLoop:
     def __init__(self, settings: Settings, pm: pluggy.PluginManager, rules: list[Rule],
                  stop: threading.Event, *, poll: bool = False, reset: bool = False,
                  alerts: AlertConfig | None = None, metrics: Metrics | None = None,
-                 config: ConfigWatch | None = None) -> None:
+                 config: ConfigWatch | None = None, lock: StateLock | None = None) -> None:
         self.settings = settings
         self.pm = pm
         self.rules = rules
@@ -185,6 +186,8 @@ class WatchLoop:
         self._config: Config | None = None  # a new configuration, applied between two pipelines
         self._observer: BaseObserver | None = None
         self.metrics = metrics
+        #: The output folder's lock, kept before each commit (``StateLock.keep``); None: not checked.
+        self.lock = lock
         if metrics is not None:
             register_metrics(pm, metrics)
             self.changes.on_notice = metrics.noticed
@@ -322,6 +325,8 @@ class WatchLoop:
         # A file error describes the latest attempt, as in a batch run: forgotten when the file is tried
         # again. The catch-up tries every file, so it also forgets files gone since (and earlier runs' hooks).
         began = time.perf_counter()
+        if self.lock is not None:
+            self.lock.keep()  # the output folder may have been deleted, and another run started on it
         forget_run_failures(self.checkpoint, None if catch_up else {f.name for f in files})
         present = [f for f in files if not isinstance(f.path, Path) or os.path.lexists(f.path) or _log_gone(f)]
         works = plan(present, self.checkpoint, self.hooks)

@@ -410,6 +410,55 @@ def test_wait_lock_waits_for_the_holder_to_stop_then_runs_and_nothing_is_lost(wo
     assert outputs(workspace.output) == fresh_outputs(workspace)
 
 
+def test_an_output_or_state_folder_that_is_a_file_and_a_symlinked_lock_are_refused_naming_them(workspace, capsys):
+    workspace.write("a.log", log_lines(43, 5))
+    workspace.output.write_text("not a folder\n", encoding="utf-8")
+    assert workspace.main("-q") == 2
+    assert f"output folder '{workspace.output}' is not a folder" in capsys.readouterr().err
+    workspace.output.unlink()
+    (workspace.output).mkdir()
+    (workspace.output / ".state").write_text("not a folder\n", encoding="utf-8")
+    assert workspace.main("-q") == 2
+    assert f"state folder '{workspace.output / '.state'}' is not a folder" in capsys.readouterr().err
+    (workspace.output / ".state").unlink()
+    (workspace.output / ".state").mkdir()
+    target = workspace.root / "precious.txt"
+    target.write_text("keep me\n", encoding="utf-8")
+    (workspace.output / ".state" / "lock").symlink_to(target)
+    assert workspace.main("-q") == 1
+    assert "cannot open the lock file (Too many levels of symbolic links" in capsys.readouterr().err
+    assert target.read_text(encoding="utf-8") == "keep me\n"  # never followed, never written
+
+
+def test_a_watcher_whose_output_folder_was_deleted_takes_the_lock_again_or_stops_if_another_run_has_it(workspace):
+    # The lock is on a file in the output folder: deleted, a run started then made a new one and ran
+    # beside the watcher, both committing to the same folder.
+    workspace.configure("watch: {settle_ms: 200, status_seconds: 30}\n")
+    workspace.write("a.log", log_lines(40, 30))
+    with Watcher(workspace) as watcher:
+        watcher.wait_for_lines(30)
+        shutil.rmtree(workspace.output)
+        workspace.write("b.log", log_lines(41, 20))
+        watcher.wait_for_lines(50)  # nobody else took it: taken again, and every file still counted
+        assert "was deleted or replaced while this process held it" in watcher.log
+        shutil.rmtree(workspace.output)
+        (workspace.output / ".state").mkdir(parents=True)
+        holder = subprocess.Popen(  # another process takes the new lock file and holds it
+            [sys.executable, "-c", "import fcntl, os, sys, time\n"
+             "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\nfcntl.flock(fd, fcntl.LOCK_EX)\n"
+             "print('held', flush=True)\ntime.sleep(60)", str(workspace.output / ".state" / "lock")],
+            stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline() == "held\n"
+            workspace.write("c.log", log_lines(42, 10))
+            assert watcher.proc.wait(timeout=30) == 75
+            assert f"output folder '{workspace.output.resolve()}' is in use by another run" in watcher.log
+            assert "Traceback" not in watcher.log
+        finally:
+            holder.kill()
+            holder.wait(timeout=30)
+
+
 # -- one data folder per output folder --------------------------------------------------------
 
 
