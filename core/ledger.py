@@ -187,6 +187,14 @@ class Ledger:
         return Work(name, path, 0, 1, entry.dev, entry.ino, entry.fingerprint, entry.fingerprint_len,
                     end=entry.offset, source=source)
 
+    def counted_as(self, info: os.stat_result) -> LedgerEntry | None:
+        """The entry of the file with this device and inode, under whatever name it is counted; None if none."""
+        if self._index is None:
+            self._index = {(e.dev, e.ino): n for n, e in self.entries.items()}
+        name = self._index.get((info.st_dev, info.st_ino))
+        entry = self.entries.get(name) if name is not None else None
+        return entry if entry is not None and (entry.dev, entry.ino) == (info.st_dev, info.st_ino) else None
+
     def forget_missing(self, present: set[str]) -> None:
         """Move the files whose names are not in ``present`` (the data folder as listed) to ``departed``."""
         self._left = {}

@@ -158,6 +158,10 @@ def start_observer(settings: Settings, changes: ChangeSet, poll: bool) -> Observ
     return observer
 
 
+#: How often a watcher checks that its data folder is still the folder it watches (a stat).
+FOLLOW_SECONDS = 1.0
+
+
 class WatchLoop:
     """The service: initial catch-up, then one commit per set of ready files until ``stop``."""
 
@@ -185,6 +189,7 @@ class WatchLoop:
         self.config = config
         self._config: Config | None = None  # a new configuration, applied between two pipelines
         self._observer: BaseObserver | None = None
+        self._watched: tuple[int, int] | None = None  # the data folder's device and inode, as the observer watches it
         self.metrics = metrics
         #: The output folder's lock, kept before each commit (``StateLock.keep``); None: not checked.
         self.lock = lock
@@ -206,6 +211,7 @@ class WatchLoop:
             log.info("watching %s (listing it every %d ms)", self.settings.data_dir, self.settings.poll_interval_ms)
         else:
             self._observer = start_observer(self.settings, self.changes, self.poll)
+            self._watched = _identity(self.settings.data_dir)
             log.info("watching %s (%s)", self.settings.data_dir, type(self._observer).__name__)
         if self.alerts is not None:
             self.alerts.start()
@@ -244,7 +250,7 @@ class WatchLoop:
             self._commit(pipeline, files, catch_up=True)  # and write outputs even when idle
         else:
             self._commit(pipeline, [])  # the new configuration's first commit: its rules rebuilt, its outputs
-        next_rescan = time.monotonic()
+        next_rescan = next_follow = time.monotonic()
         while not self.stop.is_set():
             if self.config is not None and (config := self.config.poll()) is not None:
                 self._config = config  # applied between this pipeline and the next
@@ -255,6 +261,10 @@ class WatchLoop:
                 self._commit(pipeline, [DataFile(self.settings.data_dir / n, n, sources.choose(n, self.sources))
                                         for n in names])
             now = time.monotonic()
+            if self._observer is not None and now >= next_follow:
+                next_follow = now + FOLLOW_SECONDS
+                if self._data_folder_replaced():
+                    next_rescan = now  # what the new folder holds, at once
             if now >= next_rescan:
                 self._rescan()
                 next_rescan = now + self._rescan_every()
@@ -303,6 +313,20 @@ class WatchLoop:
         """Whether the data folder is in object storage: no events there, its listing is polled instead."""
         return isinstance(self.settings.data_dir, objectstore.ObjectPath)
 
+    def _data_folder_replaced(self) -> bool:
+        """Whether the data folder is another folder than the one watched (moved away and made again, or a
+        symlink to it pointed elsewhere); if so, the new one is watched from now on."""
+        now = _identity(self.settings.data_dir)
+        if now is None or now == self._watched:  # gone: the rescan says so
+            return False
+        log.warning("the data folder %s was replaced by another folder; watching the new one", self.settings.data_dir)
+        assert self._observer is not None
+        self._observer.stop()
+        self._observer.join(timeout=5)
+        self._observer = start_observer(self.settings, self.changes, self.poll)
+        self._watched = now
+        return True
+
     def _rescan_every(self) -> float:
         return self.settings.poll_interval_ms / 1000 if self.polls_listing else self.settings.rescan_seconds
 
@@ -312,11 +336,16 @@ class WatchLoop:
 
         An object is whole once it is listed (uploads are atomic): it is read at once, not left to settle.
         """
+        ledger, failed = self.checkpoint.ledger, {f.path for f in self.checkpoint.state.failures if f.kind == "file"}
         for data_file in self._all_files():
-            entry = self.checkpoint.ledger.entries.get(data_file.name)
+            entry = ledger.entries.get(data_file.name)
             try:
+                if entry is None and isinstance(data_file.path, Path):  # a link to a file counted under another name
+                    entry = ledger.counted_as(data_file.path.stat())
                 size = data_file.source.size(data_file.path)
             except OSError:
+                if data_file.name not in failed:  # it cannot be read (a link whose file is gone): said once
+                    self.changes.note_name(data_file.name, ready=True)
                 continue
             if entry is None or size != entry.offset:
                 self.changes.note_name(data_file.name, ready=self.polls_listing)
@@ -358,6 +387,17 @@ class WatchLoop:
             len(self.changes), pipeline.in_flight, pipeline.files_done, pipeline.lines_read / elapsed,
             peak_rss_mb(),
         )
+
+
+def _identity(folder: Path | objectstore.ObjectPath) -> tuple[int, int] | None:
+    """A local folder's device and inode (through a symlink to it); None in object storage or when it is gone."""
+    if not isinstance(folder, Path):
+        return None
+    try:
+        info = os.stat(folder)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def _log_gone(data_file: DataFile) -> bool:

@@ -389,6 +389,46 @@ def test_unreadable_files_are_reported_and_the_watcher_goes_on(watched, tmp_path
     assert_same_as_batch(watched, tmp_path)
 
 
+def test_a_link_whose_file_is_deleted_is_reported_once_and_a_link_to_a_counted_file_is_not_read_again(watched):
+    # A rescan saw neither: the link whose target went was passed over (no file error, unlike a
+    # batch run), and a link to a counted file was planned again at every rescan, to no effect.
+    watched.configure("watch: {settle_ms: 200, status_seconds: 30, rescan_seconds: 0.3}\n")
+    watched.write("c.log", log_lines(50, 10))
+    (watched.data / "a-link.log").symlink_to(watched.data / "c.log")  # sorts first: the name it is counted by
+    outside = watched.root / "outside"
+    outside.mkdir()
+    (outside / "x.log").write_text(log_lines(51, 5), encoding="utf-8")
+    (watched.data / "x.log").symlink_to(outside / "x.log")
+    with Watcher(watched) as watcher:
+        watcher.wait_for_lines(15)
+        (outside / "x.log").unlink()
+        summary = watcher.wait_for(lambda: (s := summary_of(watched)) and s["file_errors"] and s,
+                                   "the dangling link's file error")
+        assert summary["file_errors"] == [
+            {"file": "x.log", "error": f"cannot read {watched.data / 'x.log'}: No such file or directory"}]
+        time.sleep(1.5)  # several rescans
+        assert watcher.log.count("cannot read") == 1
+        assert "is the same file as" not in watcher.log
+        assert watcher.stop() == 0
+    assert summary_of(watched)["totals"]["lines"] == 15
+
+
+def test_a_data_folder_replaced_by_another_is_watched_in_its_place(watched):
+    # The native observer watches an inode: a folder moved away and made again went unwatched
+    # (new files were seen only by the rescan, every 30 s by default).
+    watched.write("a.log", log_lines(52, 10))
+    with Watcher(watched) as watcher:
+        watcher.wait_for_lines(10)
+        watched.data.rename(watched.root / "data.old")
+        watched.data.mkdir()
+        watched.write("b.log", log_lines(53, 7))
+        watcher.wait_for_lines(17, timeout=10)  # well within the 30 s rescan
+        assert "was replaced by another folder; watching the new one" in watcher.log
+        watched.write("c.log", log_lines(54, 4))  # and followed by its events from then on
+        watcher.wait_for_lines(21, timeout=10)
+        assert watcher.stop() == 0
+
+
 def test_a_named_pipe_dropped_in_is_reported_and_the_watcher_goes_on_and_stops_on_sigterm(watched, tmp_path):
     # Opening a FIFO for reading waits for a writer: the watcher stopped reading and ignored SIGTERM.
     with Watcher(watched) as watcher:
