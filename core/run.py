@@ -8,6 +8,7 @@ a watcher once per set of ready files.
 
 from __future__ import annotations
 
+import errno
 import logging
 import resource
 import time
@@ -129,6 +130,10 @@ def write_outputs(
     checking = time.perf_counter()
     check_output(anomalies, "anomalies")  # both are checked before either is written
     check_output(summary, "summary")
+    for name in ("anomalies.json", "summary.json"):  # and either can be written: no folder in their place
+        if (settings.output_dir / name).is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder where the output file goes; move it away",
+                                    str(settings.output_dir / name))
     # The other writers (the HTML report) render from the checked documents, before
     # output_seconds is known: their cost counts in it, so they cannot show it.
     written_failed = writers is not None and writers.write(settings.output_dir, summary, anomalies, watching=watching)

@@ -674,6 +674,19 @@ def test_long_malformed_line_sample_is_cut(workspace):
 # -- outputs ---------------------------------------------------------------------------------
 
 
+def test_a_folder_where_an_output_file_goes_is_named_and_no_output_is_written_beside_it(workspace):
+    workspace.write("a.log", f"{rec('alice')}\n")
+    (workspace.output / "summary.json").mkdir(parents=True)
+    result = workspace.run()
+    assert result.returncode == 1
+    assert f"{workspace.output / 'summary.json'}: is a folder where the output file goes" in result.stderr
+    assert "Traceback" not in result.stderr and ".tmp" not in result.stderr
+    assert sorted(p.name for p in workspace.output.iterdir()) == [".state", "summary.json"]  # none that disagree
+    (workspace.output / "summary.json").rmdir()
+    summary = run(workspace)  # the next run writes them, from what was counted
+    assert summary["totals"]["records"] == 1 and summary["run"]["lines_read"] == 0
+
+
 def test_a_mixed_run_matches_the_shipped_schema_and_leaves_no_temp_file(workspace):
     workspace.write("a.log", f"{rec('alice')}\n\nbad\n" + rec("bob", ts="2025-07-22T01:30:00+05:00") + "\n")
     workspace.write("b.log", b"\xff\xfe garbage\n")
