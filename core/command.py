@@ -283,12 +283,7 @@ def _subcommand(argv: list[str]) -> int | None:
 
 
 def _test_rule(args: argparse.Namespace) -> int:
-    sample = Path(args.sample)
-    try:
-        content = sample.read_bytes()
-    except OSError as exc:
-        raise DataDirError(f"--sample: cannot read {sample}: {exc.strerror or exc}") from None
-    outcome = ruletest.run_rule(args.settings, args.rule, {sample.name: content})
+    outcome = ruletest.run_rule(args.settings, args.rule, ruletest.read_sample(args.sample))
     print(json.dumps(outcome.as_dict(), indent=2, ensure_ascii=False) if args.json else ruletest.describe(outcome))
     return EXIT_PARTIAL if outcome.errors else EXIT_OK
 

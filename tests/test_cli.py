@@ -537,11 +537,10 @@ def test_output_dir_that_is_a_file(workspace):
     workspace.write("a.log", RECORDS)
     (workspace.root / "taken").write_text("not a folder\n", encoding="utf-8")
     result = workspace.run("--output-dir", "taken")
-    assert result.returncode == 1
+    assert result.returncode == 2  # a configuration problem: the output folder named is not one
     assert "Traceback" not in result.stderr
     assert "internal error" not in result.stderr
-    assert f"runpipeline: {workspace.root.resolve() / 'taken'}" in result.stderr
-    assert "Not a directory" in result.stderr
+    assert f"runpipeline: output folder '{workspace.root.resolve() / 'taken'}' is not a folder" in result.stderr
     assert (workspace.root / "taken").read_text(encoding="utf-8") == "not a folder\n"
 
 
