@@ -252,6 +252,9 @@ class Ledger:
             if self.departed.get((entry.dev, entry.ino)) == entry:
                 del self.departed[(entry.dev, entry.ino)]
                 self._departed_changed.add((entry.dev, entry.ino))
+                left = self._left.pop((entry.dev, entry.ino), None)
+                if left is not None:  # it left its name in this listing, nothing new is there: its counts move
+                    self.renamed.append((left, name))
             entry = replace(entry, dev=info.st_dev, ino=info.st_ino)
             self.entries[name] = entry
             self._changed.add(name)
