@@ -29,6 +29,9 @@ OVERHEAD = 4096
 #: The fewest keys a table keeps, whatever its bound: a summary this size still finds every key
 #: with more than a few tenths of a per cent of the records.
 MIN_CAPACITY = 1024
+#: The most keys a table can keep (its slots are 32-bit: core/_count.c and its stand-in refuse more).
+#: A bound that would allow more (``limits.memory_mb`` of 64 GB for one rule) keeps this many.
+MAX_CAPACITY = 0xFFFFFFFF // 4
 
 
 @safestate.register
@@ -42,19 +45,20 @@ class KeyCounts:
     """
 
     def __init__(self, capacity: int) -> None:
-        self.table = _count.Counts(max(1, capacity))
+        self.table = _count.Counts(_within(capacity))
 
     @staticmethod
     def capacity_for(max_bytes: int) -> int:
-        """The largest capacity whose table stays within ``max_bytes`` (keys of up to 12 bytes)."""
+        """The largest capacity whose table stays within ``max_bytes`` (keys of up to 12 bytes), at
+        least ``MIN_CAPACITY`` and at most ``MAX_CAPACITY``."""
         max_bytes -= OVERHEAD
         capacity = max(1, max_bytes // BYTES_PER_KEY)
         while True:  # the slots of ``capacity + 1`` keys may leave room for more keys in the same slots
             more = max_bytes // ENTRY_BYTES
             slots = _slots(capacity)
             fits = min(more, (max_bytes - SLOT_BYTES * slots) // ENTRY_BYTES, slots * 3 // 4)
-            if fits <= capacity:
-                return max(MIN_CAPACITY, capacity)
+            if fits <= capacity or capacity >= MAX_CAPACITY:
+                return min(MAX_CAPACITY, max(MIN_CAPACITY, capacity))
             capacity = fits
 
     @property
@@ -85,8 +89,8 @@ class KeyCounts:
 
     def limit(self, capacity: int) -> None:
         """Keep at most ``capacity`` keys from now on (a table holding more turns approximate now)."""
-        if capacity != self.table.capacity:
-            self.table.limit(max(1, capacity))
+        if _within(capacity) != self.table.capacity:
+            self.table.limit(_within(capacity))
 
     def add(self, values: pl.Series) -> None:
         """Count each value once (nulls are skipped)."""
@@ -125,6 +129,11 @@ class KeyCounts:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.table = _count.Counts.from_bytes(state["table"])
+
+
+def _within(capacity: int) -> int:
+    """``capacity`` within what a table can keep: 1 to ``MAX_CAPACITY``."""
+    return min(MAX_CAPACITY, max(1, capacity))
 
 
 def _slots(keys: int) -> int:

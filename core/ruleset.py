@@ -40,7 +40,7 @@ class RuleDef:
 def load_rules(settings: Settings, types: dict[str, type[Rule]]) -> list[Rule]:
     """The enabled rules, in the order ``settings.rules`` lists them; every problem is reported at once."""
     defs, unread, problems = _read_rule_files(settings)
-    checks = {name: SchemaCheck(cls.params_schema, shipped=shipped(cls)) for name, cls in types.items()}
+    checks = {name: SchemaCheck(cls.params_schema, shipped=shipped(cls), written=True) for name, cls in types.items()}
     rules: dict[str, Rule] = {}
     for rule_def in defs.values():
         rule, found_problems = _build(rule_def, types, checks)
@@ -48,11 +48,10 @@ def load_rules(settings: Settings, types: dict[str, type[Rule]]) -> list[Rule]:
         if rule is not None:
             rules[rule.name] = rule
     problems += _check_enabled(settings, defs, unread)
+    problems += _key_problems([defs[name] for name in settings.rules if name in defs], types)
     if problems:
         raise ConfigError(problems)
-    enabled = [rules[name] for name in settings.rules]
-    _check_keys(enabled)
-    return enabled
+    return [rules[name] for name in settings.rules]
 
 
 def _rule_files(settings: Settings) -> tuple[list[Path], list[str]]:
@@ -129,17 +128,18 @@ def _rule_def(source: str, index: int, entry: Any) -> tuple[RuleDef | None, list
         return None, [f"{where}: expected a mapping with 'name' and 'type', got {found(entry)}"]
     name, kind = entry.get("name"), entry.get("type")
     problems = []
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         problems.append(f"{where}: name: expected a name of letters, digits, '-', '_' or '.', got {found(name)}")
     else:
         where = f"{source}: rule '{name}'"
     if not isinstance(kind, str) or not kind:
         problems.append(f"{where}: type: expected a rule type name, got {found(kind)}")
     key = entry.get("key", name.replace("-", "_").replace(".", "_") if isinstance(name, str) else None)
-    if not isinstance(key, str) or not _KEY.match(key) or key in RESERVED_KEYS:
+    if not isinstance(key, str) or not _KEY.fullmatch(key) or key in RESERVED_KEYS:
         problems.append(
             f"{where}: key: expected an identifier that is not one of {', '.join(sorted(RESERVED_KEYS))}, "
-            f"got {found(key)}"
+            f"got {found(key)}; hint: an identifier here is ASCII letters, digits and '_', not starting with a digit "
+            "(the key is a JSON key of the output, easy to reach from jq or code)"
         )
     if problems:
         return None, problems
@@ -194,16 +194,21 @@ def _text(path: Path) -> str:
         return ""
 
 
-def _check_keys(enabled: list[Rule]) -> None:
-    owners: dict[tuple[str, str], str] = {}
+def _key_problems(enabled: list[RuleDef], types: dict[str, type[Rule]]) -> list[str]:
+    """Two enabled rules that would write the same key of the same output (a rule of an unknown type is
+    reported as such)."""
+    owners: dict[tuple[str, str], RuleDef] = {}
     problems = []
-    for rule in enabled:
-        slot = (rule.output, rule.key)
+    for rule_def in enabled:
+        if rule_def.type not in types:
+            continue
+        slot = (types[rule_def.type].output, rule_def.key)
         if slot in owners:
+            first = owners[slot]
             problems.append(
-                f"rule '{rule.name}': key: '{rule.key}' is already written by rule '{owners[slot]}'; "
-                "hint: set a different 'key:' on one of them"
+                f"{rule_def.source}: rule '{rule_def.name}': key: '{rule_def.key}' is already written by rule "
+                f"'{first.name}' ({first.source}); hint: set a different 'key:' on one of them"
             )
-        owners[slot] = rule.name
-    if problems:
-        raise ConfigError(problems)
+        else:
+            owners[slot] = rule_def
+    return problems

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import json
+import math
+import re
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 import jsonschema
+import polars as pl
 from jsonschema.exceptions import ValidationError
 
 _TYPE_NAMES = {
@@ -19,6 +24,55 @@ _TYPE_NAMES = {
     "object": "mapping",
     "null": "nothing",
 }
+#: The longest duration (``format: duration``) a parameter may take, in days: ten years is far
+#: beyond any window, retention or realert period, and keeps every product the detectors make of
+#: one (1,001 windows of history, say) far inside 64-bit microseconds.
+MAX_DURATION_DAYS = 3650
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"([1-9][0-9]*)([smhd])")
+#: The formats parameters are checked for (JSON Schema ``format``); any other format is not checked.
+#: Each check raises ValueError saying what was expected, with why in brackets.
+FORMATS = jsonschema.FormatChecker(formats=())
+
+
+@FORMATS.checks("regex", raises=ValueError)
+def _is_regex(value: object) -> bool:
+    # A regular expression as the engine runs it: Polars' (Rust's regex crate), which has no
+    # look-around or backreferences and a size limit, so Python's ``re`` would pass some it refuses.
+    if isinstance(value, str):
+        try:
+            pl.Series([""], dtype=pl.String).str.contains(value)
+        except pl.exceptions.PolarsError as exc:
+            raise ValueError(f"a regular expression Polars can run ({_regex_problem(str(exc))})") from None
+    return True
+
+
+def _regex_problem(message: str) -> str:
+    """The line of a Polars regex error that says what is wrong (``error: unclosed group``)."""
+    lines = [line.strip() for line in message.splitlines()]
+    said = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    return (said[0] if said else lines[0].removeprefix("regex error: ")).rstrip(".")
+
+
+@FORMATS.checks("instant", raises=ValueError)
+def _is_instant(value: object) -> bool:
+    # The pattern beside the format checks the syntax; this, that the day exists (no 2025-02-30).
+    if isinstance(value, str):
+        try:
+            datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ValueError(f"a date that exists, from year 0001 to 9999 ({exc})") from None
+    return True
+
+
+@FORMATS.checks("duration", raises=ValueError)
+def _is_duration(value: object) -> bool:
+    # The pattern beside the format checks the syntax; this, the length.
+    written = _DURATION.fullmatch(value) if isinstance(value, str) else None
+    longest = MAX_DURATION_DAYS * 86400
+    if written and (len(written[1]) > len(str(longest)) or int(written[1]) * _UNIT_SECONDS[written[2]] > longest):
+        raise ValueError(f"a duration of at most {MAX_DURATION_DAYS}d (ten years)")
+    return True
 
 
 class SchemaCheck:
@@ -28,14 +82,19 @@ class SchemaCheck:
     types): the tests check them against the metaschema, so a start does not (that was a third of
     the time spent building checks, and then 0.19 s of every run's start for the rule types).
     Another plugin's schema is checked the first time it is seen in the process.
+
+    ``written`` marks a check of what a person wrote (settings, rule parameters): there an integer
+    is written without a fraction (``2``, not ``2.0``, which code expecting an int chokes on) and a
+    number is finite (``.nan`` passes every ``minimum``). JSON Schema itself allows both.
     """
 
-    def __init__(self, schema: dict[str, Any], *, shipped: bool = False, lists: tuple[str, ...] = ()) -> None:
+    def __init__(self, schema: dict[str, Any], *, shipped: bool = False, lists: tuple[str, ...] = (),
+                 written: bool = False) -> None:
         cls = jsonschema.validators.validator_for(schema)
         if not shipped:
             _check_schema(cls, schema)
         self.schema = schema
-        self._validator = cls(schema)
+        self._validator = (_as_written(cls) if written else cls)(schema, format_checker=FORMATS)
         #: Top-level lists whose items are checked one by one, and an item already checked (the same
         #: JSON) is not checked again: summary.json lists the same 100 files at every commit of a
         #: watcher, with thousands of samples, and checking them all took most of a commit.
@@ -47,7 +106,8 @@ class SchemaCheck:
         lists = {name: instance[name] for name in self._lists
                  if isinstance(instance, dict) and isinstance(instance.get(name), list)}
         rest = {**instance, **{name: [] for name in lists}} if lists else instance
-        errors = [(list(map(str, e.absolute_path)), describe(e)) for e in _leaves(self._validator.iter_errors(rest))]
+        leaves = _once(_leaves(self._validator.iter_errors(rest)))
+        errors = [(list(map(str, e.absolute_path)), describe(e)) for e in leaves]
         for name, items in lists.items():
             errors += self._lists[name].problems(name, items)
         return [problem for _, problem in sorted(errors, key=lambda pair: pair[0])]
@@ -81,6 +141,39 @@ class ListCheck:
         return found
 
 
+#: Whole numbers a person may write: what a 64-bit integer holds, as Polars and the compiled modules take them.
+_INT64 = range(-(2**63), 2**63)
+
+
+@functools.cache
+def _as_written(cls: Any) -> Any:
+    """``cls`` with integers that are ints (not 2.0) of 64 bits, and numbers that are finite (not nan or inf)."""
+    types = cls.TYPE_CHECKER
+    return jsonschema.validators.extend(cls, type_checker=types.redefine_many({
+        "integer": lambda _, value: isinstance(value, int) and types.is_type(value, "integer") and value in _INT64,
+        "number": lambda _, value: types.is_type(value, "number") and _finite(value),
+    }))
+
+
+def _finite(value: float) -> bool:
+    return value in _INT64 if isinstance(value, int) else math.isfinite(value)
+
+
+#: Of a value's errors, only those of the lowest rank are reported: a value that is not a number
+#: is not also below the minimum, a duration that is no duration is not also too long.
+_RANK = {"type": 0, "format": 2}
+
+
+def _once(errors: Iterable[ValidationError]) -> list[ValidationError]:
+    """The errors, less those a more basic error on the same value makes moot (see ``_RANK``)."""
+    errors = list(errors)
+    best: dict[tuple[Any, ...], int] = {}
+    for error in errors:
+        path = tuple(error.absolute_path)
+        best[path] = min(best.get(path, 2), _RANK.get(error.validator, 1))
+    return [e for e in errors if _RANK.get(e.validator, 1) == best[tuple(e.absolute_path)]]
+
+
 _CHECKED: set[str] = set()
 
 
@@ -93,10 +186,13 @@ def _check_schema(cls: Any, schema: dict[str, Any]) -> None:
 
 
 def _leaves(errors: Iterable[ValidationError]) -> Iterable[ValidationError]:
-    # anyOf/oneOf errors say little; their best sub-error says what is wrong.
+    # anyOf/oneOf errors say little; their best sub-error says what is wrong. A branch the value is
+    # not even the type of says the least: a duration that is too long is not "expected nothing".
     for error in errors:
         if error.context:
-            yield jsonschema.exceptions.best_match(error.context)
+            depth = len(error.absolute_path)
+            fitting = [e for e in error.context if e.validator != "type" or len(e.absolute_path) != depth]
+            yield jsonschema.exceptions.best_match(fitting or error.context)
         else:
             yield error
 
@@ -110,7 +206,7 @@ def field_path(parts: Iterable[Any]) -> str:
 
 
 def describe(error: ValidationError, path: Iterable[Any] | None = None) -> str:
-    """One sentence for one schema violation, prefixed with its field path (``path``, or the error's) when there is one."""
+    """One sentence for one schema violation, prefixed with its field path (``path``, or the error's) if it has one."""
     where = field_path(error.absolute_path if path is None else path)
     what = _what(error)
     return f"{where}: {what}" if where else what
@@ -125,6 +221,15 @@ def _what(error: ValidationError) -> str:
         return _unknown_keys(error)
     if kind in {"minItems", "maxItems", "uniqueItems"}:
         return f"{error.message}"
+    if kind == "format" and error.cause is not None:
+        return f"expected {error.cause}, got {found(error.instance)}"
+    if kind == "type" and isinstance(error.instance, float):
+        if not math.isfinite(error.instance):
+            return f"expected a finite {expected(error.schema)}, got {found(error.instance)}"
+        if error.instance.is_integer():
+            return f"expected {expected(error.schema)}, written without a decimal point, got {found(error.instance)}"
+    if kind == "type" and isinstance(error.instance, int) and error.instance not in _INT64:
+        return f"expected {expected(error.schema)} that fits in 64 bits (-2**63 to 2**63 - 1), got {error.instance}"
     return f"expected {expected(error.schema)}, got {found(error.instance)}"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from core import Rule
-from core.counts import KeyCounts
+from core.counts import MAX_CAPACITY, KeyCounts
 from core.rules import WITHOUT_MESSAGE
 
 #: Fields of a record that counting rules may group by.
@@ -13,8 +13,9 @@ FIELDS = ("status", "service", "user")
 #: A rule's share of the state memory, relative to other rules (see ``Rule.state_weight``): users
 #: and services can number millions; statuses are a handful.
 FIELD_WEIGHTS = {"status": 1, "service": 10, "user": 10}
-#: The capacity of a table before the engine sets a bound: every value is counted exactly.
-UNBOUNDED = 2**30 - 1
+#: The capacity of a table before the engine sets a bound: every value is counted exactly (as far
+#: as a table can count).
+UNBOUNDED = MAX_CAPACITY
 
 
 class FieldCounts(Rule):

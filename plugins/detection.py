@@ -33,13 +33,15 @@ _US = 1_000_000
 
 #: A duration: a whole number followed by its unit, s, m, h or d (``90s``, ``10m``, ``1d``). A bare
 #: number is refused: ``timeframe: 10`` meant ten seconds to the engine and, as often, ten minutes
-#: to whoever wrote it.
-DURATION = {"type": "string", "pattern": r"^[1-9][0-9]*[smhd]$",
+#: to whoever wrote it. The format bounds it (``core.validation.MAX_DURATION_DAYS``).
+DURATION = {"type": "string", "pattern": r"^[1-9][0-9]*[smhd]$", "format": "duration",
             "title": "a duration: a whole number and its unit, s, m, h or d (90s, 10m, 1h, 1d)"}
-#: A UTC instant or a date, as written in ISO 8601 (``2000-01-01``, ``2025-07-21T09:00:00Z``).
+#: A UTC instant or a date, as written in ISO 8601 (``2000-01-01``, ``2025-07-21T09:00:00Z``); the
+#: format checks that it exists (no 2025-02-30, no year 0).
 INSTANT = {
     "type": "string",
     "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2}))?$",
+    "format": "instant",
 }
 STATUS_LIST = {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"type": "string", "minLength": 1}}
 
@@ -109,11 +111,20 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+#: The first and last instants ``iso`` can write (years 0001 to 9999, Python's), in microseconds since the epoch.
+_FIRST_US = (datetime.min.replace(tzinfo=timezone.utc) - EPOCH) // timedelta(microseconds=1)
+_LAST_US = (datetime.max.replace(tzinfo=timezone.utc) - EPOCH) // timedelta(microseconds=1)
+
+
 def iso(us: int | None) -> str | None:
-    """Microseconds since the epoch as ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` (the anomalies.json form)."""
+    """Microseconds since the epoch as ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` (the anomalies.json form).
+
+    An instant before year 1 is written as year 1's first, one after 9999 as its last: a wide window
+    or a long history behind the watermark (1,000 windows of a year) can reach that far.
+    """
     if us is None:
         return None
-    moment = EPOCH + timedelta(microseconds=us)
+    moment = EPOCH + timedelta(microseconds=min(max(us, _FIRST_US), _LAST_US))
     text = (
         f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
         f"T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"

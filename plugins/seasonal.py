@@ -496,7 +496,8 @@ class SeasonalDetector(WindowedDetector):
     judged_at_once: ClassVar[int] = 8
 
     def init_model(self, z: float, ratio: float, up: bool, down: bool, min_score: float, max_gap: int) -> None:
-        self.model = Model(self.width, z=z, ratio=ratio, rate=self.rate, up=up, down=down)
+        # As floats: a whole ``ratio: 5`` is an int, and its square, past 64 bits, stops NumPy.
+        self.model = Model(self.width, z=float(z), ratio=float(ratio), rate=self.rate, up=up, down=down)
         # Windows are closed (and judged) a quarter of a day at a time: judging costs per call, not
         # per window, and a seal comes every few windows. Verdicts do not depend on where seals
         # fall (see ``judge``), so this changes only when, never what.

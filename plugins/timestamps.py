@@ -83,6 +83,7 @@ class TimestampCheck(Detector):
         max_lateness: int | str | None = None,
         now: str | None = None,
         severity: str | None = None,
+        **incident_params: Any,  # max_incidents, min_severity, realert: read by ``publish``
     ) -> None:
         self.max_future = duration_us(max_future)
         self.min_time = instant_us(min_time)

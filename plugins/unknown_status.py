@@ -34,7 +34,7 @@ class UnknownStatus(Detector):
     state_version = 2  # 1 kept Polars tables
 
     def setup(self, allowed: tuple[str, ...] | list[str] = STATUSES, max_statuses: int = 100,
-              severity: str = "medium") -> None:
+              severity: str = "medium", **incident_params: Any) -> None:  # see ``Detector.publish``
         self.allowed = list(allowed)
         self.max_statuses = max_statuses
         #: status -> (count, first time, last time), in microseconds
