@@ -84,7 +84,7 @@ def _test_file(workspace, content: str | bytes):
     ("expect: {incidents: [BOGUS]}", "expect.incidents[0]: expected mapping, got 'BOGUS'"),
     ("expect: {incidents: {key: X}}", "expect.incidents: expected list, got {'key': 'X'}"),
     ("background: {days: x}, expect: {output: {}}", "background.days: expected number > 0 <= 366, got 'x'"),
-    ("background: {days: .nan}, expect: {output: {}}", "background.days: expected a finite number, got nan"),
+    ("background: {days: .nan}, expect: {output: {}}", "background.days: expected a finite number > 0 <= 366, got nan"),
     ("background: {seed: abc}, expect: {output: {}}", "background.seed: expected integer, got 'abc'"),
     ("background: {start: yesterday}, expect: {output: {}}",
      "background.start: expected an ISO 8601 date or time such as 2025-07-21 or 2025-07-21T14:00:00Z, got 'yesterday'"),
