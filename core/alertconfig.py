@@ -30,12 +30,13 @@ SEVERITIES = ("low", "medium", "high", "critical")
 NO_DATA_RULE = "no-data"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 #: A duration as rule files write it: a whole number and its unit (``90s``, ``10m``, ``1h``, ``1d``).
-DURATION = {"type": "string", "pattern": r"^[1-9][0-9]*[smhd]$",
+DURATION = {"type": "string", "pattern": r"^[1-9][0-9]*[smhd]$", "format": "duration",  # at most ten years
             "title": "a duration: a whole number and its unit, s, m, h or d (90s, 10m, 1h, 1d)"}
 INSTANT = {
     "type": "string",
     "pattern": (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
                 r"(T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?$"),
+    "format": "instant",  # a day that exists
     "title": "a UTC date or time in ISO 8601 (2026-12-31 or 2026-12-31T18:00:00Z)",
 }
 _NAME = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",

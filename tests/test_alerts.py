@@ -180,6 +180,18 @@ def test_check_reports_a_wrong_alerts_block_in_settings(workspace, capsys):
     assert "settings.yaml: alerts.silences[0].until: expected a UTC date or time in ISO 8601" in err
 
 
+def test_check_bounds_the_alerts_block_s_durations_and_dates(workspace, capsys):
+    # A duration of ages overflowed the clock arithmetic; a date that does not exist passed the pattern.
+    plant(workspace, """\
+        no_data_after: 99999999999999d
+        silences: [{rule: refunds, until: 2026-02-30}]
+        """)
+    assert workspace.main("--check") == 2
+    err = capsys.readouterr().err
+    assert "settings.yaml: alerts.no_data_after: expected a duration of at most 3650d (ten years)" in err
+    assert "settings.yaml: alerts.silences[0].until: expected a date that exists" in err
+
+
 def test_a_valid_alerts_block_passes_check(workspace, receiver, capsys, monkeypatch):
     monkeypatch.setenv("OMP_TEST_TOKEN", "Bearer t0ken")
     plant(workspace, f"""\
