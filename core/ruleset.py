@@ -15,7 +15,7 @@ from core.errors import ConfigError
 from core.plugins import shipped
 from core.rules import Rule
 from core.settings import Settings
-from core.validation import SchemaCheck, found
+from core.validation import SchemaCheck, found, load_yaml
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -106,7 +106,7 @@ def _read_rule_files(settings: Settings) -> tuple[dict[str, RuleDef], list[Path]
 
 def _entries(path: Path, source: str) -> tuple[list[Any], list[str]]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         return [], [f"{source}: cannot read rule file: {exc}"]
     except yaml.YAMLError as exc:

@@ -51,7 +51,7 @@ from core.runner import RunReport, run_batch
 from core.settings import SCHEMA as SETTINGS_SCHEMA
 from core.settings import load_settings
 from core.sources import open_regular
-from core.validation import SchemaCheck
+from core.validation import SchemaCheck, load_yaml
 
 #: Where ``runpipeline test`` looks for rule tests, relative to the settings file's folder.
 DEFAULT_TESTS = "tests/rules/*.yaml"
@@ -98,16 +98,6 @@ TEST_SCHEMA: dict[str, Any] = {
     },
 }
 _CHECK = SchemaCheck(TEST_SCHEMA, shipped=True, written=True)  # finite numbers, whole integers
-
-
-class _TestLoader(yaml.SafeLoader):
-    """``yaml.safe_load``, but a date or a time stays the text written: found values are JSON, so text too."""
-
-
-_TestLoader.yaml_implicit_resolvers = {
-    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
 
 
 def _seconds(text: str) -> int:
@@ -282,7 +272,7 @@ def _read_tests(path: Path) -> tuple[list[Any], list[str]]:
     try:
         with open_regular(path) as handle:  # a FIFO named by mistake is refused, not waited on
             text = handle.read().decode("utf-8")
-        entries = yaml.load(text, Loader=_TestLoader)  # a SafeLoader
+        entries = load_yaml(text)  # a date stays text: found values are JSON, so text too
     except FileNotFoundError:
         return [], [f"{path}: test file not found"]
     except OSError as exc:

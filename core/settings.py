@@ -16,7 +16,7 @@ from core import budget, redact
 from core.alertconfig import BLOCK_SCHEMA as ALERTS_SCHEMA
 from core.errors import ConfigError
 from core.objectstore import ObjectPath, is_url
-from core.validation import SchemaCheck
+from core.validation import SchemaCheck, load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def _read_yaml(source: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{source}: cannot read settings file: {exc}"]) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"{source}: not valid YAML: {_yaml_problem(exc)}"]) from None
     if raw is None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import jsonschema
 import polars as pl
+import yaml
 from jsonschema.exceptions import ValidationError
 
 _TYPE_NAMES = {
@@ -73,6 +74,24 @@ def _is_duration(value: object) -> bool:
     if written and (len(written[1]) > len(str(longest)) or int(written[1]) * _UNIT_SECONDS[written[2]] > longest):
         raise ValueError(f"a duration of at most {MAX_DURATION_DAYS}d (ten years)")
     return True
+
+
+class _TextDates(yaml.SafeLoader):
+    """``yaml.safe_load``, but a date or a time stays the text written (see ``load_yaml``)."""
+
+
+_TextDates.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def load_yaml(text: str) -> Any:
+    """What a person wrote in YAML (settings, rule files, rule tests), safely: a date or a time stays
+    the text written. The schemas take dates as text (``format: instant``), and YAML's own dates
+    would turn ``min_time: 2025-07-21`` into a date object they refuse, and ``2025-02-30`` into
+    an error that names no field."""
+    return yaml.load(text, Loader=_TextDates)  # a SafeLoader
 
 
 class SchemaCheck:

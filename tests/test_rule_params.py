@@ -134,10 +134,22 @@ def test_the_longest_durations_run(workspace, capsys, rule):
     ("type: error_spike", "min_time", "2025-13-01", "month must be in 1..12"),
     ("type: timestamp", "now", "2025-07-22T24:00:00Z", "hour must be in 0..23"),
 ])
-def test_a_date_that_does_not_exist_is_refused_naming_its_field(workspace, capsys, rule, field, value, why):
-    rule_file(workspace, f"{rule}, {field}: '{value}'")
+@pytest.mark.parametrize("quote", ["'", ""])  # unquoted, YAML itself reads a date (and raised on 2025-02-30)
+def test_a_date_that_does_not_exist_is_refused_naming_its_field(workspace, capsys, rule, field, value, why, quote):
+    rule_file(workspace, f"{rule}, {field}: {quote}{value}{quote}")
     refused(workspace, capsys, f"rules/params.yaml: rule 'p': {field}: expected a date that exists, from year 0001 "
                                f"to 9999 ({why}), got '{value}'")
+
+
+def test_a_date_written_without_quotes_is_taken_as_written(workspace, capsys):
+    # YAML turns an unquoted 2025-07-22 into a date object, which the schema refused as not text.
+    workspace.write("a.log", RECORDS)
+    rule_file(workspace, "type: timestamp, min_time: 2025-07-22, now: 2025-07-23T00:00:00Z")
+    summary = ran_cleanly(workspace, capsys)
+    flagged = [a for a in json.loads((workspace.output / "anomalies.json").read_text())["anomalies"]
+               if a["rule"] == "p"]
+    assert flagged and all(a["first_seen"] < "2025-07-22" for a in flagged)  # the first day's records, before min_time
+    assert summary["totals"]["records"] == RECORDS.count("\n")
 
 
 @pytest.mark.parametrize("memory_mb", [64000, 200000, 1024**3])
