@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 
 #: Entries each list in summary.json's ``alerts`` section shows at most (it stays the same size).
 LISTED = 100
+#: A send may take its destination's ``timeout`` and this much more (a message built, a connection closed).
+SEND_GRACE = 2.0
+#: How long a stopping watcher waits for a send in flight; one still going stays queued, sent again at the next start.
+CLOSE_SECONDS = 3.0
 
 
 def iso(moment: float | None) -> str | None:
@@ -126,6 +130,8 @@ class Alerts:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: The thread of each destination's last send (``deliver``), while it may still run.
+        self._sending: dict[str, threading.Thread] = {}
         self._summary: dict[str, Any] | None = None
         self._unreported = False  # delivered or failed since summary.json was last written
         self._uncommitted = False  # ... since the state was last put in the checkpoint
@@ -243,28 +249,39 @@ class Alerts:
     # -- delivery ------------------------------------------------------------------------------
 
     def deliver(self, *, force: bool = False) -> None:
-        """Send each destination what is due for it (all that is queued, with ``force``) as one message."""
+        """Send each destination what is due for it (all that is queued, with ``force``) as one message.
+
+        The destinations are sent to at once, each in a thread of its own, and each send has until
+        its destination's ``timeout`` (and ``SEND_GRACE``) to end: one that sends slowly, a byte at a
+        time, or never answers fails then, without holding up the others. A send given up on is left
+        to end in its thread; its destination gets no other send until it has.
+        """
         now = time.time()
         with self._lock:
             due = {d.name: [e for e in self.state.outbox if e["destination"] == d.name
                             and (force or e["next_try"] <= now)] for d in self.config.destinations}
-        for destination in self.config.destinations:
-            if due[destination.name]:
-                self._send(destination, due[destination.name])
+        sends = [self._send(destination, due[destination.name]) for destination in self.config.destinations
+                 if due[destination.name] and not self._still_sending(destination.name)]
+        for send in sends:
+            send.finish()
 
-    def _send(self, destination: Destination, entries: list[dict[str, Any]]) -> None:
+    def _still_sending(self, name: str) -> bool:
+        thread = self._sending.get(name)
+        if thread is not None and thread.is_alive():
+            return True
+        self._sending.pop(name, None)
+        return False
+
+    def _send(self, destination: Destination, entries: list[dict[str, Any]]) -> _Send:
         entries = sorted(entries, key=_rank)
         shown, over = entries[: destination.max_per_message], entries[destination.max_per_message:]
         message = Message(destination.name, tuple(e["incident"] for e in shown),
                           tuple({"id": e["id"], "rule": e["incident"].get("rule"), "severity":
                                  e["incident"].get("severity"), "event": e["event"]} for e in over),
                           iso(time.time()) or "")
-        try:
-            destination.alerter.send(message)
-        except Exception as exc:  # any failure of a destination: retried, never lost
-            self._failed(destination, entries, f"{type(exc).__name__}: {exc}")
-            return
-        self._delivered(destination, entries, over)
+        send = _Send(self, destination, entries, over, message)
+        self._sending[destination.name] = send.thread
+        return send
 
     def _delivered(self, destination: Destination, entries: list[dict[str, Any]],
                    over: list[dict[str, Any]]) -> None:
@@ -345,12 +362,12 @@ class Alerts:
             self._wake.clear()
 
     def close(self) -> None:
-        """Stop the thread once a send in flight ends (at most the slowest destination's timeout)."""
+        """Stop the thread once a send in flight ends, waiting ``CLOSE_SECONDS`` at most."""
         if self._thread is None:
             return
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=max((d.alerter.timeout for d in self.config.destinations), default=0) + 1)
+        self._thread.join(timeout=CLOSE_SECONDS)
         if self._thread.is_alive():
             log.warning("alerts: a send still in flight at shutdown; it stays queued and is sent again at the "
                         "next start")
@@ -413,6 +430,36 @@ class Alerts:
         return {"type": destination.alerter.type_name, "sent": self.state.counts.get(destination.name, 0),
                 "queued": len(mine), "failing": any(e["attempts"] >= self.config.retry_attempts for e in mine),
                 **self._health[destination.name]}
+
+
+class _Send:
+    """One message on its way to one destination, in a thread of its own; ``finish`` waits up to its deadline."""
+
+    def __init__(self, alerts: Alerts, destination: Destination, entries: list[dict[str, Any]],
+                 over: list[dict[str, Any]], message: Message) -> None:
+        self.alerts, self.destination, self.entries, self.over = alerts, destination, entries, over
+        self.deadline = time.monotonic() + destination.alerter.timeout + SEND_GRACE
+        self.error: str | None = None
+        self.thread = threading.Thread(target=self._run, args=(message,), name=f"alert-{destination.name}",
+                                       daemon=True)
+        self.thread.start()
+
+    def _run(self, message: Message) -> None:
+        try:
+            self.destination.alerter.send(message)
+        except Exception as exc:  # any failure of a destination: retried, never lost
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def finish(self) -> None:
+        """Record the outcome: delivered, failed, or failed for taking longer than its destination's timeout."""
+        self.thread.join(timeout=max(0.0, self.deadline - time.monotonic()))
+        if self.thread.is_alive():
+            timeout = self.destination.alerter.timeout
+            self.alerts._failed(self.destination, self.entries, f"TimeoutError: not sent within {timeout:g} s")
+        elif self.error is not None:
+            self.alerts._failed(self.destination, self.entries, self.error)
+        else:
+            self.alerts._delivered(self.destination, self.entries, self.over)
 
 
 def _rank(entry: dict[str, Any]) -> tuple[Any, ...]:

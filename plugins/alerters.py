@@ -8,10 +8,14 @@ named in it.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
 import shutil
+import signal
 import subprocess
+import threading
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,10 @@ from core.alerts import DURATION, Alerter, Message, seconds
 _ENV_NAME = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$", "title": "an environment variable's name"}
 #: Headers that carry credentials: refused in ``headers`` (the file), taken from ``headers_from_env``.
 SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie", "x-api-key")
+#: The most of a webhook's answer that is read: it is not used, and an endless one must not fill memory.
+ANSWER_BYTES = 64 * 1024
+#: The end of a command's standard error kept, for the failure's message; the rest is read and dropped.
+STDERR_TAIL_BYTES = 4096
 
 
 def _env(field: str, name: str) -> str:
@@ -73,11 +81,28 @@ class Webhook(Alerter):
                    **{name: os.environ.get(variable, "") for name, variable in self.from_env.items()}}
         body = json.dumps(message.document(), ensure_ascii=False).encode("utf-8")
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        # No redirect is followed: urllib would send the headers (a token) to wherever it points,
+        # as a GET without the message, and count the alerts as sent.
+        opener = urllib.request.build_opener(_no_redirect())
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 (http(s) only)
-                response.read()
-        except urllib.error.HTTPError as exc:  # the server answered, with an error: say which
-            raise RuntimeError(f"{self.url} answered {exc.code} {exc.reason}") from None
+            with opener.open(request, timeout=self.timeout) as response:
+                response.read(ANSWER_BYTES)  # what the answer says is not used: a body of any size is fine
+        except urllib.error.HTTPError as exc:  # the server answered, with an error or a redirect: say which
+            where = f" to {exc.headers.get('Location')}" if 300 <= exc.code < 400 and exc.headers else ""
+            raise RuntimeError(f"{self.url} answered {exc.code} {exc.reason}{where}; only a 2xx answer is "
+                               "a delivery") from None
+
+
+@functools.cache
+def _no_redirect() -> type:
+    """A urllib handler that follows no redirect (made when first sent: urllib.request costs start-up time)."""
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None  # the 3xx answer is then an HTTPError
+
+    return NoRedirect
 
 
 class Command(Alerter):
@@ -110,14 +135,76 @@ class Command(Alerter):
 
     def send(self, message: Message) -> None:
         data = json.dumps(message.document(), ensure_ascii=False).encode("utf-8")
+        code, tail = _run(self.argv, data, self.timeout, self.base_dir)
+        if code is None:
+            raise RuntimeError(f"{self.argv[0]} did not finish within {self.timeout:.0f} s; it was killed, "
+                               "with whatever it started")
+        if code != 0:
+            said = tail.decode("utf-8", errors="replace").strip().splitlines()
+            raise RuntimeError(f"{self.argv[0]} exited with {code}" + (f": {said[-1]}" if said else ""))
+
+
+#: The commands running now (their process groups are killed if the engine exits meanwhile).
+_RUNNING: set[subprocess.Popen[bytes]] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def _run(argv: list[str], data: bytes, timeout: float, cwd: Path | None) -> tuple[int | None, bytes]:
+    """Run ``argv`` in a process group of its own with ``data`` on its standard input; its exit code
+    (None: killed, with its group, after ``timeout`` seconds) and the end of its standard error.
+
+    Its standard output is dropped and only the last ``STDERR_TAIL_BYTES`` of its standard error
+    kept, however much it writes; its input is written by a thread, so that a command that does
+    not read it cannot hold the send past ``timeout``.
+    """
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            cwd=cwd, start_new_session=True)
+    with _RUNNING_LOCK:
+        _RUNNING.add(proc)
+    tail = bytearray()
+
+    def feed() -> None:
         try:
-            done = subprocess.run(self.argv, input=data, capture_output=True, timeout=self.timeout, check=False,
-                                  cwd=self.base_dir)
-        except subprocess.TimeoutExpired:
-            raise RuntimeError(f"{self.argv[0]} did not finish within {self.timeout:.0f} s") from None
-        if done.returncode != 0:
-            said = done.stderr.decode("utf-8", errors="replace").strip().splitlines()
-            raise RuntimeError(f"{self.argv[0]} exited with {done.returncode}" + (f": {said[-1]}" if said else ""))
+            proc.stdin.write(data)  # type: ignore[union-attr]
+            proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:  # it exited, or closed its input, without reading it all
+            pass
+
+    def drain() -> None:
+        for block in iter(lambda: proc.stderr.read(65536), b""):  # type: ignore[union-attr]
+            tail.extend(block)
+            del tail[:-STDERR_TAIL_BYTES]
+
+    helpers = [threading.Thread(target=feed, daemon=True), threading.Thread(target=drain, daemon=True)]
+    for helper in helpers:
+        helper.start()
+    try:
+        code: int | None = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        proc.wait()
+        code = None
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(proc)
+    for helper in helpers:
+        helper.join(timeout=1.0)  # a child it started may keep standard error open: not waited for
+    return code, bytes(tail)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:  # gone already
+        pass
+
+
+@atexit.register
+def _kill_running() -> None:
+    """A command still running when the engine exits (a watcher stopped mid-send) is killed, with its group."""
+    with _RUNNING_LOCK:
+        for proc in list(_RUNNING):
+            _kill_group(proc)
 
 
 class Email(Alerter):

@@ -466,6 +466,137 @@ def test_a_failure_is_retried_with_back_off_reported_and_never_dropped(monkeypat
     assert (alerts.sent_total, alerts.failures_total) == (1, 5) and alerts.state.outbox == []
 
 
+class Stalled(Recording):
+    """A destination whose send hangs for ``stall`` seconds (a server sending its answer a byte at a time)."""
+
+    timeout = 0.5
+    stall = 30.0
+
+    def send(self, message: Any) -> None:
+        time.sleep(self.stall)
+        super().send(message)
+
+
+def test_a_destination_that_never_finishes_fails_at_its_timeout_and_holds_up_no_other():
+    # One thread sent to every destination in turn, and a send was bounded only per socket read:
+    # a trickling answer held every destination's alerts for ever.
+    stalled, ops = Stalled("stalled"), Recording("ops")
+    config = AlertConfig((Destination("stalled", stalled), Destination("ops", ops)))
+    checkpoint = Checkpoint(RunState({}))
+    alerts = Alerts(config, checkpoint.alerts, records=0, watching=True)
+    alerts.commit({"anomalies": [incident("a")]}, {"totals": {"records": 0}}, checkpoint, deliver=False)
+    started = time.monotonic()
+    alerts.deliver()
+    took = time.monotonic() - started
+    assert took < stalled.timeout + 3, f"deliver took {took:.1f} s"
+    assert ops.events() == [("spikes:a@2025-07-22T10:00:00Z", "opened")]
+    report = alerts.report()["destinations"]
+    assert report["stalled"]["last_error"] == "TimeoutError: not sent within 0.5 s"
+    assert [e["destination"] for e in alerts.state.outbox] == ["stalled"]  # queued, to be tried again
+    alerts.state.outbox[0]["next_try"] = 0
+    alerts.deliver()  # still sending the first time: not sent twice at once
+    assert alerts.state.outbox[0]["attempts"] == 1
+
+
+class Hostile:
+    """An HTTP endpoint that answers a POST as ``mode`` says: an endless 200, or a redirect to ``location``."""
+
+    def __init__(self, mode: str, location: str = "") -> None:
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        hostile = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                self.rfile.read(int(self.headers["Content-Length"]))
+                hostile.requests.append(("POST", dict(self.headers)))
+                if mode == "redirect":
+                    self.send_response(302)
+                    self.send_header("Location", location)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.end_headers()
+                try:
+                    for _ in range(2000):  # 2 GB, were it all read
+                        self.wfile.write(b"x" * (1 << 20))
+                except OSError:  # the client stopped reading: as it should
+                    pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                hostile.requests.append(("GET", dict(self.headers)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_webhook_reads_a_bounded_answer_and_follows_no_redirect(monkeypatch):
+    from plugins.alerters import Webhook
+
+    monkeypatch.setenv("OMP_TEST_TOKEN", "Bearer s3cret")
+    endless, elsewhere = Hostile("endless"), Hostile("endless")
+    redirect = Hostile("redirect", location=elsewhere.url)
+    try:
+        import resource
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        Webhook("hook", url=endless.url, timeout="5s").send(_message())  # read 64 KiB of it, not 2 GB
+        assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB
+        hook = Webhook("hook", url=redirect.url, headers_from_env={"Authorization": "OMP_TEST_TOKEN"}, timeout="5s")
+        with pytest.raises(RuntimeError, match=f"answered 302 Found to {elsewhere.url}; only a 2xx answer"):
+            hook.send(_message())
+        assert elsewhere.requests == []  # the token went nowhere else
+    finally:
+        for server in (endless, elsewhere, redirect):
+            server.close()
+
+
+def test_a_command_that_hangs_is_killed_with_what_it_started_and_its_output_is_bounded(tmp_path):
+    from plugins.alerters import Command
+
+    marker = tmp_path / "child.pid"
+    hang = (f"import subprocess, sys, time; p = subprocess.Popen(['sleep', '300']); "
+            f"open('{marker}', 'w').write(str(p.pid)); time.sleep(300)")
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="did not finish within 1 s; it was killed"):
+        Command("hang", argv=[sys.executable, "-c", hang], timeout="1s").send(_message())
+    assert time.monotonic() - started < 5
+    child = int(marker.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.05)
+    assert not _alive(child), "the command's own child was left running"
+    loud = ("import sys; sys.stdout.write('x' * (300 << 20)); sys.stderr.write('y' * (50 << 20) + '\\nthe end'); "
+            "sys.exit(3)")
+    import resource
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(RuntimeError, match="exited with 3: the end$"):
+        Command("loud", argv=[sys.executable, "-c", loud], timeout="60s").send(_message())
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB: not 350 MB
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().split(") ")[1].split()[0] != "Z"  # a zombie is dead, only not reaped
+    except (OSError, IndexError):
+        return False
+
+
+def _message() -> Any:
+    from core.alerts import Message
+
+    return Message("hook", (incident("a"),), (), "2025-07-22T10:00:00Z")
+
+
 def test_no_data_after_raises_an_incident_on_the_wall_clock(monkeypatch):
     clock = Clock(monkeypatch)
     ops = Recording("ops")
