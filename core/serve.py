@@ -7,13 +7,24 @@ folder, and anything else in the output folder, is not: a request for it gets 40
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
+
+from core.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+#: Connections served at once; one more is closed at once (each holds a thread and a file descriptor:
+#: a thousand idle ones took the watcher's descriptors, and it stopped, unable to list its folder).
+MAX_CONNECTIONS = 32
+#: A connection that sends or reads nothing for this long is closed (a client that went away, or
+#: one that sends its request a byte at a time).
+IDLE_SECONDS = 10.0
 
 #: What is served, by URL path: the file's name in the output folder and its media type.
 PUBLISHED = {
@@ -30,9 +41,12 @@ class OutputServer:
     def __init__(self, output_dir: Path, port: int, address: str = "127.0.0.1") -> None:
         handler = type("Handler", (_Handler,), {"output_dir": output_dir})
         try:
-            self._server = ThreadingHTTPServer((address, port), handler)
-        except OSError as exc:  # port taken, or an address this host does not have: main() says so
-            raise OSError(exc.errno, f"--serve: cannot listen on {address}:{port}: {exc.strerror}") from None
+            self._server = _BoundedServer((address, port), handler)
+        except OSError as exc:  # port taken, or an address this host does not have: a configuration problem
+            hint = "choose another --serve port, or stop what listens there" if exc.errno == errno.EADDRINUSE \
+                else "check the --serve port"
+            raise ConfigError([f"--serve {port}: cannot listen on {address}:{port}: {exc.strerror or exc}; "
+                               f"hint: {hint}"]) from None
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="omp-serve", daemon=True)
 
@@ -55,9 +69,35 @@ class OutputServer:
         self._server.server_close()
 
 
+class _BoundedServer(ThreadingHTTPServer):
+    """``ThreadingHTTPServer`` with at most ``MAX_CONNECTIONS`` at once, and quiet about clients that hang up."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.debug("serve: %s refused: %d connections open already", client_address[0], MAX_CONNECTIONS)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up or goes silent is no error of the report's: no traceback on stderr.
+        log.debug("serve: connection from %s ended early", client_address[0], exc_info=True)
+
+
 class _Handler(BaseHTTPRequestHandler):
     output_dir: Path
     server_version = "runpipeline"
+    timeout = IDLE_SECONDS  # each read and write on the connection (StreamRequestHandler sets it on the socket)
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         self._answer(body=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -24,11 +25,13 @@ LINES = """\
 """
 
 
-def start(workspace: Workspace, *args: str) -> tuple[subprocess.Popen[str], str]:
-    """``runpipeline --serve 0 ARGS`` in a real process; its URL, read from the line it prints."""
+def start(workspace: Workspace, *args: str, files: int | None = None) -> tuple[subprocess.Popen[str], str]:
+    """``runpipeline --serve 0 ARGS`` in a real process (with at most ``files`` descriptors open); its
+    URL, read from the line it prints."""
+    limit = None if files is None else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (files, files)))
     proc = subprocess.Popen([sys.executable, "-m", "core.cli", "--serve", "0", *args], cwd=workspace.root,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=limit)
     assert proc.stderr is not None
     for line in proc.stderr:
         found = re.search(r"serving the report on (http://127\.0\.0\.1:\d+/)", line)
@@ -95,8 +98,33 @@ def test_a_port_in_use_is_refused_with_a_message_not_a_traceback(workspace: Work
         taken.listen()
         port = taken.getsockname()[1]
         done = workspace.run("--serve", str(port))
-    assert done.returncode == 1
+    assert done.returncode == 2  # a configuration problem, as a --metrics-port in use is
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr
+    assert "hint: choose another --serve port" in done.stderr
+
+
+@pytest.mark.slow
+def test_idle_connections_neither_starve_the_report_nor_the_watcher(workspace):
+    # Each connection held a thread and a file descriptor for as long as the client liked: as many
+    # half-sent requests as the process may open files took every descriptor, and the watcher stopped.
+    workspace.write("a.log", LINES)
+    proc, url = start(workspace, "--watch", files=128)
+    idle = []
+    try:
+        wait_for(lambda: get(url)[0] == 200, "the first report")
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        for _ in range(150):  # half a request each, then silence
+            conn = socket.create_connection(("127.0.0.1", port))
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            idle.append(conn)
+        drop(workspace.data, "late.log", LINES)  # the watcher still reads its folder
+        # Refused while every slot is taken; once the idle ones time out, served again, with the new file.
+        wait_for(lambda: b"late.log" in _get_or_refused(url), "the report to show the new file", timeout=40)
+        assert proc.poll() is None
+    finally:
+        for conn in idle:
+            conn.close()
+        assert stop(proc) == 0
 
 
 @pytest.mark.parametrize("port", ["-1", "65536", "http"])
@@ -104,3 +132,11 @@ def test_a_port_that_is_not_one_is_a_usage_error(workspace, capsys, port):
     with pytest.raises(SystemExit) as exit_:
         workspace.main("--serve", port)
     assert exit_.value.code == 2 and "expected a port number" in capsys.readouterr().err
+
+
+def _get_or_refused(url: str) -> bytes:
+    """The page, or b"" where the server closed the connection (no slot free) or timed out."""
+    try:
+        return get(url)[1]
+    except (urllib.error.URLError, OSError):
+        return b""
