@@ -15,10 +15,10 @@ from core import guard
 from core.errors import OutputValidationError
 from core.plugins import shipped
 from core.redact import Redactor
-from core.rules import Rule
+from core.rules import Result, Rule
 from core.state import RunState
 from core.stats import FileStats, FileTotals
-from core.validation import SchemaCheck, field_path
+from core.validation import SchemaCheck
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,26 @@ def _result_check(cls: type[Rule]) -> SchemaCheck | None:
     return SchemaCheck(cls.result_schema, shipped=shipped(cls)) if cls.result_schema else None
 
 
-def _result(rule: Rule) -> Any:
-    return rule.result()
+def _result(rule: Rule) -> Result:
+    """``rule.result()``, checked: a ``Result`` whose value fits the rule type's ``result_schema`` and is
+    JSON (no NaN, no set). Anything else raises, and so fails this rule alone (``guard.call_rule``):
+    a plugin's bad value must not stop the outputs of every other rule, nor a watcher for good."""
+    result = rule.result()
+    if not isinstance(result, Result):
+        raise TypeError(f"result() returned {type(result).__name__}, expected core.Result(value, detail)")
+    check = _result_check(type(rule))
+    found = check.problems(result.value) if check else []
+    if found:
+        raise ValueError(f"result's value does not fit the type's result_schema: {'; '.join(found[:3])}")
+    try:
+        json.dumps(result, allow_nan=False, default=_refuse)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"result is not JSON ({exc})") from None
+    return result
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError(f"a {type(value).__name__} is not JSON")
 
 
 def rule_results(
@@ -46,7 +64,6 @@ def rule_results(
     """Each rule's value and detail by key, each checked against its rule type's schema."""
     values: dict[str, Any] = {}
     details: dict[str, Any] = {}
-    problems: list[str] = []
     failed = state.failed_rules()
     wanted = [rule for rule in rules if rule.output == output and rule.name not in failed]
     # Side by side: a detector's result judges its open windows (on 2 CPUs, the anomalies of a
@@ -55,14 +72,9 @@ def rule_results(
     for rule, result in zip(wanted, guard.call_each(state.failures, held, "result", "", _result), strict=True):
         if result is guard.FAILED:
             continue
-        check = _result_check(type(rule))
-        found = check.problems(result.value) if check else []
-        problems += [f"rule '{rule.name}': {field_path([rule.key])}{_join(p)}" for p in found]
         values[rule.key] = result.value
         if result.detail is not None:
             details[rule.key] = result.detail
-    if problems:
-        raise OutputValidationError(f"{output}.json", problems)
     return values, details
 
 

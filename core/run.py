@@ -127,6 +127,8 @@ def write_outputs(
         guard.announce([f for f in state.rule_failures() if f.rule not in known], hooks)
     built = saving - started
     run["rule_state"] = state_memory(checkpoint.state)  # sealed and read: as large as it got
+    # The last seals and judging happen in building, often the run's peak: read it again now.
+    run["peak_rss_mb"] = max(run.get("peak_rss_mb", 0.0), peak_rss_mb())
     checking = time.perf_counter()
     check_output(anomalies, "anomalies")  # both are checked before either is written
     check_output(summary, "summary")

@@ -441,10 +441,26 @@ EXPLODING = """\
         def result(self):
             return Result({"not": "a list"})
 
+    class NotJson(WrongShape):
+        type_name = "not_json"
+        result_schema = {"type": "object"}
+
+        def result(self):
+            return Result({"ratio": float("nan")})
+
+    class NotAResult(WrongShape):
+        type_name = "not_a_result"
+        result_schema = {}
+
+        def result(self):
+            return ["a", "list"]
+
     @hookimpl
     def register_rule_types(register):
         register(Explode)
         register(WrongShape)
+        register(NotJson)
+        register(NotAResult)
 """
 
 
@@ -466,26 +482,28 @@ def test_rule_failing_at_run_time_gives_exit_3_and_the_other_rules_still_count(w
     assert summary["totals"]["records"] == 3
 
 
-def test_result_failing_its_schema_gives_exit_1_and_keeps_the_previous_summary(workspace):
+def test_a_result_failing_its_schema_or_not_json_fails_its_rule_alone(workspace):
+    # It was exit 1 with no output written: a watcher whose plugin's result went bad once stopped,
+    # and every restart stopped again.
     env = plugin_dir(workspace.root, "exploding", EXPLODING)
     workspace.write("a.log", RECORDS)
-    assert workspace.run().returncode == 0
-    before = (workspace.output / "summary.json").read_bytes()
-    workspace.rules_file("extra.yaml", "- {name: odd, type: wrong_shape}\n")
-    workspace.configure("plugins: [exploding]\nrules: [payment-statuses, odd]\n")
+    workspace.rules_file("extra.yaml", "- {name: odd, type: wrong_shape}\n- {name: nan, type: not_json}\n"
+                                       "- {name: bare, type: not_a_result}\n")
+    workspace.configure("plugins: [exploding]\nrules: [payment-statuses, odd, nan, bare]\n")
     result = workspace.run(env=env)
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr
-    assert "summary.json failed its schema and was not written" in result.stderr
-    assert "rule 'odd': odd: expected list, got {'not': 'a list'}" in result.stderr
-    assert (workspace.output / "summary.json").read_bytes() == before
+    summary = workspace.summary()
+    errors = {e["rule"]: (e["phase"], e["error"]) for e in summary["rule_errors"]}
+    assert errors == {
+        "odd": ("result", "ValueError: result's value does not fit the type's result_schema: "
+                          "expected list, got {'not': 'a list'}"),
+        "nan": ("result", "ValueError: result is not JSON (Out of range float values are not JSON compliant)"),
+        "bare": ("result", "TypeError: result() returned list, expected core.Result(value, detail)"),
+    }
+    assert not {"odd", "nan", "bare"} & set(summary)
+    assert summary["payment_statuses"] == {"SUCCESS": 2, "FAILED": 1}  # the other rules' outputs are written
     assert [p.name for p in workspace.output.rglob("*.tmp")] == []
-    # Without the broken rule the next run succeeds with the same counts: nothing lost or doubled.
-    workspace.configure("rules: [payment-statuses]\n")
-    result = workspace.run(env=env)
-    assert result.returncode == 0, result.stderr
-    assert workspace.summary()["payment_statuses"] == {"SUCCESS": 2, "FAILED": 1}
-    assert workspace.summary()["totals"]["records"] == 3
 
 
 # -- --data-dir and --output-dir --------------------------------------------------------------
