@@ -455,12 +455,22 @@ EXPLODING = """\
         def result(self):
             return ["a", "list"]
 
+    class Ballast(WrongShape):
+        type_name = "ballast"
+        result_schema = {}
+
+        def result(self):
+            ballast = bytearray(300 * 2**20)
+            ballast[::4096] = b"\\x01" * len(ballast[::4096])  # touched: resident while the outputs are built
+            return Result(len(ballast) // 2**20)
+
     @hookimpl
     def register_rule_types(register):
         register(Explode)
         register(WrongShape)
         register(NotJson)
         register(NotAResult)
+        register(Ballast)
 """
 
 
@@ -504,6 +514,19 @@ def test_a_result_failing_its_schema_or_not_json_fails_its_rule_alone(workspace)
     assert not {"odd", "nan", "bare"} & set(summary)
     assert summary["payment_statuses"] == {"SUCCESS": 2, "FAILED": 1}  # the other rules' outputs are written
     assert [p.name for p in workspace.output.rglob("*.tmp")] == []
+
+
+def test_peak_rss_counts_building_the_outputs(workspace):
+    # Read before the outputs were built, where detectors judge their last windows: 662 MB was
+    # reported for a run whose peak was 1,813 MB.
+    env = plugin_dir(workspace.root, "exploding", EXPLODING)
+    workspace.write("a.log", RECORDS)
+    workspace.rules_file("extra.yaml", "- {name: heavy, type: ballast}\n")
+    workspace.configure("plugins: [exploding]\nrules: [payment-statuses, heavy]\n")
+    result = workspace.run(env=env)
+    assert result.returncode == 0, result.stderr
+    assert workspace.summary()["heavy"] == 300
+    assert workspace.summary()["run"]["peak_rss_mb"] > 300
 
 
 # -- --data-dir and --output-dir --------------------------------------------------------------
