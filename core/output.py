@@ -196,14 +196,32 @@ def _rule_entry(state: RunState, rule: Rule) -> dict[str, Any]:
     return entry
 
 
+#: A state past this many times its share is warned about: a degraded one stays within about twice it.
+OVER_SHARE = 2
+#: The rules warned about in this process (a watcher says it once, not at every commit).
+_WARNED: set[str] = set()
+
+
 def state_memory(state: RunState) -> dict[str, dict[str, Any]]:
-    """Each rule's state memory for summary.json's ``run.rule_state`` (see ``Rule.state_report``)."""
+    """Each rule's state memory for summary.json's ``run.rule_state`` (see ``Rule.state_report``).
+
+    A state that grew past ``OVER_SHARE`` times its share is warned about, once per process: it has
+    no degraded mode for what it holds (the seasonal detectors' per-key histories, keys of many
+    kilobytes), and the process may pass ``limits.memory_mb`` (README, "Limit, measured").
+    """
     report = {}
     for name, rule in state.rules.items():
         try:
             report[name] = rule.state_report()
         except Exception as exc:  # noqa: BLE001  (a plugin's bug must not lose the outputs)
             log.warning("rule '%s': cannot report its state's memory: %s: %s", name, type(exc).__name__, exc)
+            continue
+        peak, share = report[name].get("peak_bytes") or 0, report[name].get("limit_bytes") or 0
+        if share and peak > OVER_SHARE * share and name not in _WARNED:
+            _WARNED.add(name)
+            log.warning("rule '%s': its state reached %.1f MB, %.0f times its %.1f MB share of limits.memory_mb; "
+                        "it has no degraded mode for this data (many keys, or very long ones), so the process may "
+                        "pass the cap", name, peak / 1e6, peak / share, share / 1e6)
     return report
 
 

@@ -85,3 +85,21 @@ def test_how_a_state_thins_does_not_depend_on_how_the_input_was_split(tmp_path, 
     assert without_run(first) == without_run(second)
     assert first_anomalies["anomalies"] == second_anomalies["anomalies"]
     assert first["rules"]["duplicate-events"]["degraded"] is not None
+
+
+def test_a_state_with_no_degraded_mode_that_outgrows_its_share_is_warned_about(workspace):
+    # The seasonal detectors keep a history per service and cannot thin it: 400 services over four
+    # days under a cap whose shares are 1 MiB each. Silently over the cap before; now said, once.
+    text = "".join(
+        f"2025-07-{22 + i * 6 // 86400:02d}T{i * 6 // 3600 % 24:02d}:{i * 6 // 60 % 60:02d}:{i * 6 % 60:02d}Z "
+        f"{'FAILURE' if i % 7 == 0 else 'SUCCESS'} Svc{i % 400:04d} user{i % 97} paid\n"
+        for i in range(60_000))
+    workspace.write("many.log", text)
+    workspace.configure("limits: {memory_mb: 200}\n")
+    done = workspace.run("--reset")
+    assert done.returncode == 0, done.stderr
+    state = workspace.summary()["run"]["rule_state"]["error-spikes"]
+    assert state["peak_bytes"] > 2 * state["limit_bytes"]
+    warned = [line for line in done.stderr.splitlines() if "error-spikes': its state reached" in line]
+    assert len(warned) == 1 and "times its 1.0 MB share of limits.memory_mb; it has no degraded mode" in warned[0]
+    assert "rule 'payment-statuses': its state" not in done.stderr  # a state within its share: nothing said
