@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from core import compiled
 from tests.conftest import REPO, Workspace, compiled_memory, load_bench
 
 MEMORY_MB = 500  # the shipped default, written out so that the test says what it checks
@@ -30,7 +31,7 @@ def run_measured(workspace: Workspace) -> tuple[int, float]:
     """Run the CLI in a child process; its exit code and its peak RSS in MB, as the kernel counted it.
 
     The child's own high-water mark (``VmHWM``, which the CLI reports in summary.json, read once
-    the data is counted and before the outputs are built) where there is one; ``wait4``'s maximum also counts this test process's
+    the outputs are built) where there is one; ``wait4``'s maximum also counts this test process's
     high-water mark when the child was forked from it, whatever tests ran before.
     """
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -74,7 +75,8 @@ def test_a_high_cardinality_file_is_counted_exactly_under_the_default_cap(capped
     stderr = (capped.root / "stderr.txt").read_text(encoding="utf-8")
 
     assert code == 0, stderr
-    assert peak_mb < MEMORY_MB, f"peak RSS {peak_mb:.0f} MB over the {MEMORY_MB} MB cap"
+    if compiled.all_compiled():  # the pure Python path is exempt from the cap (README, "Without a C compiler")
+        assert peak_mb < MEMORY_MB, f"peak RSS {peak_mb:.0f} MB over the {MEMORY_MB} MB cap"
     summary = capped.summary()
     assert len(users) > 900_000
     expected = sorted(users.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
