@@ -14,19 +14,29 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 import threading
 import time
 from collections import Counter as Tally
 from typing import Any, Callable, Iterator
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pluggy
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    make_wsgi_app,
+)
 from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from core.errors import ConfigError, PluginFailed
 from core.hookspecs import hookimpl
 from core.run import peak_rss_mb
+from core.serve import IDLE_SECONDS, BoundedConnections
 from core.stats import FileStats
 
 log = logging.getLogger(__name__)
@@ -84,7 +94,7 @@ class Metrics:
         Raises ``ConfigError`` when the address cannot be bound (in use, not this host's, not allowed).
         """
         try:
-            server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+            server = _metrics_server(addr, port, make_wsgi_app(self.registry))
         except OSError as exc:
             hint = "choose another --metrics-port, or stop what listens there" if exc.errno == errno.EADDRINUSE \
                 else "check --metrics-addr and --metrics-port"
@@ -195,3 +205,22 @@ class MetricsPlugin:
 def register(pm: pluggy.PluginManager, metrics: Metrics) -> None:
     """Feed ``metrics`` from ``pm``'s hooks (before the watcher first calls them)."""
     pm.register(MetricsPlugin(metrics), name=PLUGIN_NAME)
+
+
+class _MetricsHandler(WSGIRequestHandler):
+    """``prometheus_client``'s server's handler, silent, with connections idle ``IDLE_SECONDS`` closed."""
+
+    timeout = IDLE_SECONDS
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
+        pass
+
+
+def _metrics_server(addr: str, port: int, app: Any) -> Any:
+    """``prometheus_client.start_http_server``'s WSGI server, bounded as ``--serve``'s is (``BoundedConnections``):
+    idle connections to it had taken every file descriptor of the watcher."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    server_class = type("MetricsServer", (BoundedConnections, ThreadingWSGIServer), {"address_family": family})
+    server = make_server(addr, port, app, server_class, handler_class=_MetricsHandler)
+    threading.Thread(target=server.serve_forever, name="omp-metrics", daemon=True).start()
+    return server

@@ -69,8 +69,10 @@ class OutputServer:
         self._server.server_close()
 
 
-class _BoundedServer(ThreadingHTTPServer):
-    """``ThreadingHTTPServer`` with at most ``MAX_CONNECTIONS`` at once, and quiet about clients that hang up."""
+class BoundedConnections:
+    """A mixin before a threading ``socketserver`` server (``--serve``'s, the metrics'): at most
+    ``MAX_CONNECTIONS`` at once, one more closed at once, and quiet about clients that hang up.
+    Pair it with a request handler whose ``timeout`` is ``IDLE_SECONDS``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -79,19 +81,23 @@ class _BoundedServer(ThreadingHTTPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
             log.debug("serve: %s refused: %d connections open already", client_address[0], MAX_CONNECTIONS)
-            self.shutdown_request(request)
+            self.shutdown_request(request)  # type: ignore[attr-defined]
             return
-        super().process_request(request, client_address)
+        super().process_request(request, client_address)  # type: ignore[misc]
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
-            super().process_request_thread(request, client_address)
+            super().process_request_thread(request, client_address)  # type: ignore[misc]
         finally:
             self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that hangs up or goes silent is no error of the report's: no traceback on stderr.
+        # A client that hangs up or goes silent is no error of the server's: no traceback on stderr.
         log.debug("serve: connection from %s ended early", client_address[0], exc_info=True)
+
+
+class _BoundedServer(BoundedConnections, ThreadingHTTPServer):
+    """``--serve``'s server."""
 
 
 class _Handler(BaseHTTPRequestHandler):

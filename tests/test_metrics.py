@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
+import signal
 import socket
+import subprocess
+import sys
 import urllib.request
 from collections import Counter
 from types import SimpleNamespace
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import REPO, Workspace, drop
+from tests.conftest import REPO, Workspace, drop, wait_for
 from tests.test_watch import Watcher, log_lines
 
 
@@ -92,6 +98,49 @@ def test_a_port_in_use_is_a_clear_error_not_a_traceback(workspace: Workspace):
     assert f"--metrics-port {port}: cannot serve metrics on 127.0.0.1:{port}: Address already in use" in result.stderr
     assert "choose another --metrics-port" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_idle_connections_to_the_metrics_port_do_not_stop_the_watcher(workspace: Workspace):
+    # prometheus_client's server gave each connection a thread and a descriptor for as long as the
+    # client liked: as many idle ones as the process may open files stopped the watcher.
+    port = free_port()
+    workspace.write("a.log", log_lines(60, 20))
+    with open(workspace.root / "watch.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "core.cli", "--watch", "--metrics-port", str(port)], cwd=workspace.root,
+            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128)))
+    idle: list[socket.socket] = []
+    try:
+        wait_for(lambda: _counted(workspace) == 20, "the first file counted")
+        for _ in range(150):  # half a request each, then silence
+            conn = socket.create_connection(("127.0.0.1", port))
+            conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            idle.append(conn)
+        drop(workspace.data, "b.log", log_lines(61, 7))
+        wait_for(lambda: _counted(workspace) == 27, "the watcher to count a file dropped meanwhile", timeout=40)
+        wait_for(lambda: _scraped(port), "a scrape once the idle connections time out", timeout=40)
+        assert proc.poll() is None, (workspace.root / "watch.log").read_text(encoding="utf-8")
+    finally:
+        for conn in idle:
+            conn.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, (workspace.root / "watch.log").read_text(encoding="utf-8")
+
+
+def _counted(workspace: Workspace) -> int:
+    try:
+        return json.loads((workspace.output / "summary.json").read_text(encoding="utf-8"))["totals"]["lines"]
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def _scraped(port: int) -> bool:
+    try:
+        return bool(scrape(port))
+    except OSError:
+        return False
 
 
 def test_metrics_port_needs_watch(workspace: Workspace):
