@@ -189,11 +189,16 @@ class Ledger:
 
     def counted_as(self, info: os.stat_result) -> LedgerEntry | None:
         """The entry of the file with this device and inode, under whatever name it is counted; None if none."""
+        found = self._named((info.st_dev, info.st_ino))
+        return found[1] if found is not None else None
+
+    def _named(self, identity: Identity) -> tuple[str, LedgerEntry] | None:
+        """The name and entry of the file with this device and inode among the names; None if none."""
         if self._index is None:
             self._index = {(e.dev, e.ino): n for n, e in self.entries.items()}
-        name = self._index.get((info.st_dev, info.st_ino))
+        name = self._index.get(identity)
         entry = self.entries.get(name) if name is not None else None
-        return entry if entry is not None and (entry.dev, entry.ino) == (info.st_dev, info.st_ino) else None
+        return (name, entry) if name is not None and entry is not None and (entry.dev, entry.ino) == identity else None
 
     def forget_missing(self, present: set[str]) -> None:
         """Move the files whose names are not in ``present`` (the data folder as listed) to ``departed``."""
@@ -214,13 +219,9 @@ class Ledger:
     def _known_as(self, path: Path, info: os.stat_result, source: Source) -> tuple[str | None, LedgerEntry] | None:
         """The name the ledger knows this file by (device, inode and first bytes) and its entry; the
         name is None for a file that departed from it. None if the file is unknown."""
-        if self._index is None:
-            self._index = {(e.dev, e.ino): n for n, e in self.entries.items()}
         identity = (info.st_dev, info.st_ino)
-        known: str | None = self._index.get(identity)
-        entry = self.entries.get(known) if known is not None else None
-        if entry is None or (entry.dev, entry.ino) != identity:
-            known, entry = None, self.departed.get(identity)
+        named = self._named(identity)
+        known, entry = named if named is not None else (None, self.departed.get(identity))
         if entry is None:
             return None
         size = source.size(path, info)
