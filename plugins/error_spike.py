@@ -40,7 +40,7 @@ class ErrorSpike(SeasonalDetector):
     many_files = True  # samples are placed by each record's file (``plugins.detection.file_column``)
     description = "A burst of failures: a failure rate far above what the same time of day had, and not by chance."
     default_severity = "high"
-    state_version = 4  # 3 kept every array of its judged windows over four weeks; 2 had no thinning
+    state_version = 5  # 4 did not thin its keys; 3 kept every array of its judged windows over four weeks
     rate = True
     params_schema = params_schema({
         "statuses": STATUS_LIST,
@@ -68,6 +68,8 @@ class ErrorSpike(SeasonalDetector):
     }
     events = ("counts", "total")
     tally_tables = ("groups", "samples")
+    row_bytes = 160  # a counts row and up to three samples
+    whole_keys = frozenset({ALL})
 
     def setup(
         self,
@@ -93,11 +95,15 @@ class ErrorSpike(SeasonalDetector):
         # With ``by``, all records are also judged together (key ``all``): a spike spread over
         # every service can be too thin in each to be surprising there.
         self.overall = overall and by is not None
+        self.keeps_rest = self.overall  # the records of keys thinned out still count in ``all``
         self.init_windows(timeframe, retention, 0, min_time, max_future)
         self.init_model(z, ratio, spike_type in ("up", "both"), spike_type in ("down", "both"), min_score, max_gap)
 
     def tally_keys(self) -> list[str]:
         return [self.by] if self.by else []
+
+    def key_noun(self) -> str:
+        return f"values of {self.by}"
 
     def tally_flag(self) -> tuple[str, list[str]]:
         return ("status", self.statuses)

@@ -37,7 +37,7 @@ class Flatline(SeasonalDetector):
     many_files = True  # counts per window, no sample locations
     description = "A service whose volume falls far below (or surges far above) what the same time of day had."
     default_severity = "high"
-    state_version = 4  # 3 kept every array of its judged windows over four weeks; 2 had no thinning
+    state_version = 5  # 4 did not thin its keys; 3 kept every array of its judged windows over four weeks
     complete_only = True
     params_schema = params_schema({
         "field": {"enum": list(FIELDS)},
@@ -60,6 +60,7 @@ class Flatline(SeasonalDetector):
     sample_limit = 0  # a quiet window has no line to point at
     tally_tables = ("groups",)
     tally_counts_only = True  # every record counts: the tally error spikes make of services serves
+    row_bytes = 48  # a counts row
 
     def setup(
         self,
@@ -86,6 +87,9 @@ class Flatline(SeasonalDetector):
 
     def tally_keys(self) -> list[str]:
         return [self.field]
+
+    def key_noun(self) -> str:
+        return f"values of {self.field}"
 
     def subject(self, key: str) -> dict[str, Any]:
         return {self.field: key}

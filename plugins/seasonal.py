@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
+import polars as pl
 
 from core import safestate
-from plugins.windows import Tables, WindowedDetector, window_rows
+from plugins.windows import MAX_LEVEL, THIN_SEED, Tables, WindowedDetector, window_rows
 
 #: Seasonal history kept per key: the same time of day on this many days, of the week on this many weeks.
 DAYS = 7
@@ -52,6 +53,9 @@ SLOW = 6
 ROWS = 4
 #: Expectations a key keeps: the slow scale's sum at a window reaches back ``SLOW - 1`` windows.
 EXPECTED_KEPT = SLOW - 1
+#: The key under which the records of keys thinned out are summed, where a key judges every
+#: record (error-spikes' ``all``): never judged on its own. A field never holds a space or a NUL.
+REST = "\x00 thinned"
 
 
 class Judged(NamedTuple):
@@ -451,6 +455,11 @@ def _dispersion(work: _Stack, known: int, index: int, day: int) -> tuple[np.ndar
 # numpy's median and (linear) quantile, of each row of an array sorted already (NaN last, ``count``
 # of each row not NaN), in its own dtype: the same numbers as np.median / np.quantile of each row's
 # values, without their fixed cost (tests/test_detectors.py checks them against numpy).
+def _kept(hashes: np.ndarray, level: int) -> np.ndarray:
+    """The key hashes thinning at ``level`` keeps: the top ``level`` bits zero."""
+    return hashes[hashes <= np.right_shift(np.uint64(2**64 - 1), np.uint64(level))]
+
+
 def sorted_median(ordered: np.ndarray, count: np.ndarray) -> np.ndarray:
     low, high = np.maximum((count - 1) // 2, 0), np.maximum(count // 2, 0)
     a, b = (np.take_along_axis(ordered, i[:, None], 1)[:, 0] if ordered.shape[1] else np.zeros(len(i), ordered.dtype)
@@ -495,6 +504,15 @@ class SeasonalDetector(WindowedDetector):
     #: call a fixed ~0.6 ms more (10M lines, 61 services: 0.20 -> 0.10 s for error-spikes).
     judged_at_once: ClassVar[int] = 8
 
+    #: Bytes of one window's rows of a key in the window tables (a ``counts`` row, and a ``samples``
+    #: table's rows where it has one), about: with the history, what a key costs (``key_bytes``).
+    row_bytes: ClassVar[int] = 64
+    #: Keys never thinned (error-spikes' ``all``).
+    whole_keys: ClassVar[frozenset[str]] = frozenset()
+    #: Whether the records of keys thinned out are kept, summed under ``REST``: for a key that
+    #: judges every record (error-spikes' ``all``).
+    keeps_rest: bool = False
+
     def init_model(self, z: float, ratio: float, up: bool, down: bool, min_score: float, max_gap: int) -> None:
         # As floats: a whole ``ratio: 5`` is an int, and its square, past 64 bits, stops NumPy.
         self.model = Model(self.width, z=float(z), ratio=float(ratio), rate=self.rate, up=up, down=down)
@@ -505,16 +523,145 @@ class SeasonalDetector(WindowedDetector):
         self.min_score = min_score
         self.max_gap = max_gap
         self.history: dict[str, History] = {}
+        #: Key thinning (see ``admit``): the level (1 key in 2^level is judged), and the hashes of
+        #: every key ever seen that the level keeps.
+        self.key_level = 0
+        self.keys_held = np.zeros(0, dtype=np.uint64)
+        self.first_window: int | None = None  # the earliest window with records: how long a history can be
 
     def extra_size(self) -> int:
-        return sum(history_bytes(series) for series in self.history.values())
+        return sum(history_bytes(series) for series in self.history.values()) + self.keys_held.nbytes
 
     def merge(self, other: WindowedDetector) -> None:
+        assert isinstance(other, SeasonalDetector)
+        before = {band: len(parts) for band, parts in self._bands.items()}
         # Only a sealed state judges; of two that did, the one that judged further wins.
         mine, theirs = self.horizon, other.horizon
         super().merge(other)
         if theirs is not None and (mine is None or theirs > mine):
-            self.history = other.history
+            self.history = dict(other.history)
+        if other.first_window is not None:
+            self.first_window = min(other.first_window, self.first_window or other.first_window)
+        level = max(self.key_level, other.key_level)
+        held = np.union1d(_kept(self.keys_held, level), _kept(other.keys_held, level))
+        if not self._hold(held, level) and other.key_level < self.key_level:  # its rows of keys I no longer keep
+            for band, parts in self._bands.items():
+                at = before.get(band, 0)
+                parts[at:] = [(tag, self._thin_keys(data)) for tag, data in parts[at:]]
+        if self.key_level:
+            self._thin_judged()
+
+    # -- key thinning -------------------------------------------------------------------------
+
+    def key_bytes(self) -> int:
+        """Memory of one key at most: its history (``History``) and its rows of the open windows.
+
+        A history reaches back four weeks (``Model.keep``) at most, and no further than the
+        windows seen so far: a day of logs costs a day of history per key, not four weeks.
+        """
+        span = 1 if self.first_window is None or not self.newest else \
+            max(1, self.newest[0] // self.width - self.first_window + 1)
+        per_window = 4 + (4 if self.rate else 0) + 1  # counts, totals and flags
+        history = min(span, self.model.keep) * per_window + ROWS * 4 * min(span, self.model.residuals_kept)
+        open_windows = self.retention // self.width + self.close_step + 1
+        return history + 8 * EXPECTED_KEPT + min(span, open_windows) * self.row_bytes
+
+    def key_capacity(self) -> int | None:
+        """How many keys the rule's share of ``limits.memory_mb`` holds (None: not bounded)."""
+        return max(1, self.state_bytes // self.key_bytes()) if self.state_bytes else None
+
+    def admit(self, data: Tables) -> Tables:
+        """A batch's tables, with only the keys the thinning level keeps (after the batch raised it).
+
+        A key costs a history as long as the windows seen (four weeks at most) whether it is seen
+        once or always, so the state is bounded by the number of keys: the level is the fewest
+        halvings after which the keys ever seen whose hash falls in the first 1 in 2^level fit the
+        rule's share (``key_capacity``, at the span of event time seen). It is a function of the
+        data alone (the set of keys and the span), so the same whatever the split, the order or the
+        executor; it only rises, and each rise drops the rows, histories and verdicts of the keys
+        it no longer keeps, so what is left is what the final level keeps. The keys kept are judged
+        exactly as without thinning: a key's verdicts read its own windows only.
+        """
+        counts = data["counts"]
+        if not counts.height:
+            return data
+        first = int(counts["window"].min())
+        self.first_window = first if self.first_window is None else min(first, self.first_window)
+        keys = counts["key"].unique()
+        keys = keys.filter(~keys.is_in(list(self.whole_keys | {REST})))
+        fresh = _kept(keys.hash(seed=THIN_SEED).to_numpy(), self.key_level)
+        self._hold(np.union1d(self.keys_held, fresh), self.key_level)
+        return self._thin_keys(data)
+
+    def _hold(self, held: np.ndarray, level: int) -> bool:
+        """Hold the hashes ``held`` (kept at ``level``), raising the level until they fit.
+
+        Returns whether the level rose, and the whole state was thinned to it.
+        """
+        capacity = self.key_capacity()
+        while capacity is not None and held.size > capacity and level < MAX_LEVEL:
+            level += 1
+            held = _kept(held, level)
+        self.keys_held = held
+        if level <= self.key_level:
+            return False
+        self.key_level = level
+        for band, parts in self._bands.items():
+            self._bands[band] = [(tag, self._thin_keys(data)) for tag, data in parts]
+        self._thin_judged()
+        return True
+
+    def _kept_keys(self, keys: pl.Series) -> np.ndarray:
+        """Whether each key is kept at the thinning level (as a mask)."""
+        limit = np.right_shift(np.uint64(2**64 - 1), np.uint64(self.key_level))
+        whole = keys.is_in(list(self.whole_keys | {REST})).to_numpy()
+        return whole | (keys.hash(seed=THIN_SEED).to_numpy() <= limit)
+
+    def _thin_keys(self, data: Tables) -> Tables:
+        """``data`` with the rows of keys the level drops left out, or summed under ``REST`` (``keeps_rest``)."""
+        if not self.key_level:
+            return data
+        thinned = {}
+        for name, frame in data.items():
+            spec = self.tables[name]
+            if not spec.windowed or not frame.height:
+                thinned[name] = frame
+                continue
+            keep = self._kept_keys(frame["key"])
+            if keep.all():
+                thinned[name] = frame
+            elif not self.keeps_rest:
+                thinned[name] = frame.filter(pl.Series(keep))
+            else:
+                rest = frame.with_columns(key=pl.when(pl.Series(keep)).then(pl.col("key")).otherwise(pl.lit(REST)))
+                thinned[name] = spec.conform(spec.fold(rest).sort("window", maintain_order=True))
+        return thinned
+
+    def _thin_judged(self) -> None:
+        """Drop the histories and closed verdicts of keys the level no longer keeps."""
+        if self.history:
+            names = list(self.history)
+            for name, keep in zip(names, self._kept_keys(pl.Series(names, dtype=pl.String)), strict=True):
+                if not keep:
+                    del self.history[name]
+        if self.closed:
+            keys = [str(anomaly["key"]) for anomaly in self.closed.values()]
+            keep = self._kept_keys(pl.Series(keys, dtype=pl.String))
+            self.closed = {at: anomaly for (at, anomaly), kept in zip(self.closed.items(), keep, strict=True) if kept}
+
+    def degraded(self) -> str | None:
+        if not self.key_level:
+            return super().degraded()
+        noun = self.key_noun()
+        held = self.keys_held.size
+        rest = f", the others only within key '{min(self.whole_keys)}'" if self.keeps_rest else ""
+        return (f"more {noun} than its share of limits.memory_mb holds a four-week history for: {noun} thinned to "
+                f"1 in {2 ** self.key_level} (by a hash of the key, the same in every run): {held} of about "
+                f"{held << self.key_level} judged on their own{rest}")
+
+    def key_noun(self) -> str:
+        """What the keys are, for the summary (``degraded``)."""
+        return "keys"
 
     def series(self, data: Tables, lo: int | None, hi: int | None) -> dict[str, tuple[int, np.ndarray, np.ndarray]]:
         """Per key, the windows to judge: ``(first, counts, totals)`` from the first not yet judged to ``hi``."""
@@ -539,6 +686,7 @@ class SeasonalDetector(WindowedDetector):
         # A stray record years before the rest must not make every window since worth judging:
         # nothing older than the history a key keeps can change a verdict.
         floor = stop - self.model.keep
+        rows.pop(REST, None)  # the records of keys thinned out: only ever judged within a whole key
         for key in set(rows) | set(self.history):
             past = self.history.get(key)
             if past is not None and past.end < floor:

@@ -414,6 +414,10 @@ class WindowedDetector(Detector):
         """
         raise NotImplementedError
 
+    def admit(self, data: Tables) -> Tables:
+        """A batch's tables as the state keeps them (as they are by default; see ``plugins.seasonal``)."""
+        return data
+
     # -- the Rule contract ------------------------------------------------------------------
 
     def tally_keys(self) -> list[str]:
@@ -435,7 +439,7 @@ class WindowedDetector(Detector):
             return
         self.newest = _newest(self.watermark_rank, self.newest, found.newest)
         data = self.batch_tables(batch, found)
-        data = {name: spec.conform(data[name]) for name, spec in self.tables.items()}
+        data = self.admit({name: spec.conform(data[name]) for name, spec in self.tables.items()})
         if self.thin_by is not None:
             name, column = self.events
             frame = data[name]
