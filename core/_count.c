@@ -3,7 +3,9 @@
  *
  * A Counts holds up to `capacity` distinct keys, each with its count, in a hash table: 32 bytes
  * of entry per key and 4 bytes of slot at most 3/4 full, at most 44 bytes a key in all, plus the
- * bytes of keys longer than 12 (core/counts.py sizes the capacity from the memory cap). Counting a column (a Polars Series' Arrow C stream) hashes each
+ * bytes of keys longer than 12 (core/counts.py sizes the capacity from the memory cap). Those bytes
+ * count against the capacity too, each LONG_KEY_BYTES of them as one key more, so that keys of
+ * kilobytes cannot take the table past its memory. Counting a column (a Polars Series' Arrow C stream) hashes each
  * value once, without the GIL. While the distinct keys fit, every count is exact. When one more
  * key arrives, the table becomes a frequent-items summary for good: each time it overflows, the
  * median count is subtracted from every key, the keys left at zero or below are dropped, and
@@ -22,7 +24,7 @@
 #include <structmember.h>
 
 /* Raised with every change to what the module offers Python; core/counts.py checks it. */
-#define COUNT_VERSION 3
+#define COUNT_VERSION 4
 /* The serialised form: magic, then its own version. */
 static const char MAGIC[4] = {'O', 'M', 'P', 'C'};
 #define FORMAT_VERSION 1
@@ -31,6 +33,8 @@ static const char MAGIC[4] = {'O', 'M', 'P', 'C'};
  * view's layout), so that finding a short key touches one slot and one entry and compares two
  * words; a longer key's head holds its length, its first 4 bytes and its offset in the arena. */
 #define INLINE 12
+/* The bytes of long keys that weigh as one key against the capacity (core/counts.py's BYTES_PER_KEY). */
+#define LONG_KEY_BYTES 43
 
 typedef struct {
     uint64_t hash;
@@ -285,6 +289,26 @@ purge(Counts *c)
     return rehash(c, c->mask + 1);
 }
 
+/* Whether the keys, and the bytes of the long ones, are more than the capacity holds: a function of
+ * the distinct keys while the table is exact (the arena then holds each long key once). */
+static inline int
+over_capacity(const Counts *c)
+{
+    return c->n + (int64_t)(c->arena.used / LONG_KEY_BYTES) > c->capacity;
+}
+
+/* Purges until the table is within its capacity, which makes it approximate. Returns 0 when out of memory. */
+static int
+purge_to_capacity(Counts *c)
+{
+    int ok = 1;
+    while (ok && c->n && over_capacity(c)) {
+        c->approximate = 1;
+        ok = purge(c);
+    }
+    return ok;
+}
+
 /*
  * Adds a key's weight; a key beyond the capacity makes the table approximate and purges it.
  * Returns 0 when out of memory. Needs no GIL.
@@ -318,11 +342,7 @@ add_key(Counts *c, const Key *k)
     while (c->slots[slot])
         slot = (slot + 1) & (uint64_t)c->mask;
     c->slots[slot] = (uint32_t)(++c->n);
-    if (c->n > c->capacity) {
-        c->approximate = 1;
-        return purge(c);
-    }
-    return 1;
+    return purge_to_capacity(c);
 }
 
 static inline void
@@ -713,7 +733,8 @@ Counts_items(Counts *c, PyObject *Py_UNUSED(ignored))
 }
 
 PyDoc_STRVAR(limit_doc,
-"limit(capacity)\n--\n\nKeep at most capacity keys from now on; a table holding more becomes approximate at once.");
+"limit(capacity)\n--\n\nKeep at most capacity keys (long keys' bytes weighing as keys) from now on; a table holding more\n"
+"becomes approximate at once.");
 
 static PyObject *
 Counts_limit(Counts *c, PyObject *arg)
@@ -722,12 +743,7 @@ Counts_limit(Counts *c, PyObject *arg)
     if (capacity < 1 || capacity > UINT32_MAX / 4)
         return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_ValueError, "capacity out of range: %lld", capacity);
     c->capacity = capacity;
-    int ok = 1;
-    while (ok && c->n > c->capacity) {
-        c->approximate = 1;
-        ok = purge(c);
-    }
-    return out_of_memory(ok);
+    return out_of_memory(purge_to_capacity(c));
 }
 
 /* ---- Serialised form ----------------------------------------------------------------------- */
@@ -835,8 +851,10 @@ Counts_len(Counts *c)
 static PyObject *
 Counts_get_nbytes(Counts *c, void *Py_UNUSED(closure))
 {
+    /* The arena's bytes in use: it grows by doubling a mapping of its own (core/pool.h), whose
+     * pages are resident only once written. */
     size_t bytes = sizeof *c + sizeof *c->entries * (size_t)c->allocated + sizeof *c->slots * (size_t)(c->mask + 1) +
-                   c->arena.capacity;
+                   c->arena.used;
     return PyLong_FromSize_t(c->slots ? bytes : sizeof *c);
 }
 

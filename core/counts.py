@@ -15,14 +15,16 @@ import polars as pl
 from core import compiled, safestate
 
 #: The version of ``core/_count.c`` this module is written for.
-COUNT_VERSION = 3
+COUNT_VERSION = 4
 _count = compiled.load("_count", COUNT_VERSION, "the compiled counts")
 
 #: Memory of a table, per key of up to 12 bytes: an entry of 32 bytes, and slots of 4 bytes, a
 #: power of two of them at most 3/4 full (measured with 2M user names: 40.4 bytes a key). A longer
 #: key adds its length. Capacities are sized from these (``KeyCounts.capacity_for``).
 ENTRY_BYTES, SLOT_BYTES = 32, 4
-#: The most a key can cost (slots just over 3/8 full).
+#: The most a key can cost (slots just over 3/8 full). The table weighs each this many bytes of
+#: keys longer than 12 as one key more against its capacity (core/_count.c), so that long keys
+#: make it approximate sooner rather than take it past its memory.
 BYTES_PER_KEY = 43
 #: The table's own object and alignment, whatever its keys.
 OVERHEAD = 4096

@@ -416,6 +416,26 @@ def test_a_count_table_serialises_to_the_bytes_of_the_compiled_one(capacity):
 
 
 @pytest.mark.skipif(COUNT is None, reason="core._count is not built: nothing to compare the stand-in with")
+@pytest.mark.parametrize("capacity", [100_000, 300])
+def test_long_keys_weigh_against_the_capacity_alike_in_the_compiled_and_the_pure_python_table(capacity):
+    # Keys of 13 bytes to 6 KB: each 43 bytes of them weigh as one key, so 300 keys' room is
+    # purged by bytes long before it holds 300 keys; 100,000 keys' room holds them all, exact.
+    from core.fallback import _count as pure_count
+
+    keys = pl.Series([f"user{i % 211}-" + "y" * (i % 211 * 29) for i in range(4000)])
+    tables = []
+    for module in (COUNT, pure_count):
+        table = module.Counts(capacity)
+        for part in (keys[:1500], keys[1500:]):
+            table.add(part.__arrow_c_stream__())
+        tables.append(table)
+    assert tables[0].approximate == tables[1].approximate == (capacity == 300)
+    compiled_bytes, pure_bytes = (table.to_bytes() for table in tables)
+    assert compiled_bytes == pure_bytes
+    assert COUNT.Counts.from_bytes(pure_bytes).to_bytes() == compiled_bytes
+
+
+@pytest.mark.skipif(COUNT is None, reason="core._count is not built: nothing to compare the stand-in with")
 @pytest.mark.parametrize("repeats", [4094, 4095, 4096, 5000])  # a purge's median on both sides of the histogram's reach
 def test_a_purge_of_frequent_keys_subtracts_the_median_the_compiled_and_the_pure_python_path_agree_on(repeats):
     from core.fallback import _count as pure_count

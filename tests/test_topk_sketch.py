@@ -114,6 +114,27 @@ def test_a_full_table_stays_within_the_bound_it_was_sized_for():
     assert counts.nbytes <= bound
 
 
+def test_keys_of_kilobytes_weigh_against_the_bound_and_the_table_stays_within_it():
+    # 300 user names of 60 KB are 18 MB of text: a table sized for a 3 MB share by its number of
+    # keys (70,000 short ones) held them all, exact and six times over its share. Their bytes now
+    # weigh as keys: the table turns approximate, stays within its share, and still finds the
+    # heavy hitters within the error it reports.
+    bound = 3_000_000
+    users = [user for user, count in HOT.items() for _ in range(count)]
+    users += [f"long{i}-" + "x" * 60_000 for i in range(300)]
+    random.Random(7).shuffle(users)
+    rule = fed(users, bound)
+    assert rule.counts.approximate
+    assert rule.counts.nbytes <= bound
+    assert_within_bound(rule, Counter(users))
+
+
+def test_a_few_long_keys_that_fit_stay_exact():
+    users = [f"long{i}-" + "x" * 600 for i in range(50)] * 3  # 30 KB of keys: well within 3 MB
+    rule = fed(users, 3_000_000)
+    assert not rule.counts.approximate and rule.result().value == sorted(set(users))[:5]
+
+
 # --- merges ------------------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 #: The version of ``core/_count.c`` this stands in for.
-VERSION = 3
+VERSION = 4
 _MAGIC = b"OMPC"
 _FORMAT_VERSION = 1
 # The compiled table's header: magic, version, approximate, reserved, capacity, offset, total, n.
@@ -23,6 +23,9 @@ _ENTRY = struct.Struct("<qI")
 #: The compiled table's entry and slot sizes, for ``nbytes`` (see core/counts.py).
 _ENTRY_BYTES, _SLOT_BYTES = 32, 4
 _MAX_CAPACITY = 0xFFFFFFFF // 4
+#: Keys longer than this many bytes are kept apart in the compiled table; each ``_LONG_KEY_BYTES``
+#: of theirs weigh as one key more against the capacity.
+_INLINE, _LONG_KEY_BYTES = 12, 43
 
 
 class _Stream:
@@ -50,6 +53,7 @@ class Counts:
         self.total = 0
         self.approximate = False
         self._counts: dict[str, int] = {}
+        self._long = 0  # the bytes of the keys longer than _INLINE, as the compiled table's arena holds them
 
     def __len__(self) -> int:
         return len(self._counts)
@@ -61,7 +65,7 @@ class Counts:
         slots = 2048
         while 4 * keys > 3 * slots:
             slots *= 2
-        return _ENTRY_BYTES * keys + _SLOT_BYTES * slots
+        return _ENTRY_BYTES * keys + _SLOT_BYTES * slots + self._long
 
     def add(self, stream: object) -> None:
         values = pl.Series(_Stream(stream)).drop_nulls()
@@ -69,9 +73,13 @@ class Counts:
         # the same order as adding the values one by one, as long as no purge comes in between.
         grouped = values.to_frame("key").group_by("key", maintain_order=True).len()
         self.total += len(values)
-        if len(self._counts) + grouped.height <= self.capacity:
-            counts = self._counts
-            for key, n in grouped.iter_rows():
+        lengths = grouped["key"].str.len_bytes()
+        longest = int(lengths.filter(lengths > _INLINE).sum())
+        if len(self._counts) + grouped.height + (self._long + longest) // _LONG_KEY_BYTES <= self.capacity:
+            counts = self._counts  # all of them fit: no purge can come in between
+            for (key, n), length in zip(grouped.iter_rows(), lengths, strict=True):
+                if key not in counts and length > _INLINE:
+                    self._long += length
                 counts[key] = counts.get(key, 0) + n
             return
         for key in values.to_list():
@@ -110,7 +118,16 @@ class Counts:
             counts[key] += weight
             return
         counts[key] = weight
-        if len(counts) > self.capacity:
+        length = len(key.encode())
+        if length > _INLINE:
+            self._long += length
+        self._purge_to_capacity()
+
+    def _over_capacity(self) -> bool:
+        return len(self._counts) + self._long // _LONG_KEY_BYTES > self.capacity
+
+    def _purge_to_capacity(self) -> None:
+        while self._counts and self._over_capacity():
             self.approximate = True
             self._purge()
 
@@ -118,6 +135,7 @@ class Counts:
         values = sorted(self._counts.values())
         median = values[(len(values) - 1) // 2]
         self._counts = {key: count - median for key, count in self._counts.items() if count > median}
+        self._long = sum(length for length in (len(key.encode()) for key in self._counts) if length > _INLINE)
         self.offset += median
 
     def top(self, k: int) -> list[tuple[str, int]]:
@@ -135,9 +153,7 @@ class Counts:
         if not 1 <= capacity <= _MAX_CAPACITY:
             raise ValueError(f"capacity out of range: {capacity}")
         self.capacity = capacity
-        while len(self._counts) > capacity:
-            self.approximate = True
-            self._purge()
+        self._purge_to_capacity()
 
     def to_bytes(self) -> bytes:
         header = _HEADER.pack(_MAGIC, _FORMAT_VERSION, int(self.approximate), 0, self.capacity, self.offset,
