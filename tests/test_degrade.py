@@ -197,3 +197,47 @@ def test_a_state_past_twice_its_share_is_warned_about_once(caplog):
     assert first["hoard"] == {"bytes": 5 * 2**20, "peak_bytes": 5 * 2**20, "limit_bytes": 2**20}
     warned = [r.getMessage() for r in caplog.records if "its state reached" in r.getMessage()]
     assert len(warned) == 1 and "rule 'hoard'" in warned[0] and "5 times its 1.0 MB share" in warned[0]
+
+
+@pytest.mark.parametrize("message", ["paid order ord-48213", "User login successful"])
+def test_a_line_logged_a_million_times_is_one_record_held_and_its_duplicate_is_found(workspace, message):
+    # A stuck retry loop: one line a million times in one second. Its copies fold into one row, so
+    # the window is not thinned and the repeat is reported. Thinning counted records, not rows:
+    # the window was thinned to 1 in 32 here, and this line was not among the records kept.
+    line = f"2025-07-22T12:00:00Z FAILURE PaymentService user42 {message}\n"
+    others = "".join(f"2025-07-22T12:{i // 60 % 60:02d}:{i % 60:02d}Z SUCCESS CartService user{i} ok\n"
+                      for i in range(3000))
+    workspace.write("loop.log", others + line * 1_000_000)
+    workspace.configure("limits: {memory_mb: 200}\n")
+    done = workspace.run("--reset")
+    assert done.returncode == 0, done.stderr
+    summary = workspace.summary()
+    assert summary["rules"]["duplicate-events"]["degraded"] is None
+    anomalies = json.loads((workspace.output / "anomalies.json").read_text(encoding="utf-8"))
+    found = [a for a in anomalies["anomalies"] if a["rule"] == "duplicate-events"]
+    assert [a["count"] for a in found] == [1_000_000]
+    assert found[0]["subject"]["message"] == message
+
+
+@pytest.mark.parametrize("rows", [20_000, 300_000, 2_000_000])
+def test_a_windows_distinct_rows_are_estimated_closely_and_the_same_however_they_were_split(rows):
+    # Thinning reads a window's distinct rows from a sketch of it: within the few per cent of a
+    # HyperLogLog of 256 registers fed 1 row in 16, and a function of the set of rows alone.
+    import numpy as np
+    import polars as pl
+
+    from plugins.duplicates import DuplicateEvent
+
+    hashes = np.random.default_rng(rows).integers(0, 2**64 - 1, rows, dtype=np.uint64)
+    frame = pl.DataFrame({"hash": np.concatenate([hashes, hashes[: rows // 3]]),  # a third of the rows twice
+                          "window": np.full(rows + rows // 3, 7, dtype=np.int64)})
+    whole = DuplicateEvent("whole")
+    whole._count_rows(frame)
+    assert abs(whole._records[7] / rows - 1) < 0.25
+    merged = DuplicateEvent("merged")
+    for part in (frame.slice(0, rows // 2), frame.slice(rows // 2, rows // 5), frame.slice(rows // 2 + rows // 5)):
+        piece = DuplicateEvent("part")
+        piece._count_rows(part)
+        merged.merge(piece)
+    assert merged._records == whole._records
+    assert (merged._row_sketches[7] == whole._row_sketches[7]).all()
