@@ -43,6 +43,8 @@ BAND = 6 * 3600 * 1_000_000
 #: A seal judges the windows it closes at once when they span at most this many bands (a few
 #: queries instead of a few per band); a longer stretch, such as a resumed backlog, band by band.
 JUDGED_AT_ONCE = 4
+#: A longer stretch is judged in runs of consecutive bands of at most this many rows together.
+JUDGED_ROWS = 262_144
 #: The most halvings thinning makes (1 key in 2^20 kept).
 MAX_LEVEL = 20
 #: The seed of the hash by which string keys are thinned (Polars' ``hash``; a checkpoint is
@@ -615,17 +617,30 @@ class WindowedDetector(Detector):
         return {**data, **self._fold_whole()}
 
     def _verdicts(self, lo: int | None, hi: int | None) -> list[dict[str, Any]]:
-        """The anomalies of windows ``[lo, hi)``, judged one band at a time, or at once if they span a few bands."""
+        """The anomalies of windows ``[lo, hi)``, judged at once if they span a few bands, else a few bands at a time.
+
+        A longer stretch (a resumed backlog, a year between two records) is judged in runs of
+        consecutive bands holding ``JUDGED_ROWS`` rows or fewer together: one call per band cost
+        a call and a pass over every band for each of them, which a log sparse over years of
+        event time (tens of thousands of bands) made quadratic.
+        """
         end = hi if hi is not None else (max(self._bands) + 1) * self.band if self._bands else None
         if lo is not None and end is not None and end - lo <= self.judged_at_once * self.band:
             return self.verdicts(self._data(lo, hi), lo, hi) if end > lo else []
-        found: list[dict[str, Any]] = []
+        runs: list[list[int]] = []  # [first band, last band, rows]
         for band in sorted(self._bands):
             start, stop = band * self.band, (band + 1) * self.band
             if (hi is not None and start >= hi) or (lo is not None and stop <= lo):
                 continue
-            low = start if lo is None else max(lo, start)
-            high = stop if hi is None else min(hi, stop)
+            rows = sum(frame.height for _, data in self._bands[band] for frame in data.values())
+            if runs and runs[-1][2] + rows <= JUDGED_ROWS:
+                runs[-1][1:] = [band, runs[-1][2] + rows]
+            else:
+                runs.append([band, band, rows])
+        found: list[dict[str, Any]] = []
+        for first, last, _ in runs:
+            low = first * self.band if lo is None else max(lo, first * self.band)
+            high = (last + 1) * self.band if hi is None else min(hi, (last + 1) * self.band)
             found += self.verdicts(self._data(low, high), low, high)
         return found
 

@@ -6,10 +6,11 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
-from tests.conftest import REPO, Workspace, without_run
+from tests.conftest import REPO, Workspace, run_plugged, without_run
 
 #: A dense log: 200k lines in about 20 minutes of event time (170 records a second), with
 #: duplicated lines planted in it.
@@ -241,3 +242,24 @@ def test_a_windows_distinct_rows_are_estimated_closely_and_the_same_however_they
         merged.merge(piece)
     assert merged._records == whole._records
     assert (merged._row_sketches[7] == whole._row_sketches[7]).all()
+
+
+def test_a_log_sparse_over_years_is_judged_in_a_few_calls_with_its_duplicate_found(workspace, pm, monkeypatch):
+    # 120,000 records, one every 13 minutes over three years: tens of thousands of half-hour bands.
+    # A seal judged them one band at a time, each call passing over every band again: 1M such
+    # records over ten years took minutes. Runs of bands are now judged together.
+    from plugins.duplicates import DuplicateEvent
+
+    start = 1_700_000_000
+    lines = [f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(start + i * 780))} SUCCESS Svc{i % 7} u{i} "
+             f"paid order ord-{i:06d}\n" for i in range(120_000)]
+    lines.insert(60_000, lines[59_999])  # one duplicate, in the middle
+    workspace.write("years.log", "".join(lines))
+    workspace.configure("rules: [duplicate-events]\nchunk_bytes: 1048576\n")
+    calls = []
+    judge = DuplicateEvent.verdicts
+    monkeypatch.setattr(DuplicateEvent, "verdicts", lambda self, *args: calls.append(1) or judge(self, *args))
+    run_plugged(workspace.settings, pm, {})
+    anomalies = json.loads((workspace.output / "anomalies.json").read_text(encoding="utf-8"))
+    assert len(calls) < 200, len(calls)  # a call per band with records: about 60,000
+    assert [a["count"] for a in anomalies["anomalies"] if a["rule"] == "duplicate-events"] == [2]
