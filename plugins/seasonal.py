@@ -503,6 +503,10 @@ class SeasonalDetector(WindowedDetector):
     #: call per key rather than one per band and key: a key's day costs the same either way, its
     #: call a fixed ~0.6 ms more (10M lines, 61 services: 0.20 -> 0.10 s for error-spikes).
     judged_at_once: ClassVar[int] = 8
+    #: A longer stretch is judged in runs of at most as many bands as are judged at once: judging
+    #: stacks each key's windows over the whole call, so its memory follows the windows of a call
+    #: times its keys, not its rows (a run of a year's bands took 863 MB).
+    judged_bands: ClassVar[int] = 8
 
     #: Bytes of one window's rows of a key in the window tables (a ``counts`` row, and a ``samples``
     #: table's rows where it has one), about: with the history, what a key costs (``key_bytes``).

@@ -366,6 +366,10 @@ class WindowedDetector(Detector):
     tally_counts_only: ClassVar[bool] = False
     #: A seal (or a read) judges the windows it closes at once when they span at most this many bands.
     judged_at_once: ClassVar[int] = JUDGED_AT_ONCE
+    #: A longer stretch is judged in runs of consecutive bands of at most this many rows together,
+    #: and at most ``judged_bands`` bands long.
+    judged_rows: ClassVar[int] = JUDGED_ROWS
+    judged_bands: ClassVar[int] = 2**62
     #: Thinning, the way a detector whose state grows with the records per window stays within its
     #: share of ``limits.memory_mb`` (``state_bytes``): the column of its windowed tables that holds
     #: the key (a UInt64 hash, or a string that is hashed), or None for a detector that never thins.
@@ -600,11 +604,12 @@ class WindowedDetector(Detector):
         self._whole = [data]
         return data
 
-    def _data(self, lo: int | None, hi: int | None) -> Tables:
-        """Every row of windows ``lo - lookback <= window < hi``, folded."""
-        first = None if lo is None else (lo - self.lookback) // self.band
-        last = None if hi is None else (hi - 1) // self.band
-        bands = [b for b in sorted(self._bands) if (first is None or b >= first) and (last is None or b <= last)]
+    def _data(self, lo: int | None, hi: int | None, ordered: list[int] | None = None) -> Tables:
+        """Every row of windows ``lo - lookback <= window < hi``, folded (``ordered``: the bands, sorted)."""
+        ordered = sorted(self._bands) if ordered is None else ordered
+        start_at = 0 if lo is None else bisect.bisect_left(ordered, (lo - self.lookback) // self.band)
+        end_at = len(ordered) if hi is None else bisect.bisect_right(ordered, (hi - 1) // self.band)
+        bands = ordered[start_at:end_at]
         start = None if lo is None else lo - self.lookback
         parts: dict[str, list[pl.DataFrame]] = {name: [] for name, spec in self.tables.items() if spec.windowed}
         for band in bands:
@@ -628,12 +633,13 @@ class WindowedDetector(Detector):
         if lo is not None and end is not None and end - lo <= self.judged_at_once * self.band:
             return self.verdicts(self._data(lo, hi), lo, hi) if end > lo else []
         runs: list[list[int]] = []  # [first band, last band, rows]
-        for band in sorted(self._bands):
+        ordered = sorted(self._bands)
+        for band in ordered:
             start, stop = band * self.band, (band + 1) * self.band
             if (hi is not None and start >= hi) or (lo is not None and stop <= lo):
                 continue
             rows = sum(frame.height for _, data in self._bands[band] for frame in data.values())
-            if runs and runs[-1][2] + rows <= JUDGED_ROWS:
+            if runs and runs[-1][2] + rows <= self.judged_rows and band - runs[-1][0] < self.judged_bands:
                 runs[-1][1:] = [band, runs[-1][2] + rows]
             else:
                 runs.append([band, band, rows])
@@ -641,7 +647,7 @@ class WindowedDetector(Detector):
         for first, last, _ in runs:
             low = first * self.band if lo is None else max(lo, first * self.band)
             high = (last + 1) * self.band if hi is None else min(hi, (last + 1) * self.band)
-            found += self.verdicts(self._data(low, high), low, high)
+            found += self.verdicts(self._data(low, high, ordered), low, high)
         return found
 
     # -- eviction ---------------------------------------------------------------------------
