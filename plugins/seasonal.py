@@ -539,6 +539,7 @@ class SeasonalDetector(WindowedDetector):
     def merge(self, other: WindowedDetector) -> None:
         assert isinstance(other, SeasonalDetector)
         before = {band: len(parts) for band, parts in self._bands.items()}
+        fresh = len(self._fresh)
         # Only a sealed state judges; of two that did, the one that judged further wins.
         mine, theirs = self.horizon, other.horizon
         super().merge(other)
@@ -552,6 +553,7 @@ class SeasonalDetector(WindowedDetector):
             for band, parts in self._bands.items():
                 at = before.get(band, 0)
                 parts[at:] = [(tag, self._thin_keys(data)) for tag, data in parts[at:]]
+            self._fresh[fresh:] = [self._thin_keys(data) for data in self._fresh[fresh:]]
         if self.key_level:
             self._thin_judged()
 
@@ -612,6 +614,7 @@ class SeasonalDetector(WindowedDetector):
         self.key_level = level
         for band, parts in self._bands.items():
             self._bands[band] = [(tag, self._thin_keys(data)) for tag, data in parts]
+        self._fresh = [self._thin_keys(data) for data in self._fresh]
         self._thin_judged()
         return True
 

@@ -415,6 +415,8 @@ class WindowedDetector(Detector):
         self._densest_closed = 0
         self._records: dict[int, int] = {}
         self._row_sketches: dict[int, np.ndarray] = {}  # window -> HyperLogLog registers (``thin_rows``)
+        #: Batches' windowed tables not split into bands yet (see ``update``).
+        self._fresh: list[Tables] = []
 
     # -- what a subclass provides -----------------------------------------------------------
 
@@ -467,8 +469,15 @@ class WindowedDetector(Detector):
             for window, records in zip(frame["window"].to_list(), frame[column].to_list(), strict=True):
                 self._records[window] = self._records.get(window, 0) + records
         self._whole.append({name: data[name] for name, spec in self.tables.items() if not spec.windowed})
-        for band, part in self._split(data).items():
-            self._bands.setdefault(band, []).append((None, part))
+        windowed = {name: data[name] for name, spec in self.tables.items() if spec.windowed}
+        if _bands_spanned(windowed, self.band) > SPLIT_BANDS:
+            # Sparse over a long span (a year in a chunk): split when sealed, in the state it is
+            # merged into, not in every partial in flight (each band's tables cost ~2 KB of
+            # objects whatever their rows: a year of half-hour bands is 17,000 of them).
+            self._fresh.append(windowed)
+        else:
+            for band, part in self._split(data).items():
+                self._bands.setdefault(band, []).append((None, part))
         self._fold_crowded()
 
     def shift_lines(self, path: str, by: int) -> None:
@@ -476,6 +485,7 @@ class WindowedDetector(Detector):
         # exist only in sealed states, which the committer never moves.
         self._bands = {band: [(at, shifted_tables(tables, path, by)) for at, tables in parts]
                        for band, parts in self._bands.items()}
+        self._fresh = [shifted_tables(tables, path, by) for tables in self._fresh]
         self._whole = [shifted_tables(tables, path, by) for tables in self._whole]
 
     def merge(self, other: WindowedDetector) -> None:
@@ -484,6 +494,7 @@ class WindowedDetector(Detector):
             self._thinned_levels = None
         for band, parts in other._bands.items():
             self._bands.setdefault(band, []).extend(parts)
+        self._fresh.extend(other._fresh)
         self._whole.extend(other._whole)
         self.newest = _newest(self.watermark_rank, self.newest, other.newest)
         self.late += other.late
@@ -537,7 +548,7 @@ class WindowedDetector(Detector):
     def state_size(self) -> int:
         """Bytes of the window tables, the closed windows' verdicts and whatever a subclass keeps besides."""
         frames = [frame for parts in self._bands.values() for _, data in parts for frame in data.values()]
-        frames += [frame for data in self._whole for frame in data.values()]
+        frames += [frame for data in self._whole + self._fresh for frame in data.values()]
         return sum(frame.estimated_size() for frame in frames) + FLAG_BYTES * len(self.closed) + self.extra_size()
 
     def extra_size(self) -> int:
@@ -546,6 +557,7 @@ class WindowedDetector(Detector):
 
     def compact(self) -> None:
         """Each band's parts folded into one table set, as a checkpoint holds them and results read them."""
+        self._settle()
         for band in list(self._bands):
             self._fold_band(band)
         self._fold_whole()
@@ -557,11 +569,19 @@ class WindowedDetector(Detector):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_thinned_levels", None)  # saved before it was kept: thin every part again
+        self.__dict__.setdefault("_fresh", [])
         # A state saved by a release without ``least_retention`` keeps its windows that long from
         # now on: the horizon waits for the watermark to pass it, and nothing closed re-opens.
         self.retention = max(self.retention, self.least_retention)
 
     # -- folding ----------------------------------------------------------------------------
+
+    def _settle(self) -> None:
+        """Split the tables ``update`` left whole into their bands."""
+        fresh, self._fresh = self._fresh, []
+        for data in fresh:
+            for band, part in self._split(data).items():
+                self._bands.setdefault(band, []).append((None, part))
 
     def _split(self, data: Tables) -> dict[int, Tables]:
         """The windowed tables of ``data``, by band."""
@@ -663,6 +683,7 @@ class WindowedDetector(Detector):
         # Rows for windows closed before they came are counted as late and dropped here, also
         # when the watermark stays put: a backlog older than the watermark must not pile up.
         # Bands are not folded for that: only the ones judged below are.
+        self._settle()
         self._thin()  # first: the parts merged since the last seal are the ones without a tag
         for band, parts in self._bands.items():
             self._bands[band] = [(self.horizon, self._drop_late(tag, data, self.horizon)) for tag, data in parts]
@@ -881,6 +902,18 @@ def _row_estimate(registers: np.ndarray) -> int:
     if estimate <= 2.5 * m and zeros:
         estimate = m * np.log(m / zeros)
     return int(round(estimate)) << ROW_SAMPLE_BITS
+
+
+#: A batch whose windows span more bands than this is kept whole until sealed (``WindowedDetector.update``).
+SPLIT_BANDS = 16
+
+
+def _bands_spanned(data: Tables, band: int) -> int:
+    """How many bands the windows of ``data`` reach over, first to last."""
+    spans = [(frame["window"].min(), frame["window"].max()) for frame in data.values() if frame.height]
+    if not spans:
+        return 0
+    return max(hi for _, hi in spans) // band - min(lo for lo, _ in spans) // band + 1
 
 
 def _bands(frame: pl.DataFrame, width: int) -> list[tuple[int, pl.DataFrame]]:
