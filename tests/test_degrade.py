@@ -34,6 +34,13 @@ def dense_log(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return generated(tmp_path_factory.mktemp("dense"), DAYS)
 
 
+def shipped(root) -> Workspace:
+    """A workspace of its own at ``root``, with the shipped rules and settings."""
+    shutil.copytree(REPO / "rules", root / "rules")
+    shutil.copy(REPO / "settings.yaml", root / "settings.yaml")
+    return Workspace(root)
+
+
 def counted(workspace: Workspace, log: bytes, settings: str) -> tuple[dict, dict]:
     workspace.write("dense.log", log)
     workspace.configure(settings)
@@ -70,24 +77,6 @@ def test_under_the_default_cap_a_log_of_usual_density_is_judged_whole(workspace,
     assert all(rule["degraded"] is None for rule in summary["rules"].values())
 
 
-@pytest.mark.parametrize("split", [
-    "chunk_bytes: 262144\nworkers: 1\n",
-    "chunk_bytes: 1048576\nworkers: 2\nqueue_size: 3\n",
-])
-def test_how_a_state_thins_does_not_depend_on_how_the_input_was_split(tmp_path, dense_log, split):
-    results = []
-    for name, settings in (("a", "chunk_bytes: 2097152\nworkers: 2\n"), ("b", split)):
-        root = tmp_path / name
-        shutil.copytree(REPO / "rules", root / "rules")
-        shutil.copy(REPO / "settings.yaml", root / "settings.yaml")
-        space = Workspace(root)
-        results.append(counted(space, dense_log, f"limits: {{memory_mb: {SMALL_MB}}}\n{settings}"))
-    (first, first_anomalies), (second, second_anomalies) = results
-    assert without_run(first) == without_run(second)
-    assert first_anomalies["anomalies"] == second_anomalies["anomalies"]
-    assert first["rules"]["duplicate-events"]["degraded"] is not None
-
-
 def many_services(services: int, lines: int, burst_every: int = 4) -> str:
     """Four days of traffic over ``services``, with failures bursting on day 4 in 1 service of ``burst_every``."""
     out, state = [], 5
@@ -121,9 +110,7 @@ def test_more_services_than_a_seasonal_share_holds_thin_to_the_same_verdicts_for
     # services took 43 s and 827 MB at a 500 MB cap.)
     results = {}
     for cap in (200, 4000):
-        space = Workspace(tmp_path / str(cap))
-        shutil.copytree(REPO / "rules", space.root / "rules")
-        shutil.copy(REPO / "settings.yaml", space.root / "settings.yaml")
+        space = shipped(tmp_path / str(cap))
         rules = space.root / "rules" / "anomalies.yaml"  # every incident listed, not the 20 that rank first
         rules.write_text(rules.read_text(encoding="utf-8").replace("max_incidents: 20", "max_incidents: 1000"),
                          encoding="utf-8")
@@ -150,9 +137,7 @@ def test_the_records_of_services_thinned_out_still_count_in_key_all(tmp_path):
     log = many_services(400, 1_200_000, burst_every=10).encode()
     found = {}
     for cap in (200, 4000):
-        space = Workspace(tmp_path / str(cap))
-        shutil.copytree(REPO / "rules", space.root / "rules")
-        shutil.copy(REPO / "settings.yaml", space.root / "settings.yaml")
+        space = shipped(tmp_path / str(cap))
         summary, anomalies = counted(space, log, f"limits: {{memory_mb: {cap}}}\n")
         found[cap] = (summary["rules"]["error-spikes"]["degraded"], incidents(anomalies, "error-spikes"))
     (degraded, thinned), (_, whole) = found[200], found[4000]
@@ -165,15 +150,19 @@ def test_the_records_of_services_thinned_out_still_count_in_key_all(tmp_path):
     "chunk_bytes: 262144\nworkers: 1\n",
     "chunk_bytes: 1048576\nworkers: 2\nqueue_size: 3\n",
 ])
-def test_how_services_thin_does_not_depend_on_how_the_input_was_split(tmp_path, services_log, split):
+@pytest.mark.parametrize(("log", "memory_mb", "thinned"), [
+    ("dense_log", SMALL_MB, "duplicate-events"),  # records thinned in dense windows
+    ("services_log", 200, "error-spikes"),  # services thinned, their records summed into key all
+])
+def test_how_a_state_thins_does_not_depend_on_how_the_input_was_split(tmp_path, request, log, memory_mb, thinned,
+                                                                      split):
+    text = request.getfixturevalue(log)
+    text = text.encode() if isinstance(text, str) else text
     results = []
-    for name, settings in (("a", "chunk_bytes: 4194304\nworkers: 2\n"), ("b", split)):
-        space = Workspace(tmp_path / name)
-        shutil.copytree(REPO / "rules", space.root / "rules")
-        shutil.copy(REPO / "settings.yaml", space.root / "settings.yaml")
-        results.append(counted(space, services_log.encode(), f"limits: {{memory_mb: 200}}\n{settings}"))
+    for name, settings in (("a", "chunk_bytes: 2097152\nworkers: 2\n"), ("b", split)):
+        results.append(counted(shipped(tmp_path / name), text, f"limits: {{memory_mb: {memory_mb}}}\n{settings}"))
     (first, first_anomalies), (second, second_anomalies) = results
-    assert first["rules"]["error-spikes"]["degraded"] is not None
+    assert first["rules"][thinned]["degraded"] is not None
     assert without_run(first) == without_run(second)
     assert first_anomalies["anomalies"] == second_anomalies["anomalies"]
 

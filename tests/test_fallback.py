@@ -397,39 +397,29 @@ def _without_times(text: str) -> str:
 COUNT = built("_count", importlib.import_module("core.counts").COUNT_VERSION)
 
 
+#: Keys of up to 28 bytes and a few of 40; and keys of 13 bytes to 6 KB, whose bytes weigh as keys
+#: against the capacity (each 43 of them as one key): 300 keys' room is purged by bytes long before
+#: it holds 300 keys, 100,000 keys' room holds them all.
+_SHORT = [f"user{i % 97}{'x' * (i % 17)}" for i in range(5000)] + ["é" * 20] * 3
+_LONG = [f"user{i % 211}-" + "y" * (i % 211 * 29) for i in range(4000)]
+
+
 @pytest.mark.skipif(COUNT is None, reason="core._count is not built: nothing to compare the stand-in with")
-@pytest.mark.parametrize("capacity", [1_000_000, 40])  # exact, and past its capacity (purged)
-def test_a_count_table_serialises_to_the_bytes_of_the_compiled_one(capacity):
+@pytest.mark.parametrize(("keys", "capacity", "purged"), [
+    (_SHORT, 1_000_000, False), (_SHORT, 40, True), (_LONG, 100_000, False), (_LONG, 300, True),
+])
+def test_a_count_table_serialises_to_the_bytes_of_the_compiled_one(keys, capacity, purged):
     # Checkpoints written by either path must read back in the other: the same bytes.
     from core.fallback import _count as pure_count
 
-    keys = pl.Series([f"user{i % 97}{'x' * (i % 17)}" for i in range(5000)] + ["é" * 20] * 3)
-    tables = []
-    for module in (COUNT, pure_count):
-        table = module.Counts(capacity)
-        for part in (keys[:2000], keys[2000:]):
-            table.add(part.__arrow_c_stream__())
-        tables.append(table)
-    compiled_bytes, pure_bytes = (table.to_bytes() for table in tables)
-    assert compiled_bytes == pure_bytes
-    assert COUNT.Counts.from_bytes(pure_bytes).to_bytes() == compiled_bytes
-
-
-@pytest.mark.skipif(COUNT is None, reason="core._count is not built: nothing to compare the stand-in with")
-@pytest.mark.parametrize("capacity", [100_000, 300])
-def test_long_keys_weigh_against_the_capacity_alike_in_the_compiled_and_the_pure_python_table(capacity):
-    # Keys of 13 bytes to 6 KB: each 43 bytes of them weigh as one key, so 300 keys' room is
-    # purged by bytes long before it holds 300 keys; 100,000 keys' room holds them all, exact.
-    from core.fallback import _count as pure_count
-
-    keys = pl.Series([f"user{i % 211}-" + "y" * (i % 211 * 29) for i in range(4000)])
+    keys = pl.Series(keys)
     tables = []
     for module in (COUNT, pure_count):
         table = module.Counts(capacity)
         for part in (keys[:1500], keys[1500:]):
             table.add(part.__arrow_c_stream__())
         tables.append(table)
-    assert tables[0].approximate == tables[1].approximate == (capacity == 300)
+    assert tables[0].approximate == tables[1].approximate == purged
     compiled_bytes, pure_bytes = (table.to_bytes() for table in tables)
     assert compiled_bytes == pure_bytes
     assert COUNT.Counts.from_bytes(pure_bytes).to_bytes() == compiled_bytes
