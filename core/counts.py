@@ -26,6 +26,8 @@ ENTRY_BYTES, SLOT_BYTES = 32, 4
 #: keys longer than 12 as one key more against its capacity (core/_count.c), so that long keys
 #: make it approximate sooner rather than take it past its memory.
 BYTES_PER_KEY = 43
+#: Keys up to this many bytes are kept in their entry; longer ones in the table's arena.
+INLINE_BYTES = 12
 #: The table's own object and alignment, whatever its keys.
 OVERHEAD = 4096
 #: The fewest keys a table keeps, whatever its bound: a summary this size still finds every key
@@ -155,6 +157,12 @@ def _stream(series: pl.Series) -> object:
     return series.__arrow_c_stream__()
 
 
+def capacity_holding(values: list[str]) -> int:
+    """The capacity that holds the distinct ``values`` exactly: a key each, and long keys' bytes (``BYTES_PER_KEY``)."""
+    long = sum(length for length in (len(value.encode()) for value in values) if length > INLINE_BYTES)
+    return max(1, len(values) + long // BYTES_PER_KEY)
+
+
 def positions(column: pl.Series, values: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The rows of a String ``column`` whose value is one of ``values`` (distinct), and which one each is.
 
@@ -162,7 +170,7 @@ def positions(column: pl.Series, values: list[str]) -> tuple[np.ndarray, np.ndar
     names to a few of them took 2 ms, 5 ms while the other worker ran queries (Polars' thread
     pool is shared).
     """
-    table = _count.Counts(max(1, len(values)))
+    table = _count.Counts(capacity_holding(values))
     table.add(_stream(pl.Series(values, dtype=pl.String())))
     if len(table) != len(values):
         raise ValueError("positions: expected distinct values")

@@ -467,14 +467,14 @@ def test_the_positions_of_some_keys_in_a_column_are_the_stand_ins_and_the_plain_
     # Keys of every length (inline and not: 12 bytes), nulls (never found), keys not in the column.
     import numpy as np
 
-    from core.counts import positions
+    from core.counts import capacity_holding, positions
     from core.fallback import _count as pure_count
 
     series = pl.Series(column, dtype=pl.String())
     rows, which = positions(series, values)
     expected = [(row, values.index(value)) for row, value in enumerate(column) if value is not None and value in values]
     assert list(zip(rows.tolist(), which.tolist(), strict=True)) == expected
-    table = pure_count.Counts(max(1, len(values)))
+    table = pure_count.Counts(capacity_holding(values))
     table.add(pl.Series(values, dtype=pl.String()).__arrow_c_stream__())
     found = table.positions(series.__arrow_c_stream__())
     pure_rows, pure_which = (np.frombuffer(part, dtype=np.int64) for part in found)
