@@ -24,7 +24,7 @@
 #include <structmember.h>
 
 /* Raised with every change to what the module offers Python; core/counts.py checks it. */
-#define COUNT_VERSION 4
+#define COUNT_VERSION 5
 /* The serialised form: magic, then its own version. */
 static const char MAGIC[4] = {'O', 'M', 'P', 'C'};
 #define FORMAT_VERSION 1
@@ -993,8 +993,47 @@ PyDoc_STRVAR(repeats_doc,
 "repeats(hashes) -> bytes\n\n"
 "The rows (int64, ascending) of a contiguous buffer of 64-bit values whose value occurs more than once.");
 
+/* long_values(column): the rows of a String column whose value is longer than INLINE bytes, and
+ * those lengths, as int64 pairs. Reads only the views' lengths. */
+static PyObject *
+count_long_values(PyObject *Py_UNUSED(module), PyObject *capsule)
+{
+    Column column = {0};
+    if (!open_column(capsule, &column, "column", 1)) {
+        close_column(&column);
+        return NULL;
+    }
+    if (column.kind != VIEWS) {
+        close_column(&column);
+        return PyErr_Format(PyExc_TypeError, "column: expected a String column");
+    }
+    Buffer found = {0};
+    int ok = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t row = 0; ok && row < column.length; row++) {
+        int32_t length;
+        memcpy(&length, column.views + 16 * row, 4);
+        if (length > INLINE && is_valid(&column, row)) {
+            int64_t pair[2] = {row, length};
+            ok = append(&found, pair, sizeof pair);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    close_column(&column);
+    PyObject *result = ok ? PyBytes_FromStringAndSize(found.data ? found.data : "", (Py_ssize_t)found.used)
+                          : PyErr_NoMemory();
+    pool_free(found.data);
+    return result;
+}
+
+PyDoc_STRVAR(long_values_doc,
+"long_values(column) -> bytes\n\n"
+"The rows of a String column (an Arrow C stream) whose value is longer than 12 bytes, and their\n"
+"lengths, as int64 pairs (row, length); nulls are skipped.");
+
 static PyMethodDef module_methods[] = {
     {"repeats", (PyCFunction)count_repeats, METH_O, repeats_doc},
+    {"long_values", (PyCFunction)count_long_values, METH_O, long_values_doc},
     {NULL},
 };
 

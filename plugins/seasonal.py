@@ -21,6 +21,7 @@ enough to matter (a ratio to the expectation of at least ``ratio``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -455,6 +456,41 @@ def _dispersion(work: _Stack, known: int, index: int, day: int) -> tuple[np.ndar
 # numpy's median and (linear) quantile, of each row of an array sorted already (NaN last, ``count``
 # of each row not NaN), in its own dtype: the same numbers as np.median / np.quantile of each row's
 # values, without their fixed cost (tests/test_detectors.py checks them against numpy).
+@functools.lru_cache(maxsize=8)
+def _whole_digests(keys: frozenset[str]) -> np.ndarray:
+    """The hashes of keys never thinned, and of ``REST``."""
+    return pl.Series(sorted(keys | {REST}), dtype=pl.String).hash(seed=THIN_SEED).to_numpy()
+
+
+#: Keys' hashes (``THIN_SEED``) already made, shared by every state of the process: a batch's keys
+#: (services, per window) are nearly always ones seen before, and a Polars ``hash`` is an
+#: expression run for each batch (0.4 ms, and a wait on Polars' thread pool).
+_HASHES: dict[str, int] = {}
+_HASHES_KEPT = 65_536
+
+
+def _key_hashes(keys: pl.Series) -> np.ndarray:
+    """The distinct hashes of ``keys``, sorted."""
+    if keys.len() > _HASHES_KEPT:
+        return _distinct(keys.hash(seed=THIN_SEED).to_numpy())
+    known = {name: _HASHES.get(name) for name in set(keys.to_list())}
+    new = [name for name, digest in known.items() if digest is None]
+    if new:
+        made = dict(zip(new, pl.Series(new, dtype=pl.String).hash(seed=THIN_SEED).to_list(), strict=True))
+        known.update(made)
+        if len(_HASHES) + len(made) > _HASHES_KEPT:
+            _HASHES.clear()
+        _HASHES.update(made)
+    return _distinct(np.fromiter(known.values(), dtype=np.uint64, count=len(known)))
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """The distinct values, sorted: ``np.unique``'s result without its first call's import of ``numpy.ma``
+    (75 ms, under the GIL, in every run)."""
+    ordered = np.sort(values)
+    return ordered[np.r_[True, ordered[1:] != ordered[:-1]]] if len(ordered) else ordered
+
+
 def _kept(hashes: np.ndarray, level: int) -> np.ndarray:
     """The key hashes thinning at ``level`` keeps: the top ``level`` bits zero."""
     return hashes[hashes <= np.right_shift(np.uint64(2**64 - 1), np.uint64(level))]
@@ -548,7 +584,7 @@ class SeasonalDetector(WindowedDetector):
         if other.first_window is not None:
             self.first_window = min(other.first_window, self.first_window or other.first_window)
         level = max(self.key_level, other.key_level)
-        held = np.union1d(_kept(self.keys_held, level), _kept(other.keys_held, level))
+        held = _distinct(np.concatenate([_kept(self.keys_held, level), _kept(other.keys_held, level)]))
         if not self._hold(held, level) and other.key_level < self.key_level:  # its rows of keys I no longer keep
             for band, parts in self._bands.items():
                 at = before.get(band, 0)
@@ -591,12 +627,13 @@ class SeasonalDetector(WindowedDetector):
         counts = data["counts"]
         if not counts.height:
             return data
-        first = int(counts["window"].min())
+        first = int(counts["window"].to_numpy().min())  # NumPy, not Polars: no wait on its thread pool
         self.first_window = first if self.first_window is None else min(first, self.first_window)
-        keys = counts["key"].unique()
-        keys = keys.filter(~keys.is_in(list(self.whole_keys | {REST})))
-        fresh = _kept(keys.hash(seed=THIN_SEED).to_numpy(), self.key_level)
-        self._hold(np.union1d(self.keys_held, fresh), self.key_level)
+        digests = _key_hashes(counts["key"])
+        for whole in _whole_digests(self.whole_keys).tolist():
+            digests = digests[digests != whole]
+        fresh = _kept(digests, self.key_level)
+        self._hold(_distinct(np.concatenate([self.keys_held, fresh])), self.key_level)
         return self._thin_keys(data)
 
     def _hold(self, held: np.ndarray, level: int) -> bool:

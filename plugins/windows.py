@@ -59,6 +59,7 @@ FLAG_BYTES = 2048
 ROW_REGISTERS = 256
 ROW_SAMPLE_BITS = 4
 _ROW_ALPHA = 0.7213 / (1 + 1.079 / ROW_REGISTERS)
+_POWERS = np.ldexp(1.0, -np.arange(256))  # 2^-rank, looked up (``np.ldexp`` of int64 ranks is slow)
 #: The plausible range windowed detectors accept by default (records outside it are the timestamp rule's business).
 MIN_TIME = "2000-01-01T00:00:00Z"
 MAX_FUTURE = "5m"
@@ -405,9 +406,9 @@ class WindowedDetector(Detector):
         self.closed: dict[str, dict[str, Any]] = {}
         self._bands: dict[int, list[tuple[int | None, Tables]]] = {}
         self._whole: list[Tables] = []
-        #: Thinning levels: (window, level) where the level rises; the most records any closed
-        #: window's span held (see ``_span_records``); records per window, as batches come, kept
-        #: from ``span`` windows before the horizon on (only where the detector may thin).
+        #: Thinning levels: (window, level) where the level rises; the most bytes of rows any
+        #: closed window's span held (see ``_span_records``); those bytes per window, as batches
+        #: come, kept from ``span`` windows before the horizon on (only where the detector may thin).
         self._levels: list[tuple[int, int]] = []
         #: The levels the parts with a tag were thinned at (None: not known, as in a state saved
         #: before it was kept): while they are ``_levels``, only the parts without a tag need it.
@@ -466,11 +467,14 @@ class WindowedDetector(Detector):
         elif self.thin_by is not None:
             name, column = self.events
             frame = data[name]
+            extra = self.long_key_bytes(data)
             for window, records in zip(frame["window"].to_list(), frame[column].to_list(), strict=True):
-                self._records[window] = self._records.get(window, 0) + records
+                held = records * self.bytes_per_record + extra.get(window, 0)
+                self._records[window] = self._records.get(window, 0) + held
         self._whole.append({name: data[name] for name, spec in self.tables.items() if not spec.windowed})
         windowed = {name: data[name] for name, spec in self.tables.items() if spec.windowed}
-        if _bands_spanned(windowed, self.band) > SPLIT_BANDS:
+        spanned = data.get(self.events[0], next(iter(windowed.values()), None))  # a table of every window
+        if spanned is not None and _bands_spanned(spanned, self.band) > SPLIT_BANDS:
             # Sparse over a long span (a year in a chunk): split when sealed, in the state it is
             # merged into, not in every partial in flight (each band's tables cost ~2 KB of
             # objects whatever their rows: a year of half-hour bands is 17,000 of them).
@@ -503,9 +507,9 @@ class WindowedDetector(Detector):
         for key, anomaly in other.closed.items():
             self.closed[key] = _prefer(anomaly, self.closed[key]) if key in self.closed else anomaly
         if self.thin_rows is not None:
-            for window, registers in other._row_sketches.items():
-                if self.horizon is None or window >= self.horizon:  # a closed window's are late: not counted
-                    self._add_sketch(window, registers)
+            windows = [w for w in other._row_sketches if self.horizon is None or w >= self.horizon]  # closed: late
+            if windows:
+                self._add_sketches(windows, np.stack([other._row_sketches[w] for w in windows]))
         else:
             for window, records in other._records.items():
                 if self.horizon is None or window >= self.horizon:
@@ -809,18 +813,24 @@ class WindowedDetector(Detector):
         _, length = np.frexp(((digest & np.uint64((1 << low) - 1)) >> np.uint64(1)).astype(np.float64))
         registers = np.zeros((len(found), ROW_REGISTERS), dtype=np.uint8)
         np.maximum.at(registers, (at, bucket), (low - length).astype(np.uint8))  # exact: the bits are under 2^53
-        for window, row in zip(found.tolist(), registers, strict=True):
-            self._add_sketch(window, row)
+        self._add_sketches(found.tolist(), registers)
 
-    def _add_sketch(self, window: int, registers: np.ndarray) -> None:
-        mine = self._row_sketches.get(window)
-        mine = registers.copy() if mine is None else np.maximum(mine, registers)
-        self._row_sketches[window] = mine
-        self._records[window] = _row_estimate(mine)
+    def _add_sketches(self, windows: list[int], registers: np.ndarray) -> None:
+        """Merge sketches (a row of ``registers`` per window) into the state's; re-estimate those windows."""
+        for at, window in enumerate(windows):
+            mine = self._row_sketches.get(window)
+            if mine is not None:
+                registers[at] = np.maximum(mine, registers[at])
+        for window, row, estimate in zip(windows, registers, _row_estimates(registers), strict=True):
+            self._row_sketches[window] = row
+            self._records[window] = estimate * self.bytes_per_record
 
-    def level_for(self, records: int) -> int:
-        """How many halvings keep ``records`` records held within ``state_bytes``."""
-        held = records * self.bytes_per_record
+    def long_key_bytes(self, data: Tables) -> dict[int, int]:
+        """Per window, the bytes a batch's records add beyond ``bytes_per_record`` (none by default)."""
+        return {}
+
+    def level_for(self, held: int) -> int:
+        """How many halvings keep ``held`` bytes of rows within ``state_bytes``."""
         level = 0
         while held > self.state_bytes << level and level < MAX_LEVEL:
             level += 1
@@ -894,26 +904,27 @@ class WindowedDetector(Detector):
         return window * self.width, (window + 1) * self.width
 
 
-def _row_estimate(registers: np.ndarray) -> int:
-    """The distinct rows a window's sketch saw (HyperLogLog, with its small-range correction), scaled by the sample."""
+def _row_estimates(registers: np.ndarray) -> list[int]:
+    """The distinct rows each sketch (a row of ``registers``) saw: HyperLogLog with its small-range
+    correction, scaled by the sample."""
     m = ROW_REGISTERS
-    estimate = _ROW_ALPHA * m * m / float(np.sum(np.ldexp(1.0, -registers.astype(np.int64))))
-    zeros = int(np.count_nonzero(registers == 0))
-    if estimate <= 2.5 * m and zeros:
-        estimate = m * np.log(m / zeros)
-    return int(round(estimate)) << ROW_SAMPLE_BITS
+    estimates = _ROW_ALPHA * m * m / _POWERS[registers].sum(axis=1)
+    zeros = np.count_nonzero(registers == 0, axis=1)
+    small = (estimates <= 2.5 * m) & (zeros > 0)
+    estimates[small] = m * np.log(m / zeros[small])
+    return [int(round(e)) << ROW_SAMPLE_BITS for e in estimates.tolist()]
 
 
 #: A batch whose windows span more bands than this is kept whole until sealed (``WindowedDetector.update``).
 SPLIT_BANDS = 16
 
 
-def _bands_spanned(data: Tables, band: int) -> int:
-    """How many bands the windows of ``data`` reach over, first to last."""
-    spans = [(frame["window"].min(), frame["window"].max()) for frame in data.values() if frame.height]
-    if not spans:
+def _bands_spanned(frame: pl.DataFrame, band: int) -> int:
+    """How many bands the windows of ``frame`` (a batch's table of every window with records) reach over."""
+    if not frame.height:
         return 0
-    return max(hi for _, hi in spans) // band - min(lo for lo, _ in spans) // band + 1
+    windows = frame["window"].to_numpy()  # NumPy, not Polars: no wait on its thread pool
+    return int(windows.max()) // band - int(windows.min()) // band + 1
 
 
 def _bands(frame: pl.DataFrame, width: int) -> list[tuple[int, pl.DataFrame]]:

@@ -223,7 +223,7 @@ def test_a_windows_distinct_rows_are_estimated_closely_and_the_same_however_they
                           "window": np.full(rows + rows // 3, 7, dtype=np.int64)})
     whole = DuplicateEvent("whole")
     whole._count_rows(frame)
-    assert abs(whole._records[7] / rows - 1) < 0.25
+    assert abs(whole._records[7] / whole.bytes_per_record / rows - 1) < 0.25  # held as the rows' bytes
     merged = DuplicateEvent("merged")
     for part in (frame.slice(0, rows // 2), frame.slice(rows // 2, rows // 5), frame.slice(rows // 2 + rows // 5)):
         piece = DuplicateEvent("part")
@@ -252,3 +252,19 @@ def test_a_log_sparse_over_years_is_judged_in_a_few_calls_with_its_duplicate_fou
     anomalies = json.loads((workspace.output / "anomalies.json").read_text(encoding="utf-8"))
     assert len(calls) < 200, len(calls)  # a call per band with records: about 60,000
     assert [a["count"] for a in anomalies["anomalies"] if a["rule"] == "duplicate-events"] == [2]
+
+
+def test_long_user_names_weigh_in_how_busy_users_thins(workspace):
+    # 6,000 users of 3 KB in an hour and a half: 18 MB of names against busy-users' 2 MB share at
+    # this cap. Counted as records (48 bytes each) they fit, and its state held 7 times its share;
+    # each record now also weighs its value's bytes past 12.
+    lines = "".join(f"2025-07-22T12:{i // 100 % 60:02d}:{i % 60:02d}Z SUCCESS Svc u{i:05d}{'x' * 3000} paid\n"
+                    .replace("T12:", f"T{12 + i // 6000:02d}:") for i in range(9000))
+    workspace.write("long.log", lines)
+    workspace.configure("limits: {memory_mb: 200}\n")
+    done = workspace.run("--reset")
+    assert done.returncode == 0, done.stderr
+    summary = workspace.summary()
+    assert "user values thinned to 1 in" in summary["rules"]["busy-users"]["degraded"]
+    state = summary["run"]["rule_state"]["busy-users"]
+    assert state["peak_bytes"] <= 2 * state["limit_bytes"]

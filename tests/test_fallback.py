@@ -490,3 +490,20 @@ def test_positions_refuses_values_that_repeat_or_a_purged_table():
     table.add(pl.Series(["a", "a", "b"]).__arrow_c_stream__())  # the second key purges
     with pytest.raises(ValueError, match="purged"):
         table.positions(pl.Series(["a"]).__arrow_c_stream__())
+
+
+@pytest.mark.skipif(COUNT is None, reason="core._count is not built: nothing to compare the stand-in with")
+@given(st.lists(st.one_of(_NAMES, st.none()), max_size=200))
+@settings(max_examples=200, deadline=None)
+def test_the_long_values_of_a_column_are_the_stand_ins(column):
+    import numpy as np
+
+    from core.counts import _stream
+    from core.fallback import _count as pure_count
+
+    series = pl.Series(column, dtype=pl.String())
+    compiled, pure = (np.frombuffer(module.long_values(_stream(series)), dtype=np.int64).tolist()
+                      for module in (COUNT, pure_count))
+    assert compiled == pure
+    expected = [[row, len(v.encode())] for row, v in enumerate(column) if v is not None and len(v.encode()) > 12]
+    assert compiled == [x for pair in expected for x in pair]

@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 #: The version of ``core/_count.c`` this stands in for.
-VERSION = 4
+VERSION = 5
 _MAGIC = b"OMPC"
 _FORMAT_VERSION = 1
 # The compiled table's header: magic, version, approximate, reserved, capacity, offset, total, n.
@@ -200,3 +200,10 @@ def repeats(hashes: Any) -> bytes:
     if not same.any():
         return b""
     return np.flatnonzero(np.isin(values, ordered[1:][same])).astype(np.int64).tobytes()
+
+
+def long_values(stream: object) -> bytes:
+    """The rows of a String column whose value is longer than 12 bytes, and their lengths, as int64 pairs."""
+    lengths = pl.Series(_Stream(stream)).str.len_bytes().to_numpy()
+    rows = np.flatnonzero(np.nan_to_num(lengths.astype(np.float64), nan=0) > _INLINE)
+    return np.column_stack([rows, lengths[rows]]).astype(np.int64).tobytes()
