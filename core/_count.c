@@ -490,20 +490,30 @@ out_of_memory(int ok)
     Py_RETURN_NONE;
 }
 
+/* Opens a String column from capsule; on failure sets an exception naming it, closes it and returns 0. */
+static int
+open_strings(PyObject *capsule, Column *column, const char *name)
+{
+    if (!open_column(capsule, column, name, 1)) {
+        close_column(column);
+        return 0;
+    }
+    if (column->kind != VIEWS) {
+        close_column(column);
+        PyErr_Format(PyExc_TypeError, "%s: expected a String column", name);
+        return 0;
+    }
+    return 1;
+}
+
 PyDoc_STRVAR(add_doc, "add(stream)\n--\n\nCount each value of a String column (its __arrow_c_stream__); nulls are skipped.");
 
 static PyObject *
 Counts_add(Counts *c, PyObject *capsule)
 {
     Column column = {0};
-    if (!open_column(capsule, &column, "values", 1)) {
-        close_column(&column);
+    if (!open_strings(capsule, &column, "values"))
         return NULL;
-    }
-    if (column.kind != VIEWS) {
-        close_column(&column);
-        return PyErr_Format(PyExc_TypeError, "values: expected a String column");
-    }
     int ok;
     Py_BEGIN_ALLOW_THREADS
     ok = add_column(c, &column, NULL);
@@ -535,14 +545,8 @@ static PyObject *
 Counts_positions(Counts *c, PyObject *capsule)
 {
     Column column = {0};
-    if (!open_column(capsule, &column, "column", 1)) {
-        close_column(&column);
+    if (!open_strings(capsule, &column, "column"))
         return NULL;
-    }
-    if (column.kind != VIEWS) {
-        close_column(&column);
-        return PyErr_Format(PyExc_TypeError, "column: expected a String column");
-    }
     if (c->offset) {
         close_column(&column);
         return PyErr_Format(PyExc_ValueError, "positions: the table was purged: its entries are not numbered");
@@ -999,14 +1003,8 @@ static PyObject *
 count_long_values(PyObject *Py_UNUSED(module), PyObject *capsule)
 {
     Column column = {0};
-    if (!open_column(capsule, &column, "column", 1)) {
-        close_column(&column);
+    if (!open_strings(capsule, &column, "column"))
         return NULL;
-    }
-    if (column.kind != VIEWS) {
-        close_column(&column);
-        return PyErr_Format(PyExc_TypeError, "column: expected a String column");
-    }
     Buffer found = {0};
     int ok = 1;
     Py_BEGIN_ALLOW_THREADS
