@@ -21,6 +21,7 @@ enough to matter (a ratio to the expectation of at least ``ratio``).
 
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
@@ -574,22 +575,23 @@ class SeasonalDetector(WindowedDetector):
 
     def merge(self, other: WindowedDetector) -> None:
         assert isinstance(other, SeasonalDetector)
-        before = {band: len(parts) for band, parts in self._bands.items()}
-        fresh = len(self._fresh)
+        if other.first_window is not None:
+            self.first_window = min(other.first_window, self.first_window or other.first_window)
+        level = max(self.key_level, other.key_level)
+        self._hold(_distinct(np.concatenate([_kept(self.keys_held, level), _kept(other.keys_held, level)])), level)
+        if other.key_level < self.key_level:
+            # Its rows of keys I no longer keep, thinned before they join my parts: a band crowded
+            # with parts is folded as they join, and rows folded in could not be told apart again.
+            other = copy.copy(other)
+            other._bands = {band: [(tag, self._thin_keys(data)) for tag, data in parts]
+                            for band, parts in other._bands.items()}
+            other._fresh = [self._thin_keys(data) for data in other._fresh]
         # Only a sealed state judges; of two that did, the one that judged further wins.
         mine, theirs = self.horizon, other.horizon
         super().merge(other)
         if theirs is not None and (mine is None or theirs > mine):
             self.history = dict(other.history)
-        if other.first_window is not None:
-            self.first_window = min(other.first_window, self.first_window or other.first_window)
-        level = max(self.key_level, other.key_level)
-        held = _distinct(np.concatenate([_kept(self.keys_held, level), _kept(other.keys_held, level)]))
-        if not self._hold(held, level) and other.key_level < self.key_level:  # its rows of keys I no longer keep
-            for band, parts in self._bands.items():
-                at = before.get(band, 0)
-                parts[at:] = [(tag, self._thin_keys(data)) for tag, data in parts[at:]]
-            self._fresh[fresh:] = [self._thin_keys(data) for data in self._fresh[fresh:]]
+        self._hold(self.keys_held, self.key_level)  # at the span the merge reached
         if self.key_level:
             self._thin_judged()
 
