@@ -494,7 +494,12 @@ def _distinct(values: np.ndarray) -> np.ndarray:
 
 def _kept(hashes: np.ndarray, level: int) -> np.ndarray:
     """The key hashes thinning at ``level`` keeps: the top ``level`` bits zero."""
-    return hashes[hashes <= np.right_shift(np.uint64(2**64 - 1), np.uint64(level))]
+    return hashes[hashes <= _limit(level)]
+
+
+def _limit(level: int) -> np.uint64:
+    """The largest hash thinning at ``level`` keeps."""
+    return np.right_shift(np.uint64(2**64 - 1), np.uint64(level))
 
 
 def sorted_median(ordered: np.ndarray, count: np.ndarray) -> np.ndarray:
@@ -638,30 +643,26 @@ class SeasonalDetector(WindowedDetector):
         self._hold(_distinct(np.concatenate([self.keys_held, fresh])), self.key_level)
         return self._thin_keys(data)
 
-    def _hold(self, held: np.ndarray, level: int) -> bool:
-        """Hold the hashes ``held`` (kept at ``level``), raising the level until they fit.
-
-        Returns whether the level rose, and the whole state was thinned to it.
-        """
+    def _hold(self, held: np.ndarray, level: int) -> None:
+        """Hold the hashes ``held`` (kept at ``level``), raising the level until they fit; if it rose,
+        thin the whole state to it."""
         capacity = self.key_capacity()
         while capacity is not None and held.size > capacity and level < MAX_LEVEL:
             level += 1
             held = _kept(held, level)
         self.keys_held = held
         if level <= self.key_level:
-            return False
+            return
         self.key_level = level
         for band, parts in self._bands.items():
             self._bands[band] = [(tag, self._thin_keys(data)) for tag, data in parts]
         self._fresh = [self._thin_keys(data) for data in self._fresh]
         self._thin_judged()
-        return True
 
     def _kept_keys(self, keys: pl.Series) -> np.ndarray:
         """Whether each key is kept at the thinning level (as a mask)."""
-        limit = np.right_shift(np.uint64(2**64 - 1), np.uint64(self.key_level))
         whole = keys.is_in(list(self.whole_keys | {REST})).to_numpy()
-        return whole | (keys.hash(seed=THIN_SEED).to_numpy() <= limit)
+        return whole | (keys.hash(seed=THIN_SEED).to_numpy() <= _limit(self.key_level))
 
     def _thin_keys(self, data: Tables) -> Tables:
         """``data`` with the rows of keys the level drops left out, or summed under ``REST`` (``keeps_rest``)."""
