@@ -21,7 +21,6 @@ enough to matter (a ratio to the expectation of at least ``ratio``).
 
 from __future__ import annotations
 
-import copy
 import functools
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
@@ -587,7 +586,10 @@ class SeasonalDetector(WindowedDetector):
         if other.key_level < self.key_level:
             # Its rows of keys I no longer keep, thinned before they join my parts: a band crowded
             # with parts is folded as they join, and rows folded in could not be told apart again.
-            other = copy.copy(other)
+            # A shallow copy, not copy.copy: that goes through __getstate__, which compacts a
+            # checkpoint's state (folds every band, splits a batch spanning months into its bands).
+            other, source = object.__new__(type(other)), other
+            other.__dict__.update(source.__dict__)
             other._bands = {band: [(tag, self._thin_keys(data)) for tag, data in parts]
                             for band, parts in other._bands.items()}
             other._fresh = [self._thin_keys(data) for data in other._fresh]

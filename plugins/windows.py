@@ -628,8 +628,13 @@ class WindowedDetector(Detector):
         self._whole = [data]
         return data
 
-    def _data(self, lo: int | None, hi: int | None, ordered: list[int] | None = None) -> Tables:
-        """Every row of windows ``lo - lookback <= window < hi``, folded (``ordered``: the bands, sorted)."""
+    def _data(self, lo: int | None, hi: int | None, ordered: list[int] | None = None,
+              fresh: list[Tables] = ()) -> Tables:
+        """Every row of windows ``lo - lookback <= window < hi``, folded (``ordered``: the bands, sorted).
+
+        ``fresh``: batches' tables not split into bands (see ``seal``), whose rows in the range are
+        folded in with the bands'.
+        """
         ordered = sorted(self._bands) if ordered is None else ordered
         start_at = 0 if lo is None else bisect.bisect_left(ordered, (lo - self.lookback) // self.band)
         end_at = len(ordered) if hi is None else bisect.bisect_right(ordered, (hi - 1) // self.band)
@@ -643,9 +648,13 @@ class WindowedDetector(Detector):
                 frames.append(folded[name] if inside else window_rows(folded[name], start, hi))
         data = {name: stack(frames or [self.tables[name].empty()])
                 for name, frames in parts.items()}
+        for name in data:
+            rows = [part for tables in fresh if (part := window_rows(tables[name], start, hi)).height]
+            if rows:  # a band's rows are folded already; the same windows' rows of a batch are not
+                data[name] = self.tables[name].reduce([data[name], *rows])
         return {**data, **self._fold_whole()}
 
-    def _verdicts(self, lo: int | None, hi: int | None) -> list[dict[str, Any]]:
+    def _verdicts(self, lo: int | None, hi: int | None, fresh: list[Tables] = ()) -> list[dict[str, Any]]:
         """The anomalies of windows ``[lo, hi)``, judged at once if they span a few bands, else a few bands at a time.
 
         A longer stretch (a resumed backlog, a year between two records) is judged in runs of
@@ -655,14 +664,22 @@ class WindowedDetector(Detector):
         """
         end = hi if hi is not None else (max(self._bands) + 1) * self.band if self._bands else None
         if lo is not None and end is not None and end - lo <= self.judged_at_once * self.band:
-            return self.verdicts(self._data(lo, hi), lo, hi) if end > lo else []
+            return self.verdicts(self._data(lo, hi, fresh=fresh), lo, hi) if end > lo else []
         runs: list[list[int]] = []  # [first band, last band, rows]
         ordered = sorted(self._bands)
-        for band in ordered:
+        rows_in = {band: sum(frame.height for _, data in parts for frame in data.values())
+                   for band, parts in self._bands.items()}
+        for tables in fresh:
+            for name, spec in self.tables.items():
+                if spec.windowed and tables[name].height:
+                    found, rows = np.unique(tables[name]["window"].to_numpy() // self.band, return_counts=True)
+                    for band, n in zip(found.tolist(), rows.tolist(), strict=True):
+                        rows_in[band] = rows_in.get(band, 0) + n
+        for band in sorted(rows_in):
             start, stop = band * self.band, (band + 1) * self.band
             if (hi is not None and start >= hi) or (lo is not None and stop <= lo):
                 continue
-            rows = sum(frame.height for _, data in self._bands[band] for frame in data.values())
+            rows = rows_in[band]
             if runs and runs[-1][2] + rows <= self.judged_rows and band - runs[-1][0] < self.judged_bands:
                 runs[-1][1:] = [band, runs[-1][2] + rows]
             else:
@@ -671,7 +688,7 @@ class WindowedDetector(Detector):
         for first, last, _ in runs:
             low = first * self.band if lo is None else max(lo, first * self.band)
             high = (last + 1) * self.band if hi is None else min(hi, (last + 1) * self.band)
-            found += self.verdicts(self._data(low, high, ordered), low, high)
+            found += self.verdicts(self._data(low, high, ordered, fresh), low, high)
         return found
 
     # -- eviction ---------------------------------------------------------------------------
@@ -687,18 +704,29 @@ class WindowedDetector(Detector):
         # Rows for windows closed before they came are counted as late and dropped here, also
         # when the watermark stays put: a backlog older than the watermark must not pile up.
         # Bands are not folded for that: only the ones judged below are.
-        self._settle()
         self._thin()  # first: the parts merged since the last seal are the ones without a tag
         for band, parts in self._bands.items():
             self._bands[band] = [(self.horizon, self._drop_late(tag, data, self.horizon)) for tag, data in parts]
+        # Batches spanning many bands (a sparse log: a year in a chunk) are judged straight from
+        # their tables, and only the windows kept after this seal are split into bands: a band's
+        # tables cost ~2 KB of objects however few rows they hold, and a year of half-hour bands
+        # split at once took 100 MB.
+        fresh, self._fresh = self._fresh, []
+        if self.thin_by is not None and self._levels:
+            fresh = [self._thinned(data) for data in fresh]
+        fresh = [self._drop_late(None, data, self.horizon) for data in fresh]
         closed_from = self.horizon
         target = self._target_horizon()
         advance = target is not None and (self.horizon is None or target > self.horizon)
         if advance:
-            for anomaly in self._verdicts(self.horizon, target):
+            for anomaly in self._verdicts(self.horizon, target, fresh):
                 key = f"{anomaly['key']}@{anomaly['window_start']}"
                 self.closed[key] = _prefer(anomaly, self.closed[key]) if key in self.closed else anomaly
             self.horizon = target
+        if self.horizon is not None:
+            fresh = [_windows_from(self.tables, data, self.horizon - self.lookback) for data in fresh]
+        self._fresh = fresh
+        self._settle()
         if self.horizon is None:
             return
         oldest = self.horizon - self.lookback

@@ -255,6 +255,43 @@ def test_a_log_sparse_over_years_is_judged_in_a_few_calls_with_its_duplicate_fou
     assert [a["count"] for a in anomalies["anomalies"] if a["rule"] == "duplicate-events"] == [2]
 
 
+def test_a_batch_spanning_years_is_judged_from_its_tables_and_only_its_kept_windows_split(workspace, pm,
+                                                                                          monkeypatch):
+    # Every line a new user and service, 6,000 of them over a year: a 256 KiB chunk holds four
+    # months, thousands of half-hour bands. A seal split every batch it was given into its
+    # bands before judging (a band's tables cost ~2 KB of objects however few rows they hold:
+    # 1M such lines over ten years peaked at 497 MB under the 500 MB cap). Only the windows a
+    # seal keeps are split now; the rest are judged straight from the batch's tables, with the
+    # same verdicts as when every batch was split at once.
+    import plugins.windows as windows
+
+    rng = random.Random(11)
+    start = 1_600_000_000
+    times = sorted(rng.randrange(0, 365 * 86_400) for _ in range(6_000))
+    lines = [f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(start + at))} "
+             f"{rng.choice(['SUCCESS', 'SUCCESS', 'ERROR'])} Svc{i} u{i} paid order ord-{i:06d}\n"
+             for i, at in enumerate(times)]
+    lines[3_001:3_001] = [lines[3_000]] * 3  # a duplicate, and a burst for the per-window rules
+    workspace.write("years.log", "".join(lines))
+    workspace.configure("chunk_bytes: 262144\n")
+    widest = []
+    split = windows.WindowedDetector._split
+    monkeypatch.setattr(windows.WindowedDetector, "_split",
+                        lambda self, data: widest.append(len(found := split(self, data))) or found)
+    run_plugged(workspace.settings, pm, {})
+    results = [(workspace.summary(), json.loads((workspace.output / "anomalies.json").read_text(encoding="utf-8")))]
+    assert max(widest) < 200, max(widest)  # a seal's kept windows (a day and a quarter), not months of bands
+
+    monkeypatch.setattr(windows, "SPLIT_BANDS", 10**9)  # every batch split into its bands as it comes
+    widest.clear()
+    run_plugged(workspace.settings, pm, {}, reset=True)
+    results.append((workspace.summary(), json.loads((workspace.output / "anomalies.json").read_text(encoding="utf-8"))))
+    assert max(widest) > 1000  # the check above would see the eager split
+    assert without_run(results[0][0]) == without_run(results[1][0])
+    assert results[0][1]["anomalies"] == results[1][1]["anomalies"]
+    assert any(a["rule"] == "duplicate-events" for a in results[0][1]["anomalies"])
+
+
 def test_long_user_names_weigh_in_how_busy_users_thins(workspace):
     # 6,000 users of 3 KB in an hour and a half: 18 MB of names against busy-users' 2 MB share at
     # this cap. Counted as records (48 bytes each) they fit, and its state held 7 times its share;
