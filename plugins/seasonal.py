@@ -159,18 +159,22 @@ def judge_many(series: list[tuple[History | None, int, np.ndarray, np.ndarray]],
                *, commit: bool) -> list[tuple[History | None, Judged]]:
     """``judge`` for many keys: ``(history, first, counts, totals)`` each, judged as one per set of alike keys.
 
-    Keys whose histories start and end at the same windows (every key a seal judged, usually)
-    are stacked and judged in one pass of numpy calls per day rather than one per key: the
-    calls, not the arithmetic, are what a key's day costs (~1 ms).
+    Keys judged up to the same window (every key a seal or a read judges) are stacked and judged
+    in one pass of numpy calls per day rather than one per key: the calls, not the arithmetic,
+    are what a key's day costs (~1 ms). Each row keeps its own first window (``_Stack.starts``)
+    and first window judged (``_Stack.live``), so a key's verdicts are what judging it alone
+    gives, whatever windows the others start at: a log sparse over years, each key a few
+    records at a different time, had judged every key alone, a year of days each.
     """
-    alike: dict[tuple[int, int, int], list[int]] = {}
+    alike: dict[int, list[int]] = {}
     for i, (history, first, counts, _) in enumerate(series):
         if history is not None and first < history.end:
             raise ValueError(f"windows from {first} judged again after a history up to {history.end}")
-        start = history.first if history is not None else first
-        alike.setdefault((start, first, first + len(counts)), []).append(i)
+        alike.setdefault(first + len(counts), []).append(i)
     found: list[tuple[History | None, Judged]] = [None] * len(series)  # type: ignore[list-item]
-    for (stack_first, first, end), members in alike.items():
+    for end, members in alike.items():
+        stack_first = min(series[i][0].first if series[i][0] is not None else series[i][1] for i in members)
+        first = min(series[i][1] for i in members)
         stack = _Stack.of([series[i] for i in members], stack_first, first, end, model)
         lo, stop, day = first - stack_first, end - stack_first, model.day
         while lo < stop:
@@ -193,11 +197,15 @@ class _Stack:
 
     Window ``i`` of ``counts``, ``totals`` and ``flags`` is the ``first + i``-th; ``residuals``,
     ``expected`` and ``scores`` cover only the windows from ``residuals_from`` and ``expected_from``
-    on (indexes into the others), what judging reads of them and writes.
+    on (indexes into the others), what judging reads of them and writes. A row's windows before
+    its ``starts`` are not its (nothing is read there), and before its ``live`` are not judged
+    (they keep what they held: its history, or nothing), as if it were judged alone.
     """
 
     first: int
-    judged_from: int  # the first window judged (an index)
+    judged_from: int  # the first window judged (an index), of any row
+    starts: np.ndarray  # (keys,): each row's first window (an index)
+    live: np.ndarray  # (keys,): each row's first window judged (an index)
     counts: np.ndarray
     totals: np.ndarray  # (keys, 0) unless the model judges rates
     flags: np.ndarray
@@ -213,21 +221,26 @@ class _Stack:
         keys, size, judged_from = len(series), end - stack_first, first - stack_first
         residuals_from = max(0, judged_from - model.residuals_kept)
         expected_from = max(0, judged_from - EXPECTED_KEPT)
-        stack = cls(stack_first, judged_from, np.zeros((keys, size)), np.zeros((keys, size if model.rate else 0)),
+        live = np.array([row_first - stack_first for _, row_first, _, _ in series], dtype=np.int64)
+        starts = np.array([(h.first if h is not None else row_first) - stack_first for h, row_first, _, _ in series],
+                          dtype=np.int64)
+        stack = cls(stack_first, judged_from, starts, live,
+                    np.zeros((keys, size)), np.zeros((keys, size if model.rate else 0)),
                     np.zeros((keys, size), dtype=bool), residuals_from,
                     np.full((keys, ROWS, size - residuals_from), np.nan, dtype=np.float32), expected_from,
                     np.zeros((keys, size - expected_from)), np.zeros((keys, size - expected_from)))
         for row, (history, _, counts, totals) in enumerate(series):
-            stack.counts[row, judged_from:] = counts
+            stack.counts[row, live[row]:] = counts
             if model.rate:
-                stack.totals[row, judged_from:] = totals
+                stack.totals[row, live[row]:] = totals
             if history is None:
                 continue
-            kept = history.end - stack_first  # windows of the history; a gap up to ``first`` stays zero
-            stack.counts[row, :kept] = history.counts
+            # The history's windows; a gap up to the row's first window judged stays zero.
+            start, kept = starts[row], history.end - stack_first
+            stack.counts[row, start:kept] = history.counts
             if model.rate:
-                stack.totals[row, :kept] = history.totals
-            stack.flags[row, :kept] = history.flags
+                stack.totals[row, start:kept] = history.totals
+            stack.flags[row, start:kept] = history.flags
             for array, since, tail in ((stack.residuals, residuals_from, history.residuals),
                                        (stack.expected, expected_from, history.expected)):
                 take = min(tail.shape[-1], kept - since)
@@ -243,22 +256,26 @@ class _Stack:
         """
         size = self.counts.shape[1]
         cut = max(0, size - model.keep)
-        counts, totals = self.counts[:, cut:], self.totals[:, cut:]
-        whole = np.uint32 if counts.max(initial=0) < 2**32 and totals.max(initial=0) < 2**32 else np.float64
-        residuals = self.residuals[:, :, max(0, size - model.residuals_kept - self.residuals_from):]
-        expected = self.expected[:, max(0, size - EXPECTED_KEPT - self.expected_from):]
+        whole = (np.uint32 if self.counts[:, cut:].max(initial=0) < 2**32 and self.totals[:, cut:].max(initial=0) < 2**32
+                 else np.float64)
         no_totals = np.zeros(0, dtype=whole)
-        return [History(self.first + cut, counts[row].astype(whole),
-                        totals[row].astype(whole) if model.rate else no_totals,
-                        self.flags[row, cut:].copy(), residuals[row].copy(), expected[row].copy())
-                for row in range(len(counts))]
+        found = []
+        for row, start in enumerate(self.starts.tolist()):  # nothing before a row's own first window
+            kept = max(cut, start)
+            residuals = self.residuals[row, :, max(start, size - model.residuals_kept) - self.residuals_from:]
+            expected = self.expected[row, max(start, size - EXPECTED_KEPT) - self.expected_from:]
+            found.append(History(self.first + kept, self.counts[row, kept:].astype(whole),
+                                 self.totals[row, kept:].astype(whole) if model.rate else no_totals,
+                                 self.flags[row, kept:].copy(), residuals.copy(), expected.copy()))
+        return found
 
     def judged(self, row: int) -> Judged:
-        """What judging found in row ``row``, from the first window judged."""
-        start = self.judged_from - self.expected_from
-        return Judged(self.first + self.judged_from, self.counts[row, self.judged_from:].copy(),
+        """What judging found in row ``row``, from its first window judged."""
+        live = int(self.live[row])
+        start = live - self.expected_from
+        return Judged(self.first + live, self.counts[row, live:].copy(),
                       self.expected[row, start:].copy(), self.scores[row, start:].copy(),
-                      self.flags[row, self.judged_from:].copy())
+                      self.flags[row, live:].copy())
 
 
 def _judge_day(work: _Stack, lo: int, hi: int, known: int, model: Model) -> None:
@@ -266,10 +283,17 @@ def _judge_day(work: _Stack, lo: int, hi: int, known: int, model: Model) -> None
     expected, z, residuals, seasonal = _judge_span(work, lo, hi, known, model)
     e_lo, e_hi = lo - work.expected_from, hi - work.expected_from  # the windows in the arrays of the last windows
     r_lo, r_hi = lo - work.residuals_from, hi - work.residuals_from
+    live = np.arange(lo, hi)[None, :] >= work.live[:, None]
+
+    def judged(found: np.ndarray, held: np.ndarray) -> np.ndarray:
+        """``found`` where a row's window is judged; what it held before its first judged (``_Stack``)."""
+        return found if live.all() else np.where(live if found.ndim == 2 else live[:, None, :], found, held)
+
+    expected = judged(expected, work.expected[:, e_lo:e_hi])
     work.expected[:, e_lo:e_hi] = expected
     sums, expected_sums = _window_sums(work.counts, lo, hi), _window_sums(work.expected, e_lo, e_hi)
-    slow = _slow(work, lo, hi, sums, expected_sums, model)
-    work.residuals[:, :3, r_lo:r_hi] = residuals
+    slow = judged(_slow(work, lo, hi, sums, expected_sums, model), work.residuals[:, 3, r_lo:r_hi])
+    work.residuals[:, :3, r_lo:r_hi] = judged(residuals, work.residuals[:, :3, r_lo:r_hi])
     work.residuals[:, 3, r_lo:r_hi] = slow
     spread = _dispersion(work, known, 3, model.day)[0]
     slow_z = slow / np.sqrt(np.where(np.isnan(spread), 1.0, spread))[:, None]
@@ -285,9 +309,10 @@ def _judge_day(work: _Stack, lo: int, hi: int, known: int, model: Model) -> None
     up = (z >= model.z) & (ratio >= effect)
     low = (z <= -model.z) | ((slow_z <= -model.z) & (slow_ratio <= 1 / effect))
     down = low & (ratio <= 1 / effect)
-    work.flags[:, lo:hi] = (up & model.up) | (down & model.down)
+    work.flags[:, lo:hi] = judged((up & model.up) | (down & model.down), work.flags[:, lo:hi])
     # A window flagged on the slow scale scores what that scale saw.
-    work.scores[:, e_lo:e_hi] = np.where((slow_z < 0) & (np.abs(slow_z) > np.abs(z)), slow_z, z)
+    scores = np.where((slow_z < 0) & (np.abs(slow_z) > np.abs(z)), slow_z, z)
+    work.scores[:, e_lo:e_hi] = judged(scores, work.scores[:, e_lo:e_hi])
 
 
 def _nan_to(values: np.ndarray, value: float) -> np.ndarray:
@@ -381,7 +406,7 @@ def _recent(work: _Stack, at: np.ndarray, known: int, model: Model) -> tuple[np.
     middle = np.where(enough, _nanmedian(values), np.nan)
     # Their spread around the median, in units of the noise model's at that level.
     if model.rate:
-        seen = index >= 0
+        seen = index[None] >= work.starts[:, None, None]
         records = (np.where(seen, work.totals[:, np.maximum(index, 0)], 0.0).sum(axis=-1)
                    / np.maximum(seen.sum(axis=-1), 1))
         scale = np.sqrt(np.maximum(middle * (1 - middle), 1e-9) / np.maximum(records, 1.0))
@@ -392,9 +417,9 @@ def _recent(work: _Stack, at: np.ndarray, known: int, model: Model) -> tuple[np.
 
 
 def _values_before(work: _Stack, index: np.ndarray, known: int, model: Model) -> np.ndarray:
-    """The compared values at ``index`` (NaN before the history, or flagged before ``known``)."""
-    valid = index >= 0
-    safe = np.where(valid, index, 0)
+    """The compared values at ``index`` (NaN before the row's history, or flagged before ``known``)."""
+    valid = index[None] >= work.starts[:, None, None]
+    safe = np.maximum(index, 0)
     valid = valid & ~(work.flags[:, safe] & (safe < known))  # a flag counts once its day is over
     values = _values(work, safe, model)
     return np.where(valid & ~np.isnan(values), values, np.nan)

@@ -604,6 +604,56 @@ def test_keys_judged_together_get_the_verdicts_each_gets_alone(rate):
 
 
 @pytest.mark.parametrize("rate", [False, True])
+def test_keys_starting_at_different_windows_judged_together_get_what_each_gets_alone(rate):
+    # Keys whose histories start at different windows, keys first seen in the middle of a call,
+    # and a key judged from past its history's end (a gap of zeros) share one stack: each row reads
+    # nothing before its own first window and keeps what it held before its first window judged.
+    # A log sparse over years (every key a few records at its own time) had judged each key alone.
+    from plugins.seasonal import Model, judge, judge_many
+
+    rng = np.random.default_rng(23)
+    model = Model(600_000_000, rate=rate)
+    day, size = model.day, 22 * model.day
+    offsets = [0, 37, 3 * day + 5, 9 * day + 100, 15 * day + 1, 21 * day + 40]
+    keys = []
+    for k, offset in enumerate(offsets):
+        totals = rng.poisson((5.0 + 30 * k) * (1.5 + np.sin(np.arange(size) * 2 * np.pi / day))).astype(float)
+        counts = rng.binomial(totals.astype(int), 0.05).astype(float) if rate else totals.copy()
+        counts[rng.integers(offset, size, 6)] *= 6  # a few bursts
+        counts[:offset], totals[:offset] = 0, 0
+        keys.append((counts, totals))
+    steps = ((0, 8 * day), (8 * day, 21 * day + 37), (21 * day + 37, 22 * day))  # seals, then a read
+
+    def run(together: bool) -> list:
+        histories: list = [None] * len(keys)
+        found = []
+        for step, (lo, hi) in enumerate(steps):
+            commit = hi < size
+            members, batch = [], []
+            for k, (counts, totals) in enumerate(keys):
+                first = lo if histories[k] is not None else max(lo, offsets[k])
+                if k == 1 and step == 1:
+                    first += 50  # judged from 50 windows past its history's end
+                if first < hi:
+                    members.append(k)
+                    batch.append((histories[k], first, counts[first:hi], totals[first:hi]))
+            done = judge_many(batch, model, commit=commit) if together else [judge(*e, model, commit=commit)
+                                                                            for e in batch]
+            if commit:
+                for k, (history, _) in zip(members, done, strict=True):
+                    histories[k] = history
+            found.append([(k, j.first, j.flagged.tolist(), j.expected.tolist(), j.z.tolist())
+                          for k, (_, j) in zip(members, done, strict=True)])
+        found.append([(h.first, h.counts.tolist(), h.flags.tolist(), np.nan_to_num(h.residuals, nan=-9).tolist(),
+                       h.expected.tolist()) for h in histories if h is not None])
+        return found
+
+    alone = run(False)
+    assert any(any(flags) for step in alone[:3] for _, _, flags, _, _ in step), "something must be flagged"
+    assert run(True) == alone
+
+
+@pytest.mark.parametrize("rate", [False, True])
 def test_a_history_keeps_what_judging_reads_and_no_more(rate):
     # Five weeks of one key judged in one call, or seal by seal at random points with the history
     # kept in between (its residuals and expectations only for the last windows, its counts as
