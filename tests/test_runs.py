@@ -151,7 +151,8 @@ def test_closed_duplicates_stay_within_the_share_and_the_incidents_listed_are_th
     assert summary["rules"]["duplicate-events"] == {**reference["rules"]["duplicate-events"], "degraded": degraded}
 
 
-@pytest.mark.parametrize("split", ["chunk_bytes: 262144\nworkers: 1\n", "chunk_bytes: 524288\nworkers: 2\nqueue_size: 3\n"])
+@pytest.mark.parametrize("split", ["chunk_bytes: 262144\nworkers: 1\n",
+                                   "chunk_bytes: 524288\nworkers: 2\nqueue_size: 3\n"])
 def test_which_closed_runs_are_kept_does_not_depend_on_how_the_input_was_split(tmp_path, duplicated, split):
     results = []
     for name, settings_text in (("a", "chunk_bytes: 2097152\nworkers: 2\n"), ("b", split)):
