@@ -588,8 +588,9 @@ class WindowedDetector(Detector):
         self.__dict__.setdefault("_fresh", [])
         for name, empty in (("runs", {}), ("runs_dropped", 0), ("unkept", 0)):
             self.__dict__.setdefault(name, empty)
-        for flag in self.__dict__.pop("closed", {}).values():  # saved before runs: closed windows' flags
-            closed_runs.extend(self.runs, [flag], self.max_gap)
+        # Saved before runs (a checkpoint of an earlier release, read before its version is checked):
+        # its closed windows' flags, folded as one seal's.
+        closed_runs.extend(self.runs, list(self.__dict__.pop("closed", {}).values()), self.max_gap)
         # A state saved by a release without ``least_retention`` keeps its windows that long from
         # now on: the horizon waits for the watermark to pass it, and nothing closed re-opens.
         self.retention = max(self.retention, self.least_retention)

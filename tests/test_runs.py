@@ -172,7 +172,9 @@ def test_a_state_saved_with_closed_runs_gives_the_same_incidents_when_resumed(wo
     workspace.write("b.log", "".join(half[len(half) // 2:]))
     assert workspace.run().returncode == 0
     resumed = json.loads((workspace.output / "anomalies.json").read_text(encoding="utf-8"))
+    degraded = workspace.summary()["rules"]["duplicate-events"]["degraded"]
     assert workspace.run("--reset").returncode == 0
     once = json.loads((workspace.output / "anomalies.json").read_text(encoding="utf-8"))
+    assert degraded is not None and degraded == workspace.summary()["rules"]["duplicate-events"]["degraded"]
     assert [a for a in resumed["anomalies"] if a["rule"] == "duplicate-events"] == [
         a for a in once["anomalies"] if a["rule"] == "duplicate-events"]
