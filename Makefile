@@ -32,7 +32,7 @@ test: $(BIN)/.installed
 # `make test` (what CI runs) has them all.
 QUICK_SKIP := test_memory_cap test_watch_load test_fallback test_exactly_once test_degrade test_compare test_traffic \
               test_property test_watch test_generate test_detectors test_alerts test_metrics test_reload test_s3 \
-              test_serve test_report test_small_files test_ruletest test_sources test_executor_settings
+              test_serve test_report test_small_files test_ruletest test_sources test_executor_settings test_runs
 test-quick: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m 'not slow' $(foreach t,$(QUICK_SKIP),--ignore=tests/$(t).py)
 

@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from core.parse import Batch
 
 from plugins import incidents as incident_rules
+from plugins import runs as closed_runs
 from plugins.incidents import SEVERITIES
+from plugins.runs import Runs
 
 #: At most this many ``file:line`` samples per anomaly: the smallest (file, line) pairs.
 SAMPLE_LIMIT = 5
@@ -219,12 +221,13 @@ class Detector(Rule):
         """Complete a listed incident once its samples have their text (e.g. its ``subject``); optional."""
 
     def windowed_incidents(self, flags: list[dict[str, Any]], newest: int | None, gap: int,
-                           min_score: float | dict[str, float]) -> list[dict[str, Any]]:
-        """Join flagged windows into incidents and keep those that reach ``min_score`` (or, given a
-        mapping, the score of their kind, ``min_score[kind]``)."""
+                           min_score: float | dict[str, float], runs: Runs | None = None) -> list[dict[str, Any]]:
+        """Join flagged windows, and the runs closed windows were folded into (``plugins.runs``), into
+        incidents and keep those that reach ``min_score`` (or, given a mapping, the score of their
+        kind, ``min_score[kind]``)."""
         found = []
-        for run in incident_rules.join(flags, gap):
-            made = incident_rules.incident(run, newest, gap, self.subject(run[0]["key"]))
+        for run in closed_runs.joined(runs or {}, flags, gap):
+            made = run.incident(newest, gap, self.subject(run.key))
             least = min_score.get(made["kind"], 0.0) if isinstance(min_score, dict) else min_score
             if made["score"] >= least:
                 found.append(made)
@@ -235,9 +238,11 @@ class Detector(Rule):
         return [incident_rules.single({**a, "subject": a.get("subject") or self.subject(a["key"])},
                                       a.get("score") or self.SCORE_OF_LEVEL[a["severity"]]) for a in anomalies]
 
-    def publish(self, incidents: list[dict[str, Any]], detail: dict[str, Any] | None = None) -> Result:
+    def publish(self, incidents: list[dict[str, Any]], detail: dict[str, Any] | None = None,
+                unkept: int = 0) -> Result:
         """The rule's result: its incidents, most severe first, cut by ``realert``, ``min_severity`` and
-        ``max_incidents``; how many were found, listed and suppressed go in the detail."""
+        ``max_incidents``; how many were found, listed and suppressed go in the detail (``unkept``:
+        incidents found but not kept, see ``plugins.runs``, count as found and suppressed)."""
         ordered = sorted(incidents, key=incident_rules.rank)
         realert = self.params.get("realert")
         hidden = incident_rules.realert_suppressed(ordered, duration_us(realert) if realert else None)
@@ -250,7 +255,8 @@ class Detector(Rule):
         for found in listed:
             found["samples"] = self.sample_texts(found["samples"])
             self.describe(found)
-        counts = {"found": len(ordered), "listed": len(listed), "suppressed": len(ordered) - len(listed)}
+        every = len(ordered) + unkept
+        counts = {"found": every, "listed": len(listed), "suppressed": every - len(listed)}
         return Result(listed, {**(detail or {}), "incidents": counts})
 
     def sample_texts(self, samples: list[Any]) -> list[dict[str, Any]]:

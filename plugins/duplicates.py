@@ -109,7 +109,8 @@ class DuplicateEvent(WindowedDetector):
     many_files = True  # samples are placed by each record's file (``plugins.detection.file_column``)
     description = "The same event (all five fields equal) logged more than once."
     default_severity = "medium"
-    state_version = 5  # 4 counted records, not bytes; 3 records per window, not distinct ones; 2 no thinning
+    # Earlier saved forms: 4 counted records, not bytes; 3 records per window, not distinct ones; 2 no thinning.
+    state_version = 6  # 5 kept every closed flag
     params_schema = params_schema({
         "ids_only": {"type": "boolean"},
         "id_pattern": {"type": "string", "minLength": 1, "format": "regex"},

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from core.columns import Columns
     from core.parse import Batch
     from core.tally import Tally
+    from plugins.runs import Runs
 
 _GROUP = {"key": pl.String(), "window": pl.Int64()}
 #: The key of all records judged together.
@@ -40,7 +41,8 @@ class ErrorSpike(SeasonalDetector):
     many_files = True  # samples are placed by each record's file (``plugins.detection.file_column``)
     description = "A burst of failures: a failure rate far above what the same time of day had, and not by chance."
     default_severity = "high"
-    state_version = 5  # 4 did not thin its keys; 3 kept every array of its judged windows over four weeks
+    # Earlier saved forms: 4 did not thin its keys; 3 kept every array of its judged windows over four weeks.
+    state_version = 6  # 5 kept every closed flag
     rate = True
     params_schema = params_schema({
         "statuses": STATUS_LIST,
@@ -132,8 +134,8 @@ class ErrorSpike(SeasonalDetector):
         return table[self.by] if self.by else constant(ALL, table.height, pl.String())
 
     def windowed_incidents(self, flags: list[dict[str, Any]], newest: int | None, gap: int,
-                           min_score: float | dict[str, float]) -> list[dict[str, Any]]:
-        found = super().windowed_incidents(flags, newest, gap, min_score)
+                           min_score: float | dict[str, float], runs: Runs | None = None) -> list[dict[str, Any]]:
+        found = super().windowed_incidents(flags, newest, gap, min_score, runs)
         if not self.overall:
             return found
         # ``all`` is for a spike spread thin over many values: one that overlaps an incident of a

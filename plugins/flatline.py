@@ -37,7 +37,8 @@ class Flatline(SeasonalDetector):
     many_files = True  # counts per window, no sample locations
     description = "A service whose volume falls far below (or surges far above) what the same time of day had."
     default_severity = "high"
-    state_version = 5  # 4 did not thin its keys; 3 kept every array of its judged windows over four weeks
+    # Earlier saved forms: 4 did not thin its keys; 3 kept every array of its judged windows over four weeks.
+    state_version = 6  # 5 kept every closed flag
     complete_only = True
     params_schema = params_schema({
         "field": {"enum": list(FIELDS)},

@@ -59,7 +59,8 @@ class Frequency(WindowedDetector):
     many_files = True  # samples are placed by each record's file (``plugins.detection.file_column``)
     description = "One user (or service, or status) with far more records in a window than its own history."
     default_severity = "medium"
-    state_version = 4  # 3 did not count long values' bytes; 2 had no thinning (records per window, levels)
+    # Earlier saved forms: 3 did not count long values' bytes; 2 had no thinning (records per window, levels).
+    state_version = 5  # 4 kept every closed flag
     params_schema = params_schema({
         "field": {"enum": list(FIELDS)},
         "timeframe": DURATION,

@@ -21,6 +21,8 @@ from typing import Any
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 SEVERITIES = ("low", "medium", "high", "critical")
+#: Samples an incident shows: its peak's first, then its other windows', in window order.
+SHOWN_SAMPLES = 5
 #: Severity levels by score (combined z): at least this score for each level.
 LEVELS = (("critical", 40.0), ("high", 20.0), ("medium", 10.0), ("low", 0.0))
 
@@ -59,8 +61,12 @@ def join(flags: list[dict[str, Any]], gap: int) -> list[list[dict[str, Any]]]:
 
 
 def combined(scores: list[float]) -> float:
-    """Stouffer's combined z of the windows' scores."""
-    return sum(scores) / math.sqrt(len(scores)) if scores else 0.0
+    """Stouffer's combined z of the windows' scores.
+
+    Summed exactly (``math.fsum``): the same however the scores were grouped, so that a run folded
+    seal by seal (``plugins.runs``, an exact sum) scores as its flags joined at once do.
+    """
+    return math.fsum(scores) / math.sqrt(len(scores)) if scores else 0.0
 
 
 def incident(run: list[dict[str, Any]], newest: int | None, gap: int, subject: dict[str, Any]) -> dict[str, Any]:
@@ -90,7 +96,7 @@ def incident(run: list[dict[str, Any]], newest: int | None, gap: int, subject: d
         "observed": peak["observed"],
         "expected": peak.get("expected"),
         "count": sum(int(f["count"]) for f in run),
-        "samples": samples[:5],
+        "samples": samples[:SHOWN_SAMPLES],
         "first_seen": min(firsts) if firsts else None,
         "last_seen": max(lasts) if lasts else None,
         "detail": peak.get("detail") or {},

@@ -256,8 +256,8 @@ class _Stack:
         """
         size = self.counts.shape[1]
         cut = max(0, size - model.keep)
-        whole = (np.uint32 if self.counts[:, cut:].max(initial=0) < 2**32 and self.totals[:, cut:].max(initial=0) < 2**32
-                 else np.float64)
+        fits = self.counts[:, cut:].max(initial=0) < 2**32 and self.totals[:, cut:].max(initial=0) < 2**32
+        whole = np.uint32 if fits else np.float64
         no_totals = np.zeros(0, dtype=whole)
         found = []
         for row, start in enumerate(self.starts.tolist()):  # nothing before a row's own first window
@@ -718,14 +718,18 @@ class SeasonalDetector(WindowedDetector):
             for name, keep in zip(names, self._kept_keys(pl.Series(names, dtype=pl.String)), strict=True):
                 if not keep:
                     del self.history[name]
-        if self.closed:
-            keys = [str(anomaly["key"]) for anomaly in self.closed.values()]
-            keep = self._kept_keys(pl.Series(keys, dtype=pl.String))
-            self.closed = {at: anomaly for (at, anomaly), kept in zip(self.closed.items(), keep, strict=True) if kept}
+        if self.runs:
+            names = list(self.runs)
+            keep = self._kept_keys(pl.Series([str(key) for key, _ in names], dtype=pl.String))
+            self.runs = {name: found for name, found, kept in zip(names, self.runs.values(), keep, strict=True) if kept}
 
     def degraded(self) -> str | None:
         if not self.key_level:
             return super().degraded()
+        dropped = self.runs_degraded()
+        return self._keys_degraded() if dropped is None else f"{self._keys_degraded()}; {dropped}"
+
+    def _keys_degraded(self) -> str:
         noun = self.key_noun()
         held = self.keys_held.size
         rest = f", the others only within key '{min(self.whole_keys)}'" if self.keeps_rest else ""

@@ -9,9 +9,12 @@ Eviction is by event time, never by arrival, and happens only when results are r
 end of a batch run, after each watch-mode commit). The *watermark* is the ``watermark_rank``-th
 newest event time seen (a top-k list, so a few stray far-future records cannot move it). Windows
 that end more than ``retention`` before the watermark are then *closed*: their anomalies are
-computed once, kept, and their rows dropped (but for the ``lookback`` windows that later verdicts
-still need as a baseline). A record that arrives later for a closed window is not counted in it:
-it is counted as *late*, and a ``late_events`` anomaly says how many there were.
+computed once and folded into runs (``plugins.runs``: what an incident needs of its flags), and
+their rows dropped (but for the ``lookback`` windows that later verdicts still need as a baseline).
+Runs that nothing can extend any more are bounded by the rule's share of ``limits.memory_mb``:
+beyond it only the highest ranked are kept, and ``degraded`` says how many were not. A record
+that arrives later for a closed window is not counted in it: it is counted as *late*, and a
+``late_events`` anomaly says how many there were.
 
 ``update`` and ``merge`` never evict, so merging is exactly associative and commutative however
 the input is split, ordered or merged; a closed window had every record read before it closed.
@@ -30,7 +33,9 @@ import polars as pl
 from core import Result
 from core.columns import rows_of, stack
 from core.tally import EVER, Tally, Weights, shared, tally
+from plugins import runs as closed_runs
 from plugins.detection import SAMPLE_LIMIT, Detector, duration_us, instant_us, iso
+from plugins.runs import RUN_BYTES, RUN_SHARE, Runs
 
 #: Fold a band's parts into one table set after this many parts: a fold has a fixed cost of a few
 #: Polars calls per table, most of the work for small tables (10M lines, all rules: 3.6 -> 1.0 ms
@@ -322,8 +327,8 @@ def _newest(rank: int, kept: list[int], more: list[int]) -> list[int]:
 
 
 def _prefer(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    # Two states closed the same window (possible only when both evicted on their own): keep the
-    # one with more evidence, and break ties by content, so that merging stays order-independent.
+    # Two flags of one key and window start in a seal (duplicate-events: two records repeated in
+    # the same second): keep the one with more evidence, and break ties by content.
     return max(a, b, key=lambda x: (x["count"], json.dumps(x, sort_keys=True)))
 
 
@@ -403,7 +408,11 @@ class WindowedDetector(Detector):
         self.horizon: int | None = None
         self.late = 0
         self.newest: list[int] = []
-        self.closed: dict[str, dict[str, Any]] = {}
+        #: Closed windows' flags, folded into runs by key and kind (``plugins.runs``); finished runs
+        #: not kept for want of memory, and how many of them would have been listed.
+        self.runs: Runs = {}
+        self.runs_dropped = 0
+        self.unkept = 0
         self._bands: dict[int, list[tuple[int | None, Tables]]] = {}
         self._whole: list[Tables] = []
         #: Thinning levels: (window, level) where the level rises; the most bytes of rows any
@@ -504,8 +513,10 @@ class WindowedDetector(Detector):
         self.late += other.late
         if other.horizon is not None and (self.horizon is None or other.horizon > self.horizon):
             self.horizon = other.horizon
-        for key, anomaly in other.closed.items():
-            self.closed[key] = _prefer(anomaly, self.closed[key]) if key in self.closed else anomaly
+        for key, found in other.runs.items():  # only sealed states have any
+            self.runs[key] = closed_runs.merged(self.runs.get(key, []), found, self.max_gap)
+        self.runs_dropped += other.runs_dropped
+        self.unkept += other.unkept
         if self.thin_rows is not None:
             windows = [w for w in other._row_sketches if self.horizon is None or w >= self.horizon]  # closed: late
             if windows:
@@ -530,30 +541,31 @@ class WindowedDetector(Detector):
 
     def result(self) -> Result:
         self.seal()
-        flags = list(self.closed.values())
         # Open windows are judged again at every read, leaving the state as it was: only a seal
         # extends what was judged (``provisional``).
         self.provisional = True
         try:
-            flags += self._verdicts(self.horizon, None)
+            flags = self._verdicts(self.horizon, None)
         finally:
             self.provisional = False
         flags += self.extra_flags()
         newest = self.newest[0] // self.width if self.newest else None
-        found = self.windowed_incidents(flags, newest, self.max_gap, self.min_score)
+        found = self.windowed_incidents(flags, newest, self.max_gap, self.min_score, self.runs)
         if self.late:
             found += self.as_incidents([self._late_anomaly()])
-        return self.publish(found, {"late_events": self.late, "closed_before": iso(self._horizon_us())})
+        return self.publish(found, {"late_events": self.late, "closed_before": iso(self._horizon_us())},
+                            unkept=self.unkept)
 
     def extra_flags(self) -> list[dict[str, Any]]:
         """Flagged windows the rule keeps outside its tables (none by default), joined into incidents too."""
         return []
 
     def state_size(self) -> int:
-        """Bytes of the window tables, the closed windows' verdicts and whatever a subclass keeps besides."""
+        """Bytes of the window tables, the closed windows' runs and whatever a subclass keeps besides."""
         frames = [frame for parts in self._bands.values() for _, data in parts for frame in data.values()]
         frames += [frame for data in self._whole + self._fresh for frame in data.values()]
-        return sum(frame.estimated_size() for frame in frames) + FLAG_BYTES * len(self.closed) + self.extra_size()
+        held = sum(len(found) for found in self.runs.values())
+        return sum(frame.estimated_size() for frame in frames) + RUN_BYTES * held + self.extra_size()
 
     def extra_size(self) -> int:
         """Bytes a subclass keeps outside its tables (none by default)."""
@@ -574,6 +586,11 @@ class WindowedDetector(Detector):
         self.__dict__.update(state)
         self.__dict__.setdefault("_thinned_levels", None)  # saved before it was kept: thin every part again
         self.__dict__.setdefault("_fresh", [])
+        for name, empty in (("runs", {}), ("runs_dropped", 0), ("unkept", 0)):
+            self.__dict__.setdefault(name, empty)
+        # Saved before runs (a checkpoint of an earlier release, read before its version is checked):
+        # its closed windows' flags, folded as one seal's.
+        closed_runs.extend(self.runs, list(self.__dict__.pop("closed", {}).values()), self.max_gap)
         # A state saved by a release without ``least_retention`` keeps its windows that long from
         # now on: the horizon waits for the watermark to pass it, and nothing closed re-opens.
         self.retention = max(self.retention, self.least_retention)
@@ -719,10 +736,13 @@ class WindowedDetector(Detector):
         target = self._target_horizon()
         advance = target is not None and (self.horizon is None or target > self.horizon)
         if advance:
+            judged: dict[str, dict[str, Any]] = {}
             for anomaly in self._verdicts(self.horizon, target, fresh):
                 key = f"{anomaly['key']}@{anomaly['window_start']}"
-                self.closed[key] = _prefer(anomaly, self.closed[key]) if key in self.closed else anomaly
+                judged[key] = _prefer(anomaly, judged[key]) if key in judged else anomaly
+            closed_runs.extend(self.runs, list(judged.values()), self.max_gap)
             self.horizon = target
+            self._bound_runs()
         if self.horizon is not None:
             fresh = [_windows_from(self.tables, data, self.horizon - self.lookback) for data in fresh]
         self._fresh = fresh
@@ -882,11 +902,34 @@ class WindowedDetector(Detector):
 
     def degraded(self) -> str | None:
         if not self._levels:
-            return None
+            return self.runs_degraded()
         window, level = self._levels[-1]
-        return (f"windows denser than its share of limits.memory_mb holds: {self.thin_noun} thinned to 1 in "
-                f"{2 ** level} (by a hash of the key, the same in every run) from {iso(window * self.width)}; "
-                f"the other {self.thin_noun} are not judged there")
+        thinned = (f"windows denser than its share of limits.memory_mb holds: {self.thin_noun} thinned to 1 in "
+                   f"{2 ** level} (by a hash of the key, the same in every run) from {iso(window * self.width)}; "
+                   f"the other {self.thin_noun} are not judged there")
+        dropped = self.runs_degraded()
+        return thinned if dropped is None else f"{thinned}; {dropped}"
+
+    # -- closed runs ------------------------------------------------------------------------
+
+    def kept_runs(self) -> int | None:
+        """How many finished runs the state keeps (``RUN_SHARE`` of its share), or None: all of them."""
+        return None if not self.state_bytes else max(1, int(self.state_bytes * RUN_SHARE) // RUN_BYTES)
+
+    def _bound_runs(self) -> None:
+        kept = self.kept_runs()
+        if kept is not None:
+            dropped, unkept = closed_runs.bound(self.runs, self.horizon, self.max_gap, kept, self.min_score)
+            self.runs_dropped += dropped
+            self.unkept += unkept
+
+    def runs_degraded(self) -> str | None:
+        """What ``degraded`` says of finished runs not kept (see ``plugins.runs``), or None."""
+        if not self.runs_dropped:
+            return None
+        return (f"more finished incidents than its share of limits.memory_mb holds: the {self.kept_runs()} highest "
+                f"ranked kept, {self.runs_dropped} others dropped ({self.unkept} of them listable, counted as "
+                f"found and suppressed)")
 
     def _drop_late(self, tag: int | None, data: Tables, horizon: int | None) -> Tables:
         """Rows for windows the state had already closed when they came in are late: count and drop them."""
