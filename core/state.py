@@ -89,7 +89,7 @@ class RunState:
         self.failures |= other.failures
 
     def shift_lines(self, path: str, by: int) -> None:
-        """Move the line numbers of ``path`` by ``by`` in every rule (``Rule.shift_lines``); a rule that raises fails."""
+        """Move the line numbers of ``path`` by ``by`` in every rule (``Rule.shift_lines``): a raising rule fails."""
         failed = self.failed_rules() if self.failures else set()
         for name, rule in self.rules.items():
             if name not in failed:
