@@ -78,27 +78,37 @@ def incident(run: list[dict[str, Any]], newest: int | None, gap: int, subject: d
         samples += [s for s in flag["samples"] if s not in samples]
     firsts = [f["first_seen"] for f in run if f.get("first_seen")]
     lasts = [f.get("last_seen") or f.get("first_seen") for f in run if f.get("last_seen") or f.get("first_seen")]
-    resolved = newest is not None and newest > run[-1]["_w"] + gap
+    return made(run[0]["key"], run[0].get("kind", ""), subject, score,
+                resolved=newest is not None and newest > run[-1]["_w"] + gap,
+                span=(run[0]["window_start"], run[-1]["window_end"]), windows=len(run), peak=peak,
+                count=sum(int(f["count"]) for f in run), samples=samples,
+                seen=(min(firsts) if firsts else None, max(lasts) if lasts else None))
+
+
+def made(key: str, kind: str, subject: dict[str, Any], score: float, *, resolved: bool,
+         span: tuple[str | None, str | None], windows: int, peak: dict[str, Any], count: int,
+         samples: list[str], seen: tuple[str | None, str | None]) -> dict[str, Any]:
+    """An incident's fields, from what its run of flags sums up to (``incident``, ``plugins.runs.Run``)."""
     return {
-        "key": run[0]["key"],
-        "kind": run[0].get("kind", ""),
+        "key": key,
+        "kind": kind,
         "subject": subject,
         "severity": level(score),
         "score": score,
         "status": "resolved" if resolved else "open",
-        "window_start": run[0]["window_start"],
-        "window_end": run[-1]["window_end"],
-        "windows": len(run),
+        "window_start": span[0],
+        "window_end": span[1],
+        "windows": windows,
         "peak": {
             "window_start": peak["window_start"], "window_end": peak["window_end"],
             "observed": peak["observed"], "expected": peak.get("expected"), "score": peak.get("score"),
         },
         "observed": peak["observed"],
         "expected": peak.get("expected"),
-        "count": sum(int(f["count"]) for f in run),
+        "count": count,
         "samples": samples[:SHOWN_SAMPLES],
-        "first_seen": min(firsts) if firsts else None,
-        "last_seen": max(lasts) if lasts else None,
+        "first_seen": seen[0],
+        "last_seen": seen[1],
         "detail": peak.get("detail") or {},
     }
 

@@ -141,30 +141,12 @@ class Run:
     def incident(self, newest: int | None, gap: int, subject: dict[str, Any]) -> dict[str, Any]:
         """The incident its flags make (``incidents.incident``)."""
         peak, score = self.peak, self.score
-        samples = [s for s in peak["samples"]]
+        samples = list(peak["samples"])
         samples += [s for _, s in self.samples if s not in samples]
-        return {
-            "key": self.key,
-            "kind": self.kind,
-            "subject": subject,
-            "severity": incidents.level(score),
-            "score": score,
-            "status": "resolved" if newest is not None and newest > self.last_w + gap else "open",
-            "window_start": self.window_start,
-            "window_end": self.window_end,
-            "windows": self.windows,
-            "peak": {
-                "window_start": peak["window_start"], "window_end": peak["window_end"],
-                "observed": peak["observed"], "expected": peak.get("expected"), "score": peak.get("score"),
-            },
-            "observed": peak["observed"],
-            "expected": peak.get("expected"),
-            "count": self.count,
-            "samples": samples[:incidents.SHOWN_SAMPLES],
-            "first_seen": self.first_seen,
-            "last_seen": self.last_seen,
-            "detail": peak.get("detail") or {},
-        }
+        return incidents.made(self.key, self.kind, subject, score,
+                              resolved=newest is not None and newest > self.last_w + gap,
+                              span=(self.window_start, self.window_end), windows=self.windows, peak=peak,
+                              count=self.count, samples=samples, seen=(self.first_seen, self.last_seen))
 
     def __getstate__(self) -> dict[str, Any]:
         # A Fraction is no value the safe format stores: its numerator and denominator are.

@@ -726,8 +726,8 @@ class SeasonalDetector(WindowedDetector):
     def degraded(self) -> str | None:
         if not self.key_level:
             return super().degraded()
-        dropped = self.runs_degraded()
-        return self._keys_degraded() if dropped is None else f"{self._keys_degraded()}; {dropped}"
+        keys, dropped = self._keys_degraded(), self.runs_degraded()
+        return keys if dropped is None else f"{keys}; {dropped}"
 
     def _keys_degraded(self) -> str:
         noun = self.key_noun()
