@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         rule.use_redactor(redactor)
     columns = frozenset(c for rule in rules for c in rule.columns or RECORD_COLUMNS)
     spec = WorkSpec(tuple(rules), frozenset(), columns, settings.max_line_bytes, settings.malformed_samples,
-                    redactor, time.time_ns() // 1000)
+                    redactor, time.time_ns() // 1000, settings.stray_us)
 
     blobs, seconds, lines = [], [], []
     for offset, data in sample_chunks(args.file, settings.chunk_bytes, args.sample):

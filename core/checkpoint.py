@@ -56,7 +56,8 @@ def parse_fingerprint(settings: Settings) -> str:
     # The per-file samples are cut to the limit as they are counted; a new limit needs a recount.
     return (
         f"max_line_bytes={settings.max_line_bytes}, malformed_samples={settings.malformed_samples}, "
-        f"polars={pl.__version__}, scan={SCAN_VERSION}, tally={TALLY_VERSION}"
+        f"polars={pl.__version__}, scan={SCAN_VERSION}, tally={TALLY_VERSION}, "
+        f"stray_clock_seconds={settings.stray_clock_seconds}"
     )
 
 

@@ -191,7 +191,7 @@ class Pipeline:
 
     def _spec(self) -> WorkSpec:
         return WorkSpec(tuple(self.rules), self.committer.failed, self.columns, self.settings.max_line_bytes,
-                        self.settings.malformed_samples, self.redactor, self._now)
+                        self.settings.malformed_samples, self.redactor, self._now, self.settings.stray_us)
 
     def _submit_ranges(self, run: FileRun, final: bool) -> None:
         """Hand the file's byte ranges to workers that read them themselves (``Executor.reads_ranges``)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -146,15 +146,47 @@ class Batch:
     #: it. The committer moves the partial state to the file's numbers before merging it
     #: (``core.rules.Rule.shift_lines``); a rule only needs this to tell a file's first line.
     relative: bool = False
+    #: Positions in ``frame`` of the records whose clock is a stray (``stray_rows``), in order;
+    #: None if there is none. Rules that place records in event time read ``timed()``.
+    stray: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return self.frame.height
+
+    @property
+    def strays(self) -> int:
+        """How many records have a stray clock."""
+        return 0 if self.stray is None else len(self.stray)
+
+    def timed(self) -> Batch:
+        """This batch with its stray clocks at ``STRAY_TIME``: what rules that place records in event time read.
+
+        A stray's time is then outside every plausible range, and those rules leave it out as they
+        leave out a record from 1970: every row stays where it is (lines, samples, the other
+        columns), and only the ``ts`` column is new. Made once per batch, and the batch itself
+        when it has no stray, so that those rules share its tallies.
+        """
+        if self.stray is None:
+            return self
+        made = self.__dict__.get("_timed")
+        if made is None:
+            us = self.frame["ts"].cast(pl.Int64).to_numpy().copy()  # a cast, not a query
+            us[self.stray] = STRAY_TIME
+            ts = pl.Series("ts", us).cast(self.frame.schema["ts"])
+            frame = pl.DataFrame([ts if name == "ts" else self.frame[name] for name in self.frame.columns])
+            made = Batch(self.path, frame, self.malformed, now=self.now, files=self.files, ordinal=self.ordinal,
+                         parts=tuple(part.timed() for part in self.parts), relative=self.relative)
+            object.__setattr__(self, "_timed", made)
+        return made
 
     def per_file(self) -> tuple[Batch, ...]:
         """This batch as batches of one file each."""
         return self.parts or (self,)
 
 
+#: The time ``Batch.timed`` gives a stray clock (microseconds since the epoch): about 146,000 years
+#: BC, before any plausible range (``core.tally.EVER`` is 2^62).
+STRAY_TIME = -(2**62) + 1
 #: Bits of ``Batch.ordinal`` that hold the line number: files put together are small.
 ORDINAL_LINE_BITS = 32
 
@@ -176,14 +208,17 @@ def combine(batches: list[Batch]) -> Batch:
     malformed: Counter[str] = Counter()
     for b in batches:
         malformed.update(b.malformed)
+    starts = np.concatenate([[0], np.cumsum(heights)[:-1]])
+    strays = [b.stray + start for b, start in zip(batches, starts, strict=True) if b.stray is not None]
     return Batch("", frame, dict(malformed), now=batches[0].now, files=files, ordinal=ordinal, parts=tuple(batches),
-                 relative=any(b.relative for b in batches))
+                 relative=any(b.relative for b in batches), stray=np.concatenate(strays) if strays else None)
 
 
 def parse_chunk(
     chunk: Chunk, max_line_bytes: int, sample_limit: int, columns: Collection[str] = RECORD_COLUMNS,
     samples: bool = True,
     now: int | None = None,
+    stray_us: int | None = None,
 ) -> tuple[Batch, FileStats]:
     """Parse one chunk into its records and the counts of its lines.
 
@@ -191,7 +226,8 @@ def parse_chunk(
     when wanted: ``message`` is otherwise all ``""``, and ``record_hash`` all 0. Without
     ``samples`` (the file has its ``sample_limit`` earliest already), malformed lines are
     counted and none is kept as a sample. ``now`` is the batch's processing time (microseconds
-    since the epoch; the clock's by default).
+    since the epoch; the clock's by default). With ``stray_us``, records whose time is further
+    than that from the lines around them are marked as stray clocks (``stray_rows``).
     """
     stats = FileStats(chunk.path, sample_limit=sample_limit, bytes=chunk.end - chunk.start)
     stats.lines = len(chunk.overlong)
@@ -214,11 +250,119 @@ def parse_chunk(
     stats.blank += more_blank
     stats.count_malformed(Counter(m.reason for m in malformed), malformed if samples else [])
     stats.records = records.height
-    return _batch(chunk.path, _with_file(records, chunk.path), dict(stats.reasons), now), stats
+    stray = None if stray_us is None else _plausible_strays(records, stray_us, now)
+    return _batch(chunk.path, _with_file(records, chunk.path), dict(stats.reasons), now, stray), stats
 
 
-def _batch(path: str, frame: pl.DataFrame, malformed: dict[str, int], now: int | None) -> Batch:
-    return Batch(path, frame, malformed) if now is None else Batch(path, frame, malformed, now=now)
+def _batch(path: str, frame: pl.DataFrame, malformed: dict[str, int], now: int | None,
+           stray: np.ndarray | None = None) -> Batch:
+    if now is None:
+        return Batch(path, frame, malformed, stray=stray)
+    return Batch(path, frame, malformed, now=now, stray=stray)
+
+
+def _plausible_strays(records: pl.DataFrame, skew: int, now: int | None) -> np.ndarray | None:
+    """The records' stray clocks (``stray_rows``) within the plausible range rules take by default.
+
+    A time outside it is implausible already: the timestamp rule reports it as such, and every
+    rule placing records in event time leaves it out by its own ``min_time`` and ``max_future``.
+    """
+    us = records["ts"].cast(pl.Int64).to_numpy()  # a cast, not to_physical (a query)
+    found = stray_rows(us, skew)
+    if found is None:
+        return None
+    latest = (time.time_ns() // 1000 if now is None else now) + PLAUSIBLE_AHEAD
+    found = found[(us[found] >= PLAUSIBLE_FROM) & (us[found] <= latest)]
+    return found if len(found) else None
+
+
+#: The plausible range of times rules take by default (``plugins.windows.MIN_TIME`` and
+#: ``MAX_FUTURE``): from 2000-01-01 to five minutes past processing time, in microseconds.
+PLAUSIBLE_FROM = 946_684_800_000_000
+PLAUSIBLE_AHEAD = 300_000_000
+
+
+def stray_rows(us: np.ndarray, skew: int) -> np.ndarray | None:
+    """Positions of the stray clocks among times ``us`` in line order; None if there is none.
+
+    A record's clock is a stray when its time is further from the median time of the records up
+    to ``STRAY_REACH`` lines either side of it in the chunk (itself among them) than ``skew``, and
+    than ``STRAY_SPACINGS`` times the usual step between the lines around it: a line stamped years
+    away from its neighbours. So:
+
+    - nothing in a log in time order is a stray, however sparse: each record is its own median;
+    - nor are lines out of order by whole blocks of more than ``STRAY_REACH`` lines (writers
+      flushing in turn), as most of the seven lie in one block, nor the lines where a sparse log's
+      blocks meet (they are as far apart as its lines are);
+    - up to ``STRAY_REACH`` lines in a row that jump away and back are.
+
+    Where the lines around a record mostly share an instant, their usual step is zero, and only
+    ``skew`` is left: in a sparse log with bursts, put together from blocks out of order, a line
+    where two blocks meet can then be taken for a stray.
+
+    The first and last ``STRAY_REACH`` records of a chunk have fewer records to go by, and are
+    strays only if they are out of order with them (later than the lines after them, earlier than
+    the lines before them) and the two records past them agree: a gap before a chunk's first lines
+    or after its last is how a sparse log looks. A chunk of fewer than seven records is not
+    judged, nor is a record without a step of more than ``skew`` between two lines within its
+    reach: a chunk without one (nearly every chunk) costs a pass of differences.
+    """
+    n, reach = len(us), STRAY_REACH
+    if n < 2 * reach + 1:
+        return None
+    steps = np.diff(us)
+    if steps.max() <= skew and steps.min() >= -skew:  # 0.05 ms for a chunk, where abs and a mask take 0.7
+        return None
+    far = np.flatnonzero((steps > skew) | (steps < -skew))  # step j is from record j to j + 1
+    # Judged: the records with such a step within their reach.
+    at = np.unique(np.clip(far[:, None] + np.arange(1 - reach, reach + 1), 0, n - 1))
+    middle = _nan_median(us, at[:, None] + np.arange(-reach, reach + 1), n)
+    # The usual step around a record: of the eight steps nearest it but its own two, the second
+    # smallest, which the steps to and from other strays nearby do not reach. (Not the smallest
+    # step that is not zero: in a log of one-second stamps most steps are zero, and the few that
+    # are not can all be a stray's.)
+    around = np.r_[np.arange(-reach - 2, -1), np.arange(1, reach + 2)]
+    spacing = _nan_low(steps, at[:, None] + around, n - 1)
+    limit = np.maximum(skew, STRAY_SPACINGS * np.nan_to_num(spacing))
+    off = us[at] - middle  # floats: exact below 2^53 microseconds, the year 2255
+    lead, trail = at < reach, at >= n - reach
+    past = np.where(lead, reach, n - reach - 2)
+    agree = np.abs(us[past + 1] - us[past]) <= limit
+    edge_ok = np.where(lead, (off > 0) & agree, np.where(trail, (off < 0) & agree, True))
+    found = at[(np.abs(off) > limit) & edge_ok]
+    return found if len(found) else None
+
+
+#: Strays are found in runs of up to this many lines; a record is judged against the median of
+#: the records this many lines either side of it, and itself.
+STRAY_REACH = 3
+#: A stray is further from the lines around it than this many of their usual steps (and than
+#: ``limits.stray_clock_seconds``): in a log of a line an hour, 100 hours.
+STRAY_SPACINGS = 100
+
+
+def _picked(values: np.ndarray, index: np.ndarray, n: int,
+            how: Callable[[np.ndarray], np.ndarray] = np.asarray) -> tuple[np.ndarray, np.ndarray]:
+    """``how`` of ``values`` at each row of ``index`` as floats, sorted, NaN where a position is not
+    in ``0 .. n - 1`` or ``how`` gives NaN (last); and how many are not NaN."""
+    picked = np.where((index >= 0) & (index < n), how(values[np.clip(index, 0, n - 1)]).astype(np.float64), np.nan)
+    picked.sort(axis=1)
+    return picked, (~np.isnan(picked)).sum(axis=1)
+
+
+def _nan_median(values: np.ndarray, index: np.ndarray, n: int) -> np.ndarray:
+    """Per row of ``index``, the median of ``values`` at the positions in ``0 .. n - 1`` (NaN if none)."""
+    picked, count = _picked(values, index, n)
+    rows, last = np.arange(len(index)), index.shape[1] - 1
+    median = (picked[rows, np.maximum(count - 1, 0) // 2] + picked[rows, np.minimum(count // 2, last)]) / 2
+    return np.where(count > 0, median, np.nan)
+
+
+def _nan_low(steps: np.ndarray, index: np.ndarray, n: int) -> np.ndarray:
+    """Per row of ``index``, the second smallest of the sizes of ``steps`` at the positions in
+    ``0 .. n - 1`` (the smallest if there is one; NaN if none)."""
+    picked, count = _picked(steps, index, n, np.abs)
+    return picked[np.arange(len(index)), np.minimum(count, 2) - 1 if len(index) else 0]
 
 
 def _decided(

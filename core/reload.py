@@ -43,6 +43,7 @@ _WRITTEN = {
     "rescan_seconds": "watch.rescan_seconds", "status_seconds": "watch.status_seconds",
     "max_line_bytes": "limits.max_line_bytes", "malformed_samples": "limits.malformed_samples",
     "memory_mb": "limits.memory_mb", "summary_files": "limits.summary_files",
+    "stray_clock_seconds": "limits.stray_clock_seconds",
     "redact_cards": "redact.cards", "redact_emails": "redact.emails", "redact_patterns": "redact.patterns",
     "executor": "executor.type", "scheduler": "executor.scheduler", "executor_workers": "executor.workers",
 }

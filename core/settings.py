@@ -32,7 +32,8 @@ DEFAULTS: dict[str, Any] = {
     "queue_size": 1,
     "executor": {"type": "threads", "scheduler": None, "workers": 0},
     "watch": {"settle_ms": 500, "poll_interval_ms": 500, "rescan_seconds": 30, "status_seconds": 30},
-    "limits": {"max_line_bytes": 65536, "malformed_samples": 100, "memory_mb": 500, "summary_files": 100},
+    "limits": {"max_line_bytes": 65536, "malformed_samples": 100, "memory_mb": 500, "summary_files": 100,
+               "stray_clock_seconds": 3600},
     "redact": {"cards": True, "emails": True, "patterns": []},
     "rule_files": ["rules/*.yaml"],
     "plugins": [],
@@ -84,6 +85,8 @@ SCHEMA: dict[str, Any] = {
                 # 1 PiB: beyond any machine, and far inside what the budget's arithmetic takes.
                 "memory_mb": {"type": "integer", "minimum": 64, "maximum": 1024**3},
                 "summary_files": {"type": "integer", "minimum": 0, "maximum": 100000},
+                # null: no record's clock is taken for a stray (core.parse.stray_rows).
+                "stray_clock_seconds": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1e9},
             },
         },
         "redact": {
@@ -133,6 +136,9 @@ class Settings:
     memory_mb: int
     #: How many files summary.json lists one by one (the most recently counted); the rest are in its totals.
     summary_files: int
+    #: A record this far from the times of the lines around it has a stray clock (``core.parse.stray_rows``):
+    #: counted, but left out of the rules that place records in event time. None: never.
+    stray_clock_seconds: float | None
     redact_cards: bool
     redact_emails: bool
     redact_patterns: tuple[str, ...]
@@ -141,6 +147,11 @@ class Settings:
     rules: tuple[str, ...]
     #: The ``alerts:`` block as validated (its destinations are built by ``core.alertconfig.load_alerts``).
     alerts: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+
+    @property
+    def stray_us(self) -> int | None:
+        """``stray_clock_seconds`` in microseconds, as records' times are."""
+        return None if self.stray_clock_seconds is None else round(self.stray_clock_seconds * 1_000_000)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values, for hooks and for the run's record in summary.json."""
@@ -270,6 +281,7 @@ def _resolve(source: Path, merged: dict[str, Any]) -> Settings:
         malformed_samples=limits["malformed_samples"],
         memory_mb=limits["memory_mb"],
         summary_files=limits["summary_files"],
+        stray_clock_seconds=limits["stray_clock_seconds"],
         redact_cards=merged["redact"]["cards"],
         redact_emails=merged["redact"]["emails"],
         redact_patterns=tuple(merged["redact"]["patterns"]),

@@ -43,6 +43,9 @@ class WorkSpec:
     #: "Now" for ``max_future`` (microseconds since the epoch): taken once per pass, where the work
     #: is planned, so that every chunk of it is judged by the same clock.
     now: int
+    #: Records further than this (microseconds) from the lines around them have stray clocks
+    #: (``core.parse.stray_rows``); None: none has.
+    stray_us: int | None = None
 
 
 @dataclass(frozen=True)
@@ -200,7 +203,8 @@ def _line_start(task: RangeTask) -> int | None:
 
 
 def _parse(spec: WorkSpec, chunk: Chunk, samples: bool) -> tuple[Batch, FileStats]:
-    batch, stats = parse_chunk(chunk, spec.max_line_bytes, spec.malformed_samples, spec.columns, samples, spec.now)
+    batch, stats = parse_chunk(chunk, spec.max_line_bytes, spec.malformed_samples, spec.columns, samples, spec.now,
+                               spec.stray_us)
     if stats.samples:  # masked before they are kept anywhere, the checkpoint included
         stats.samples = [replace(s, text=spec.redactor.redact(s.text, cut=len(s.text) >= SAMPLE_CHARS))
                          for s in stats.samples]

@@ -87,7 +87,8 @@ class Timeline(Rule):
     def update(self, batch: Batch) -> None:
         # Tallied at ``every`` over all times, as ``peak_hours`` tallies hours: with the default
         # ``every`` both read one compiled pass (``core.tally.shared``), and a bucket is judged
-        # plausible or not as a whole.
+        # plausible or not as a whole. A record with a stray clock is in ``outside`` too (``timed``).
+        batch = batch.timed()
         found = shared(batch, width=self.every, lo=-_EVER, hi=_EVER, line=None, flag=("status", self.statuses),
                        sample_limit=0, top=0, tables=("totals",))
         first, last = self.min_time // self.every, (batch.now + self.max_future) // self.every

@@ -5,6 +5,9 @@
 - ``before_min_time``: earlier than ``min_time`` (which catches the epoch, 1970-01-01);
 - ``late`` (only with ``max_lateness``): more than ``max_lateness`` behind the newest timestamp of
   an *earlier line of the same file* (arrival order is line order, not processing order);
+- ``stray``: a plausible time far from the times of the lines around it (``limits.stray_clock_seconds``,
+  ``core.parse.stray_rows``): such records are counted everywhere but in the rules that place
+  records in event time, and this says how many there were;
 - ``unparseable``: lines whose timestamp field is not a real instant (malformed ``bad_timestamp``).
 """
 
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from core import Result, hookimpl, safestate
@@ -41,7 +45,7 @@ _SAMPLES = Table({"kind": pl.String(), "file": pl.Categorical(), "line": pl.Int6
                  samples=True, windowed=False)
 #: Per chunk, the records that may still turn out late once earlier chunks are known: the smallest.
 CANDIDATES = 1000
-_SEVERITY = {"future": "high", "before_min_time": "high", "late": "medium", "unparseable": "low"}
+_SEVERITY = {"future": "high", "before_min_time": "high", "late": "medium", "stray": "medium", "unparseable": "low"}
 
 
 @safestate.register
@@ -108,13 +112,22 @@ class TimestampCheck(Detector):
         limit = (self.now if self.now is not None else batch.now) + self.max_future
         us = batch.frame["ts"].to_physical()  # microseconds; min and max of a Series run no query
         if self.max_lateness is None and us.min() >= self.min_time and us.max() <= limit:
+            if batch.stray is not None:  # every stray is in range
+                strays = batch.frame[batch.stray].select("file", "line", us=epoch_us(), kind=pl.lit("stray"))
+                self._add(strays)
             return  # no timestamp out of range
-        if self.max_lateness is None and self.stats.is_empty() and self.samples.is_empty():
+        if (self.max_lateness is None and batch.stray is None and self.stats.is_empty()
+                and self.samples.is_empty()):
             self.stats, self.samples = self._tallied(batch, limit)  # a fresh partial, as the engine's are
             return
         frame = batch.frame.select("file", "line", us=epoch_us())
         kind = pl.when(pl.col("us") > limit).then(pl.lit("future")).when(pl.col("us") < self.min_time)
-        frame = frame.with_columns(kind=kind.then(pl.lit("before_min_time")))
+        kind = kind.then(pl.lit("before_min_time"))
+        if batch.stray is not None:  # a stray in range: not one to measure lateness against either
+            stray = np.zeros(frame.height, dtype=bool)
+            stray[batch.stray] = True
+            kind = kind.when(pl.Series(stray)).then(pl.lit("stray"))
+        frame = frame.with_columns(kind=kind)
         odd = frame.filter(pl.col("kind").is_not_null())
         if self.max_lateness is not None:  # late against earlier lines of the same file
             files = frame.partition_by("file", maintain_order=True) if batch.files else [frame]
@@ -268,6 +281,10 @@ class TimestampCheck(Detector):
                                         "now": iso(self.now) if self.now is not None else "wall clock"})
         if kind == "before_min_time":
             return self.anomaly(**common, observed=iso(row["first"]), threshold=iso(self.min_time))
+        if kind == "stray":
+            return self.anomaly(**common, observed=row["count"], threshold="limits.stray_clock_seconds",
+                                detail={"reason": "records stamped far from the lines around them: counted, but "
+                                                  "left out of the detectors, the timeline and the peak hours"})
         return self.anomaly(
             **common, observed=row["worst"] / 1_000_000, threshold=self.max_lateness / 1_000_000,
             detail={"unit": "seconds behind the newest earlier line of the same file",

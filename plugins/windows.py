@@ -460,6 +460,7 @@ class WindowedDetector(Detector):
         return None
 
     def update(self, batch: Batch) -> None:
+        batch = batch.timed()  # a stray clock would open a window years away
         found = shared(
             batch, counts_only=self.tally_counts_only, width=self.width, lo=self.min_time,
             hi=batch.now + self.max_future, keys=self.tally_keys(), flag=self.tally_flag(),

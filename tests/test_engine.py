@@ -108,8 +108,8 @@ def test_later_chunks_of_a_file_with_its_samples_keep_none_and_count_every_malfo
     parsed: list[tuple[int, int]] = []
     original = work_module.parse_chunk
 
-    def parse_chunk(chunk, max_line_bytes, sample_limit, columns, samples=True, now=None):
-        batch, stats = original(chunk, max_line_bytes, sample_limit, columns, samples, now)
+    def parse_chunk(chunk, max_line_bytes, sample_limit, columns, samples=True, now=None, stray_us=None):
+        batch, stats = original(chunk, max_line_bytes, sample_limit, columns, samples, now, stray_us)
         parsed.append((chunk.first_line, len(stats.samples)))
         return batch, stats
 
