@@ -165,7 +165,7 @@ class Pipeline:
                     break
                 lines.remember(work.path, chunk.first_line, chunk.start, reader.starts)  # to read sample lines back
                 chunk = Chunk(work.name, chunk.data, chunk.first_line, chunk.start, chunk.end, chunk.overlong,
-                              chunk.before)
+                              chunk.before, chunk.context, chunk.after)
                 if small:
                     self._small.append((run, chunk))
                     if (len(self._small) >= MAX_FILES_PER_CHUNK

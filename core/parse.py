@@ -79,6 +79,11 @@ class Chunk:
     #: The hash of the bytes before ``end`` where the reader kept it (a stream, ``core.sources``):
     #: None where the ledger reads them again itself, "" where they are not known.
     before: str | None = None
+    #: The last few lines of the file before the chunk, and the first few after it
+    #: (``CONTEXT_BYTES`` at most each), where the reader knows them: what the clocks of the
+    #: chunk's first and last lines are judged against (``stray_rows``).
+    context: bytes = b""
+    after: bytes = b""
 
     @property
     def size(self) -> int:
@@ -250,7 +255,8 @@ def parse_chunk(
     stats.blank += more_blank
     stats.count_malformed(Counter(m.reason for m in malformed), malformed if samples else [])
     stats.records = records.height
-    stray = None if stray_us is None else _plausible_strays(records, stray_us, now)
+    stray = None if stray_us is None else _plausible_strays(
+        records, stray_us, now, context_times(chunk.context, last=True), context_times(chunk.after, last=False))
     return _batch(chunk.path, _with_file(records, chunk.path), dict(stats.reasons), now, stray), stats
 
 
@@ -261,19 +267,66 @@ def _batch(path: str, frame: pl.DataFrame, malformed: dict[str, int], now: int |
     return Batch(path, frame, malformed, now=now, stray=stray)
 
 
-def _plausible_strays(records: pl.DataFrame, skew: int, now: int | None) -> np.ndarray | None:
-    """The records' stray clocks (``stray_rows``) within the plausible range rules take by default.
+def _plausible_strays(records: pl.DataFrame, skew: int, now: int | None, before: np.ndarray,
+                      after: np.ndarray) -> np.ndarray | None:
+    """The records' stray clocks (``stray_rows``) within the plausible range rules take by default,
+    judged between the times of the records ``before`` and ``after`` them in their file.
 
     A time outside it is implausible already: the timestamp rule reports it as such, and every
     rule placing records in event time leaves it out by its own ``min_time`` and ``max_future``.
     """
     us = records["ts"].cast(pl.Int64).to_numpy()  # a cast, not to_physical (a query)
-    found = stray_rows(us, skew)
+    found = stray_rows(np.concatenate([before, us, after]) if len(before) or len(after) else us, skew)
     if found is None:
         return None
+    found = found[(found >= len(before)) & (found < len(before) + len(us))] - len(before)
     latest = (time.time_ns() // 1000 if now is None else now) + PLAUSIBLE_AHEAD
     found = found[(us[found] >= PLAUSIBLE_FROM) & (us[found] <= latest)]
     return found if len(found) else None
+
+
+#: Bytes of a file before (and after) a chunk that the reader hands over with it
+#: (``Chunk.context``, ``Chunk.after``), and the most lines of them looked at: enough for
+#: ``CONTEXT_RECORDS`` records among a few malformed lines.
+CONTEXT_BYTES = 4096
+CONTEXT_LINES = 12
+
+
+def last_lines(data: bytes | bytearray, size: int, before: bytes = b"") -> bytes:
+    """The context of what follows ``data[:size]`` in its file (whole lines, after the lines
+    ``before``): its last ``CONTEXT_LINES`` whole lines, within its last ``CONTEXT_BYTES``."""
+    start = max(0, size - CONTEXT_BYTES)
+    text = bytes(data[start:size]) if start else before + bytes(data[:size])
+    cut = start > 0 and data[start - 1] != _NEWLINE
+    if len(text) > CONTEXT_BYTES:
+        cut, text = text[-CONTEXT_BYTES - 1] != _NEWLINE, text[-CONTEXT_BYTES:]
+    lines = text.split(b"\n")[:-1]  # what follows the last newline is not a whole line
+    if cut:
+        lines = lines[1:]
+    return b"".join(line + b"\n" for line in lines[-CONTEXT_LINES:])
+
+
+def first_lines(data: bytes | bytearray) -> bytes:
+    """The context of what comes before ``data`` in its file: its first ``CONTEXT_LINES`` whole
+    lines, within its first ``CONTEXT_BYTES``."""
+    lines = bytes(data[:CONTEXT_BYTES]).split(b"\n")[:-1]  # what follows the last newline is cut
+    return b"".join(line + b"\n" for line in lines[:CONTEXT_LINES])
+
+
+def context_times(context: bytes, last: bool) -> np.ndarray:
+    """The times of the last (or first) ``CONTEXT_RECORDS`` records among the lines ``context``, in line order."""
+    found: list[int] = []
+    lines = context.split(b"\n")
+    for line in reversed(lines) if last else lines:
+        fields = line.rstrip(b"\r").split(b" ", 4)
+        if len(fields) < 4 or not all(fields[:4]):
+            continue
+        us = _scan.timestamp(fields[0].decode("ascii", "replace"))
+        if us is not None:
+            found.append(us)
+            if len(found) == CONTEXT_RECORDS:
+                break
+    return np.array(found[::-1] if last else found, dtype=np.int64)
 
 
 #: The plausible range of times rules take by default (``plugins.windows.MIN_TIME`` and
@@ -300,12 +353,16 @@ def stray_rows(us: np.ndarray, skew: int) -> np.ndarray | None:
     ``skew`` is left: in a sparse log with bursts, put together from blocks out of order, a line
     where two blocks meet can then be taken for a stray.
 
-    The first and last ``STRAY_REACH`` records of a chunk have fewer records to go by, and are
+    ``us`` is a chunk's times with those of up to ``CONTEXT_RECORDS`` records before and after it
+    in its file (``Chunk.context``, ``Chunk.after``), so that a chunk's first and last lines are
+    judged as they would be in one chunk of the whole file. Only the first and last ``STRAY_REACH``
+    records of a file (or of what has been written of it) have fewer records to go by: they are
     strays only if they are out of order with them (later than the lines after them, earlier than
-    the lines before them) and the two records past them agree: a gap before a chunk's first lines
-    or after its last is how a sparse log looks. A chunk of fewer than seven records is not
-    judged, nor is a record without a step of more than ``skew`` between two lines within its
-    reach: a chunk without one (nearly every chunk) costs a pass of differences.
+    the lines before them; the other way round where most steps go back in time, a log written
+    newest first) and the two records past them agree: a gap before a file's first lines or after
+    its last is how a sparse log looks. Fewer than seven records are not judged, nor is a record
+    without a step of more than ``skew`` between two lines within its reach: a chunk without one
+    (nearly every chunk) costs a pass of differences.
     """
     n, reach = len(us), STRAY_REACH
     if n < 2 * reach + 1:
@@ -325,6 +382,8 @@ def stray_rows(us: np.ndarray, skew: int) -> np.ndarray | None:
     spacing = _nan_low(steps, at[:, None] + around, n - 1)
     limit = np.maximum(skew, STRAY_SPACINGS * np.nan_to_num(spacing))
     off = us[at] - middle  # floats: exact below 2^53 microseconds, the year 2255
+    if np.sign(steps).sum() < 0:  # a log written newest first: out of order is the other way
+        off = -off
     lead, trail = at < reach, at >= n - reach
     past = np.where(lead, reach, n - reach - 2)
     agree = np.abs(us[past + 1] - us[past]) <= limit
@@ -336,6 +395,9 @@ def stray_rows(us: np.ndarray, skew: int) -> np.ndarray | None:
 #: Strays are found in runs of up to this many lines; a record is judged against the median of
 #: the records this many lines either side of it, and itself.
 STRAY_REACH = 3
+#: The records either side of a chunk its verdicts read: a record's median (``STRAY_REACH``) and
+#: its usual step (``STRAY_REACH + 2`` steps either side).
+CONTEXT_RECORDS = STRAY_REACH + 3
 #: A stray is further from the lines around it than this many of their usual steps (and than
 #: ``limits.stray_clock_seconds``): in a log of a line an hour, 100 hours.
 STRAY_SPACINGS = 100

@@ -8,7 +8,7 @@ import sys
 import threading
 from collections.abc import Generator, Iterator
 
-from core.parse import Chunk, count_newlines
+from core.parse import CONTEXT_BYTES, CONTEXT_LINES, Chunk, count_newlines, first_lines, last_lines
 from core.sources import FINGERPRINT_BYTES, PLAIN, Handle, Source, digest
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,8 @@ class ChunkReader:
         self.source = source
         #: For a stream: the (up to ``FINGERPRINT_BYTES``) bytes before ``offset``; None where not known.
         self._tail: bytes | None = None
+        #: The last lines before ``offset``: the next chunk's ``context`` (``core.parse.last_lines``).
+        self._recent = b""
         self._sized = (0, 0)  # lines and bytes handed over in chunks (not over-long ones): their mean length
         #: (line number, offset) of a line start about every ``START_EVERY`` bytes of the last chunk.
         self.starts: list[tuple[int, int]] = []
@@ -130,9 +132,29 @@ class ChunkReader:
             handle = opened if self.end is None else _Bounded(opened, self.end)
             if not self.source.seekable:
                 self._tail = getattr(opened, "behind", b"") if self.offset else b""
+            if self.offset:
+                self._recent = self._lines_before(opened)
+            self._opened = opened
             if self.skip_partial and not (yield from self._skip_continuation(handle)):
                 return
             yield from self._chunks(handle)
+
+    def _lines_before(self, opened: Handle) -> bytes:
+        """The last lines before ``offset`` (a stream's ``behind``; a file's, read again), or b"" if
+        they cannot be read: what the first chunk's first clocks are judged against."""
+        if not self.source.seekable:
+            behind = getattr(opened, "behind", b"")
+            return last_lines(behind, len(behind)) if behind.endswith(b"\n") else b""
+        start = max(0, self.offset - CONTEXT_BYTES)
+        try:
+            opened.seek(start)
+            back = opened.read(self.offset - start)
+            opened.seek(self.offset)
+        except (OSError, ValueError):
+            return b""
+        if len(back) != self.offset - start or not back.endswith(b"\n"):
+            return b""  # not the bytes before a line start: the file changed under us
+        return last_lines(back, len(back)) if start == 0 else last_lines(b"\n" + back, len(back) + 1)
 
     def _skip_continuation(self, handle: Handle) -> Generator[Chunk, None, bool]:
         """Pass over bytes appended to a line already counted without its newline.
@@ -156,7 +178,7 @@ class ChunkReader:
         while block := self._read(handle, self._chunk_size()):
             cut = block.rfind(b"\n") + 1
             if cut:
-                yield self._whole_lines(block, cut)
+                yield self._whole_lines(block, cut, self._lines_after(block, cut))
                 if cut < len(block):
                     handle.seek(self.offset)
             elif not (yield from self._one_line(handle, block)):
@@ -228,9 +250,25 @@ class ChunkReader:
             skipped += len(block)
         return self.offset + skipped, False
 
-    def _whole_lines(self, data: bytes, size: int) -> Chunk:
-        """The lines in the first ``size`` bytes of ``data``."""
-        chunk = Chunk(self.path, data, self.line, self.offset, self.offset + size, before=self._before(data, size))
+    def _lines_after(self, block: bytes | bytearray, cut: int) -> bytes:
+        """The first lines after ``block[:cut]``: the rest of the block and, from a file that has
+        them, a few more bytes read ahead (and the file put back where it was)."""
+        ahead = bytes(block[cut:cut + CONTEXT_BYTES])
+        if ahead.count(b"\n") < CONTEXT_LINES and len(ahead) < CONTEXT_BYTES and self.source.seekable:
+            at = self.offset + len(block)
+            try:
+                self._opened.seek(at)
+                ahead += self._opened.read(CONTEXT_BYTES - len(ahead))
+                self._opened.seek(at)
+            except (OSError, ValueError):
+                return b""
+        return first_lines(ahead)
+
+    def _whole_lines(self, data: bytes, size: int, after: bytes = b"") -> Chunk:
+        """The lines in the first ``size`` bytes of ``data`` (``after``: the lines after them, if known)."""
+        chunk = Chunk(self.path, data, self.line, self.offset, self.offset + size, before=self._before(data, size),
+                      context=self._recent, after=after)
+        self._recent = last_lines(data, size, self._recent)
         lines = self._count_lines(data, size) + chunk.open_tail
         self.offset += size
         self.line += lines

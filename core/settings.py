@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "executor": {"type": "threads", "scheduler": None, "workers": 0},
     "watch": {"settle_ms": 500, "poll_interval_ms": 500, "rescan_seconds": 30, "status_seconds": 30},
     "limits": {"max_line_bytes": 65536, "malformed_samples": 100, "memory_mb": 500, "summary_files": 100,
-               "stray_clock_seconds": 3600},
+               "stray_clock_seconds": 86400},
     "redact": {"cards": True, "emails": True, "patterns": []},
     "rule_files": ["rules/*.yaml"],
     "plugins": [],
@@ -86,7 +86,7 @@ SCHEMA: dict[str, Any] = {
                 "memory_mb": {"type": "integer", "minimum": 64, "maximum": 1024**3},
                 "summary_files": {"type": "integer", "minimum": 0, "maximum": 100000},
                 # null: no record's clock is taken for a stray (core.parse.stray_rows).
-                "stray_clock_seconds": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1e9},
+                "stray_clock_seconds": {"type": ["number", "null"], "minimum": 1, "maximum": 1e9},
             },
         },
         "redact": {

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from core import guard
-from core.parse import SAMPLE_CHARS, Batch, Chunk, combine, parse_chunk
+from core.parse import SAMPLE_CHARS, Batch, Chunk, combine, first_lines, parse_chunk
 from core.reader import ChunkReader
 from core.redact import Redactor
 from core.rules import Rule
@@ -177,15 +177,17 @@ def _range_chunks(task: RangeTask, max_line_bytes: int) -> Iterator[Chunk]:
                          first_line=task.first_line or 1, final=task.final, skip_partial=task.skip_partial,
                          source=task.source)
     for chunk in reader:
-        chunk = Chunk(task.name, chunk.data, chunk.first_line, chunk.start, chunk.end, chunk.overlong, chunk.before)
+        chunk = Chunk(task.name, chunk.data, chunk.first_line, chunk.start, chunk.end, chunk.overlong, chunk.before,
+                      chunk.context, chunk.after)
         if task.end is None or chunk.end <= task.end:
             yield chunk
             continue
         if chunk.start < task.end:  # the line holding byte end - 1 is this range's last
             cut = chunk.data.find(b"\n", task.end - 1 - chunk.start, chunk.size) if chunk.size else -1
             if 0 <= cut < chunk.size - 1:
+                after = first_lines(bytes(chunk.data[cut + 1:chunk.size]) + chunk.after)  # the next range's
                 chunk = Chunk(task.name, chunk.data, chunk.first_line, chunk.start, chunk.start + cut + 1,
-                              chunk.overlong, chunk.before)
+                              chunk.overlong, chunk.before, chunk.context, after)
             yield chunk
         return
 

@@ -284,7 +284,7 @@ class TimestampCheck(Detector):
         if kind == "stray":
             return self.anomaly(**common, observed=row["count"], threshold="limits.stray_clock_seconds",
                                 detail={"reason": "records stamped far from the lines around them: counted, but "
-                                                  "left out of the detectors, the timeline and the peak hours"})
+                                                  "left out of the detectors' windows and the timeline"})
         return self.anomaly(
             **common, observed=row["worst"] / 1_000_000, threshold=self.max_lateness / 1_000_000,
             detail={"unit": "seconds behind the newest earlier line of the same file",
