@@ -175,18 +175,30 @@ class Batch:
             return self
         made = self.__dict__.get("_timed")
         if made is None:
-            us = self.frame["ts"].cast(pl.Int64).to_numpy().copy()  # a cast, not a query
+            us = micros(self.frame["ts"]).copy()
             us[self.stray] = STRAY_TIME
-            ts = pl.Series("ts", us).cast(self.frame.schema["ts"])
+            ts = pl.Series("ts", us, dtype=self.frame.schema["ts"])
             frame = pl.DataFrame([ts if name == "ts" else self.frame[name] for name in self.frame.columns])
             made = Batch(self.path, frame, self.malformed, now=self.now, files=self.files, ordinal=self.ordinal,
-                         parts=tuple(part.timed() for part in self.parts), relative=self.relative)
+                         relative=self.relative)
+            if self.parts:  # its files' own, made if asked for (rules of several files never ask)
+                object.__setattr__(made, "_untimed", self.parts)
             object.__setattr__(self, "_timed", made)
         return made
 
     def per_file(self) -> tuple[Batch, ...]:
         """This batch as batches of one file each."""
+        untimed = self.__dict__.get("_untimed")
+        if untimed is not None:  # the ``timed`` batch of several files
+            return tuple(part.timed() for part in untimed)
         return self.parts or (self,)
+
+
+def micros(ts: pl.Series) -> np.ndarray:
+    """A Datetime("us") column's microseconds since the epoch, without a Polars query (a cast is
+    one, and runs on Polars' thread pool, where the workers wait for each other: 5,000 small files
+    took 6.1 s against 3.8 with a cast each)."""
+    return ts.to_numpy().view(np.int64)
 
 
 #: The time ``Batch.timed`` gives a stray clock (microseconds since the epoch): about 146,000 years
@@ -275,7 +287,7 @@ def _plausible_strays(records: pl.DataFrame, skew: int, now: int | None, before:
     A time outside it is implausible already: the timestamp rule reports it as such, and every
     rule placing records in event time leaves it out by its own ``min_time`` and ``max_future``.
     """
-    us = records["ts"].cast(pl.Int64).to_numpy()  # a cast, not to_physical (a query)
+    us = micros(records["ts"])
     found = stray_rows(np.concatenate([before, us, after]) if len(before) or len(after) else us, skew)
     if found is None:
         return None

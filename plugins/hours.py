@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import polars as pl
-
 from core import Result, Rule, hookimpl
-from core.parse import STRAY_TIME, Batch
+from core.parse import STRAY_TIME, Batch, micros
 from core.rules import WITHOUT_MESSAGE
 from core.tally import EVER, shared
 
@@ -32,7 +30,7 @@ def hour_counts(batch: Batch) -> list[int]:
         by_hour[hour % 24] += count  # a floored modulo: before 1970 too
     if batch.stray is not None:
         by_hour[STRAY_TIME // _US_PER_HOUR % 24] -= batch.strays
-        for us in batch.frame["ts"].cast(pl.Int64).to_numpy()[batch.stray].tolist():
+        for us in micros(batch.frame["ts"])[batch.stray].tolist():
             by_hour[us // _US_PER_HOUR % 24] += 1
     return by_hour
 

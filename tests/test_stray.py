@@ -243,3 +243,22 @@ def test_a_sparse_logs_blocks_out_of_order_are_not_strays(sizes, days, data):
         steps = data.draw(st.lists(st.sampled_from([HOUR // 2, HOUR, 3 * HOUR]), min_size=size, max_size=size))
         blocks.append(10**15 + shift * 24 * HOUR + np.cumsum(steps))
     assert stray_rows(np.concatenate(blocks).astype(np.int64), HOUR) is None
+
+
+def test_small_files_put_together_keep_their_own_strays(tmp_path):
+    """The engine reads small files as one batch (``core.parse.combine``): each file's strays
+    are at its own records' places in it, and its files, timed, are each file's own."""
+    from core.parse import STRAY_TIME, Chunk, combine, micros, parse_chunk
+
+    batches = []
+    for f in range(3):
+        lines = [f"2025-07-22T10:{i:02d}:00Z OK api user{f} op {i}" for i in range(12)]
+        lines[4 + f] = "2003-01-01T00:00:00Z OK api user9 stray"
+        data = ("\n".join(lines) + "\n").encode()
+        batches.append(parse_chunk(Chunk(f"f{f}.log", data, 1, 0, len(data)), 512, 10, stray_us=HOUR)[0])
+    together = combine(batches)
+    assert together.stray.tolist() == [4, 12 + 5, 24 + 6]
+    timed = together.timed()
+    assert (micros(timed.frame["ts"]) == STRAY_TIME).sum() == 3 and timed.frame.height == 36
+    assert [part.path for part in timed.per_file()] == ["f0.log", "f1.log", "f2.log"]
+    assert [int((micros(part.frame["ts"]) == STRAY_TIME).sum()) for part in timed.per_file()] == [1, 1, 1]
