@@ -154,7 +154,9 @@ class ChunkReader:
             return b""
         if len(back) != self.offset - start or not back.endswith(b"\n"):
             return b""  # not the bytes before a line start: the file changed under us
-        return last_lines(back, len(back)) if start == 0 else last_lines(b"\n" + back, len(back) + 1)
+        if start:  # the first line read back may have begun before it
+            back = back[back.find(b"\n") + 1:]
+        return last_lines(back, len(back))
 
     def _skip_continuation(self, handle: Handle) -> Generator[Chunk, None, bool]:
         """Pass over bytes appended to a line already counted without its newline.

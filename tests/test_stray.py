@@ -262,3 +262,17 @@ def test_small_files_put_together_keep_their_own_strays(tmp_path):
     assert (micros(timed.frame["ts"]) == STRAY_TIME).sum() == 3 and timed.frame.height == 36
     assert [part.path for part in timed.per_file()] == ["f0.log", "f1.log", "f2.log"]
     assert [int((micros(part.frame["ts"]) == STRAY_TIME).sum()) for part in timed.per_file()] == [1, 1, 1]
+
+
+def test_a_reader_going_on_with_a_file_reads_back_the_lines_before_where_it_goes_on(tmp_path):
+    from core.parse import CONTEXT_BYTES, context_times
+    from core.reader import ChunkReader
+
+    lines = [f"2025-07-22T10:00:{i % 60:02d}Z OK api user{i} {'x' * (i % 90)}\n" for i in range(400)]
+    path = tmp_path / "a.log"
+    path.write_text("".join(lines))
+    cut = sum(len(line) for line in lines[:300])
+    assert cut > CONTEXT_BYTES
+    (chunk,) = list(ChunkReader(str(path), 1 << 20, 4096, start=cut, first_line=301))
+    assert chunk.context.decode().splitlines(keepends=True) == lines[300 - len(chunk.context.splitlines()):300]
+    assert len(context_times(chunk.context, last=True)) == 6
