@@ -417,11 +417,12 @@ STRAY_SPACINGS = 100
 
 def _picked(values: np.ndarray, index: np.ndarray, n: int,
             how: Callable[[np.ndarray], np.ndarray] = np.asarray) -> tuple[np.ndarray, np.ndarray]:
-    """``how`` of ``values`` at each row of ``index`` as floats, sorted, NaN where a position is not
-    in ``0 .. n - 1`` or ``how`` gives NaN (last); and how many are not NaN."""
-    picked = np.where((index >= 0) & (index < n), how(values[np.clip(index, 0, n - 1)]).astype(np.float64), np.nan)
+    """``how`` of ``values`` at each row of ``index`` as floats, sorted, NaN (last) where a position
+    is not in ``0 .. n - 1``; and how many are."""
+    inside = (index >= 0) & (index < n)
+    picked = np.where(inside, how(values[np.clip(index, 0, n - 1)]).astype(np.float64), np.nan)
     picked.sort(axis=1)
-    return picked, (~np.isnan(picked)).sum(axis=1)
+    return picked, inside.sum(axis=1)
 
 
 def _nan_median(values: np.ndarray, index: np.ndarray, n: int) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from core import Result, Rule, hookimpl
-from core.parse import STRAY_TIME, Batch, micros
+from core.parse import Batch
 from core.rules import WITHOUT_MESSAGE
 from core.tally import EVER, shared
 
@@ -20,18 +20,12 @@ _US_PER_HOUR = 3_600_000_000
 
 def hour_counts(batch: Batch) -> list[int]:
     """Records per UTC hour of day, hour 0 first. One compiled pass counts them per hour since the
-    epoch (a batch spans a few dozen), without the GIL; ``timeline`` reads the same pass (of the
-    batch ``timed``, where stray clocks are moved out of the way: they are counted here by their
-    own hour, as every record is)."""
-    totals = shared(batch.timed(), counts_only=True, width=_US_PER_HOUR, lo=-EVER, hi=EVER, line=None,
-                    sample_limit=0, top=0, tables=("totals",)).totals
+    epoch (a batch spans a few dozen), without the GIL; ``timeline`` reads the same pass."""
+    totals = shared(batch, counts_only=True, width=_US_PER_HOUR, lo=-EVER, hi=EVER, line=None, sample_limit=0,
+                    top=0, tables=("totals",)).totals
     by_hour = [0] * 24
     for hour, count in zip(totals["window"].to_list(), totals["count"].to_list(), strict=True):
         by_hour[hour % 24] += count  # a floored modulo: before 1970 too
-    if batch.stray is not None:
-        by_hour[STRAY_TIME // _US_PER_HOUR % 24] -= batch.strays
-        for us in micros(batch.frame["ts"])[batch.stray].tolist():
-            by_hour[us // _US_PER_HOUR % 24] += 1
     return by_hour
 
 
