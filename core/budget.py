@@ -29,7 +29,7 @@ BASE_MB = 170
 #: the queued chunks (1.3 times) are counted.
 PARSE_FACTOR = 5
 #: The part of the memory left after ``BASE_MB`` that the input in flight may take: the defaults
-#: (2 workers, 7.5 MiB chunks, queue_size 1) take 97.5 of 99 MiB under the default 500 MB cap.
+#: (2 workers, 5 MiB chunks, queue_size 1) take 65 of 99 MiB under the default 500 MB cap.
 INPUT_SHARE = 0.3
 #: The part of it that rule states may take, all together: the rest is headroom for merging,
 #: checkpoints and writing the outputs. It depends on ``limits.memory_mb`` alone, not on the

@@ -140,7 +140,7 @@ class Committer:
 
     def wait_for_room(self) -> None:
         """Wait until a slot is free, without taking it: the reader reads a chunk only then, so that
-        no chunk read waits for room besides the ones in slots (7.5 MiB less at the peak)."""
+        no chunk read waits for room besides the ones in slots (a chunk less at the peak)."""
         self.acquire_slot()
         self._slots.release()
 

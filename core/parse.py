@@ -104,7 +104,7 @@ class Chunk:
 class ChunkPlace:
     """A ``Chunk``'s place in its file, and whether its last line is open, without its bytes.
 
-    The merge queue holds these: a chunk's bytes (7.5 MiB by default) are needed only until it
+    The merge queue holds these: a chunk's bytes (5 MiB by default) are needed only until it
     is parsed, and held by the queue they stayed until its merge, a seal included.
     """
 

@@ -28,7 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "exclude": [".*", "*~", "*.tmp", "*.temp", "*.part", "*.partial", "*.swp", "*.crdownload"],
     "recursive": False,
     "workers": 0,
-    "chunk_bytes": 7864320,  # 7.5 MiB, what core/budget.py was measured with
+    "chunk_bytes": 5242880,  # 5 MiB (docs/scaling.md, "2026-12-06, morning")
     "queue_size": 1,
     "executor": {"type": "threads", "scheduler": None, "workers": 0},
     "watch": {"settle_ms": 500, "poll_interval_ms": 500, "rescan_seconds": 30, "status_seconds": 30},
