@@ -56,6 +56,7 @@ class Pipeline:
         self.on_progress: Callable[[int], None] | None = None
         self._told_earlier_failures = False
         self._small: Parts = []  # small files' chunks read and not yet submitted
+        self._small_bytes = 0  # their bytes
         self._small_done: list[FileRun] = []  # small files read whole, ended once their chunks are queued
         self._now = 0
         self.executor = executor or build_executor(settings)
@@ -120,7 +121,7 @@ class Pipeline:
             if name in self.state_bytes:
                 self._prepare(rule, state.failures)
         self.committer.begin(checkpoint, known)
-        self._small, self._small_done = [], []
+        self._small, self._small_done, self._small_bytes = [], [], 0
         self._now = time.time_ns() // 1000  # one clock for every chunk of this pass (``max_future``)
         for work in works:
             if self.stop.is_set():
@@ -168,8 +169,8 @@ class Pipeline:
                               chunk.before, chunk.context, chunk.after)
                 if small:
                     self._small.append((run, chunk))
-                    if (len(self._small) >= MAX_FILES_PER_CHUNK
-                            or sum(c.end - c.start for _, c in self._small) >= self.settings.chunk_bytes):
+                    self._small_bytes += chunk.end - chunk.start
+                    if len(self._small) >= MAX_FILES_PER_CHUNK or self._small_bytes >= self.settings.chunk_bytes:
                         self._submit_small()
                 else:
                     self._submit([(run, chunk)])
@@ -222,7 +223,7 @@ class Pipeline:
             self._submit(self._small)
         for run in self._small_done:
             self.committer.enqueue(Entry([], done=run))
-        self._small, self._small_done = [], []
+        self._small, self._small_done, self._small_bytes = [], [], 0
 
     def _file_failed(self, run: FileRun, reader: ChunkReader | None, exc: OSError) -> None:
         message = f"cannot read {run.work.path}: {exc.strerror or exc}"

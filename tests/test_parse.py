@@ -661,3 +661,21 @@ def test_the_compiled_scan_decodes_messages_as_python_does(message):
     content = f"{TS} paid svc u1 ".encode() + message + b"\n"
     batch, stats = parse(content)
     assert batch.frame["message"].to_list() == [message.removesuffix(b"\r").decode("utf-8", "replace")]
+
+
+@pytest.mark.parametrize("columns", [RECORD_SCHEMA, ("ts", "status", "service", "user")])
+def test_a_small_batch_gets_the_same_constant_columns_written_out_as_a_large_one_gets_as_scalars(
+        monkeypatch, columns):
+    """A batch of few rows has its file and placeholder columns written out (no Polars query, which
+    a file of ten lines cannot afford); a larger one gets scalar columns. The frames are the same."""
+    data = b"".join(f"{TS} INFO Svc{i % 7} user{i} Paid order-{i}\n".encode() for i in range(50))
+    chunk = Chunk("shop/app.log", data, 3, 0, len(data))
+    small, _ = parse_chunk(chunk, MAX, 100, columns)
+    monkeypatch.setattr(parse_module, "SMALL_BATCH_ROWS", 10)
+    large, _ = parse_chunk(chunk, MAX, 100, columns)
+    assert small.frame.height == 50 and small.frame.schema == large.frame.schema == RECORD_SCHEMA
+    assert small.frame.equals(large.frame)
+    assert small.frame["file"].unique().to_list() == ["shop/app.log"] and small.frame["line"].to_list() == list(
+        range(3, 53))
+    if "message" not in columns:
+        assert small.frame["message"].unique().to_list() == [""] and small.frame["record_hash"].sum() == 0
